@@ -1,0 +1,57 @@
+"""Expected failures and the one place that turns them into a one-line message and exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+USAGE_ERROR = 2
+RUNTIME_ERROR = 1
+
+
+class CleverError(Exception):
+    """A failure the user can act on: printed as `error: <message>` without a traceback."""
+
+    exit_code = RUNTIME_ERROR
+
+
+class UsageError(CleverError):
+    """Bad flags or bad input files: exit code 2."""
+
+    exit_code = USAGE_ERROR
+
+
+def _terminate_as_exit(signum: int, _frame: object) -> None:
+    # SIGTERM would otherwise kill the process without running `finally` blocks and atexit
+    # handlers, which are what unlink shared memory and remove temporary files.
+    raise SystemExit(128 + signum)
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run a command-line `main`, mapping expected failures to `error: ...` and an exit code.
+
+    The traceback is printed only when `--debug` is among the arguments.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    signal.signal(signal.SIGTERM, _terminate_as_exit)
+    try:
+        code = main(args)
+    except CleverError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        code = err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = 128 + signal.SIGINT
+    sys.stdout.flush()
+    sys.exit(code or 0)
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up chatter out of the user's logs (set before importing TF)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,375 @@
+"""Sampling the maxima of gradient norms around an input: the compute core of CLEVER.
+
+For an image x0 of class c and targets j_1..j_K, each iteration draws Nsamps points in an Lp
+ball around x0, clips them to the model's input range, and records, for every target, the
+largest ||grad g_j||_2, ||grad g_j||_1 and ||grad g_j||_inf over the points, where
+g_j = f_c - f_j on the logits (and, with `compute_slope`, the largest slopes between pairs of
+points). All targets of an image share the samples and the forward pass.
+
+The default `sampler="graph"` runs a whole iteration (sampling, clipping, forward, one
+backward per target, norms, maxima) as one compiled TensorFlow function; only the maxima come
+back to Python. `sampler="pool"` draws the samples with NumPy in worker processes writing to
+shared memory (and applies `--transform` there) while the model works on the previous
+iteration.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from errors import CleverError, UsageError
+from log_lines import iteration_line
+from norms import by_flag
+from randsphere import tf_perturbations
+
+DEFAULT_BATCH_SIZE = {"mnist": 1024, "cifar": 1024, "imagenet": 32}
+MAX_TARGETS_PER_PASS = 10  # backward passes per forward; bounds graph size and memory
+
+
+class NonFiniteError(CleverError):
+    """Logits or gradients became NaN or Inf for an (image, target)."""
+
+
+@dataclass
+class TargetResult:
+    """Per-iteration maxima for one target.
+
+    Attributes:
+        target: the target class j.
+        grad_max: (Niters, 3) maxima of ||grad g||_2, ||grad g||_1, ||grad g||_inf (G2, G1, Gi).
+        slope_max: (Niters, 3) slope maxima (L2, L1, Li); zeros unless slopes were computed.
+        g_x0: f_c(x0) - f_j(x0).
+        pred: the logits at x0.
+        iter_times: wall time of each iteration (shared by all targets of a pass).
+    """
+
+    target: int
+    grad_max: np.ndarray
+    slope_max: np.ndarray
+    g_x0: float
+    pred: np.ndarray
+    iter_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def as_list(self) -> list:
+        """The original return value: [L2_max, L1_max, Li_max, G2_max, G1_max, Gi_max, g_x0, pred]."""
+        s, g = self.slope_max, self.grad_max
+        return [s[:, 0], s[:, 1], s[:, 2], g[:, 0], g[:, 1], g[:, 2], self.g_x0, self.pred]
+
+
+class EstimateLipschitz:
+    """Collects per-iteration maxima of gradient norms for CLEVER.
+
+    Args:
+        sess: unused; kept so that code written for the TF1 original still calls this.
+        seed: seeds every random draw; the same seed, image id and settings give the same
+            samples, whatever the targets or the number of workers.
+        nthreads: worker processes for the pool sampler (0 = half the cores).
+        sampler: "graph" (samples drawn inside the compiled step) or "pool" (NumPy workers).
+        log: where per-iteration `[STATS][L2]` lines go (None to silence).
+    """
+
+    def __init__(self, sess=None, seed: int = 1215, nthreads: int = 0, sampler: str = "graph",
+                 log: Callable[[str], None] | None = print):
+        if sampler not in ("graph", "pool"):
+            raise UsageError(f"unknown sampler {sampler!r}; choose graph or pool")
+        self.seed = int(seed)
+        self.nthreads = nthreads
+        self.sampler = sampler
+        self.log = log
+        self.model = None
+        self.batch_size = 0
+        self.compute_slope = False
+        self.input_range = (-0.5, 0.5)
+        self._pool = None
+        self._compiled: dict[tuple, Callable] = {}
+
+    # ----------------------------------------------------------------------------------------
+    def load_model(self, dataset: str = "mnist", model_name: str = "normal", activation: str = "relu",
+                   model=None, batch_size: int = 0, compute_slope: bool = False, order: int = 1,
+                   input_range: tuple[float, float] = (-0.5, 0.5)):
+        """Select the classifier.
+
+        Args:
+            dataset, model_name, activation: a built-in model (spec section 5), used when
+                `model` is None.
+            model: any Keras model or callable mapping a batch in `input_range` to logits.
+            batch_size: points per forward/backward pass (0 = 1024, or 32 for ImageNet).
+            compute_slope: also record slope maxima between pairs of samples.
+            order: 1 (gradient norms); 2 is the second-order bound.
+            input_range: the range the model takes; samples are clipped to it.
+        Returns:
+            The model.
+        """
+        if order != 1:
+            raise UsageError("--order 2 (second-order bound) is not available yet; use --order 1")
+        if model is None:
+            from model_zoo import load_zoo_model
+
+            model = load_zoo_model(dataset, model_name, activation)
+        self.model = model
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(dataset, 1024)
+        self.compute_slope = compute_slope
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        self._compiled.clear()
+        return model
+
+    # ----------------------------------------------------------------------------------------
+    def _logits(self, x):
+        import keras
+
+        if isinstance(self.model, keras.Model):
+            return self.model(x, training=False)
+        return self.model(x)
+
+    def _grad_norms(self, x, c, targets, num_targets: int):
+        """(B, K, 3) norms (L2, L1, Linf) of grad g_k and (B, K) values of g_k at a batch x."""
+        import tensorflow as tf
+
+        with tf.GradientTape(persistent=num_targets > 1) as tape:
+            tape.watch(x)
+            logits = self._logits(x)
+            g = tf.gather(logits, c, axis=1)[:, None] - tf.gather(logits, targets, axis=1)
+            # Slices must be taken under the tape for it to differentiate through them.
+            columns = [g] if num_targets == 1 else [g[:, k] for k in range(num_targets)]
+        batch = tf.shape(x)[0]
+        stats = []
+        for col in columns:
+            # One backward pass at a time: run concurrently, K passes thrash the caches and
+            # were slower than K separate runs; in sequence they share one forward pass.
+            with tf.control_dependencies(stats[-1:]):
+                a = tf.abs(tf.reshape(tape.gradient(col, x), tf.stack([batch, -1])))
+                stats.append(tf.stack([tf.sqrt(tf.reduce_sum(a * a, 1)), tf.reduce_sum(a, 1), tf.reduce_max(a, 1)], -1))
+        del tape
+        return tf.stack(stats, axis=1), g
+
+    @staticmethod
+    def _pair_slopes(x, g, valid):
+        """(K, 3) maxima of |g(x_a) - g(x_b)| / ||x_a - x_b|| over pairs (0,1), (2,3), ...
+
+        Columns are (L2, L1, Li): distances in the L2, Linf and L1 norms respectively, so each
+        column bounds the same Lipschitz constant as G2, G1 and Gi (mean value theorem).
+        """
+        import tensorflow as tf
+
+        pairs = tf.shape(x)[0] // 2
+        flat = tf.reshape(x, tf.stack([tf.shape(x)[0], -1]))
+        dx = tf.abs(flat[0 : 2 * pairs : 2] - flat[1 : 2 * pairs : 2])
+        dist = tf.stack([tf.sqrt(tf.reduce_sum(dx * dx, 1)), tf.reduce_max(dx, 1), tf.reduce_sum(dx, 1)], -1)
+        dg = tf.abs(g[0 : 2 * pairs : 2] - g[1 : 2 * pairs : 2])  # (P, K)
+        ok = tf.logical_and(2 * tf.range(pairs) + 1 < valid, dist[:, 0] > 0)
+        slopes = dg[:, :, None] / tf.where(dist > 0, dist, 1.0)[:, None, :]
+        slopes = tf.where(ok[:, None, None], slopes, 0.0)
+        return tf.reduce_max(slopes, axis=0)
+
+    def _batch_maxima(self, x, c, targets, valid, num_targets: int):
+        import tensorflow as tf
+
+        norms, g = self._grad_norms(x, c, targets, num_targets)
+        mask = tf.range(tf.shape(x)[0]) < valid
+        gmax = tf.reduce_max(tf.where(mask[:, None, None], norms, 0.0), axis=0)
+        if self.compute_slope:
+            smax = self._pair_slopes(x, g, valid)
+        else:
+            smax = tf.zeros_like(gmax)
+        return gmax, smax
+
+    def _loop(self, get_batch, nbatches, c, targets, num_targets: int):
+        """Run get_batch(b) -> (x, valid) for b < nbatches inside the graph, keeping maxima."""
+        import tensorflow as tf
+
+        gmax = tf.zeros([num_targets, 3])
+        smax = tf.zeros([num_targets, 3])
+        for b in tf.range(nbatches):
+            x, valid = get_batch(b)
+            bg, bs = self._batch_maxima(x, c, targets, valid, num_targets)
+            gmax = tf.maximum(gmax, bg)
+            smax = tf.maximum(smax, bs)
+        return gmax, smax
+
+    def _draw_points(self, x0, seed, norm, count: int, scale):
+        """`count` points x0 + delta, delta in the scaled `norm` ball, clipped to the input range."""
+        import tensorflow as tf
+
+        delta = tf_perturbations(seed, norm, count, int(np.prod(x0.shape)), scale)
+        return tf.clip_by_value(x0[None] + tf.reshape(delta, (count, *x0.shape)), *self.input_range)
+
+    def sample_points(self, x0: np.ndarray, image_id: int, iteration: int, batch_index: int, count: int,
+                      sample_norm: str = "l2", radius: float | None = None) -> np.ndarray:
+        """The exact points the compiled fast path evaluates for one batch (for inspection and tests)."""
+        import tensorflow as tf
+
+        norm = by_flag(sample_norm)
+        scale = (float(radius), float(radius)) if radius else norm.default_scale
+        seed = tf.constant(self._seed_key(image_id), tf.int64)
+        seed = tf.random.experimental.stateless_fold_in(seed, iteration)
+        seed = tf.random.experimental.stateless_fold_in(seed, batch_index)
+        return self._draw_points(tf.constant(x0, tf.float32), seed, norm, count, scale).numpy()
+
+    def _sampled_iteration(self, shape, nsamp: int, num_targets: int, flag: str, scale):
+        """The compiled fast path: one iteration with samples drawn inside the graph."""
+        key = ("graph", shape, nsamp, num_targets, flag, scale, self.batch_size, self.compute_slope, self.input_range)
+        if key in self._compiled:
+            return self._compiled[key]
+        import tensorflow as tf
+
+        norm = by_flag(flag)
+        batch = min(self.batch_size, nsamp)
+        nbatches = math.ceil(nsamp / batch)
+
+        @tf.function(input_signature=[
+            tf.TensorSpec(shape, tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([num_targets], tf.int32),
+            tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
+        ])
+        def iteration(x0, c, targets, seed, it):
+            it_seed = tf.random.experimental.stateless_fold_in(seed, it)
+
+            def get_batch(b):
+                x = self._draw_points(x0, tf.random.experimental.stateless_fold_in(it_seed, b), norm, batch, scale)
+                return x, nsamp - b * batch
+
+            return self._loop(get_batch, nbatches, c, targets, num_targets)
+
+        self._compiled[key] = iteration
+        return iteration
+
+    def _given_iteration(self, shape, nsamp: int, num_targets: int):
+        """The compiled step for samples drawn elsewhere (the worker pool)."""
+        key = ("given", shape, nsamp, num_targets, self.batch_size, self.compute_slope)
+        if key in self._compiled:
+            return self._compiled[key]
+        import tensorflow as tf
+
+        batch = min(self.batch_size, nsamp)
+        nbatches = math.ceil(nsamp / batch)
+
+        @tf.function(input_signature=[
+            tf.TensorSpec((nsamp, *shape), tf.float32), tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([num_targets], tf.int32),
+        ])
+        def iteration(samples, c, targets):
+            def get_batch(b):
+                x = samples[b * batch : (b + 1) * batch]
+                return x, tf.shape(x)[0]
+
+            return self._loop(get_batch, nbatches, c, targets, num_targets)
+
+        self._compiled[key] = iteration
+        return iteration
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits of a batch, in batches of `batch_size`."""
+        import tensorflow as tf
+
+        key = ("predict",)
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(self._logits, reduce_retracing=True)
+        step = self.batch_size or 1024
+        outs = [np.asarray(self._compiled[key](tf.constant(x[i : i + step], tf.float32))) for i in range(0, len(x), step)]
+        return np.concatenate(outs)
+
+    # ----------------------------------------------------------------------------------------
+    def estimate(self, x_0: np.ndarray, true_label: int, target_label: int, Nsamp: int, Niters: int,
+                 sample_norm: str = "l2", transform: str | None = None, order: int = 1,
+                 image_id: int = 0, radius: float | None = None) -> list:
+        """Collect maxima for one target; returns [L2_max, L1_max, Li_max, G2_max, G1_max, Gi_max, g_x0, pred]."""
+        if order != 1:
+            raise UsageError("--order 2 (second-order bound) is not available yet; use --order 1")
+        result = self.estimate_targets(x_0, true_label, [target_label], Nsamp, Niters, sample_norm,
+                                       transform=transform, image_id=image_id, radius=radius)[0]
+        return result.as_list()
+
+    def estimate_targets(self, x_0: np.ndarray, true_label: int, target_labels: Sequence[int], Nsamp: int,
+                         Niters: int, sample_norm: str = "l2", transform: str | None = None, image_id: int = 0,
+                         radius: float | None = None) -> list[TargetResult]:
+        """Collect maxima for several targets of one image on shared samples.
+
+        Targets are processed MAX_TARGETS_PER_PASS at a time; every pass sees the same samples.
+        """
+        if self.model is None:
+            raise UsageError("call load_model before estimate")
+        if Nsamp < 1 or Niters < 1:
+            raise UsageError("Nsamps and Niters must be positive")
+        x0 = np.asarray(x_0, dtype=np.float32)
+        norm = by_flag(sample_norm)
+        scale = (float(radius), float(radius)) if radius else norm.default_scale
+        pred = self.predict(x0[None])[0]
+        if not np.all(np.isfinite(pred)):
+            raise NonFiniteError(f"logits at x0 are not finite for image {image_id}")
+        results = []
+        targets = [int(t) for t in target_labels]
+        for start in range(0, len(targets), MAX_TARGETS_PER_PASS):
+            chunk = targets[start : start + MAX_TARGETS_PER_PASS]
+            gmax, smax, times = self._collect(x0, int(true_label), chunk, Nsamp, Niters, norm.flag, scale,
+                                              transform, image_id)
+            for k, t in enumerate(chunk):
+                results.append(TargetResult(t, gmax[:, k], smax[:, k], float(pred[true_label] - pred[t]), pred, times))
+        return results
+
+    def _seed_key(self, image_id: int) -> tuple[int, int]:
+        return (self.seed, int(image_id))
+
+    def _collect(self, x0, c, targets, nsamp, niters, flag, scale, transform, image_id):
+        import tensorflow as tf
+
+        k = len(targets)
+        gmax = np.zeros((niters, k, 3), np.float32)
+        smax = np.zeros((niters, k, 3), np.float32)
+        times = np.zeros(niters)
+        c_t = tf.constant(c, tf.int32)
+        t_t = tf.constant(targets, tf.int32)
+        if self.sampler == "graph" and transform is None:
+            step = self._sampled_iteration(x0.shape, nsamp, k, flag, scale)
+            x0_t = tf.constant(x0)
+            seed = tf.constant(self._seed_key(image_id), tf.int64)
+            for it in range(niters):
+                begin = time.perf_counter()
+                g, s = step(x0_t, c_t, t_t, seed, tf.constant(it, tf.int32))
+                gmax[it], smax[it] = g.numpy(), s.numpy()
+                times[it] = time.perf_counter() - begin
+                self._check_finite(gmax[it], targets, image_id, it)
+        else:
+            step = self._given_iteration(x0.shape, nsamp, k)
+            pool = self._get_pool()
+            begin = time.perf_counter()
+            for it, samples in enumerate(pool.iterations(x0, nsamp, niters, flag, scale, self._seed_key(image_id),
+                                                         self.input_range, transform)):
+                g, s = step(tf.constant(samples), c_t, t_t)
+                gmax[it], smax[it] = g.numpy(), s.numpy()
+                now = time.perf_counter()
+                times[it], begin = now - begin, now
+                self._check_finite(gmax[it], targets, image_id, it)
+        return gmax, smax, times
+
+    @staticmethod
+    def _check_finite(values: np.ndarray, targets, image_id: int, it: int) -> None:
+        bad = ~np.all(np.isfinite(values), axis=1)
+        if bad.any():
+            which = [targets[i] for i in np.flatnonzero(bad)]
+            raise NonFiniteError(f"gradients are NaN or Inf for image {image_id}, target(s) {which}, iteration {it}")
+
+    def _get_pool(self):
+        if self._pool is None:
+            from sample_pool import SamplePool
+
+            self._pool = SamplePool(self.nthreads)
+        return self._pool
+
+    def log_iterations(self, result: TargetResult) -> None:
+        """Print one target's `[STATS][L2]` lines (per-iteration maxima and timings)."""
+        if self.log is None:
+            return
+        elapsed = np.cumsum(result.iter_times)
+        for it in range(len(result.grad_max)):
+            slopes = result.slope_max[it] if self.compute_slope else None
+            self.log(iteration_line(it, elapsed[it], result.iter_times[it], 0.0, result.grad_max[it], slopes))
+
+    def close(self) -> None:
+        """Stop the worker pool, if one was started."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

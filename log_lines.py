@@ -1,0 +1,71 @@
+"""Every line format that users parse, in one place ([DATAGEN], [STATS], [DEBUG])."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def g5(x: float) -> str:
+    """A number with 5 significant digits, as every score in the original output."""
+    return f"{float(x):.5g}"
+
+
+def datagen_line(no: int, true_id: int, true_label: int, predicted: int, correct: bool,
+                 seq: Sequence[int], info: Sequence[str]) -> str:
+    return (f"[DATAGEN][L1] no = {no}, true_id = {true_id}, true_label = {true_label}, predicted = {predicted}, "
+            f"correct = {correct}, seq = {list(map(int, seq))}, info = {list(info)}")
+
+
+def iteration_line(loop: int, elapsed: float, iter_time: float, overhead: float,
+                   grads: Sequence[float], slopes: Sequence[float] | None) -> str:
+    """Per-iteration maxima; `grads` is (G2, G1, Gi), `slopes` (L2, L1, Li) or None."""
+    head = f"[STATS][L2] loop = {loop}, time = {g5(elapsed)}, iter_time = {g5(iter_time)}, overhead = {g5(overhead)}"
+    slope = "" if slopes is None else f", L2 = {g5(slopes[0])}, L1 = {g5(slopes[1])}, Linf = {g5(slopes[2])}"
+    return f"{head}{slope}, G2 = {g5(grads[0])}, G1 = {g5(grads[1])}, Ginf = {g5(grads[2])}"
+
+
+def collection_summary_lines(g_x0: float, grad_max: Sequence[float], slope_max: Sequence[float],
+                             with_slope: bool) -> list[str]:
+    """The two `[STATS][L1]` lines printed after an (image, target) collection."""
+    g2, g1, gi = grad_max
+    l2, l1, li = slope_max
+    lines = [f"[STATS][L1] g_x0 = {g5(g_x0)}, L2_max = {g5(l2)}, L1_max = {g5(l1)}, Linf_max = {g5(li)}, "
+             f"G2_max = {g5(g2)}, G1_max = {g5(g1)}, Ginf_max = {g5(gi)}"]
+    if with_slope:
+        lines.append(f"[STATS][L1] bnd_L2_max = {g5(g_x0 / l2)}, bnd_L1_max = {g5(g_x0 / li)}, "
+                     f"bnd_Linf_max = {g5(g_x0 / l1)}, bnd_G2_max = {g5(g_x0 / g2)}, "
+                     f"bnd_G1_max = {g5(g_x0 / gi)}, bnd_Ginf_max = {g5(g_x0 / g1)}")
+    else:
+        lines.append(f"[STATS][L1] bnd_G2_max = {g5(g_x0 / g2)}, bnd_G1_max = {g5(g_x0 / gi)}, "
+                     f"bnd_Ginf_max = {g5(g_x0 / g1)}")
+    return lines
+
+
+def collection_done_line(total: int, seq: int, true_id: int, elapsed: float, true_class: int,
+                         target_class: int, info: str) -> str:
+    return (f"[STATS][L1] total = {total}, seq = {seq}, id = {true_id}, time = {elapsed:.3f}, "
+            f"true_class = {true_class}, target_class = {target_class}, info = {info}")
+
+
+def debug_fit_line(true_id: int, true_label: int, target_label: int, info: str, bnd_norm: str, bnd: float,
+                   ks: float, pval: float, shape: float, loc: float, scale: float, g_x0: float) -> str:
+    return (f"[DEBUG][L1] id = {true_id}, true_label = {true_label}, target_label = {target_label}, info = {info}, "
+            f"bnd_norm = {bnd_norm}, bnd = {g5(bnd)}, ks = {g5(ks)}, pVal = {g5(pval)}, shape = {g5(shape)}, "
+            f"loc = {g5(loc)}, scale = {g5(scale)}, g_x0 = {g5(g_x0)}")
+
+
+def debug_maxsamp_line(true_id: int, true_label: int, target_label: int, info: str, bnd_norm: str,
+                       bnd: float) -> str:
+    return (f"[DEBUG][L1] id = {true_id}, true_label = {true_label}, target_label = {target_label}, info = {info}, "
+            f"bnd_norm = {bnd_norm}, bnd = {g5(bnd)}")
+
+
+def stats_line(info: str, scores: Sequence[float], labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
+    """`[STATS][L0] info = top2, top2_clever_L1 = .., top2_clever_L2 = .., top2_clever_Li = ..`."""
+    parts = ", ".join(f"{info}_clever_{lab} = {g5(s)}" for lab, s in zip(labels, scores))
+    return f"[STATS][L0] info = {info}, {parts}"
+
+
+def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float]) -> str:
+    return (f"[STATS][L1] image = {image:3d}, n_classes = {n_classes:3d}, clever_L1 = {g5(scores[0])}, "
+            f"clever_L2 = {g5(scores[1])}, clever_Li = {g5(scores[2])}")

@@ -1,0 +1,86 @@
+"""The `.mat` result files: their names, atomic writing, and reading them back."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io as sio
+
+
+@dataclass(frozen=True)
+class MatName:
+    """The fields encoded in `<Nsamps>_<Niters>_<id>_<true>_<target>_<info>_<activation>_order<k>.mat`."""
+
+    nsamps: int
+    niters: int
+    id: int
+    true_label: int
+    target_label: int
+    info: str
+    activation: str = "relu"
+    order: int = 1
+
+    @property
+    def filename(self) -> str:
+        return (f"{self.nsamps}_{self.niters}_{self.id}_{self.true_label}_{self.target_label}_{self.info}_"
+                f"{self.activation}_order{self.order}.mat")
+
+
+def parse_mat_name(path: str | os.PathLike) -> MatName:
+    """Fields of a result file's name; ValueError if it does not follow the pattern."""
+    stem = Path(path).name.removesuffix(".mat")
+    parts = stem.split("_")
+    if len(parts) < 6:
+        raise ValueError(f"file name {Path(path).name} does not follow <Nsamps>_<Niters>_<id>_<true>_<target>_<info>...")
+    nsamps, niters, image_id, true_label, target = (int(p) for p in parts[:5])
+    activation = parts[6] if len(parts) > 6 else "relu"
+    order = int(parts[7].removeprefix("order")) if len(parts) > 7 and parts[7].startswith("order") else 1
+    return MatName(nsamps, niters, image_id, true_label, target, parts[5], activation, order)
+
+
+def result_folder(save: str | os.PathLike, dataset: str, model_name: str) -> Path:
+    """`<save>/<dataset>_<model_name>`, as the original."""
+    return Path(save) / f"{dataset}_{model_name}"
+
+
+def save_mat_atomically(path: Path, contents: dict) -> None:
+    """Write a .mat under a temporary name in the same folder, then rename it into place.
+
+    Readers (and a rerun deciding what to skip) never see a partial file, and two runs writing
+    into one folder each rename whole files.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sio.savemat(f, contents)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_mat(path: str | os.PathLike) -> dict:
+    """Read a result file with scipy (no pickles, no code)."""
+    return sio.loadmat(str(path))
+
+
+def is_complete(path: Path, keys: tuple[str, ...] = ("G2_max", "g_x0")) -> bool:
+    """True if a result file exists, loads, and has its essential keys."""
+    if not path.is_file():
+        return False
+    try:
+        mat = load_mat(path)
+    except Exception:  # noqa: BLE001 - any unreadable file counts as incomplete
+        return False
+    return all(k in mat for k in keys) if "H2_max" not in mat else "g_x0" in mat
+
+
+def squeeze_scalar(value) -> float:
+    return float(np.squeeze(value))

@@ -1,0 +1,48 @@
+"""Shared fixtures: paths to the real datasets, a small affine Keras model, subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+def affine_model(weights: np.ndarray, bias: np.ndarray, image_shape=(28, 28, 1)):
+    """f(x) = W^T flatten(x) + b as a Keras model: the gradient of every margin is constant."""
+    import keras
+
+    model = keras.Sequential([keras.Input(image_shape), keras.layers.Flatten(), keras.layers.Dense(weights.shape[1])])
+    model.layers[-1].set_weights([weights.astype(np.float32), bias.astype(np.float32)])
+    return model
+
+
+def run_script(*args: str, env: dict | None = None, timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts with the current interpreter."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def our_segments(pid: int | None = None) -> list[str]:
+    """Shared-memory segments created by this project (optionally by one pid)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return []
+    prefix = "clever_" if pid is None else f"clever_{pid}_"
+    return [p.name for p in shm.iterdir() if p.name.startswith(prefix)]
