@@ -38,6 +38,15 @@ class FileScores:
     g_x0: float
     scores: list[float]
     fits: list[WeibullFit]
+    path: str = ""
+
+    def rows(self, method: str) -> list[dict]:
+        """One table row per norm, as written by --csv and --json."""
+        return [{"file": self.path, "id": self.id, "true_label": self.true_label, "target_label": self.target_label,
+                 "info": self.info, "norm": norm.label, "g_x0": self.g_x0, "score": score, "lipschitz": fit.estimate,
+                 "shape": fit.shape, "loc": fit.loc, "scale": fit.scale, "ks": fit.ks, "pVal": fit.pval,
+                 "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max"}
+                for norm, score, fit in zip(NORMS, self.scores, self.fits)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nthreads", type=int, default=0, help=f"fitting processes (0: {len(C_INIT) + 1})")
     p.add_argument("--plot_dir", default="", help="save a histogram + fitted pdf per file and norm here")
     p.add_argument("--method", choices=METHODS, default="mle_reg")
+    p.add_argument("--csv", default="", help="also write one row per (file, norm) to this CSV file")
+    p.add_argument("--json", default="", help="also write the same rows as a JSON list")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -126,7 +137,8 @@ def score_file(path: Path, args, executor) -> FileScores:
     fits = fit_many(maxima, args.method, args.shape_reg, 2 if args.reg_param == "scale" else 0, executor)
     info = args.user_type if args.user_type and header["info"] == "user" else header["info"]
     scores = [clever_score(header["g_x0"], f.estimate) for f in fits]
-    result = FileScores(header["id"], header["true_label"], header["target_label"], info, header["g_x0"], scores, fits)
+    result = FileScores(header["id"], header["true_label"], header["target_label"], info, header["g_x0"], scores, fits,
+                        str(path))
     for norm, score, fit, sample in zip(NORMS, scores, fits, maxima):
         if args.method == "maxsamp":
             print(debug_maxsamp_line(result.id, result.true_label, result.target_label, info, norm.bnd_norm, score))
@@ -165,6 +177,27 @@ def summarise(results: list[FileScores], untargeted: bool, use_min: bool) -> lis
     return lines
 
 
+COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "lipschitz", "shape", "loc",
+           "scale", "ks", "pVal", "method"]
+
+
+def write_tables(results: list[FileScores], args) -> None:
+    """--csv / --json: one row per (file, norm), written atomically by pandas."""
+    if not (args.csv or args.json):
+        return
+    import os
+
+    import pandas as pd
+
+    table = pd.DataFrame([row for r in results for row in r.rows(args.method)], columns=COLUMNS)
+    for target, write in ((args.csv, lambda p: table.to_csv(p, index=False)),
+                          (args.json, lambda p: table.to_json(p, orient="records", indent=1))):
+        if target:
+            tmp = f"{target}.{os.getpid()}.tmp"
+            write(tmp)
+            os.replace(tmp, target)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     folder = Path(args.data_folder)
@@ -201,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             executor.shutdown(cancel_futures=True)
     for line in summarise(results, args.untargeted, args.use_min):
         print(line)
+    write_tables(results, args)
     if skipped:
         print(f"[WARNING] skipped {len(skipped)} of {len(files)} file(s)", file=sys.stderr)
     if not results:

@@ -46,7 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample uniformly in the ball of this radius (0: the original random radius factor)")
     p.add_argument("--sampler", choices=["graph", "pool"], default="graph",
                    help="graph: samples drawn inside the compiled step; pool: NumPy worker processes")
+    p.add_argument("--devices", type=int, default=0,
+                   help="split each batch across N devices (MirroredStrategy); 0: all visible GPUs")
     p.add_argument("--data_dir", default=None, help="dataset folder (else CLEVER_DATA_DIR, else ./data)")
+    p.add_argument("--model_path", default="", help="your own Keras model file (.keras, .h5) or SavedModel folder")
+    p.add_argument("--data_path", default="", help="your own inputs: an .npz with x and y, or a folder of "
+                   "<label>.<name>.png/jpg images")
+    p.add_argument("--input_range", default="-0.5,0.5", help="LO,HI: the input range the model expects")
+    p.add_argument("--output", choices=["logits", "probs"], default="logits",
+                   help="what the model returns; probs are turned into log-probabilities")
+    p.add_argument("--unsafe_load", action="store_true", help="allow Keras models with custom Lambda code")
+    p.add_argument("--overwrite", action="store_true", help="recompute (image, target) pairs whose file exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -60,6 +71,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"-b/--batch_size must be positive (or 0 for the default), got {args.batch_size}")
     if args.firstimg < 0:
         raise UsageError(f"-f/--firstimg must be >= 0, got {args.firstimg}")
+    if args.devices < 0:
+        raise UsageError(f"--devices must be >= 0, got {args.devices}")
     if args.nthreads < 0:
         raise UsageError(f"--nthreads must be >= 0, got {args.nthreads}")
     if args.radius < 0:
@@ -70,13 +83,18 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"unknown --transform {args.transform!r}; valid names: {', '.join(TRANSFORMS)}")
     if args.target_type & USER and not args.ids and args.target_type == USER:
         raise UsageError("--target_type 8 needs an --ids file with a 'target' column")
-    if args.dataset == "imagenet":
+    if args.dataset == "imagenet" and not args.model_path:
         raise UsageError("--dataset imagenet is not available yet")
+    from user_inputs import parse_input_range
+
+    args.range = parse_input_range(args.input_range)
+    if args.model_path and not args.data_path and args.range != (-0.5, 0.5):
+        raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     if args.order == 2:
         raise UsageError("--order 2 (second-order bound) is not available yet; use --order 1")
 
 
-def select_images(args, num_test: int, num_classes: int) -> list[tuple[int, int | None]]:
+def select_images(args, num_test: int, num_classes: int | None) -> list[tuple[int, int | None]]:
     """(image id, user target) pairs to process."""
     if args.ids:
         from target_selection import read_ids_file
@@ -104,35 +122,103 @@ def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: d
     }
 
 
+def load_inputs(args):
+    """(images, integer labels, dataset label for the output folder)."""
+    import numpy as np
+
+    if args.data_path:
+        from user_inputs import load_user_data, model_label
+
+        x, y = load_user_data(args.data_path, args.range)
+        return x, y, model_label(args.data_path)
+    from datasets import load_dataset
+
+    data = load_dataset(args.dataset, args.data_dir)
+    return data.test_data, np.argmax(data.test_labels, axis=1), args.dataset
+
+
+def load_classifier(args, estimator) -> str:
+    """Load the model into the estimator; return its name for the output folder."""
+    model, name = None, args.model_name
+    if args.model_path:
+        from user_inputs import as_logits, load_user_model, model_label
+
+        model = as_logits(load_user_model(args.model_path, args.unsafe_load), args.output)
+        name = model_label(args.model_path)
+    estimator.load_model(args.dataset, args.model_name, args.activation, model=model, batch_size=args.batch_size,
+                         compute_slope=args.compute_slope, order=args.order, input_range=args.range,
+                         devices=args.devices)
+    return name
+
+
+def pending_targets(args, folder, image_id: int, true_label: int, chosen) -> list:
+    """(target, info, path) for the targets of an image whose result file is missing."""
+    from mat_files import MatName, is_complete
+
+    todo = []
+    for target, info in chosen:
+        name = MatName(args.Nsamps, args.Niters, image_id, true_label, target, info, args.activation, args.order)
+        path = folder / name.filename
+        if not args.overwrite and is_complete(path):
+            print(f"file {path} already exists. Skipping this sample...")
+        else:
+            todo.append((target, info, path))
+    return todo
+
+
+def report_and_save(args, estimator, results, todo, image_id, true_label, seq, counters) -> None:
+    from log_lines import collection_done_line, collection_summary_lines
+    from mat_files import save_mat_atomically
+
+    for result, (target, info, path) in zip(results, todo):
+        counters["total"] += 1
+        estimator.log_iterations(result)
+        for line in collection_summary_lines(result.g_x0, result.grad_max.max(0), result.slope_max.max(0),
+                                             args.compute_slope):
+            print(line)
+        print(collection_done_line(counters["total"], seq, image_id, time.time() - counters["start"], true_label,
+                                   target, info))
+        save_mat_atomically(path, mat_contents(result, image_id, true_label, info, counters["args"],
+                                               str(path.with_suffix(""))))
+        print("saved to", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     validate(args)
     quiet_tensorflow()
     import numpy as np
 
-    from datasets import load_dataset
     from estimate_gradient_norm import EstimateLipschitz, NonFiniteError
-    from log_lines import collection_done_line, collection_summary_lines, datagen_line
-    from mat_files import MatName, is_complete, result_folder, save_mat_atomically
+    from log_lines import ProgressBar, datagen_line
+    from mat_files import remove_stale_temp_files, result_folder
     from shmemarray import remove_stale_segments
     from target_selection import choose_targets
+    from user_inputs import check_outputs
 
-    print(vars(args))
+    print({k: v for k, v in vars(args).items() if k != "range"})
     remove_stale_segments()
-    data = load_dataset(args.dataset, args.data_dir)
-    test_x, test_y = data.test_data, data.test_labels
-    images = select_images(args, len(test_x), data.num_classes)
+    test_x, test_y, dataset_label = load_inputs(args)
     estimator = EstimateLipschitz(seed=args.seed, nthreads=args.nthreads, sampler=args.sampler)
-    estimator.load_model(args.dataset, args.model_name, args.activation, batch_size=args.batch_size,
-                         compute_slope=args.compute_slope, order=args.order)
-    folder = result_folder(args.save, args.dataset, args.model_name)
-    args_dict = {k: ("" if v is None else v) for k, v in vars(args).items()}
-    total, failed, start = 0, [], time.time()
+    model_name = load_classifier(args, estimator)
+    images = select_images(args, len(test_x), None)
     logits = estimator.predict(test_x[[i for i, _ in images]])
+    check_outputs(logits, None if args.model_path else 10, args.output)
+    num_classes = logits.shape[1]
+    bad = [i for i, _ in images if not 0 <= test_y[i] < num_classes]
+    if bad:
+        raise UsageError(f"labels of images {bad[:5]} are outside 0..{num_classes - 1}")
+    if args.ids and args.target_type & USER:
+        select_images(args, len(test_x), num_classes)  # re-check --ids targets against the model's classes
+    folder = result_folder(args.save, dataset_label, model_name)
+    for stale in remove_stale_temp_files(folder):
+        print(f"[WARNING] removed {stale}, left by a run that was killed mid-write", file=sys.stderr)
+    counters = {"total": 0, "start": time.time(),
+                "args": {k: ("" if v is None else v) for k, v in vars(args).items() if k != "range"}}
+    failed = []
     try:
         for no, ((image_id, user_target), pred) in enumerate(zip(images, logits), start=1):
-            true_label = int(np.argmax(test_y[image_id]))
-            predicted = int(np.argmax(pred))
+            true_label, predicted = int(test_y[image_id]), int(np.argmax(pred))
             chosen = choose_targets(pred, args.target_type, args.seed, image_id, user_target)
             correct = predicted == true_label
             print(datagen_line(no, image_id, true_label, predicted, correct,
@@ -141,35 +227,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); skipping")
                 continue
             if any(t == true_label for t, _ in chosen):
-                raise UsageError(f"target class of image {image_id} equals its true class {true_label}")
-            todo = []
-            for target, info in chosen:
-                name = MatName(args.Nsamps, args.Niters, image_id, true_label, target, info, args.activation, args.order)
-                path = folder / name.filename
-                if is_complete(path):
-                    print(f"file {path} already exists. Skipping this sample...")
-                else:
-                    todo.append((target, info, path))
+                raise UsageError(f"a target class of image {image_id} equals its true class {true_label}")
+            todo = pending_targets(args, folder, image_id, true_label, chosen)
             if not todo:
                 continue
+            label = f"image {image_id} ({len(todo)} target{'s' * (len(todo) > 1)})"
+            progress = None if args.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
             try:
                 results = estimator.estimate_targets(
-                    test_x[image_id], true_label, [t for t, _, _ in todo], args.Nsamps, args.Niters,
-                    args.sample_norm, transform=args.transform or None, image_id=image_id, radius=args.radius or None)
+                    test_x[image_id], true_label, [t for t, _, _ in todo], args.Nsamps, args.Niters, args.sample_norm,
+                    transform=args.transform or None, image_id=image_id, radius=args.radius or None, progress=progress)
             except NonFiniteError as err:
                 print(f"[ERROR] {err}; skipping image {image_id}", file=sys.stderr)
                 failed.append(image_id)
                 continue
-            for result, (target, info, path) in zip(results, todo):
-                total += 1
-                estimator.log_iterations(result)
-                for line in collection_summary_lines(result.g_x0, result.grad_max.max(0), result.slope_max.max(0),
-                                                     args.compute_slope):
-                    print(line)
-                print(collection_done_line(total, no - 1, image_id, time.time() - start, true_label, target, info))
-                save_mat_atomically(path, mat_contents(result, image_id, true_label, info, args_dict,
-                                                       str(path.with_suffix(""))))
-                print("saved to", path)
+            report_and_save(args, estimator, results, todo, image_id, true_label, no - 1, counters)
             sys.stdout.flush()
     finally:
         estimator.close()

@@ -61,6 +61,21 @@ class TargetResult:
         return [s[:, 0], s[:, 1], s[:, 2], g[:, 0], g[:, 1], g[:, 2], self.g_x0, self.pred]
 
 
+def make_strategy(devices: int):
+    """None for one device, else a MirroredStrategy over `devices` GPUs (or logical CPUs)."""
+    if devices == 1:
+        return None
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if devices == 0:
+        return tf.distribute.MirroredStrategy(gpus) if len(gpus) > 1 else None
+    pool = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    if devices > len(pool):
+        raise UsageError(f"--devices {devices} asked for, but only {len(pool)} device(s) are visible")
+    return tf.distribute.MirroredStrategy(pool[:devices])
+
+
 class EstimateLipschitz:
     """Collects per-iteration maxima of gradient norms for CLEVER.
 
@@ -86,12 +101,13 @@ class EstimateLipschitz:
         self.compute_slope = False
         self.input_range = (-0.5, 0.5)
         self._pool = None
+        self.strategy = None
         self._compiled: dict[tuple, Callable] = {}
 
     # ----------------------------------------------------------------------------------------
     def load_model(self, dataset: str = "mnist", model_name: str = "normal", activation: str = "relu",
                    model=None, batch_size: int = 0, compute_slope: bool = False, order: int = 1,
-                   input_range: tuple[float, float] = (-0.5, 0.5)):
+                   input_range: tuple[float, float] = (-0.5, 0.5), devices: int = 1):
         """Select the classifier.
 
         Args:
@@ -102,6 +118,8 @@ class EstimateLipschitz:
             compute_slope: also record slope maxima between pairs of samples.
             order: 1 (gradient norms); 2 is the second-order bound.
             input_range: the range the model takes; samples are clipped to it.
+            devices: split every batch across this many devices with MirroredStrategy
+                (0 = all visible GPUs); results equal a single device's for the same seed.
         Returns:
             The model.
         """
@@ -115,6 +133,7 @@ class EstimateLipschitz:
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(dataset, 1024)
         self.compute_slope = compute_slope
         self.input_range = (float(input_range[0]), float(input_range[1]))
+        self.strategy = make_strategy(devices)
         self._compiled.clear()
         return model
 
@@ -178,15 +197,33 @@ class EstimateLipschitz:
             smax = tf.zeros_like(gmax)
         return gmax, smax
 
+    def _replicated_maxima(self, x, c, targets, valid, num_targets: int):
+        """`_batch_maxima` with the batch split into one shard per replica, maxima merged."""
+        import tensorflow as tf
+
+        replicas = self.strategy.num_replicas_in_sync
+        # Even shards keep the slope pairs (0, 1), (2, 3), ... inside one replica.
+        shard = ((tf.shape(x)[0] + replicas - 1) // replicas + 1) // 2 * 2
+
+        def on_replica(x, valid):
+            rid = tf.distribute.get_replica_context().replica_id_in_sync_group
+            part = x[rid * shard : (rid + 1) * shard]
+            return self._batch_maxima(part, c, targets, valid - rid * shard, num_targets)
+
+        gmax, smax = self.strategy.run(on_replica, args=(x, valid))
+        local = self.strategy.experimental_local_results
+        return (tf.reduce_max(tf.stack(local(gmax)), 0), tf.reduce_max(tf.stack(local(smax)), 0))
+
     def _loop(self, get_batch, nbatches, c, targets, num_targets: int):
         """Run get_batch(b) -> (x, valid) for b < nbatches inside the graph, keeping maxima."""
         import tensorflow as tf
 
         gmax = tf.zeros([num_targets, 3])
         smax = tf.zeros([num_targets, 3])
+        maxima = self._batch_maxima if self.strategy is None else self._replicated_maxima
         for b in tf.range(nbatches):
             x, valid = get_batch(b)
-            bg, bs = self._batch_maxima(x, c, targets, valid, num_targets)
+            bg, bs = maxima(x, c, targets, valid, num_targets)
             gmax = tf.maximum(gmax, bg)
             smax = tf.maximum(smax, bs)
         return gmax, smax
@@ -285,10 +322,12 @@ class EstimateLipschitz:
 
     def estimate_targets(self, x_0: np.ndarray, true_label: int, target_labels: Sequence[int], Nsamp: int,
                          Niters: int, sample_norm: str = "l2", transform: str | None = None, image_id: int = 0,
-                         radius: float | None = None) -> list[TargetResult]:
+                         radius: float | None = None,
+                         progress: Callable[[int, int], Callable[[int], None]] | None = None) -> list[TargetResult]:
         """Collect maxima for several targets of one image on shared samples.
 
         Targets are processed MAX_TARGETS_PER_PASS at a time; every pass sees the same samples.
+        `progress(niters, nsamp)`, if given, makes a callback that is told each finished iteration.
         """
         if self.model is None:
             raise UsageError("call load_model before estimate")
@@ -304,8 +343,9 @@ class EstimateLipschitz:
         targets = [int(t) for t in target_labels]
         for start in range(0, len(targets), MAX_TARGETS_PER_PASS):
             chunk = targets[start : start + MAX_TARGETS_PER_PASS]
+            tick = progress(Niters, Nsamp) if progress else None
             gmax, smax, times = self._collect(x0, int(true_label), chunk, Nsamp, Niters, norm.flag, scale,
-                                              transform, image_id)
+                                              transform, image_id, tick)
             for k, t in enumerate(chunk):
                 results.append(TargetResult(t, gmax[:, k], smax[:, k], float(pred[true_label] - pred[t]), pred, times))
         return results
@@ -313,7 +353,7 @@ class EstimateLipschitz:
     def _seed_key(self, image_id: int) -> tuple[int, int]:
         return (self.seed, int(image_id))
 
-    def _collect(self, x0, c, targets, nsamp, niters, flag, scale, transform, image_id):
+    def _collect(self, x0, c, targets, nsamp, niters, flag, scale, transform, image_id, tick=None):
         import tensorflow as tf
 
         k = len(targets)
@@ -332,6 +372,8 @@ class EstimateLipschitz:
                 gmax[it], smax[it] = g.numpy(), s.numpy()
                 times[it] = time.perf_counter() - begin
                 self._check_finite(gmax[it], targets, image_id, it)
+                if tick:
+                    tick(it + 1)
         else:
             step = self._given_iteration(x0.shape, nsamp, k)
             pool = self._get_pool()
@@ -343,6 +385,8 @@ class EstimateLipschitz:
                 now = time.perf_counter()
                 times[it], begin = now - begin, now
                 self._check_finite(gmax[it], targets, image_id, it)
+                if tick:
+                    tick(it + 1)
         return gmax, smax, times
 
     @staticmethod

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Sequence
+from typing import TextIO
 
 
 def g5(x: float) -> str:
@@ -69,3 +72,32 @@ def stats_line(info: str, scores: Sequence[float], labels: Sequence[str] = ("L1"
 def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float]) -> str:
     return (f"[STATS][L1] image = {image:3d}, n_classes = {n_classes:3d}, clever_L1 = {g5(scores[0])}, "
             f"clever_L2 = {g5(scores[1])}, clever_Li = {g5(scores[2])}")
+
+
+class ProgressBar:
+    """A progress line on stderr per (image, targets) pass: iterations, samples/s and ETA.
+
+    On a terminal it redraws in place; otherwise it prints a line every 10% so logs stay short.
+    """
+
+    def __init__(self, label: str, total: int, samples_per_step: int, stream: TextIO = sys.stderr):
+        self.label, self.total, self.samples = label, total, samples_per_step
+        self.stream = stream
+        self.start = time.perf_counter()
+        self.tty = stream.isatty()
+        self._next_report = 0.0
+
+    def __call__(self, done: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        fraction = done / self.total
+        if not self.tty and fraction < self._next_report and done < self.total:
+            return
+        self._next_report = fraction + 0.1
+        rate = done * self.samples / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / done * (self.total - done) if done else 0.0
+        width = 24
+        bar = "=" * int(width * fraction) + "." * (width - int(width * fraction))
+        text = f"{self.label} [{bar}] {done}/{self.total} {rate:,.0f} samples/s ETA {eta:.0f}s"
+        end = "\n" if (not self.tty or done == self.total) else ""
+        self.stream.write(("\r" if self.tty else "") + text + end)
+        self.stream.flush()

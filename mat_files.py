@@ -54,7 +54,7 @@ def save_mat_atomically(path: Path, contents: dict) -> None:
     into one folder each rename whole files.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             sio.savemat(f, contents)
@@ -64,6 +64,26 @@ def save_mat_atomically(path: Path, contents: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete temporary files of runs that died mid-write (their pid is gone); keep live runs' files."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.split(".")
+        pid = next((int(p) for p in reversed(parts[:-2]) if p.isdigit()), None)
+        if pid is None:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        except PermissionError:
+            pass
+    return removed
 
 
 def load_mat(path: str | os.PathLike) -> dict:

@@ -53,7 +53,7 @@ def choose_targets(logits: np.ndarray, target_type: int, seed: int, image_id: in
     return chosen
 
 
-def read_ids_file(path: str, need_targets: bool, num_classes: int, num_images: int) -> list[IdsEntry]:
+def read_ids_file(path: str, need_targets: bool, num_classes: int | None, num_images: int) -> list[IdsEntry]:
     """Parse a tab-separated `--ids` file with an `id` column and, for bit3, a `target` column."""
     try:
         with open(path, newline="") as f:
@@ -75,7 +75,7 @@ def read_ids_file(path: str, need_targets: bool, num_classes: int, num_images: i
             raise UsageError(f"malformed --ids file {path}: line {line} is not integer id/target") from None
         if not 0 <= image_id < num_images:
             raise UsageError(f"--ids file {path} line {line}: image id {image_id} is outside 0..{num_images - 1}")
-        if target is not None and not 0 <= target < num_classes:
+        if target is not None and num_classes is not None and not 0 <= target < num_classes:
             raise UsageError(f"--ids file {path} line {line}: target {target} is outside 0..{num_classes - 1}")
         entries.append(IdsEntry(image_id, target))
     return entries

@@ -1,0 +1,88 @@
+"""CLEVER in one call, for notebooks: a Keras model and an image in, scores and fits out.
+
+    from clever_api import clever_scores
+    result = clever_scores(model, image, target=None, nsamps=1024, niters=100)
+    print(result.scores)   # {'L1': .., 'L2': .., 'Li': ..}: untargeted (minimum over classes)
+
+It runs the same sampler and fit as `collect_gradients.py` + `clever.py`; with the same seed
+and `image_id` (the image's index in the CLI's data) it gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clever_fit import SHAPE_REG, WeibullFit, clever_score, fit_many
+from errors import UsageError
+from estimate_gradient_norm import EstimateLipschitz
+from norms import NORMS, grad_column
+
+
+@dataclass
+class TargetScores:
+    """Scores against one target class, with the fit behind each norm's Lipschitz estimate."""
+
+    target: int
+    g_x0: float
+    scores: dict[str, float]
+    fits: dict[str, WeibullFit]
+
+
+@dataclass
+class CleverResult:
+    """The scores of one image: per target, and the minimum over targets (`scores`)."""
+
+    true_label: int
+    predicted: int
+    scores: dict[str, float]
+    targets: list[TargetScores] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:.5g}" for k, v in self.scores.items())
+        return f"CleverResult(true_label={self.true_label}, targets={[t.target for t in self.targets]}, {shown})"
+
+
+def clever_scores(model, image: np.ndarray, target: int | list[int] | None = None, true_label: int | None = None,
+                  nsamps: int = 1024, niters: int = 100, sample_norm: str = "l2", seed: int = 1215,
+                  image_id: int = 0, batch_size: int = 0, radius: float | None = None,
+                  input_range: tuple[float, float] = (-0.5, 0.5), method: str = "mle_reg",
+                  shape_reg: float = SHAPE_REG) -> CleverResult:
+    """CLEVER scores of `image` for a model that returns logits.
+
+    Args:
+        model: a Keras model (or callable) mapping a batch in `input_range` to logits.
+        image: one input (H, W, C) in `input_range`.
+        target: a target class, a list of them, or None for every class but the true one
+            (the untargeted score).
+        true_label: the class g is measured from; default the model's prediction.
+        nsamps, niters: samples per iteration and number of maxima (the paper: 1024, 500).
+        sample_norm: 'l2', 'li' or 'l1' ball; radius: sample in a ball of exactly this radius.
+        seed, image_id: the samples' seed, as `--seed` and the image index in the CLI.
+        method, shape_reg: the fit (see clever_fit.fit_reverse_weibull).
+    Returns:
+        CleverResult with `scores` = the minimum over the targets of each norm's score.
+    """
+    est = EstimateLipschitz(seed=seed, log=None)
+    est.load_model(model=model, batch_size=batch_size or min(nsamps, 1024), input_range=input_range)
+    x0 = np.asarray(image, np.float32)
+    logits = est.predict(x0[None])[0]
+    predicted = int(np.argmax(logits))
+    c = predicted if true_label is None else int(true_label)
+    if target is None:
+        targets = [j for j in range(len(logits)) if j != c]
+    else:
+        targets = [int(t) for t in np.atleast_1d(target)]
+    if not targets or any(t == c or not 0 <= t < len(logits) for t in targets):
+        raise UsageError(f"targets {targets} must be classes other than {c} in 0..{len(logits) - 1}")
+    results = est.estimate_targets(x0, c, targets, nsamps, niters, sample_norm, image_id=image_id, radius=radius)
+    per_target = []
+    for res in results:
+        fits = fit_many([res.grad_max[:, grad_column(n)] for n in NORMS], method, shape_reg)
+        per_target.append(TargetScores(
+            res.target, res.g_x0,
+            {n.label: clever_score(res.g_x0, f.estimate) for n, f in zip(NORMS, fits)},
+            {n.label: f for n, f in zip(NORMS, fits)}))
+    best = {n.label: min(t.scores[n.label] for t in per_target) for n in NORMS}
+    return CleverResult(c, predicted, best, per_target)

@@ -1,0 +1,158 @@
+"""Scoring your own Keras model on your own data: CLI, Python API, tables, resume, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_script
+
+STATS = re.compile(r"info = (\w+), \w+_clever_L1 = ([^,]+), \w+_clever_L2 = ([^,]+), \w+_clever_Li = (\S+)")
+
+
+def user_cnn(softmax: bool = False):
+    import keras
+
+    keras.utils.set_random_seed(21)
+    layers = [keras.Input((12, 12, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Flatten(),
+              keras.layers.Dense(6)]
+    if softmax:
+        layers.append(keras.layers.Softmax())
+    return keras.Sequential(layers)
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    model = user_cnn()
+    model.save(root / "mycnn.keras")
+    model.export(str(root / "mycnn_savedmodel"), verbose=False)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (3, 12, 12, 1)).astype(np.float32)
+    y = np.argmax(model.predict(x, verbose=0), axis=1)  # labels the model gets right
+    np.savez(root / "three.npz", x=x, y=y)
+    probs = user_cnn(softmax=True)
+    probs.save(root / "probs.keras")
+    return root, model, x, y
+
+
+def collect(root, model_file, *extra, save="out"):
+    return run_script("collect_gradients.py", "--model_path", str(root / model_file), "--data_path",
+                      str(root / "three.npz"), "-n", "3", "-N", "64", "-i", "15", "--target_type", "1",
+                      "-s", str(root / save), "--quiet", *extra)
+
+
+def scores_of(stdout: str) -> list[float]:
+    return [float(v) for v in re.findall(r"bnd = ([^,]+), ks", stdout)]
+
+
+@pytest.mark.parametrize("model_file", ["mycnn.keras", "mycnn_savedmodel"])
+def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files, model_file):
+    root, model, x, y = user_files
+    res = collect(root, model_file, save=f"out_{model_file}")
+    assert res.returncode == 0, res.stderr
+    folder = root / f"out_{model_file}" / f"three_{model_file.split('.')[0]}"
+    assert len(list(folder.glob("*.mat"))) == 3
+    out = run_script("clever.py", str(folder), "--nthreads", "1").stdout
+    cli = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"id = (\d+), .*bnd_norm = 2, bnd = ([^,]+),", out)}
+    assert sorted(cli) == [0, 1, 2] and all(v > 0 for v in cli.values())
+
+    from clever_api import clever_scores
+
+    for i in range(3):
+        top2 = int(np.argsort(model.predict(x[i : i + 1], verbose=0)[0])[-2])
+        api = clever_scores(model, x[i], target=top2, true_label=int(y[i]), nsamps=64, niters=15, image_id=i)
+        assert api.scores["L2"] == pytest.approx(cli[i], rel=1e-4)
+
+
+def test_probability_model_needs_output_probs(user_files):
+    root, *_ = user_files
+    plain = collect(root, "probs.keras", save="p1")
+    assert "look like probabilities" in plain.stderr
+    res = collect(root, "probs.keras", "--output", "probs", save="p2")
+    assert res.returncode == 0, res.stderr
+    assert "log-probabilities" in res.stderr
+    out = run_script("clever.py", str(root / "p2" / "three_probs")).stdout
+    values = [float(v) for v in STATS.search(out).groups()[1:]]
+    assert all(np.isfinite(values)) and all(v > 0 for v in values)
+
+
+def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(user_files, tmp_path):
+    root, *_ = user_files
+    res = collect(root, "mycnn.keras", save="tables")
+    assert res.returncode == 0
+    folder = root / "tables" / "three_mycnn"
+    out = run_script("clever.py", str(folder), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json"))
+    table = pd.read_csv(tmp_path / "s.csv")
+    assert list(table.columns) == ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score",
+                                   "lipschitz", "shape", "loc", "scale", "ks", "pVal", "method"]
+    assert len(table) == 3 * 3 and set(table["norm"]) == {"L1", "L2", "Li"}
+    printed = scores_of(out.stdout)
+    np.testing.assert_allclose(sorted(table["score"]), sorted(printed), rtol=1e-4)
+    np.testing.assert_allclose(table["score"], table["g_x0"] / table["lipschitz"], rtol=1e-9)
+    assert len(pd.read_json(tmp_path / "s.json")) == 9
+
+
+def test_kill_9_mid_run_then_rerun_gives_the_files_of_an_uninterrupted_run(user_files, tmp_path):
+    root, *_ = user_files
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def command(save):
+        return [sys.executable, "collect_gradients.py", "--model_path", str(root / "mycnn.keras"), "--data_path",
+                str(root / "three.npz"), "-n", "3", "-N", "1024", "-i", "200", "--target_type", "7",
+                "-s", str(save), "--quiet"]
+
+    proc = subprocess.Popen(command(tmp_path / "killed"), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "killed" / "three_mycnn"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(folder.glob("*.mat")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = {p.name for p in folder.glob("*.mat")}
+    assert 0 < len(first) < 9, "the kill should land after the first image and before the last"
+    rerun = subprocess.run(command(tmp_path / "killed"), cwd=REPO, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.count("already exists. Skipping") == len(first)
+    whole = subprocess.run(command(tmp_path / "whole"), cwd=REPO, env=env, capture_output=True, text=True)
+    assert whole.returncode == 0
+    names = sorted(p.name for p in folder.glob("*.mat"))
+    assert names == sorted(p.name for p in (tmp_path / "whole" / "three_mycnn").glob("*.mat"))
+    assert len(names) == 9 and not list(folder.glob(".*"))
+    import scipy.io as sio
+
+    for name in names:  # same seed, same samples: the resumed files equal the uninterrupted ones
+        a, b = sio.loadmat(folder / name), sio.loadmat(tmp_path / "whole" / "three_mycnn" / name)
+        np.testing.assert_array_equal(a["G2_max"], b["G2_max"])
+
+
+@pytest.mark.parametrize("case,make,message", [
+    ("missing model", lambda r: ["--model_path", str(r / "nope.keras"), "--data_path", str(r / "three.npz")],
+     "does not exist"),
+    ("missing data", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "nope.npz")],
+     "does not exist"),
+    ("wrong shape", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "flat.npz")],
+     "x must have shape (N, H, W, C)"),
+    ("labels out of range", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "badlab.npz")],
+     "outside 0..5"),
+    ("outside input range", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "wide.npz")],
+     "outside --input_range"),
+])
+def test_bad_user_inputs_are_one_line_errors_with_nothing_written(user_files, tmp_path, case, make, message):
+    root, _, x, y = user_files
+    np.savez(root / "flat.npz", x=x.reshape(3, -1), y=y)
+    np.savez(root / "badlab.npz", x=x, y=np.array([0, 1, 9]))
+    np.savez(root / "wide.npz", x=x * 4, y=y)
+    res = run_script("collect_gradients.py", *make(root), "-n", "3", "-N", "32", "-i", "3", "-s", str(tmp_path))
+    assert res.returncode == 2, (case, res.stderr)
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, (case, last)
+    assert not list(tmp_path.rglob("*"))
