@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clever_fit import C_INIT, METHODS, SHAPE_REG, WeibullFit, clever_score, fit_many
+from clever_fit import C_INIT, METHODS, SHAPE_REG, WeibullFit, clever_score, fit_many, second_order_bound
 from errors import UsageError, run_cli
 from log_lines import debug_fit_line, debug_maxsamp_line, stats_line, untargeted_image_line
 from mat_files import load_mat, parse_mat_name
-from norms import NORMS, LpNorm
+from norms import L2, NORMS, LpNorm
 
 INFO_ORDER = ("least", "random", "top2")
 
@@ -39,14 +39,17 @@ class FileScores:
     scores: list[float]
     fits: list[WeibullFit]
     path: str = ""
+    norms: tuple[LpNorm, ...] = NORMS
+    order: int = 1
 
     def rows(self, method: str) -> list[dict]:
         """One table row per norm, as written by --csv and --json."""
         return [{"file": self.path, "id": self.id, "true_label": self.true_label, "target_label": self.target_label,
                  "info": self.info, "norm": norm.label, "g_x0": self.g_x0, "score": score, "lipschitz": fit.estimate,
                  "shape": fit.shape, "loc": fit.loc, "scale": fit.scale, "ks": fit.ks, "pVal": fit.pval,
-                 "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max"}
-                for norm, score, fit in zip(NORMS, self.scores, self.fits)]
+                 "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max",
+                 "order": self.order}
+                for norm, score, fit in zip(self.norms, self.scores, self.fits)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,13 +93,18 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         mat = load_mat(path)
     except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
         raise ValueError(f"cannot read .mat ({type(err).__name__}: {err})") from None
-    if "H2_max" in mat:
-        raise ValueError("an --order 2 file; second-order scores are not available yet")
-    keys = [n.slope_key if use_slope else n.grad_key for n in NORMS]
+    order = 2 if "H2_max" in mat else 1
+    if order == 2:
+        keys = ["H2_max"]
+        if "g_x0_grad_2_norm" not in mat:
+            raise ValueError("missing keys ['g_x0_grad_2_norm']")
+    else:
+        keys = [n.slope_key if use_slope else n.grad_key for n in NORMS]
     missing = [k for k in keys + ["g_x0"] if k not in mat]
     if missing:
         raise ValueError(f"missing keys {missing}")
-    maxima = [np.ravel(mat[k]).astype(np.float64) for k in keys]
+    maxima = [np.abs(np.ravel(mat[k]).astype(np.float64)) if order == 2 else np.ravel(mat[k]).astype(np.float64)
+              for k in keys]
     if num_samples:
         maxima = [m[:num_samples] for m in maxima]
     header = {
@@ -105,6 +113,8 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         "target_label": int(np.squeeze(mat["target_label"])) if "target_label" in mat else name.target_label,
         "info": str(np.squeeze(mat["info"])) if "info" in mat else name.info,
         "g_x0": float(np.squeeze(mat["g_x0"])),
+        "order": order,
+        "grad_norm": float(np.squeeze(mat["g_x0_grad_2_norm"])) if order == 2 else 0.0,
         "figname": f"Fig_{name.info}_{name.id}_{name.true_label}_{name.target_label}_Nsamp_{len(maxima[0])}",
     }
     return header, maxima
@@ -136,10 +146,15 @@ def score_file(path: Path, args, executor) -> FileScores:
     header, maxima = read_maxima(path, args.use_slope, args.num_samples)
     fits = fit_many(maxima, args.method, args.shape_reg, 2 if args.reg_param == "scale" else 0, executor)
     info = args.user_type if args.user_type and header["info"] == "user" else header["info"]
-    scores = [clever_score(header["g_x0"], f.estimate) for f in fits]
+    if header["order"] == 2:
+        norms = (L2,)
+        scores = [second_order_bound(header["g_x0"], header["grad_norm"], fits[0].estimate)]
+    else:
+        norms = NORMS
+        scores = [clever_score(header["g_x0"], f.estimate) for f in fits]
     result = FileScores(header["id"], header["true_label"], header["target_label"], info, header["g_x0"], scores, fits,
-                        str(path))
-    for norm, score, fit, sample in zip(NORMS, scores, fits, maxima):
+                        str(path), norms, header["order"])
+    for norm, score, fit, sample in zip(norms, scores, fits, maxima):
         if args.method == "maxsamp":
             print(debug_maxsamp_line(result.id, result.true_label, result.target_label, info, norm.bnd_norm, score))
         else:
@@ -152,8 +167,19 @@ def score_file(path: Path, args, executor) -> FileScores:
 
 
 def summarise(results: list[FileScores], untargeted: bool, use_min: bool) -> list[str]:
-    """The `[STATS]` summary lines."""
+    """The `[STATS]` summary lines: first-order files, then second-order files (L2 only)."""
+    lines = []
+    for order in (1, 2):
+        subset = [r for r in results if r.order == order]
+        if subset:
+            labels = tuple(n.label for n in subset[0].norms)
+            lines += _summary(subset, labels, untargeted, use_min)
+    return lines
+
+
+def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool) -> list[str]:
     reduce = min if use_min else (lambda xs: sum(xs) / len(xs))
+    columns = range(len(labels))
     lines = []
     if untargeted:
         per_image: dict[int, list[FileScores]] = defaultdict(list)
@@ -161,24 +187,22 @@ def summarise(results: list[FileScores], untargeted: bool, use_min: bool) -> lis
             per_image[r.id].append(r)
         image_scores = []
         for image, rs in per_image.items():
-            best = [min(r.scores[k] for r in rs) for k in range(len(NORMS))]
-            lines.append(untargeted_image_line(image, len(rs) + 1, best))
+            best = [min(r.scores[k] for r in rs) for k in columns]
+            lines.append(untargeted_image_line(image, len(rs) + 1, best, labels))
             image_scores.append(best)
-        if image_scores:
-            lines.append(stats_line("untargeted", [reduce([s[k] for s in image_scores]) for k in range(len(NORMS))]))
+        lines.append(stats_line("untargeted", [reduce([s[k] for s in image_scores]) for k in columns], labels))
         return lines
     by_info: dict[str, list[FileScores]] = defaultdict(list)
     for r in results:
         by_info[r.info].append(r)
     order = [i for i in INFO_ORDER if i in by_info] + sorted(i for i in by_info if i not in INFO_ORDER)
     for info in order:
-        rs = by_info[info]
-        lines.append(stats_line(info, [reduce([r.scores[k] for r in rs]) for k in range(len(NORMS))]))
+        lines.append(stats_line(info, [reduce([r.scores[k] for r in by_info[info]]) for k in columns], labels))
     return lines
 
 
 COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "lipschitz", "shape", "loc",
-           "scale", "ks", "pVal", "method"]
+           "scale", "ks", "pVal", "method", "order"]
 
 
 def write_tables(results: list[FileScores], args) -> None:

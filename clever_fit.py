@@ -9,6 +9,7 @@ the largest maximum.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -157,3 +158,14 @@ def best_fit(results: Sequence[tuple | None], largest: float) -> WeibullFit:
 def clever_score(g_x0: float, lipschitz: float) -> float:
     """CLEVER = g(x0) / L (inf when the estimate is 0)."""
     return float(g_x0) / lipschitz if lipschitz > 0 else float("inf")
+
+
+def second_order_bound(g_x0: float, grad_norm: float, curvature: float) -> float:
+    """The L2 radius r solving g_x0 - grad_norm * r - curvature * r^2 / 2 = 0 (spec section 6).
+
+    With curvature 0 (a piecewise-linear network) it is the first-order g_x0 / grad_norm.
+    """
+    g, h = float(g_x0), abs(float(curvature))
+    if h == 0:
+        return clever_score(g, grad_norm)
+    return (-grad_norm + math.sqrt(grad_norm**2 + 2.0 * g * h)) / h

@@ -13,10 +13,9 @@ import argparse
 import sys
 import time
 
+from defense import TRANSFORMS
 from errors import UsageError, quiet_tensorflow, run_cli
 from target_selection import DEFAULT_TARGET_TYPE, USER
-
-TRANSFORMS = ("defend_reduce", "defend_jpeg", "defend_png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +89,8 @@ def validate(args: argparse.Namespace) -> None:
     args.range = parse_input_range(args.input_range)
     if args.model_path and not args.data_path and args.range != (-0.5, 0.5):
         raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
-    if args.order == 2:
-        raise UsageError("--order 2 (second-order bound) is not available yet; use --order 1")
+    if args.order == 2 and (args.compute_slope or args.transform or args.sampler == "pool"):
+        raise UsageError("--order 2 cannot be combined with --compute_slope, --transform or --sampler pool")
 
 
 def select_images(args, num_test: int, num_classes: int | None) -> list[tuple[int, int | None]]:
@@ -166,6 +165,33 @@ def pending_targets(args, folder, image_id: int, true_label: int, chosen) -> lis
     return todo
 
 
+def hessian_contents(result, image_id: int, true_label: int, info: str, args_dict: dict, path: str) -> dict:
+    return {"H2_max": result.h2_max, "g_x0": result.g_x0, "g_x0_grad_2_norm": result.grad_norm_x0,
+            "pred": result.pred, "id": image_id, "true_label": true_label, "target_label": result.target,
+            "info": info, "args": args_dict, "path": path}
+
+
+def collect_order2(args, estimator, x0, image_id, true_label, todo, seq, counters, progress) -> None:
+    """Order 2: one Hessian collection per target, logged and saved as it finishes."""
+    from log_lines import collection_done_line, hessian_iteration_line, hessian_summary_line
+    from mat_files import save_mat_atomically
+
+    for target, info, path in todo:
+        result = estimator.estimate_hessian(x0, true_label, target, args.Nsamps, args.Niters, args.sample_norm,
+                                            image_id, args.radius or None, progress)
+        counters["total"] += 1
+        elapsed = 0.0
+        for it, (h2, dt) in enumerate(zip(result.h2_max, result.iter_times)):
+            elapsed += dt
+            print(hessian_iteration_line(it, elapsed, dt, h2))
+        print(hessian_summary_line(result.g_x0, result.grad_norm_x0, result.h2_max))
+        print(collection_done_line(counters["total"], seq, image_id, time.time() - counters["start"], true_label,
+                                   target, info))
+        save_mat_atomically(path, hessian_contents(result, image_id, true_label, info, counters["args"],
+                                                   str(path.with_suffix(""))))
+        print("saved to", path)
+
+
 def report_and_save(args, estimator, results, todo, image_id, true_label, seq, counters) -> None:
     from log_lines import collection_done_line, collection_summary_lines
     from mat_files import save_mat_atomically
@@ -234,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             label = f"image {image_id} ({len(todo)} target{'s' * (len(todo) > 1)})"
             progress = None if args.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
             try:
+                if args.order == 2:
+                    collect_order2(args, estimator, test_x[image_id], image_id, true_label, todo, no - 1, counters,
+                                   progress)
+                    continue
                 results = estimator.estimate_targets(
                     test_x[image_id], true_label, [t for t, _, _ in todo], args.Nsamps, args.Niters, args.sample_norm,
                     transform=args.transform or None, image_id=image_id, radius=args.radius or None, progress=progress)

@@ -76,6 +76,24 @@ def make_strategy(devices: int):
     return tf.distribute.MirroredStrategy(pool[:devices])
 
 
+@dataclass
+class HessianResult:
+    """Per-iteration curvature maxima for one target (order 2).
+
+    Attributes:
+        h2_max: (Niters,) per iteration, the eigenvalue of largest magnitude among the samples'
+            negative-preferring extreme Hessian eigenvalues of g.
+        g_x0, grad_norm_x0: g(x0) and ||grad g(x0)||_2.
+    """
+
+    target: int
+    h2_max: np.ndarray
+    g_x0: float
+    grad_norm_x0: float
+    pred: np.ndarray
+    iter_times: np.ndarray
+
+
 class EstimateLipschitz:
     """Collects per-iteration maxima of gradient norms for CLEVER.
 
@@ -123,8 +141,8 @@ class EstimateLipschitz:
         Returns:
             The model.
         """
-        if order != 1:
-            raise UsageError("--order 2 (second-order bound) is not available yet; use --order 1")
+        if order not in (1, 2):
+            raise UsageError(f"--order must be 1 or 2, got {order}")
         if model is None:
             from model_zoo import load_zoo_model
 
@@ -313,9 +331,14 @@ class EstimateLipschitz:
     def estimate(self, x_0: np.ndarray, true_label: int, target_label: int, Nsamp: int, Niters: int,
                  sample_norm: str = "l2", transform: str | None = None, order: int = 1,
                  image_id: int = 0, radius: float | None = None) -> list:
-        """Collect maxima for one target; returns [L2_max, L1_max, Li_max, G2_max, G1_max, Gi_max, g_x0, pred]."""
-        if order != 1:
-            raise UsageError("--order 2 (second-order bound) is not available yet; use --order 1")
+        """Collect maxima for one target.
+
+        Returns [L2_max, L1_max, Li_max, G2_max, G1_max, Gi_max, g_x0, pred] for order 1 and
+        [H2_max, g_x0, g_x0_grad_2_norm, pred] for order 2.
+        """
+        if order == 2:
+            res = self.estimate_hessian(x_0, true_label, target_label, Nsamp, Niters, sample_norm, image_id, radius)
+            return [res.h2_max, res.g_x0, res.grad_norm_x0, res.pred]
         result = self.estimate_targets(x_0, true_label, [target_label], Nsamp, Niters, sample_norm,
                                        transform=transform, image_id=image_id, radius=radius)[0]
         return result.as_list()
@@ -349,6 +372,71 @@ class EstimateLipschitz:
             for k, t in enumerate(chunk):
                 results.append(TargetResult(t, gmax[:, k], smax[:, k], float(pred[true_label] - pred[t]), pred, times))
         return results
+
+    def _hessian_iteration(self, shape, nsamp: int, flag: str, scale):
+        """The compiled order-2 step: per-sample extreme eigenvalues, the largest in magnitude kept."""
+        key = ("hessian", shape, nsamp, flag, scale, self.batch_size, self.input_range)
+        if key in self._compiled:
+            return self._compiled[key]
+        import tensorflow as tf
+
+        from hessian import extreme_eigenvalues
+
+        norm = by_flag(flag)
+        batch = min(self.batch_size, nsamp)
+        nbatches = math.ceil(nsamp / batch)
+
+        @tf.function(input_signature=[
+            tf.TensorSpec(shape, tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([2], tf.int64), tf.TensorSpec([], tf.int32),
+        ])
+        def iteration(x0, c, j, seed, it):
+            it_seed = tf.random.experimental.stateless_fold_in(seed, it)
+            best = tf.constant(0.0)
+            for b in tf.range(nbatches):
+                b_seed = tf.random.experimental.stateless_fold_in(it_seed, b)
+                x = self._draw_points(x0, b_seed, norm, batch, scale)
+                v0 = tf.random.stateless_normal(tf.shape(x), tf.random.experimental.stateless_fold_in(b_seed, 7),
+                                                alg="philox")
+                _, negative = extreme_eigenvalues(self._logits, x, c, j, v0)
+                negative = tf.where(tf.range(batch) < nsamp - b * batch, negative, 0.0)
+                pick = negative[tf.argmax(tf.abs(negative))]
+                best = tf.where(tf.abs(pick) > tf.abs(best), pick, best)
+            return best
+
+        self._compiled[key] = iteration
+        return iteration
+
+    def estimate_hessian(self, x_0: np.ndarray, true_label: int, target_label: int, Nsamp: int, Niters: int,
+                         sample_norm: str = "l2", image_id: int = 0, radius: float | None = None,
+                         progress: Callable[[int, int], Callable[[int], None]] | None = None) -> HessianResult:
+        """Order 2: per-iteration curvature maxima of g for one target (spec section 8)."""
+        import tensorflow as tf
+
+        if self.model is None:
+            raise UsageError("call load_model before estimate")
+        x0 = np.asarray(x_0, dtype=np.float32)
+        norm = by_flag(sample_norm)
+        scale = (float(radius), float(radius)) if radius else norm.default_scale
+        pred = self.predict(x0[None])[0]
+        norms, _ = tf.function(self._grad_norms, reduce_retracing=True)(
+            tf.constant(x0[None]), tf.constant(int(true_label)), tf.constant([int(target_label)]), 1)
+        step = self._hessian_iteration(x0.shape, Nsamp, norm.flag, scale)
+        seed = tf.constant(self._seed_key(image_id), tf.int64)
+        h2 = np.zeros(Niters, np.float32)
+        times = np.zeros(Niters)
+        tick = progress(Niters, Nsamp) if progress else None
+        for it in range(Niters):
+            begin = time.perf_counter()
+            h2[it] = step(tf.constant(x0), tf.constant(int(true_label)), tf.constant(int(target_label)), seed,
+                          tf.constant(it)).numpy()
+            times[it] = time.perf_counter() - begin
+            if not np.isfinite(h2[it]):
+                raise NonFiniteError(f"Hessian estimates are NaN or Inf for image {image_id}, target {target_label}")
+            if tick:
+                tick(it + 1)
+        return HessianResult(int(target_label), h2, float(pred[true_label] - pred[target_label]),
+                             float(norms.numpy()[0, 0, 0]), pred, times)
 
     def _seed_key(self, image_id: int) -> tuple[int, int]:
         return (self.seed, int(image_id))

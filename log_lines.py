@@ -44,6 +44,16 @@ def collection_summary_lines(g_x0: float, grad_max: Sequence[float], slope_max: 
     return lines
 
 
+def hessian_iteration_line(loop: int, elapsed: float, iter_time: float, h2: float) -> str:
+    return (f"[STATS][L2] loop = {loop}, time = {g5(elapsed)}, iter_time = {g5(iter_time)}, overhead = 0, "
+            f"H2 = {g5(h2)}")
+
+
+def hessian_summary_line(g_x0: float, grad_norm: float, h2_max: Sequence[float]) -> str:
+    largest = max(h2_max, key=abs)
+    return f"[STATS][L1] g_x0 = {g5(g_x0)}, g_x0_grad_2_norm = {g5(grad_norm)}, H2_max = {g5(largest)}"
+
+
 def collection_done_line(total: int, seq: int, true_id: int, elapsed: float, true_class: int,
                          target_class: int, info: str) -> str:
     return (f"[STATS][L1] total = {total}, seq = {seq}, id = {true_id}, time = {elapsed:.3f}, "
@@ -69,9 +79,10 @@ def stats_line(info: str, scores: Sequence[float], labels: Sequence[str] = ("L1"
     return f"[STATS][L0] info = {info}, {parts}"
 
 
-def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float]) -> str:
-    return (f"[STATS][L1] image = {image:3d}, n_classes = {n_classes:3d}, clever_L1 = {g5(scores[0])}, "
-            f"clever_L2 = {g5(scores[1])}, clever_Li = {g5(scores[2])}")
+def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float],
+                          labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
+    parts = ", ".join(f"clever_{lab} = {g5(s)}" for lab, s in zip(labels, scores))
+    return f"[STATS][L1] image = {image:3d}, n_classes = {n_classes:3d}, {parts}"
 
 
 class ProgressBar:
