@@ -14,7 +14,7 @@ import sys
 import time
 
 from defense import TRANSFORMS
-from errors import UsageError, quiet_tensorflow, run_cli
+from errors import CleverError, UsageError, quiet_tensorflow, run_cli
 from target_selection import DEFAULT_TARGET_TYPE, USER
 
 
@@ -197,6 +197,10 @@ def report_and_save(args, estimator, results, todo, image_id, true_label, seq, c
     from mat_files import save_mat_atomically
 
     for result, (target, info, path) in zip(results, todo):
+        if result.error:
+            print(f"[ERROR] {result.error}; no file written for it", file=sys.stderr)
+            counters["failed"].append((image_id, target))
+            continue
         counters["total"] += 1
         estimator.log_iterations(result)
         for line in collection_summary_lines(result.g_x0, result.grad_max.max(0), result.slope_max.max(0),
@@ -228,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     estimator = EstimateLipschitz(seed=args.seed, nthreads=args.nthreads, sampler=args.sampler)
     model_name = load_classifier(args, estimator)
     images = select_images(args, len(test_x), None)
-    logits = estimator.predict(test_x[[i for i, _ in images]])
+    try:
+        logits = estimator.predict(test_x[[i for i, _ in images]])
+    except Exception as err:  # noqa: BLE001 - a user model can raise anything; report it in one line
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+        raise CleverError(f"the model failed on the input images: {type(err).__name__}: {first}") from err
     check_outputs(logits, None if args.model_path else 10, args.output)
     num_classes = logits.shape[1]
     bad = [i for i, _ in images if not 0 <= test_y[i] < num_classes]
@@ -236,15 +244,21 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"labels of images {bad[:5]} are outside 0..{num_classes - 1}")
     if args.ids and args.target_type & USER:
         select_images(args, len(test_x), num_classes)  # re-check --ids targets against the model's classes
+    for (image_id, user_target) in images:
+        if user_target is not None and user_target == test_y[image_id]:
+            raise UsageError(f"--ids target {user_target} of image {image_id} equals its true class")
     folder = result_folder(args.save, dataset_label, model_name)
     for stale in remove_stale_temp_files(folder):
         print(f"[WARNING] removed {stale}, left by a run that was killed mid-write", file=sys.stderr)
-    counters = {"total": 0, "start": time.time(),
+    counters = {"total": 0, "start": time.time(), "failed": [],
                 "args": {k: ("" if v is None else v) for k, v in vars(args).items() if k != "range"}}
-    failed = []
     try:
         for no, ((image_id, user_target), pred) in enumerate(zip(images, logits), start=1):
             true_label, predicted = int(test_y[image_id]), int(np.argmax(pred))
+            if not np.all(np.isfinite(pred)):
+                print(f"[ERROR] logits of image {image_id} are NaN or Inf; skipping it", file=sys.stderr)
+                counters["failed"].append((image_id, None))
+                continue
             chosen = choose_targets(pred, args.target_type, args.seed, image_id, user_target)
             correct = predicted == true_label
             print(datagen_line(no, image_id, true_label, predicted, correct,
@@ -252,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
             if not correct:
                 print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); skipping")
                 continue
-            if any(t == true_label for t, _ in chosen):
-                raise UsageError(f"a target class of image {image_id} equals its true class {true_label}")
             todo = pending_targets(args, folder, image_id, true_label, chosen)
             if not todo:
                 continue
@@ -269,14 +281,16 @@ def main(argv: list[str] | None = None) -> int:
                     transform=args.transform or None, image_id=image_id, radius=args.radius or None, progress=progress)
             except NonFiniteError as err:
                 print(f"[ERROR] {err}; skipping image {image_id}", file=sys.stderr)
-                failed.append(image_id)
+                counters["failed"] += [(image_id, t) for t, _, _ in todo]
                 continue
             report_and_save(args, estimator, results, todo, image_id, true_label, no - 1, counters)
             sys.stdout.flush()
     finally:
         estimator.close()
-    if failed:
-        print(f"[WARNING] {len(failed)} image(s) stopped on NaN/Inf values: {failed}", file=sys.stderr)
+    if counters["failed"]:
+        pairs = ", ".join(f"({i}, {'all' if t is None else t})" for i, t in counters["failed"])
+        print(f"[WARNING] {len(counters['failed'])} (image, target) pair(s) stopped on NaN/Inf logits or gradients: "
+              f"{pairs}", file=sys.stderr)
         return 1
     return 0
 

@@ -54,6 +54,7 @@ class TargetResult:
     g_x0: float
     pred: np.ndarray
     iter_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    error: str | None = None  # set when gradients became NaN/Inf: this target has no usable maxima
 
     def as_list(self) -> list:
         """The original return value: [L2_max, L1_max, Li_max, G2_max, G1_max, Gi_max, g_x0, pred]."""
@@ -367,10 +368,11 @@ class EstimateLipschitz:
         for start in range(0, len(targets), MAX_TARGETS_PER_PASS):
             chunk = targets[start : start + MAX_TARGETS_PER_PASS]
             tick = progress(Niters, Nsamp) if progress else None
-            gmax, smax, times = self._collect(x0, int(true_label), chunk, Nsamp, Niters, norm.flag, scale,
-                                              transform, image_id, tick)
+            gmax, smax, times, errors = self._collect(x0, int(true_label), chunk, Nsamp, Niters, norm.flag, scale,
+                                                      transform, image_id, tick)
             for k, t in enumerate(chunk):
-                results.append(TargetResult(t, gmax[:, k], smax[:, k], float(pred[true_label] - pred[t]), pred, times))
+                results.append(TargetResult(t, gmax[:, k], smax[:, k], float(pred[true_label] - pred[t]), pred, times,
+                                            errors.get(k)))
         return results
 
     def _hessian_iteration(self, shape, nsamp: int, flag: str, scale):
@@ -445,6 +447,7 @@ class EstimateLipschitz:
         import tensorflow as tf
 
         k = len(targets)
+        errors: dict[int, str] = {}
         gmax = np.zeros((niters, k, 3), np.float32)
         smax = np.zeros((niters, k, 3), np.float32)
         times = np.zeros(niters)
@@ -459,7 +462,7 @@ class EstimateLipschitz:
                 g, s = step(x0_t, c_t, t_t, seed, tf.constant(it, tf.int32))
                 gmax[it], smax[it] = g.numpy(), s.numpy()
                 times[it] = time.perf_counter() - begin
-                self._check_finite(gmax[it], targets, image_id, it)
+                self._check_finite(gmax[it], targets, image_id, it, errors)
                 if tick:
                     tick(it + 1)
         else:
@@ -472,17 +475,19 @@ class EstimateLipschitz:
                 gmax[it], smax[it] = g.numpy(), s.numpy()
                 now = time.perf_counter()
                 times[it], begin = now - begin, now
-                self._check_finite(gmax[it], targets, image_id, it)
+                self._check_finite(gmax[it], targets, image_id, it, errors)
                 if tick:
                     tick(it + 1)
-        return gmax, smax, times
+        return gmax, smax, times, errors
 
     @staticmethod
-    def _check_finite(values: np.ndarray, targets, image_id: int, it: int) -> None:
-        bad = ~np.all(np.isfinite(values), axis=1)
-        if bad.any():
-            which = [targets[i] for i in np.flatnonzero(bad)]
-            raise NonFiniteError(f"gradients are NaN or Inf for image {image_id}, target(s) {which}, iteration {it}")
+    def _check_finite(values: np.ndarray, targets, image_id: int, it: int, errors: dict[int, str]) -> None:
+        """Record the first non-finite iteration of each target; the others carry on."""
+        for k in np.flatnonzero(~np.all(np.isfinite(values), axis=1)):
+            errors.setdefault(int(k), f"gradients are NaN or Inf for image {image_id}, target {targets[k]}, "
+                                      f"iteration {it}")
+        if len(errors) == len(targets):
+            raise NonFiniteError("; ".join(errors[k] for k in sorted(errors)))
 
     def _get_pool(self):
         if self._pool is None:

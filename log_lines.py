@@ -13,6 +13,12 @@ def g5(x: float) -> str:
     return f"{float(x):.5g}"
 
 
+def ratio(a: float, b: float) -> float:
+    """a / b, with inf (or nan) instead of a ZeroDivisionError when b is 0."""
+    a, b = float(a), float(b)
+    return a / b if b else (float("nan") if a == 0 else float("inf"))
+
+
 def datagen_line(no: int, true_id: int, true_label: int, predicted: int, correct: bool,
                  seq: Sequence[int], info: Sequence[str]) -> str:
     return (f"[DATAGEN][L1] no = {no}, true_id = {true_id}, true_label = {true_label}, predicted = {predicted}, "
@@ -35,12 +41,12 @@ def collection_summary_lines(g_x0: float, grad_max: Sequence[float], slope_max: 
     lines = [f"[STATS][L1] g_x0 = {g5(g_x0)}, L2_max = {g5(l2)}, L1_max = {g5(l1)}, Linf_max = {g5(li)}, "
              f"G2_max = {g5(g2)}, G1_max = {g5(g1)}, Ginf_max = {g5(gi)}"]
     if with_slope:
-        lines.append(f"[STATS][L1] bnd_L2_max = {g5(g_x0 / l2)}, bnd_L1_max = {g5(g_x0 / li)}, "
-                     f"bnd_Linf_max = {g5(g_x0 / l1)}, bnd_G2_max = {g5(g_x0 / g2)}, "
-                     f"bnd_G1_max = {g5(g_x0 / gi)}, bnd_Ginf_max = {g5(g_x0 / g1)}")
+        lines.append(f"[STATS][L1] bnd_L2_max = {g5(ratio(g_x0, l2))}, bnd_L1_max = {g5(ratio(g_x0, li))}, "
+                     f"bnd_Linf_max = {g5(ratio(g_x0, l1))}, bnd_G2_max = {g5(ratio(g_x0, g2))}, "
+                     f"bnd_G1_max = {g5(ratio(g_x0, gi))}, bnd_Ginf_max = {g5(ratio(g_x0, g1))}")
     else:
-        lines.append(f"[STATS][L1] bnd_G2_max = {g5(g_x0 / g2)}, bnd_G1_max = {g5(g_x0 / gi)}, "
-                     f"bnd_Ginf_max = {g5(g_x0 / g1)}")
+        lines.append(f"[STATS][L1] bnd_G2_max = {g5(ratio(g_x0, g2))}, bnd_G1_max = {g5(ratio(g_x0, gi))}, "
+                     f"bnd_Ginf_max = {g5(ratio(g_x0, g1))}")
     return lines
 
 
