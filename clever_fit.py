@@ -18,6 +18,7 @@ from functools import partial
 
 import numpy as np
 import scipy.optimize
+import scipy.special
 import scipy.stats
 from scipy.stats import weibull_min
 
@@ -55,22 +56,49 @@ class WeibullFit:
         return self.c_init != -1.0
 
 
+_BAD_POINT_PENALTY = math.log(np.finfo(float).max) * 100  # scipy's penalty per point off the support
+
+
+def weibull_nnlf(theta, x: np.ndarray) -> float:
+    """weibull_min's penalised negative log-likelihood, as scipy's `_penalized_nnlf` computes it.
+
+    theta = (c, loc, scale). Points outside the support, or with a non-finite log-density, are
+    dropped and each adds a fixed penalty. Written out for weibull_min because scipy's generic
+    version spends most of the fit's time in argument handling (about 4x slower).
+    """
+    c, loc, scale = theta
+    if not c > 0 or not scale > 0:
+        return math.inf
+    z = (x - loc) / scale
+    inside = z >= 0
+    n_bad = z.size - int(np.count_nonzero(inside))
+    if n_bad:
+        z = z[inside]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        logpdf = math.log(c) + scipy.special.xlogy(c - 1.0, z) - np.power(z, c)
+    finite = np.isfinite(logpdf)
+    n_bad += logpdf.size - int(np.count_nonzero(finite))
+    total = -float(np.sum(logpdf[finite] if n_bad else logpdf))
+    return total + n_bad * _BAD_POINT_PENALTY + x.size * math.log(scale)
+
+
 def _penalised_optimizer(func, x0, args=(), disp=0, *, reg: float, index: int):
     """Nelder-Mead on the negative log-likelihood plus reg * theta[index]^2.
 
     theta is scipy's (c, loc, scale). The original penalised theta[2], the scale in the
     rescaled space, while its comment said "shape"; index=2 reproduces the published
-    numbers, index=0 is a true shape penalty.
+    numbers, index=0 is a true shape penalty. scipy's `func` is replaced by `weibull_nnlf`,
+    the same function computed faster.
     """
 
-    def objective(theta, *a):
-        return func(theta, *a) + reg * theta[index] ** 2
+    def objective(theta, data):
+        return weibull_nnlf(theta, data) + reg * theta[index] ** 2
 
     return scipy.optimize.fmin(objective, x0, args=args, xtol=XTOL, ftol=FTOL, disp=disp)
 
 
 def _plain_optimizer(func, x0, args=(), disp=0):
-    return scipy.optimize.fmin(func, x0, args=args, xtol=XTOL, ftol=FTOL, disp=disp)
+    return scipy.optimize.fmin(weibull_nnlf, x0, args=args, xtol=XTOL, ftol=FTOL, disp=disp)
 
 
 def fit_from_start(rescaled: np.ndarray, sample: np.ndarray, shift: float, spread: float, c0: float,

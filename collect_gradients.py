@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=0,
                    help="split each batch across N devices (MirroredStrategy); 0: all visible GPUs")
     p.add_argument("--data_dir", default=None, help="dataset folder (else CLEVER_DATA_DIR, else ./data)")
+    p.add_argument("--weights", default="imagenet",
+                   help="ImageNet weights: imagenet (Keras cache or download), a file path, or random (testing)")
+    p.add_argument("--labels", default="", help="ImageNet: a '<file name> <class index>' file (0-based), e.g. val.txt")
     p.add_argument("--model_path", default="", help="your own Keras model file (.keras, .h5) or SavedModel folder")
     p.add_argument("--data_path", default="", help="your own inputs: an .npz with x and y, or a folder of "
                    "<label>.<name>.png/jpg images")
@@ -83,7 +86,9 @@ def validate(args: argparse.Namespace) -> None:
     if args.target_type & USER and not args.ids and args.target_type == USER:
         raise UsageError("--target_type 8 needs an --ids file with a 'target' column")
     if args.dataset == "imagenet" and not args.model_path:
-        raise UsageError("--dataset imagenet is not available yet")
+        from setup_imagenet import registry_entry
+
+        registry_entry(args.model_name)  # refuse unknown names before anything loads
     from user_inputs import parse_input_range
 
     args.range = parse_input_range(args.input_range)
@@ -130,10 +135,27 @@ def load_inputs(args):
 
         x, y = load_user_data(args.data_path, args.range)
         return x, y, model_label(args.data_path)
+    if args.dataset == "imagenet":
+        from setup_imagenet import find_image_folder, load_imagenet, registry_entry
+
+        folder, found_labels = find_image_folder(args.data_dir)
+        labels = args.labels or None
+        if labels is None and found_labels is not None and not _named_by_label(folder):
+            labels = str(found_labels)
+        size = registry_entry(args.model_name).size
+        x, y, _ = load_imagenet(folder, size, args.firstimg + args.numimg, 0, args.seed, labels)
+        return x, y, "imagenet"
     from datasets import load_dataset
 
     data = load_dataset(args.dataset, args.data_dir)
     return data.test_data, np.argmax(data.test_labels, axis=1), args.dataset
+
+
+def _named_by_label(folder) -> bool:
+    from setup_imagenet import IMAGE_SUFFIXES
+
+    names = [p.name for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES]
+    return all(n.split(".", 1)[0].isdigit() for n in names)
 
 
 def load_classifier(args, estimator) -> str:
@@ -144,6 +166,10 @@ def load_classifier(args, estimator) -> str:
 
         model = as_logits(load_user_model(args.model_path, args.unsafe_load), args.output)
         name = model_label(args.model_path)
+    elif args.dataset == "imagenet":
+        from setup_imagenet import build_imagenet_model
+
+        model = build_imagenet_model(args.model_name, args.weights, args.seed)
     estimator.load_model(args.dataset, args.model_name, args.activation, model=model, batch_size=args.batch_size,
                          compute_slope=args.compute_slope, order=args.order, input_range=args.range,
                          devices=args.devices)
@@ -237,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - a user model can raise anything; report it in one line
         first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
         raise CleverError(f"the model failed on the input images: {type(err).__name__}: {first}") from err
-    check_outputs(logits, None if args.model_path else 10, args.output)
+    check_outputs(logits, None if args.model_path else (1000 if args.dataset == "imagenet" else 10), args.output)
+    names = None
+    if args.dataset == "imagenet":
+        from setup_imagenet import class_names
+
+        names = class_names()
     num_classes = logits.shape[1]
     bad = [i for i, _ in images if not 0 <= test_y[i] < num_classes]
     if bad:
@@ -262,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             chosen = choose_targets(pred, args.target_type, args.seed, image_id, user_target)
             correct = predicted == true_label
             print(datagen_line(no, image_id, true_label, predicted, correct,
-                               [t for t, _ in chosen] if correct else [], [i for _, i in chosen] if correct else []))
+                               [t for t, _ in chosen] if correct else [], [i for _, i in chosen] if correct else [],
+                               (names[true_label], names[predicted]) if names else None))
             if not correct:
                 print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); skipping")
                 continue

@@ -240,6 +240,9 @@ class EstimateLipschitz:
         gmax = tf.zeros([num_targets, 3])
         smax = tf.zeros([num_targets, 3])
         maxima = self._batch_maxima if self.strategy is None else self._replicated_maxima
+        if nbatches == 1:  # no while_loop: its per-call cost is visible next to small models
+            x, valid = get_batch(tf.constant(0))
+            return maxima(x, c, targets, valid, num_targets)
         for b in tf.range(nbatches):
             x, valid = get_batch(b)
             bg, bs = maxima(x, c, targets, valid, num_targets)

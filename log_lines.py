@@ -20,9 +20,11 @@ def ratio(a: float, b: float) -> float:
 
 
 def datagen_line(no: int, true_id: int, true_label: int, predicted: int, correct: bool,
-                 seq: Sequence[int], info: Sequence[str]) -> str:
-    return (f"[DATAGEN][L1] no = {no}, true_id = {true_id}, true_label = {true_label}, predicted = {predicted}, "
+                 seq: Sequence[int], info: Sequence[str], names: tuple[str, str] | None = None) -> str:
+    """The per-image line; ImageNet runs append the true and predicted class names at the end."""
+    line = (f"[DATAGEN][L1] no = {no}, true_id = {true_id}, true_label = {true_label}, predicted = {predicted}, "
             f"correct = {correct}, seq = {list(map(int, seq))}, info = {list(info)}")
+    return line if names is None else f"{line}, true_name = {names[0]!r}, predicted_name = {names[1]!r}"
 
 
 def iteration_line(loop: int, elapsed: float, iter_time: float, overhead: float,

@@ -56,7 +56,8 @@ def tf_unit_ball(seed, norm: LpNorm, count, dim: int):
     shape = tf.stack([count, dim])
     if norm is L2:
         z = tf.random.stateless_normal(shape, seed, alg="philox")
-        length2 = tf.reduce_sum(tf.cast(z, tf.float64) ** 2, axis=1, keepdims=True)
+        # The sum of squares is accurate enough in float32; only the per-sample scalars need float64.
+        length2 = tf.cast(tf.reduce_sum(z * z, axis=1, keepdims=True), tf.float64)
         radius = tf.math.igamma(tf.constant(dim / 2.0, tf.float64), length2 / 2.0) ** (1.0 / dim)
         scale = tf.cast(radius * tf.math.rsqrt(length2), tf.float32)
         return z * scale

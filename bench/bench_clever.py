@@ -3,13 +3,15 @@
 
 For each built-in MNIST/CIFAR model:
 - limit: gradients/s of one compiled forward+backward with the three norms and a max, on
-  pre-made inputs (batch 1024): the unavoidable work.
+  pre-made inputs (batch 1024): the unavoidable work. Models without trained weights are
+  measured with random weights of the same architecture (the cost is the same).
 - pipeline: gradients/s of the real collection (EstimateLipschitz.estimate_targets, what
   collect_gradients.py calls), as the marginal cost of k more iterations: time(2k) - time(k),
   so tracing and start-up do not count.
 - untargeted: the 9-target shared-sample collection's marginal time over 9 x the targeted one's.
 - fit: clever.py's fit of one file (three norms, seven starts each) on a process pool.
-Each number is the median of --repeats runs. Prints a table and writes JSON.
+Each number is the median of --repeats runs; within a run the limit and the pipeline are
+measured back to back and their ratio taken. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def load(dataset: str, name: str):
     return build_model(spec), "random"
 
 
-def limit_rate(model, shape, batch: int, repeats: int, calls: int) -> float:
+def make_limit_step(model, shape, batch: int):
+    """The unavoidable work: forward, backward and the three norms of one batch of pre-made inputs."""
     import tensorflow as tf
 
     x = tf.constant(np.random.default_rng(0).uniform(-0.5, 0.5, (batch, *shape)).astype(np.float32))
@@ -57,48 +60,57 @@ def limit_rate(model, shape, batch: int, repeats: int, calls: int) -> float:
         return tf.reduce_max(tf.stack([tf.sqrt(tf.reduce_sum(a * a, 1)), tf.reduce_sum(a, 1), tf.reduce_max(a, 1)]), 1)
 
     step(x).numpy()
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        for _ in range(calls):
-            step(x).numpy()
-        times.append((time.perf_counter() - begin) / calls)
-    return batch / statistics.median(times)
+    return lambda: step(x).numpy()
 
 
-def marginal_seconds(run, k: int, repeats: int) -> float:
-    """Median over repeats of (time for 2k iterations - time for k) / k."""
-    run(1)  # trace and warm up
-    diffs = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        run(k)
-        t_k = time.perf_counter() - begin
-        begin = time.perf_counter()
-        run(2 * k)
-        diffs.append((time.perf_counter() - begin - t_k) / k)
-    return statistics.median(diffs)
+def seconds_per_call(fn, calls: int) -> float:
+    begin = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - begin) / calls
+
+
+def marginal_seconds(run, k: int) -> float:
+    """(time for 2k iterations - time for k) / k: the per-iteration cost without start-up."""
+    begin = time.perf_counter()
+    run(k)
+    t_k = time.perf_counter() - begin
+    begin = time.perf_counter()
+    run(2 * k)
+    return (time.perf_counter() - begin - t_k) / k
 
 
 def bench_model(dataset: str, name: str, args) -> dict:
+    """Each repeat measures the limit and the pipeline back to back, so slow drifts of the
+    machine's speed (other load, clocks under sustained load) cancel in the per-repeat ratios."""
     from estimate_gradient_norm import EstimateLipschitz
 
     model, weights = load(dataset, name)
     shape = tuple(model.input_shape[1:])
     x0 = np.random.default_rng(1).uniform(-0.3, 0.3, shape).astype(np.float32)
-    limit = limit_rate(model, shape, args.nsamps, args.repeats, args.calls)
+    limit = make_limit_step(model, shape, args.nsamps)
     est = EstimateLipschitz(log=None, sampler=args.sampler, nthreads=args.nthreads)
     est.load_model(model=model, batch_size=args.nsamps)
     one = lambda n: est.estimate_targets(x0, 0, [1], args.nsamps, n, "l2")
     nine = lambda n: est.estimate_targets(x0, 0, list(range(1, 10)), args.nsamps, n, "l2")
-    t_one = marginal_seconds(one, args.iters, args.repeats)
-    row = {"dataset": dataset, "model": name, "weights": weights, "limit_grads_per_s": limit,
-           "pipeline_grads_per_s": args.nsamps / t_one, "ratio": args.nsamps / t_one / limit}
+    one(1)
     if not args.skip_untargeted:
-        t_nine = marginal_seconds(nine, max(args.iters // 2, 1), args.repeats)
-        row["untargeted_ratio"] = t_nine / (9 * t_one)
+        nine(1)
+    rows = []
+    for _ in range(args.repeats):
+        t_limit = seconds_per_call(limit, args.calls)
+        t_one = marginal_seconds(one, args.iters)
+        rep = {"limit": args.nsamps / t_limit, "pipeline": args.nsamps / t_one, "ratio": t_limit / t_one}
+        if not args.skip_untargeted:
+            rep["untargeted_ratio"] = marginal_seconds(nine, max(args.iters // 2, 1)) / (9 * t_one)
+        rows.append(rep)
     est.close()
-    return row
+    med = lambda key: statistics.median(r[key] for r in rows)
+    result = {"dataset": dataset, "model": name, "weights": weights, "limit_grads_per_s": med("limit"),
+              "pipeline_grads_per_s": med("pipeline"), "ratio": med("ratio"), "repeats": rows}
+    if not args.skip_untargeted:
+        result["untargeted_ratio"] = med("untargeted_ratio")
+    return result
 
 
 def bench_fit(args) -> float:
@@ -124,8 +136,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="all", help="comma-separated dataset:model list, or all")
     parser.add_argument("--nsamps", type=int, default=1024)
-    parser.add_argument("--iters", type=int, default=6, help="k in time(2k) - time(k)")
-    parser.add_argument("--calls", type=int, default=6, help="calls per limit measurement")
+    parser.add_argument("--iters", type=int, default=4, help="k in time(2k) - time(k)")
+    parser.add_argument("--calls", type=int, default=4, help="calls per limit measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sampler", choices=["graph", "pool"], default="graph")
     parser.add_argument("--nthreads", type=int, default=0)

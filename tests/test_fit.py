@@ -71,3 +71,15 @@ def test_true_shape_penalty_is_an_option():
 def test_clever_score_divides_margin_by_lipschitz():
     assert clever_score(1.0, 2.0) == 0.5
     assert clever_score(1.0, 0.0) == float("inf")
+
+
+def test_fast_likelihood_equals_scipys_penalised_likelihood():
+    from clever_fit import weibull_nnlf
+
+    rng = np.random.default_rng(7)
+    x = -reverse_weibull_maxima(1.0, 4.0, 0.5, 300, seed=1)
+    thetas = [(c, loc, scale) for c in (0.3, 1.0, 4.0, 60.0) for loc in (-2.0, -1.2, -0.9, 0.5)
+              for scale in (0.05, 0.5, 3.0)] + [tuple(rng.normal(size=3)) for _ in range(50)]
+    for theta in thetas:
+        ours, theirs = weibull_nnlf(theta, x), weibull_min._penalized_nnlf(theta, x)
+        assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-9) or (np.isinf(ours) and np.isinf(theirs)), theta
