@@ -8,9 +8,11 @@ number of workers. Workers open the segments by name and never unlink them.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -55,6 +57,27 @@ def apply_transform(name: str, points: np.ndarray, clip: tuple[float, float]) ->
     return (fn(unit) * (clip[1] - clip[0]) + clip[0]).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Start workers without re-running the caller's script.
+
+    Spawned workers re-import `__main__` from its path, which re-runs a user's script that lacks
+    an `if __name__ == "__main__":` guard. The workers only need this module, so the path is
+    hidden while they start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        if "__file__" in saved:
+            del main.__file__
+        if "__spec__" in saved:
+            main.__spec__ = None
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(main, key, value)
+
+
 class SamplePool:
     """Worker processes drawing clipped (and optionally transformed) samples into shared memory.
 
@@ -65,7 +88,8 @@ class SamplePool:
     def __init__(self, nthreads: int = 0):
         self.nthreads = nthreads or max((os.cpu_count() or 2) // 2, 1)
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has TensorFlow loaded
-        self._pool = ctx.Pool(self.nthreads, initializer=_init_worker)
+        with _main_module_hidden():
+            self._pool = ctx.Pool(self.nthreads, initializer=_init_worker)
 
     def iterations(
         self,
