@@ -269,16 +269,27 @@ class EstimateLipschitz:
         seed = tf.random.experimental.stateless_fold_in(seed, batch_index)
         return self._draw_points(tf.constant(x0, tf.float32), seed, norm, count, scale).numpy()
 
+    def _batches(self, nsamp: int) -> tuple[int, int]:
+        """(points per model call, calls per iteration) for `nsamp` points."""
+        batch = min(self.batch_size, nsamp)
+        return batch, math.ceil(nsamp / batch)
+
+    def _cached(self, key: tuple, build: Callable[[], Callable]) -> Callable:
+        """A compiled function per settings key, built (and traced) once."""
+        if key not in self._compiled:
+            self._compiled[key] = build()
+        return self._compiled[key]
+
     def _sampled_iteration(self, shape, nsamp: int, num_targets: int, flag: str, scale):
         """The compiled fast path: one iteration with samples drawn inside the graph."""
         key = ("graph", shape, nsamp, num_targets, flag, scale, self.batch_size, self.compute_slope, self.input_range)
-        if key in self._compiled:
-            return self._compiled[key]
+        return self._cached(key, lambda: self._build_sampled_iteration(shape, nsamp, num_targets, flag, scale))
+
+    def _build_sampled_iteration(self, shape, nsamp: int, num_targets: int, flag: str, scale):
         import tensorflow as tf
 
         norm = by_flag(flag)
-        batch = min(self.batch_size, nsamp)
-        nbatches = math.ceil(nsamp / batch)
+        batch, nbatches = self._batches(nsamp)
 
         @tf.function(input_signature=[
             tf.TensorSpec(shape, tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([num_targets], tf.int32),
@@ -293,18 +304,17 @@ class EstimateLipschitz:
 
             return self._loop(get_batch, nbatches, c, targets, num_targets)
 
-        self._compiled[key] = iteration
         return iteration
 
     def _given_iteration(self, shape, nsamp: int, num_targets: int):
         """The compiled step for samples drawn elsewhere (the worker pool)."""
         key = ("given", shape, nsamp, num_targets, self.batch_size, self.compute_slope)
-        if key in self._compiled:
-            return self._compiled[key]
+        return self._cached(key, lambda: self._build_given_iteration(shape, nsamp, num_targets))
+
+    def _build_given_iteration(self, shape, nsamp: int, num_targets: int):
         import tensorflow as tf
 
-        batch = min(self.batch_size, nsamp)
-        nbatches = math.ceil(nsamp / batch)
+        batch, nbatches = self._batches(nsamp)
 
         @tf.function(input_signature=[
             tf.TensorSpec((nsamp, *shape), tf.float32), tf.TensorSpec([], tf.int32),
@@ -317,18 +327,15 @@ class EstimateLipschitz:
 
             return self._loop(get_batch, nbatches, c, targets, num_targets)
 
-        self._compiled[key] = iteration
         return iteration
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits of a batch, in batches of `batch_size`."""
         import tensorflow as tf
 
-        key = ("predict",)
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(self._logits, reduce_retracing=True)
+        logits = self._cached(("predict",), lambda: tf.function(self._logits, reduce_retracing=True))
         step = self.batch_size or 1024
-        outs = [np.asarray(self._compiled[key](tf.constant(x[i : i + step], tf.float32))) for i in range(0, len(x), step)]
+        outs = [np.asarray(logits(tf.constant(x[i : i + step], tf.float32))) for i in range(0, len(x), step)]
         return np.concatenate(outs)
 
     # ----------------------------------------------------------------------------------------
@@ -381,15 +388,15 @@ class EstimateLipschitz:
     def _hessian_iteration(self, shape, nsamp: int, flag: str, scale):
         """The compiled order-2 step: per-sample extreme eigenvalues, the largest in magnitude kept."""
         key = ("hessian", shape, nsamp, flag, scale, self.batch_size, self.input_range)
-        if key in self._compiled:
-            return self._compiled[key]
+        return self._cached(key, lambda: self._build_hessian_iteration(shape, nsamp, flag, scale))
+
+    def _build_hessian_iteration(self, shape, nsamp: int, flag: str, scale):
         import tensorflow as tf
 
         from hessian import extreme_eigenvalues
 
         norm = by_flag(flag)
-        batch = min(self.batch_size, nsamp)
-        nbatches = math.ceil(nsamp / batch)
+        batch, nbatches = self._batches(nsamp)
 
         @tf.function(input_signature=[
             tf.TensorSpec(shape, tf.float32), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
@@ -409,7 +416,6 @@ class EstimateLipschitz:
                 best = tf.where(tf.abs(pick) > tf.abs(best), pick, best)
             return best
 
-        self._compiled[key] = iteration
         return iteration
 
     def estimate_hessian(self, x_0: np.ndarray, true_label: int, target_label: int, Nsamp: int, Niters: int,
