@@ -139,9 +139,7 @@ def load_inputs(args):
         from setup_imagenet import find_image_folder, load_imagenet, registry_entry
 
         folder, found_labels = find_image_folder(args.data_dir)
-        labels = args.labels or None
-        if labels is None and found_labels is not None and not _named_by_label(folder):
-            labels = str(found_labels)
+        labels = args.labels or (str(found_labels) if found_labels else None)
         size = registry_entry(args.model_name).size
         x, y, _ = load_imagenet(folder, size, args.firstimg + args.numimg, 0, args.seed, labels)
         return x, y, "imagenet"
@@ -149,13 +147,6 @@ def load_inputs(args):
 
     data = load_dataset(args.dataset, args.data_dir)
     return data.test_data, np.argmax(data.test_labels, axis=1), args.dataset
-
-
-def _named_by_label(folder) -> bool:
-    from setup_imagenet import IMAGE_SUFFIXES
-
-    names = [p.name for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES]
-    return all(n.split(".", 1)[0].isdigit() for n in names)
 
 
 def load_classifier(args, estimator) -> str:

@@ -265,9 +265,15 @@ class EstimateLipschitz:
         norm = by_flag(sample_norm)
         scale = (float(radius), float(radius)) if radius else norm.default_scale
         seed = tf.constant(self._seed_key(image_id), tf.int64)
-        seed = tf.random.experimental.stateless_fold_in(seed, iteration)
-        seed = tf.random.experimental.stateless_fold_in(seed, batch_index)
+        seed = self._batch_seed(tf.random.experimental.stateless_fold_in(seed, iteration), batch_index)
         return self._draw_points(tf.constant(x0, tf.float32), seed, norm, count, scale).numpy()
+
+    @staticmethod
+    def _batch_seed(iteration_seed, batch_index):
+        """The seed of one batch of an iteration: every sampler path draws the same points."""
+        import tensorflow as tf
+
+        return tf.random.experimental.stateless_fold_in(iteration_seed, batch_index)
 
     def _batches(self, nsamp: int) -> tuple[int, int]:
         """(points per model call, calls per iteration) for `nsamp` points."""
@@ -299,8 +305,7 @@ class EstimateLipschitz:
             it_seed = tf.random.experimental.stateless_fold_in(seed, it)
 
             def get_batch(b):
-                x = self._draw_points(x0, tf.random.experimental.stateless_fold_in(it_seed, b), norm, batch, scale)
-                return x, nsamp - b * batch
+                return self._draw_points(x0, self._batch_seed(it_seed, b), norm, batch, scale), nsamp - b * batch
 
             return self._loop(get_batch, nbatches, c, targets, num_targets)
 
@@ -406,8 +411,8 @@ class EstimateLipschitz:
             it_seed = tf.random.experimental.stateless_fold_in(seed, it)
             best = tf.constant(0.0)
             for b in tf.range(nbatches):
-                b_seed = tf.random.experimental.stateless_fold_in(it_seed, b)
-                x = self._draw_points(x0, b_seed, norm, batch, scale)
+                b_seed = self._batch_seed(it_seed, b)
+                x = self._draw_points(x0, b_seed, norm, batch, scale)  # the same points as order 1
                 v0 = tf.random.stateless_normal(tf.shape(x), tf.random.experimental.stateless_fold_in(b_seed, 7),
                                                 alg="philox")
                 _, negative = extreme_eigenvalues(self._logits, x, c, j, v0)
@@ -430,8 +435,10 @@ class EstimateLipschitz:
         norm = by_flag(sample_norm)
         scale = (float(radius), float(radius)) if radius else norm.default_scale
         pred = self.predict(x0[None])[0]
-        norms, _ = tf.function(self._grad_norms, reduce_retracing=True)(
-            tf.constant(x0[None]), tf.constant(int(true_label)), tf.constant([int(target_label)]), 1)
+        x0_t, c_t, j_t = tf.constant(x0), tf.constant(int(true_label)), tf.constant(int(target_label))
+        grad_norms = self._cached(("grad_norms_x0",), lambda: tf.function(
+            lambda x, c, j: self._grad_norms(x, c, j[None], 1)[0], reduce_retracing=True))
+        grad_norm_x0 = float(grad_norms(x0_t[None], c_t, j_t).numpy()[0, 0, 0])
         step = self._hessian_iteration(x0.shape, Nsamp, norm.flag, scale)
         seed = tf.constant(self._seed_key(image_id), tf.int64)
         h2 = np.zeros(Niters, np.float32)
@@ -439,15 +446,14 @@ class EstimateLipschitz:
         tick = progress(Niters, Nsamp) if progress else None
         for it in range(Niters):
             begin = time.perf_counter()
-            h2[it] = step(tf.constant(x0), tf.constant(int(true_label)), tf.constant(int(target_label)), seed,
-                          tf.constant(it)).numpy()
+            h2[it] = step(x0_t, c_t, j_t, seed, tf.constant(it)).numpy()
             times[it] = time.perf_counter() - begin
             if not np.isfinite(h2[it]):
                 raise NonFiniteError(f"Hessian estimates are NaN or Inf for image {image_id}, target {target_label}")
             if tick:
                 tick(it + 1)
-        return HessianResult(int(target_label), h2, float(pred[true_label] - pred[target_label]),
-                             float(norms.numpy()[0, 0, 0]), pred, times)
+        return HessianResult(int(target_label), h2, float(pred[true_label] - pred[target_label]), grad_norm_x0,
+                             pred, times)
 
     def _seed_key(self, image_id: int) -> tuple[int, int]:
         return (self.seed, int(image_id))

@@ -174,16 +174,28 @@ def read_label_file(path: Path) -> dict[str, int]:
 
 
 def find_image_folder(data_dir: str | None) -> tuple[Path, Path | None]:
-    """The image folder (from --data_dir, CLEVER_DATA_DIR or ./data) and a val.txt beside it, if any."""
+    """The image folder (from --data_dir, CLEVER_DATA_DIR or ./data) and the label file to use:
+    a val.txt beside it when the files are not named `<label>.<anything>`, else None."""
     from datasets import data_roots
 
     for root in data_roots(data_dir):
         for folder in (root, root / "val_images", root / "imagenet" / "val_images", root / "imagenet"):
             if folder.is_dir() and any(p.suffix in IMAGE_SUFFIXES for p in folder.iterdir()):
-                labels = next((c for c in (folder / "val.txt", folder.parent / "val.txt") if c.is_file()), None)
-                return folder, labels
+                if _named_by_label(folder):
+                    return folder, None
+                return folder, next((c for c in (folder / "val.txt", folder.parent / "val.txt") if c.is_file()), None)
     raise UsageError("no ImageNet images found: pass --data_dir FOLDER with <label>.<name>.jpg files, or "
                      "images plus --labels val.txt (see README, ImageNet)")
+
+
+def _label_in_name(name: str) -> int | None:
+    """The 1-based label of a `<label>.<anything>.jpg` name, or None if the name has none."""
+    head = name.split(".", 1)[0]
+    return int(head) if head.isdigit() and 1 <= int(head) <= NUM_CLASSES else None
+
+
+def _named_by_label(folder: Path) -> bool:
+    return all(_label_in_name(p.name) is not None for p in folder.iterdir() if p.suffix in IMAGE_SUFFIXES)
 
 
 def list_labelled_images(folder: Path, labels_file: Path | None) -> list[tuple[Path, int]]:
@@ -202,10 +214,10 @@ def list_labelled_images(folder: Path, labels_file: Path | None) -> list[tuple[P
         return [(p, table[p.name]) for p in files]
     pairs = []
     for p in files:
-        head = p.name.split(".", 1)[0]
-        if not head.isdigit() or not 1 <= int(head) <= NUM_CLASSES:
+        label = _label_in_name(p.name)
+        if label is None:
             raise UsageError(f"{p.name} is not named <label 1..1000>.<anything>{p.suffix}; or pass --labels FILE")
-        pairs.append((p, int(head) - 1))
+        pairs.append((p, label - 1))
     return pairs
 
 
