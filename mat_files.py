@@ -7,7 +7,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import scipy.io as sio
 
 
@@ -101,6 +100,3 @@ def is_complete(path: Path, keys: tuple[str, ...] = ("G2_max", "g_x0")) -> bool:
         return False
     return all(k in mat for k in keys) if "H2_max" not in mat else "g_x0" in mat
 
-
-def squeeze_scalar(value) -> float:
-    return float(np.squeeze(value))

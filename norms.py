@@ -60,7 +60,6 @@ BY_FLAG: dict[str, LpNorm] = {n.flag: n for n in NORMS}
 # Columns of the (.., 3) arrays of gradient-norm maxima produced by the estimator, in the
 # original return order G2, G1, Gi; `grad_column` maps a norm to its column.
 GRAD_KEYS: tuple[str, ...] = ("G2_max", "G1_max", "Gi_max")
-SLOPE_KEYS: tuple[str, ...] = ("L2_max", "L1_max", "Li_max")
 
 
 def grad_column(norm: LpNorm) -> int:

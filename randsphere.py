@@ -81,12 +81,3 @@ def tf_perturbations(seed, norm: LpNorm, count, dim: int, scale: tuple[float, fl
     )
     return unit * factor
 
-
-def randsphere(
-    count: int, dim: int, norm: str = "l2", scale: tuple[float, float] | None = None, seed: int | None = None
-) -> np.ndarray:
-    """Convenience: `count` perturbations in R^dim for a `--sample_norm` flag value."""
-    from norms import by_flag
-
-    lp = by_flag(norm)
-    return numpy_perturbations(np.random.default_rng(seed), lp, count, dim, scale or lp.default_scale)
