@@ -24,9 +24,18 @@ class UsageError(CleverError):
     exit_code = USAGE_ERROR
 
 
-def _terminate_as_exit(signum: int, _frame: object) -> None:
+_received_signal: int | None = None
+
+
+def _interrupt(signum: int, _frame: object) -> None:
     # SIGTERM would otherwise kill the process without running `finally` blocks and atexit
-    # handlers, which are what unlink shared memory and remove temporary files.
+    # handlers, which are what unlink shared memory and remove temporary files. The signal is
+    # remembered because the exception raised here can surface wrapped in another one when it
+    # lands inside library code (TensorFlow's tracer turns it into a SystemError).
+    global _received_signal
+    _received_signal = signum
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
@@ -37,7 +46,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    signal.signal(signal.SIGTERM, _terminate_as_exit)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         code = main(args)
     except CleverError as err:
@@ -45,9 +55,13 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         code = err.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        code = 128 + signal.SIGINT
+    except BaseException:
+        if _received_signal is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"error: interrupted by {signal.Signals(_received_signal).name}", file=sys.stderr)
+        code = 128 + _received_signal
     sys.stdout.flush()
     sys.exit(code or 0)
 

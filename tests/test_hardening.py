@@ -203,3 +203,27 @@ def test_two_concurrent_runs_into_one_folder_give_the_union(tmp_path):
     for f in files:
         assert "G2_max" in sio.loadmat(f)
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+_SIGNAL_INSIDE_LIBRARY_CODE = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from errors import run_cli
+
+def main(_args):
+    try:  # a library that catches the interrupt and re-raises something else (as TF's tracer does)
+        os.kill(os.getpid(), signal.{sig})
+        signal.pause()
+    except BaseException as err:
+        raise SystemError("bad argument to internal function") from err
+
+run_cli(main, [])
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_wrapped_by_library_code_still_exits_with_one_line(sig, code):
+    script = _SIGNAL_INSIDE_LIBRARY_CODE.format(repo=str(REPO), sig=sig)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == code
+    assert res.stderr.strip() == f"error: interrupted by {sig}"
