@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,13 @@ def make_optimizer(config: TrainConfig):
     return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None)
 
 
-def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose: int = 2):
-    """Fit `model` (which returns logits) to soft or hard labels with cross-entropy on logits/T."""
+def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose: int = 2,
+          backup_dir: Path | None = None):
+    """Fit `model` (which returns logits) to soft or hard labels with cross-entropy on logits/T.
+
+    With `backup_dir`, the state is saved after every epoch and a rerun of the same command
+    resumes from the last finished epoch (long CIFAR runs survive being stopped).
+    """
     import keras
 
     temperature = float(config.temperature)
@@ -67,9 +73,10 @@ def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose
         return keras.losses.categorical_crossentropy(y_true, logits / temperature, from_logits=True)
 
     model.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
+    callbacks = [keras.callbacks.BackupAndRestore(str(backup_dir))] if backup_dir else []
     model.fit(
         x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
-        validation_data=validation, shuffle=True, verbose=verbose,
+        validation_data=validation, shuffle=True, verbose=verbose, callbacks=callbacks,
     )
     return model
 
@@ -119,13 +126,32 @@ def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, 
     spec = parse_model_name(dataset, model_name)
     validation = (data.validation_data, data.validation_labels)
     labels = data.train_labels
+    backups = training_backup_folder(output)
     if model_name == "distilled":
-        teacher = train(build_model(spec), data.train_data, labels, config, validation)
+        teacher = train_teacher(build_model(spec), data, config, backups)
         print(f"teacher test accuracy (T=1 logits): {accuracy(teacher, data.test_data, data.test_labels):.4f}")
         labels = soft_labels(teacher, data.train_data, config.temperature)
-    model = train(build_model(spec), data.train_data, labels, config, validation)
+    model = train(build_model(spec), data.train_data, labels, config, validation, backup_dir=backups / "model")
     save_weights_atomically(model, output)
+    shutil.rmtree(backups, ignore_errors=True)
     return accuracy(model, data.test_data, data.test_labels)
+
+
+def training_backup_folder(output: Path) -> Path:
+    """Where an unfinished run keeps its per-epoch state (removed once the weights are saved)."""
+    return output.parent / ".training" / output.name.removesuffix(".weights.h5")
+
+
+def train_teacher(teacher, data, config: TrainConfig, backups: Path):
+    """Train the distillation teacher, or reload it when a resumed run had already finished it."""
+    done = backups / "teacher.weights.h5"
+    if done.exists():
+        teacher.load_weights(str(done))
+        return teacher
+    validation = (data.validation_data, data.validation_labels)
+    train(teacher, data.train_data, data.train_labels, config, validation, backup_dir=backups / "teacher")
+    save_weights_atomically(teacher, done)
+    return teacher
 
 
 def main(argv: list[str] | None = None) -> int:
