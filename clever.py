@@ -209,17 +209,15 @@ def write_tables(results: list[FileScores], args) -> None:
     """--csv / --json: one row per (file, norm), written atomically by pandas."""
     if not (args.csv or args.json):
         return
-    import os
-
     import pandas as pd
+
+    from mat_files import write_atomically
 
     table = pd.DataFrame([row for r in results for row in r.rows(args.method)], columns=COLUMNS)
     for target, write in ((args.csv, lambda p: table.to_csv(p, index=False)),
                           (args.json, lambda p: table.to_json(p, orient="records", indent=1))):
         if target:
-            tmp = f"{target}.{os.getpid()}.tmp"
-            write(tmp)
-            os.replace(tmp, target)
+            write_atomically(target, write)
 
 
 def main(argv: list[str] | None = None) -> int:

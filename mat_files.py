@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +53,23 @@ def save_mat_atomically(path: Path, contents: dict) -> None:
     Readers (and a rerun deciding what to skip) never see a partial file, and two runs writing
     into one folder each rename whole files.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             sio.savemat(f, contents)
             f.flush()
             os.fsync(f.fileno())
+
+    write_atomically(path, write)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(temporary path)` in the target's folder, then rename the file into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
