@@ -1,0 +1,75 @@
+"""The Table 2 builder on small fixed CSVs."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from conftest import run_script
+
+ATTACKS = """id,true_label,target_label,info,attack,success,l2,linf
+0,7,1,top2,cw_l2,True,1.0,0.25
+1,2,3,top2,cw_l2,True,2.0,0.35
+0,7,1,top2,ifgsm_l2,True,1.5,0.3
+1,2,3,top2,ifgsm_l2,True,2.5,0.4
+0,7,1,top2,ifgsm_li,True,3.0,0.125
+1,2,3,top2,ifgsm_li,True,3.5,0.175
+0,7,5,least,cw_l2,True,3.0,0.5
+0,7,5,least,ifgsm_l2,True,4.0,0.6
+0,7,5,least,ifgsm_li,True,5.0,0.2
+1,2,9,least,cw_l2,False,inf,inf
+1,2,9,least,ifgsm_l2,True,4.0,0.6
+1,2,9,least,ifgsm_li,True,5.0,0.2
+"""
+
+CLEVER = """file,id,true_label,target_label,info,norm,g_x0,score,lipschitz,shape,loc,scale,ks,pVal,method,order
+a.mat,0,7,1,top2,L1,1,2.0,1,1,1,1,0,1,mle_reg,1
+a.mat,0,7,1,top2,L2,1,0.5,1,1,1,1,0,1,mle_reg,1
+a.mat,0,7,1,top2,Li,1,0.05,1,1,1,1,0,1,mle_reg,1
+b.mat,1,2,3,top2,L2,1,0.75,1,1,1,1,0,1,mle_reg,1
+b.mat,1,2,3,top2,Li,1,0.15,1,1,1,1,0,1,mle_reg,1
+c.mat,0,7,5,least,L2,1,1.25,1,1,1,1,0,1,mle_reg,1
+c.mat,0,7,5,least,Li,1,0.1,1,1,1,1,0,1,mle_reg,1
+d.mat,1,2,9,least,L2,1,1.5,1,1,1,1,0,1,mle_reg,1
+d.mat,1,2,9,least,Li,1,0.2,1,1,1,1,0,1,mle_reg,1
+e.mat,1,2,3,top2,L2,1,9.0,1,1,1,1,0,1,mle_reg,2
+"""
+
+EXPECTED = """### Least likely target
+
+| Network | n | CW L2 | CW Linf | I-FGSM L2 | I-FGSM Linf | CLEVER L2 | CLEVER Linf |
+|---|---:|---:|---:|---:|---:|---:|---:|
+| MNIST-CNN | 1 | 3.000 | 0.500 | 4.000 | 0.200 | 1.250 | 0.100 |
+| Copy | 1 | 3.000 | 0.500 | 4.000 | 0.200 | 1.250 | 0.100 |
+
+### Top-2 target
+
+| Network | n | CW L2 | CW Linf | I-FGSM L2 | I-FGSM Linf | CLEVER L2 | CLEVER Linf |
+|---|---:|---:|---:|---:|---:|---:|---:|
+| MNIST-CNN | 2 | 1.500 | 0.300 | 2.000 | 0.150 | 0.625 | 0.100 |
+| Copy | 2 | 1.500 | 0.300 | 2.000 | 0.150 | 0.625 | 0.100 |
+"""
+
+
+def test_table_builder_prints_the_exact_markdown_and_writes_csv_and_plot(tmp_path):
+    (tmp_path / "a.csv").write_text(ATTACKS)
+    (tmp_path / "c.csv").write_text(CLEVER)
+    a, c = str(tmp_path / "a.csv"), str(tmp_path / "c.csv")
+    res = run_script("tables.py", "--network", "MNIST-CNN", a, c, "--network", "Copy", a, c,
+                     "--markdown", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv"),
+                     "--plot", str(tmp_path / "t.png"))
+    assert res.returncode == 0, res.stderr
+    # image 1's least-likely pair drops out (CW failed on it); the order-2 row is ignored
+    assert res.stdout == EXPECTED
+    assert (tmp_path / "t.md").read_text() == EXPECTED
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert list(table.target) == ["least", "top2", "least", "top2"]
+    assert table.loc[1, "clever_l2"] == 0.625 and table.loc[1, "n"] == 2
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_builder_rejects_a_csv_without_the_needed_columns(tmp_path):
+    (tmp_path / "a.csv").write_text("id,info\n0,top2\n")
+    (tmp_path / "c.csv").write_text(CLEVER)
+    res = run_script("tables.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
+    assert res.returncode == 2
+    assert "lacks column(s) attack, success, l2, linf" in res.stderr and "Traceback" not in res.stderr
