@@ -57,7 +57,7 @@ def parse_model_name(dataset: str, model_name: str, activation: str = "relu") ->
             dataset, "cnn", activation, (), f"{dataset}_cnn_{activation}.weights.h5",
             f"python3 train_nlayer.py --model {dataset} --modeltype cnn --activation {activation}",
         )
-    if activation != "relu":
+    if activation != "relu" and model_name in BUILTIN_NAMES:
         raise UsageError(f"--activation {activation} is only available with -m normal or an N,M,tag MLP")
     if model_name == "distilled":
         return ModelSpec(dataset, "cnn", "relu", (), f"{dataset}-distilled-{DISTILLATION_T}.weights.h5", train)

@@ -59,7 +59,7 @@ def make_optimizer(config: TrainConfig):
 
 
 def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose: int = 2,
-          backup_dir: Path | None = None):
+          backup_dir: Path | None = None, callbacks: tuple = ()):
     """Fit `model` (which returns logits) to soft or hard labels with cross-entropy on logits/T.
 
     With `backup_dir`, the state is saved after every epoch and a rerun of the same command
@@ -73,10 +73,10 @@ def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose
         return keras.losses.categorical_crossentropy(y_true, logits / temperature, from_logits=True)
 
     model.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
-    callbacks = [keras.callbacks.BackupAndRestore(str(backup_dir))] if backup_dir else []
+    backup = [keras.callbacks.BackupAndRestore(str(backup_dir))] if backup_dir else []
     model.fit(
         x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
-        validation_data=validation, shuffle=True, verbose=verbose, callbacks=callbacks,
+        validation_data=validation, shuffle=True, verbose=verbose, callbacks=[*backup, *callbacks],
     )
     return model
 

@@ -52,3 +52,72 @@ def test_brelu_hidden_activations_never_exceed_1(row):
     assert max(float(np.max(o)) for o in outputs) <= 1.0
     assert min(float(np.min(o)) for o in outputs) >= 0.0
     assert any(np.mean(o == 1.0) > 0.001 for o in outputs)  # the cap is reached, so it matters
+
+
+def test_train_nlayer_writes_a_loadable_mlp_at_the_documented_path(tmp_path):
+    from conftest import SHARED_DATA, run_script
+
+    res = run_script("train_nlayer.py", "--model", "mnist", "--modeltype", "mlp", "--activation", "tanh", "64", "64",
+                     "--epochs", "1", "--lr", "0.1", "--train_subset", "2000", "--modelpath", str(tmp_path),
+                     "--data_dir", str(SHARED_DATA / "mnist"))
+    assert res.returncode == 0, res.stderr
+    path = tmp_path / "mnist_3layer_tanh_64_trained.weights.h5"
+    assert path.is_file() and f"saved = {path}" in res.stdout
+    assert not (tmp_path / ".training").exists() or not any((tmp_path / ".training").iterdir())
+
+    from datasets import load_dataset
+    from model_zoo import load_zoo_model
+
+    model = load_zoo_model("mnist", "3,64,trained", "tanh", models_dir=str(tmp_path))
+    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    acc = np.mean(np.argmax(np.asarray(model(data.test_data[:1000])), 1) == np.argmax(data.test_labels[:1000], 1))
+    assert acc > 0.6  # one epoch on 2000 images: far above chance (0.1)
+
+
+def _tiny_mlp(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(32, "relu"),
+                             keras.layers.Dense(10)])
+
+
+def test_distilled_student_at_t1_is_sharper_than_the_teacher_at_t100():
+    from conftest import SHARED_DATA
+    from datasets import load_dataset
+    from train_models import TrainConfig, soft_labels, train
+
+    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    x, y = data.train_data[:3000], data.train_labels[:3000]
+    config = TrainConfig(epochs=3, lr=0.01, optimizer="adam", temperature=100.0)
+    teacher = train(_tiny_mlp(0), x, y, config, verbose=0)
+    student = train(_tiny_mlp(1), x, soft_labels(teacher, x, 100.0), config, verbose=0)
+    test = data.test_data[:500]
+    teacher_t100 = soft_labels(teacher, test, 100.0)
+    student_t1 = soft_labels(student, test, 1.0)
+    assert np.all(student_t1.max(1) > teacher_t100.max(1))
+    assert np.median(student_t1.max(1)) > 0.9
+
+
+def test_an_interrupted_training_resumes_from_its_last_finished_epoch(tmp_path):
+    import keras
+
+    from conftest import SHARED_DATA
+    from datasets import load_dataset
+    from train_models import TrainConfig, train
+
+    class StopAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    x, y = data.train_data[:1000], data.train_labels[:1000]
+    config = TrainConfig(epochs=4, lr=0.05)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_mlp(0), x, y, config, verbose=0, backup_dir=tmp_path / "b", callbacks=(StopAfterSecondEpoch(),))
+    assert any((tmp_path / "b").iterdir())
+    epochs_run = []
+    counter = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
+    train(_tiny_mlp(0), x, y, config, verbose=0, backup_dir=tmp_path / "b", callbacks=(counter,))
+    assert epochs_run == [2, 3]
