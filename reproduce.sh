@@ -6,6 +6,8 @@
 # Networks default to every one of mnist:2-layer mnist:normal mnist:distilled mnist:brelu and the
 # same for cifar whose weights are in models/ (missing ones are skipped with a note).
 # Writes <folder>/table2.md, table2.csv, table2.png and the per-network CSVs and logs it joins.
+# A rerun into the same folder reuses finished .mat files and attack CSVs (same K), so networks
+# can be added one at a time; delete the folder to start over.
 # The interpreter is $PYTHON (default python3); CLEVER_DATA_DIR names the data folder; extra
 # attacks.py flags (e.g. --cw_iterations 200 for a quick look) go in ATTACK_ARGS.
 set -euo pipefail
@@ -57,9 +59,11 @@ print(models_folder() / p(sys.argv[1], sys.argv[2]).weights_file)" "$dataset" "$
   "$PY" collect_gradients.py -d "$dataset" -m "$model" -n "$K" --target_type 7 -N "$NSAMP" -i "$NITERS" \
     -s "$OUT/lipschitz_mat" --quiet > "$OUT/collect_$tag.log" 2>&1
   "$PY" clever.py "$OUT/lipschitz_mat/$tag" --csv "$OUT/clever_$tag.csv" > "$OUT/clever_$tag.log" 2>&1
-  # shellcheck disable=SC2086
-  "$PY" attacks.py -d "$dataset" -m "$model" -n "$K" --target_type 7 --csv "$OUT/attacks_$tag.csv" \
-    ${ATTACK_ARGS:-} > "$OUT/attacks_$tag.log" 2>&1
+  if [ ! -f "$OUT/attacks_$tag.csv" ]; then  # a rerun reuses finished attacks (and .mat files)
+    # shellcheck disable=SC2086
+    "$PY" attacks.py -d "$dataset" -m "$model" -n "$K" --target_type 7 --csv "$OUT/attacks_$tag.csv" \
+      ${ATTACK_ARGS:-} > "$OUT/attacks_$tag.log" 2>&1
+  fi
   table_args+=(--network "$name" "$OUT/attacks_$tag.csv" "$OUT/clever_$tag.csv")
 done
 [ ${#table_args[@]} -gt 0 ] || { echo "error: no network to reproduce" >&2; exit 1; }
