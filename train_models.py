@@ -98,11 +98,44 @@ def accuracy(model, x, y, batch_size: int = 1024) -> float:
 
 
 def save_weights_atomically(model, path: Path) -> None:
-    """Write weights under a temporary name, then rename, so no reader sees half a file."""
+    """Write the layer weights (no optimizer state), gzip-compressed, under a temporary name, then rename.
+
+    Keras stores a compiled model's optimizer slots beside its weights, doubling the file; the
+    shipped files only need the weights, and they live in git, so every megabyte counts.
+    """
+    import keras
+
+    bare = keras.models.clone_model(model)
+    bare.set_weights(model.get_weights())
     path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_name(f".{os.getpid()}.raw.{path.name}")
     tmp = path.with_name(f".{os.getpid()}.{path.name}")
-    model.save_weights(str(tmp))
-    os.replace(tmp, path)
+    try:
+        bare.save_weights(str(raw))
+        compress_h5(raw, tmp)
+        os.replace(tmp, path)
+    finally:
+        raw.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def compress_h5(source: Path, target: Path) -> None:
+    """Copy an HDF5 file with every dataset gzip-compressed (readers decompress transparently)."""
+    import h5py
+
+    def copy(src, dst) -> None:
+        dst.attrs.update(src.attrs)
+        for name, item in src.items():
+            if isinstance(item, h5py.Group):
+                copy(item, dst.create_group(name))
+            elif item.shape:
+                out = dst.create_dataset(name, data=item[()], compression="gzip", compression_opts=9, shuffle=True)
+                out.attrs.update(item.attrs)
+            else:
+                dst.create_dataset(name, data=item[()]).attrs.update(item.attrs)
+
+    with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
+        copy(src, dst)
 
 
 def default_config(dataset: str, model_name: str, epochs: int | None) -> TrainConfig:

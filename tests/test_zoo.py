@@ -7,10 +7,15 @@ import re
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 
 ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>[\w,-]+) \| (?P<activation>\w+) "
                  r"\| (?P<epochs>\d+) \| (?P<accuracy>[\d.]+)% \|")
+
+
+def data_folder(dataset: str):
+    """The shipped MNIST test files, or the shared CIFAR-10 files."""
+    return REPO / "data" / "mnist" if dataset == "mnist" else SHARED_DATA / "cifar10"
 
 
 def shipped_models() -> list[dict]:
@@ -31,7 +36,7 @@ def test_shipped_model_reaches_its_recorded_accuracy_on_the_first_1000_test_imag
 
     assert parse_model_name(row["dataset"], row["model"], row["activation"]).weights_file == row["file"]
     model = load_zoo_model(row["dataset"], row["model"], row["activation"])
-    data = load_dataset(row["dataset"], REPO / "data" / row["dataset"] if row["dataset"] == "mnist" else None)
+    data = load_dataset(row["dataset"], data_folder(row["dataset"]))
     logits = model.predict(data.test_data[:1000], batch_size=500, verbose=0)
     accuracy = 100 * np.mean(logits.argmax(1) == data.test_labels[:1000].argmax(1))
     assert accuracy >= float(row["accuracy"]) - 0.5, (row["file"], accuracy)
@@ -47,7 +52,7 @@ def test_brelu_hidden_activations_never_exceed_1(row):
     model = load_zoo_model(row["dataset"], "brelu")
     hidden = [layer.output for layer in model.layers[:-1] if hasattr(layer, "activation")]
     probe = keras.Model(model.inputs, hidden)
-    data = load_dataset(row["dataset"], REPO / "data" / row["dataset"] if row["dataset"] == "mnist" else None)
+    data = load_dataset(row["dataset"], data_folder(row["dataset"]))
     outputs = probe.predict(data.test_data[:200], verbose=0)
     assert max(float(np.max(o)) for o in outputs) <= 1.0
     assert min(float(np.min(o)) for o in outputs) >= 0.0
@@ -55,7 +60,7 @@ def test_brelu_hidden_activations_never_exceed_1(row):
 
 
 def test_train_nlayer_writes_a_loadable_mlp_at_the_documented_path(tmp_path):
-    from conftest import SHARED_DATA, run_script
+    from conftest import run_script
 
     res = run_script("train_nlayer.py", "--model", "mnist", "--modeltype", "mlp", "--activation", "tanh", "64", "64",
                      "--epochs", "1", "--lr", "0.1", "--train_subset", "2000", "--modelpath", str(tmp_path),
@@ -83,7 +88,6 @@ def _tiny_mlp(seed: int):
 
 
 def test_distilled_student_at_t1_is_sharper_than_the_teacher_at_t100():
-    from conftest import SHARED_DATA
     from datasets import load_dataset
     from train_models import TrainConfig, soft_labels, train
 
@@ -102,7 +106,6 @@ def test_distilled_student_at_t1_is_sharper_than_the_teacher_at_t100():
 def test_an_interrupted_training_resumes_from_its_last_finished_epoch(tmp_path):
     import keras
 
-    from conftest import SHARED_DATA
     from datasets import load_dataset
     from train_models import TrainConfig, train
 
