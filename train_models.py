@@ -103,29 +103,27 @@ def save_weights_atomically(model, path: Path) -> None:
     Keras stores a compiled model's optimizer slots beside its weights, doubling the file; the
     shipped files only need the weights, and they live in git, so every megabyte counts.
     """
-    import keras
-
-    bare = keras.models.clone_model(model)
-    bare.set_weights(model.get_weights())
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_name(f".{os.getpid()}.raw.{path.name}")
     tmp = path.with_name(f".{os.getpid()}.{path.name}")
     try:
-        bare.save_weights(str(raw))
-        compress_h5(raw, tmp)
+        model.save_weights(str(raw))
+        compress_h5(raw, tmp, skip=("optimizer",))
         os.replace(tmp, path)
     finally:
         raw.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
 
 
-def compress_h5(source: Path, target: Path) -> None:
-    """Copy an HDF5 file with every dataset gzip-compressed (readers decompress transparently)."""
+def compress_h5(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy an HDF5 file with every dataset gzip-compressed, leaving out the top-level groups in `skip`."""
     import h5py
 
-    def copy(src, dst) -> None:
+    def copy(src, dst, skipped: tuple[str, ...] = ()) -> None:
         dst.attrs.update(src.attrs)
         for name, item in src.items():
+            if name in skipped:
+                continue
             if isinstance(item, h5py.Group):
                 copy(item, dst.create_group(name))
             elif item.shape:
@@ -135,7 +133,7 @@ def compress_h5(source: Path, target: Path) -> None:
                 dst.create_dataset(name, data=item[()]).attrs.update(item.attrs)
 
     with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
-        copy(src, dst)
+        copy(src, dst, skip)
 
 
 def default_config(dataset: str, model_name: str, epochs: int | None) -> TrainConfig:
@@ -192,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-d", "--dataset", choices=["mnist", "cifar"], default="mnist")
     parser.add_argument("-m", "--model", choices=["normal", "distilled", "brelu", "2-layer"], default="normal")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS}")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"initial SGD rate (default {CNN_LR} for CNNs, {TWO_LAYER_LR} for 2-layer)")
     parser.add_argument("--data_dir", default=None, help="folder with the dataset files (else CLEVER_DATA_DIR, ./data)")
     parser.add_argument("--output", default=None, help="weights file (default: the zoo's path under models/)")
     parser.add_argument("--seed", type=int, default=1215)
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         raise UsageError("--epochs must be positive")
+    if args.lr is not None and args.lr <= 0:
+        raise UsageError("--lr must be positive")
     quiet_tensorflow()
     import keras
 
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = parse_model_name(args.dataset, args.model)
     output = Path(args.output) if args.output else models_folder() / spec.weights_file
     config = default_config(args.dataset, args.model, args.epochs)
+    if args.lr is not None:
+        config.lr = args.lr
     data = load_dataset(args.dataset, args.data_dir)
     start = time.time()
     acc = train_named_model(args.dataset, args.model, config, data, output)
