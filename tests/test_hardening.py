@@ -227,3 +227,14 @@ def test_a_signal_wrapped_by_library_code_still_exits_with_one_line(sig, code):
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert res.returncode == code
     assert res.stderr.strip() == f"error: interrupted by {sig}"
+
+
+def test_result_files_get_the_usual_permissions(tmp_path):
+    from mat_files import save_mat_atomically
+
+    old = os.umask(0o022)
+    try:
+        save_mat_atomically(tmp_path / "r.mat", {"g_x0": 1.0})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.mat").stat().st_mode & 0o777 == 0o644
