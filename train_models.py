@@ -97,27 +97,33 @@ def accuracy(model, x, y, batch_size: int = 1024) -> float:
     return float(np.mean(np.argmax(logits, 1) == np.argmax(y, 1)))
 
 
-def save_weights_atomically(model, path: Path) -> None:
+def save_weights_atomically(model, path: Path, store_dtype: str = "float32") -> None:
     """Write the layer weights (no optimizer state), gzip-compressed, under a temporary name, then rename.
 
     Keras stores a compiled model's optimizer slots beside its weights, doubling the file; the
     shipped files only need the weights, and they live in git, so every megabyte counts.
+    `store_dtype="float16"` halves the file again; Keras casts the values back to the model's
+    float32 variables when it loads them.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_name(f".{os.getpid()}.raw.{path.name}")
     tmp = path.with_name(f".{os.getpid()}.{path.name}")
     try:
         model.save_weights(str(raw))
-        compress_h5(raw, tmp, skip=("optimizer",))
+        compress_h5(raw, tmp, skip=("optimizer",), dtype=store_dtype)
         os.replace(tmp, path)
     finally:
         raw.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
 
 
-def compress_h5(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
-    """Copy an HDF5 file with every dataset gzip-compressed, leaving out the top-level groups in `skip`."""
+def compress_h5(source: Path, target: Path, skip: tuple[str, ...] = (), dtype: str = "float32") -> None:
+    """Copy an HDF5 file with every dataset gzip-compressed, leaving out the top-level groups in `skip`.
+
+    Floating-point arrays are stored as `dtype`.
+    """
     import h5py
+    import numpy as np
 
     def copy(src, dst, skipped: tuple[str, ...] = ()) -> None:
         dst.attrs.update(src.attrs)
@@ -127,7 +133,10 @@ def compress_h5(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
             if isinstance(item, h5py.Group):
                 copy(item, dst.create_group(name))
             elif item.shape:
-                out = dst.create_dataset(name, data=item[()], compression="gzip", compression_opts=9, shuffle=True)
+                data = item[()]
+                if np.issubdtype(data.dtype, np.floating):
+                    data = data.astype(dtype)
+                out = dst.create_dataset(name, data=data, compression="gzip", compression_opts=9, shuffle=True)
                 out.attrs.update(item.attrs)
             else:
                 dst.create_dataset(name, data=item[()]).attrs.update(item.attrs)
@@ -150,7 +159,8 @@ def default_config(dataset: str, model_name: str, epochs: int | None) -> TrainCo
     return config
 
 
-def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, output: Path) -> float:
+def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, output: Path,
+                      store_dtype: str = "float32") -> float:
     """Train a zoo model (distillation trains a teacher first) and save it; return test accuracy."""
     from model_zoo import build_model, parse_model_name
 
@@ -163,9 +173,11 @@ def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, 
         print(f"teacher test accuracy (T=1 logits): {accuracy(teacher, data.test_data, data.test_labels):.4f}")
         labels = soft_labels(teacher, data.train_data, config.temperature)
     model = train(build_model(spec), data.train_data, labels, config, validation, backup_dir=backups / "model")
-    save_weights_atomically(model, output)
+    save_weights_atomically(model, output, store_dtype)
     shutil.rmtree(backups, ignore_errors=True)
-    return accuracy(model, data.test_data, data.test_labels)
+    stored = build_model(spec)  # the accuracy of what was written, after any float16 rounding
+    stored.load_weights(str(output))
+    return accuracy(stored, data.test_data, data.test_labels)
 
 
 def training_backup_folder(output: Path) -> Path:
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"initial SGD rate (default {CNN_LR} for CNNs, {TWO_LAYER_LR} for 2-layer)")
     parser.add_argument("--data_dir", default=None, help="folder with the dataset files (else CLEVER_DATA_DIR, ./data)")
     parser.add_argument("--output", default=None, help="weights file (default: the zoo's path under models/)")
+    parser.add_argument("--store_dtype", choices=["float32", "float16"], default="float32",
+                        help="precision of the saved weights (float16 halves the file; the model computes in float32)")
     parser.add_argument("--seed", type=int, default=1215)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
@@ -215,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         config.lr = args.lr
     data = load_dataset(args.dataset, args.data_dir)
     start = time.time()
-    acc = train_named_model(args.dataset, args.model, config, data, output)
+    acc = train_named_model(args.dataset, args.model, config, data, output, args.store_dtype)
     print(f"[TRAIN] dataset = {args.dataset}, model = {args.model}, epochs = {config.epochs}, "
           f"test_accuracy = {acc:.4f}, time = {time.time() - start:.0f}s, saved = {output}")
     return 0
