@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model_name", default="normal", help="2-layer, normal, distilled, brelu, or N,M,tag")
     p.add_argument("--activation", default="relu")
     p.add_argument("-n", "--numimg", type=int, default=1, help="number of test images")
-    p.add_argument("-f", "--firstimg", type=int, default=0, help="first test image")
+    p.add_argument("-f", "--firstimg", type=int, default=0, help="first test image (or first row of --ids)")
+    p.add_argument("--ids", default="", help="tab-separated file with an 'id' column, as collect_gradients.py")
     p.add_argument("--target_type", type=int, default=7, help="bit mask: 1 top-2, 2 random, 4 least likely")
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, from {', '.join(ATTACKS)}")
     p.add_argument("--csv", required=True, help="output CSV (one row per image, target and attack)")
@@ -287,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     import pandas as pd
 
+    from collect_gradients import select_images
     from datasets import load_dataset
     from mat_files import write_atomically
     from model_zoo import load_zoo_model
@@ -294,16 +296,14 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_dataset(args.dataset, args.data_dir)
     model = load_zoo_model(args.dataset, args.model_name, args.activation)
-    ids = range(args.firstimg, min(args.firstimg + args.numimg, len(data.test_data)))
-    if not len(ids):
-        raise UsageError(f"--firstimg {args.firstimg} is past the end of the test set")
-    x_all = data.test_data[list(ids)]
-    labels = np.argmax(data.test_labels[list(ids)], axis=1)
+    ids = [image_id for image_id, _ in select_images(args, len(data.test_data), None)]
+    x_all = data.test_data[ids]
+    labels = np.argmax(data.test_labels[ids], axis=1)
     logits = np.asarray(model.predict(x_all, verbose=0))
     pairs = []  # (row in x_all, image id, true label, target, info)
     for row, (image_id, pred, label) in enumerate(zip(ids, logits, labels)):
         if int(np.argmax(pred)) != label:
-            print(f"[WARNING] image {image_id} is misclassified; skipping")
+            print(f"[WARNING] image {image_id} is misclassified (true {label}, predicted {np.argmax(pred)}); skipping")
             continue
         for target, info in choose_targets(pred, args.target_type, args.seed, image_id):
             pairs.append((row, image_id, int(label), target, info))

@@ -105,16 +105,15 @@ def save_weights_atomically(model, path: Path, store_dtype: str = "float32") -> 
     `store_dtype="float16"` halves the file again; Keras casts the values back to the model's
     float32 variables when it loads them.
     """
+    from mat_files import write_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = path.with_name(f".{os.getpid()}.raw.{path.name}")
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")
+    raw = path.with_name(f".{os.getpid()}.raw.{path.name}")  # Keras insists on the .weights.h5 suffix
     try:
         model.save_weights(str(raw))
-        compress_h5(raw, tmp, skip=("optimizer",), dtype=store_dtype)
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: compress_h5(raw, tmp, skip=("optimizer",), dtype=store_dtype))
     finally:
         raw.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
 
 
 def compress_h5(source: Path, target: Path, skip: tuple[str, ...] = (), dtype: str = "float32") -> None:
@@ -167,17 +166,23 @@ def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, 
     spec = parse_model_name(dataset, model_name)
     validation = (data.validation_data, data.validation_labels)
     labels = data.train_labels
-    backups = training_backup_folder(output)
     if model_name == "distilled":
-        teacher = train_teacher(build_model(spec), data, config, backups)
+        teacher = train_teacher(build_model(spec), data, config, training_backup_folder(output))
         print(f"teacher test accuracy (T=1 logits): {accuracy(teacher, data.test_data, data.test_labels):.4f}")
         labels = soft_labels(teacher, data.train_data, config.temperature)
-    model = train(build_model(spec), data.train_data, labels, config, validation, backup_dir=backups / "model")
-    save_weights_atomically(model, output, store_dtype)
-    shutil.rmtree(backups, ignore_errors=True)
+    train_and_save(build_model(spec), data.train_data, labels, config, validation, output, store_dtype)
     stored = build_model(spec)  # the accuracy of what was written, after any float16 rounding
     stored.load_weights(str(output))
     return accuracy(stored, data.test_data, data.test_labels)
+
+
+def train_and_save(model, x, y, config: TrainConfig, validation, output: Path, store_dtype: str = "float32"):
+    """Train with per-epoch backups beside `output`, save the weights, then drop the backups."""
+    backups = training_backup_folder(output)
+    train(model, x, y, config, validation, backup_dir=backups / "model")
+    save_weights_atomically(model, output, store_dtype)
+    shutil.rmtree(backups, ignore_errors=True)  # a distillation teacher's backups go with it
+    return model
 
 
 def training_backup_folder(output: Path) -> Path:

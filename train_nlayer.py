@@ -13,13 +13,12 @@ Weights go to `<modelpath>/<modelfile>`, by default the name `collect_gradients.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
 from errors import UsageError, quiet_tensorflow, run_cli
 from model_zoo import ACTIVATIONS, models_folder, parse_model_name
-from train_models import TrainConfig, accuracy, save_weights_atomically, train, training_backup_folder
+from train_models import TrainConfig, accuracy, train_and_save
 
 
 def default_file(dataset: str, modeltype: str, activation: str, hidden: list[int], tag: str) -> str:
@@ -78,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.wd,
                          batch_size=args.batch_size)
     start = time.time()
-    backups = training_backup_folder(output)
-    train(model, x, y, config, (data.validation_data, data.validation_labels), backup_dir=backups / "model")
-    save_weights_atomically(model, output)
-    shutil.rmtree(backups, ignore_errors=True)
+    train_and_save(model, x, y, config, (data.validation_data, data.validation_labels), output)
     acc = accuracy(model, data.test_data, data.test_labels)
     print(f"[TRAIN] dataset = {args.model}, model = {args.modeltype}-{args.activation}, epochs = {args.epochs}, "
           f"test_accuracy = {acc:.4f}, time = {time.time() - start:.0f}s, saved = {output}")

@@ -96,6 +96,7 @@ def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     (["--attacks", "fgsm"], "unknown attack"),
     (["--target_type", "16"], "--target_type for attacks"),
     (["-n", "0"], "--numimg must be positive"),
+    (["-f", "10000"], "--firstimg 10000 is past the end of the test set"),
 ])
 def test_attacks_cli_rejects_bad_flags_in_one_line(tmp_path, args, message):
     res = run_script("attacks.py", "--csv", str(tmp_path / "a.csv"), *args)
