@@ -208,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-m", "--model", choices=["normal", "distilled", "brelu", "2-layer"], default="normal")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS}")
     parser.add_argument("--lr", type=float, default=None,
-                        help=f"initial SGD rate (default {CNN_LR} for CNNs, {TWO_LAYER_LR} for 2-layer)")
+                        help=f"initial learning rate (default {CNN_LR} for CNNs, {TWO_LAYER_LR} for 2-layer)")
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                        help="sgd: Nesterov momentum 0.9, as the original; adam: its steps do not shrink with the "
+                             "1/T that distillation puts on the gradients")
     parser.add_argument("--data_dir", default=None, help="folder with the dataset files (else CLEVER_DATA_DIR, ./data)")
     parser.add_argument("--output", default=None, help="weights file (default: the zoo's path under models/)")
     parser.add_argument("--store_dtype", choices=["float32", "float16"], default="float32",
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = parse_model_name(args.dataset, args.model)
     output = Path(args.output) if args.output else models_folder() / spec.weights_file
     config = default_config(args.dataset, args.model, args.epochs)
+    config.optimizer = args.optimizer
     if args.lr is not None:
         config.lr = args.lr
     data = load_dataset(args.dataset, args.data_dir)
