@@ -9,10 +9,11 @@ temperature and optimiser settings only. Weights are written atomically as Keras
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from errors import UsageError, quiet_tensorflow, run_cli
@@ -73,12 +74,34 @@ def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose
         return keras.losses.categorical_crossentropy(y_true, logits / temperature, from_logits=True)
 
     model.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
+    if backup_dir:
+        check_backup_settings(Path(backup_dir), config)
     backup = [keras.callbacks.BackupAndRestore(str(backup_dir))] if backup_dir else []
     model.fit(
         x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
         validation_data=validation, shuffle=True, verbose=verbose, callbacks=[*backup, *callbacks],
     )
     return model
+
+
+def check_backup_settings(backup_dir: Path, config: TrainConfig) -> None:
+    """Refuse to resume a backup made with other settings; record the settings of a new run.
+
+    A backup holds the optimizer's state, so resuming it under another optimizer or rate would
+    silently mix two runs. The epoch count may change: resuming with more epochs is intended.
+    """
+    settings = {k: v for k, v in asdict(config).items() if k != "epochs"}
+    record = backup_dir / "settings.json"
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        if changed:
+            listed = ", ".join(f"{k} {saved.get(k)} -> {settings[k]}" for k in changed)
+            raise UsageError(f"{backup_dir} holds an unfinished run with other settings ({listed}); "
+                             "rerun it with its flags, or delete that folder to start afresh")
+        return
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings))
 
 
 def soft_labels(model, x, temperature: float, batch_size: int = 1024):

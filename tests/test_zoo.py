@@ -126,6 +126,29 @@ def test_an_interrupted_training_resumes_from_its_last_finished_epoch(tmp_path):
     assert epochs_run == [2, 3]
 
 
+def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
+    import keras
+
+    from datasets import load_dataset
+    from errors import UsageError
+    from train_models import TrainConfig, train
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    x, y = data.train_data[:500], data.train_labels[:500]
+    backups = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_mlp(0), x, y, TrainConfig(epochs=3, lr=0.05), verbose=0, backup_dir=backups,
+              callbacks=(StopAfterFirstEpoch(),))
+    with pytest.raises(UsageError, match=r"other settings \(lr 0.05 -> 0.01, optimizer sgd -> adam\)"):
+        train(_tiny_mlp(0), x, y, TrainConfig(epochs=3, lr=0.01, optimizer="adam"), verbose=0, backup_dir=backups)
+    train(_tiny_mlp(0), x, y, TrainConfig(epochs=4, lr=0.05), verbose=0, backup_dir=backups)  # more epochs: fine
+    assert not backups.exists()  # a finished run removes its backup, settings included
+
+
 @pytest.mark.parametrize("store_dtype", ["float32", "float16"])
 def test_saved_weights_drop_optimizer_slots_and_load_back(tmp_path, store_dtype):
     import h5py
