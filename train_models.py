@@ -74,8 +74,6 @@ def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose
         return keras.losses.categorical_crossentropy(y_true, logits / temperature, from_logits=True)
 
     model.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
-    if backup_dir:
-        check_backup_settings(Path(backup_dir), config)
     backup = [keras.callbacks.BackupAndRestore(str(backup_dir))] if backup_dir else []
     model.fit(
         x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
@@ -85,10 +83,11 @@ def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose
 
 
 def check_backup_settings(backup_dir: Path, config: TrainConfig) -> None:
-    """Refuse to resume a backup made with other settings; record the settings of a new run.
+    """Refuse to resume a run's backups made with other settings; record the settings of a new run.
 
-    A backup holds the optimizer's state, so resuming it under another optimizer or rate would
-    silently mix two runs. The epoch count may change: resuming with more epochs is intended.
+    The backups hold the optimizer's state and a distillation's finished teacher, so resuming them
+    under another optimizer or rate would silently mix two runs. The epoch count may change:
+    resuming with more epochs is intended.
     """
     settings = {k: v for k, v in asdict(config).items() if k != "epochs"}
     record = backup_dir / "settings.json"
@@ -199,10 +198,12 @@ def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, 
     return accuracy(stored, data.test_data, data.test_labels)
 
 
-def train_and_save(model, x, y, config: TrainConfig, validation, output: Path, store_dtype: str = "float32"):
+def train_and_save(model, x, y, config: TrainConfig, validation, output: Path, store_dtype: str = "float32",
+                   callbacks: tuple = ()):
     """Train with per-epoch backups beside `output`, save the weights, then drop the backups."""
     backups = training_backup_folder(output)
-    train(model, x, y, config, validation, backup_dir=backups / "model")
+    check_backup_settings(backups, config)
+    train(model, x, y, config, validation, backup_dir=backups / "model", callbacks=callbacks)
     save_weights_atomically(model, output, store_dtype)
     shutil.rmtree(backups, ignore_errors=True)  # a distillation teacher's backups go with it
     return model
@@ -215,6 +216,7 @@ def training_backup_folder(output: Path) -> Path:
 
 def train_teacher(teacher, data, config: TrainConfig, backups: Path):
     """Train the distillation teacher, or reload it when a resumed run had already finished it."""
+    check_backup_settings(backups, config)
     done = backups / "teacher.weights.h5"
     if done.exists():
         teacher.load_weights(str(done))

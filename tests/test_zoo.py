@@ -131,7 +131,7 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
 
     from datasets import load_dataset
     from errors import UsageError
-    from train_models import TrainConfig, train
+    from train_models import TrainConfig, train_and_save, train_teacher, training_backup_folder
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -139,13 +139,17 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
 
     data = load_dataset("mnist", SHARED_DATA / "mnist")
     x, y = data.train_data[:500], data.train_labels[:500]
-    backups = tmp_path / "b"
+    output = tmp_path / "m.weights.h5"
+    backups = training_backup_folder(output)
     with pytest.raises(KeyboardInterrupt):
-        train(_tiny_mlp(0), x, y, TrainConfig(epochs=3, lr=0.05), verbose=0, backup_dir=backups,
-              callbacks=(StopAfterFirstEpoch(),))
+        train_and_save(_tiny_mlp(0), x, y, TrainConfig(epochs=3, lr=0.05), None, output,
+                       callbacks=(StopAfterFirstEpoch(),))
     with pytest.raises(UsageError, match=r"other settings \(lr 0.05 -> 0.01, optimizer sgd -> adam\)"):
-        train(_tiny_mlp(0), x, y, TrainConfig(epochs=3, lr=0.01, optimizer="adam"), verbose=0, backup_dir=backups)
-    train(_tiny_mlp(0), x, y, TrainConfig(epochs=4, lr=0.05), verbose=0, backup_dir=backups)  # more epochs: fine
+        train_and_save(_tiny_mlp(0), x, y, TrainConfig(epochs=3, lr=0.01, optimizer="adam"), None, output)
+    # a distillation's finished teacher lives in the same folder, and is not reused under other settings
+    with pytest.raises(UsageError, match=r"other settings \(lr 0.05 -> 0.01, optimizer sgd -> adam\)"):
+        train_teacher(_tiny_mlp(0), data, TrainConfig(epochs=3, lr=0.01, optimizer="adam"), backups)
+    train_and_save(_tiny_mlp(0), x, y, TrainConfig(epochs=4, lr=0.05), None, output)  # more epochs: fine
     assert not backups.exists()  # a finished run removes its backup, settings included
 
 
