@@ -13,23 +13,38 @@ import multiprocessing
 import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from clever_fit import C_INIT, METHODS, SHAPE_REG, WeibullFit, clever_score, fit_many, second_order_bound
+from clever_fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG, WeibullFit, clever_score, fit_many, second_order_bound
+from clever_interval import EndPointInterval, end_point_interval, mean_interval
 from errors import UsageError, run_cli
-from log_lines import debug_fit_line, debug_maxsamp_line, stats_line, untargeted_image_line
+from log_lines import (
+    beyond_ball_line,
+    counts_line,
+    debug_fit_line,
+    debug_maxsamp_line,
+    fallback_line,
+    stats_ci_line,
+    stats_line,
+    untargeted_image_line,
+)
 from mat_files import load_mat, parse_mat_name
-from norms import L2, NORMS, LpNorm
+from norms import L2, NORMS, LpNorm, by_flag, supported_radius
 
 INFO_ORDER = ("least", "random", "top2")
 
 
 @dataclass
 class FileScores:
-    """CLEVER scores of one (image, target) file, in NORMS order (L1, L2, Linf)."""
+    """CLEVER scores of one (image, target) file, in NORMS order (L1, L2, Linf) (L2 only for order 2).
+
+    `intervals` are the 95% intervals of the Lipschitz (order 2: curvature) estimates and
+    `score_intervals` those of the scores; `radii` the radius each score is supported by (None
+    when the file does not record its sampled ball).
+    """
 
     id: int
     true_label: int
@@ -41,15 +56,27 @@ class FileScores:
     path: str = ""
     norms: tuple[LpNorm, ...] = NORMS
     order: int = 1
+    intervals: list[EndPointInterval] = field(default_factory=list)
+    score_intervals: list[tuple[float, float]] = field(default_factory=list)
+    radii: list[float | None] = field(default_factory=list)
+    num_classes: int = 0
+    partial: bool = False
+
+    def beyond_ball(self, k: int) -> bool | None:
+        radius = self.radii[k] if self.radii else None
+        return None if radius is None else bool(self.scores[k] > radius)
 
     def rows(self, method: str) -> list[dict]:
         """One table row per norm, as written by --csv and --json."""
         return [{"file": self.path, "id": self.id, "true_label": self.true_label, "target_label": self.target_label,
-                 "info": self.info, "norm": norm.label, "g_x0": self.g_x0, "score": score, "lipschitz": fit.estimate,
+                 "info": self.info, "norm": norm.label, "g_x0": self.g_x0, "score": self.scores[k],
+                 "score_lo": self.score_intervals[k][0], "score_hi": self.score_intervals[k][1],
+                 "lipschitz": fit.estimate, "lipschitz_lo": self.intervals[k].lo, "lipschitz_hi": self.intervals[k].hi,
                  "shape": fit.shape, "loc": fit.loc, "scale": fit.scale, "ks": fit.ks, "pVal": fit.pval,
                  "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max",
-                 "order": self.order}
-                for norm, score, fit in zip(self.norms, self.scores, self.fits)]
+                 "order": self.order, "supported_radius": self.radii[k] if self.radii else None,
+                 "beyond_ball": self.beyond_ball(k), "partial": self.partial}
+                for k, (norm, fit) in enumerate(zip(self.norms, self.fits))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nthreads", type=int, default=0, help=f"fitting processes (0: {len(C_INIT) + 1})")
     p.add_argument("--plot_dir", default="", help="save a histogram + fitted pdf per file and norm here")
     p.add_argument("--method", choices=METHODS, default="mle_reg")
+    p.add_argument("--fit_select", choices=FIT_SELECT, default="ks",
+                   help="which start's fit is kept: ks (best KS p-value among fits whose end point is at least the "
+                        "largest maximum), likelihood (largest likelihood among those), original (the published rule)")
+    p.add_argument("--cap_radius", action="store_true",
+                   help="[STATS] lines show min(score, supported radius): no score beyond the sampled ball")
+    p.add_argument("--allow_partial", action="store_true",
+                   help="--untargeted: keep images whose files miss some target classes (marked in CSV/JSON)")
     p.add_argument("--csv", default="", help="also write one row per (file, norm) to this CSV file")
     p.add_argument("--json", default="", help="also write the same rows as a JSON list")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -107,6 +141,7 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
               for k in keys]
     if num_samples:
         maxima = [m[:num_samples] for m in maxima]
+    check_physical(maxima, keys, float(np.squeeze(mat["g_x0"])), use_slope and order == 1, path)
     header = {
         "id": int(np.squeeze(mat["id"])) if "id" in mat else name.id,
         "true_label": int(np.squeeze(mat["true_label"])) if "true_label" in mat else name.true_label,
@@ -116,12 +151,37 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         "order": order,
         "grad_norm": float(np.squeeze(mat["g_x0_grad_2_norm"])) if order == 2 else 0.0,
         "figname": f"Fig_{name.info}_{name.id}_{name.true_label}_{name.target_label}_Nsamp_{len(maxima[0])}",
+        "nsamps": name.nsamps,
+        "niters": name.niters,
+        "num_classes": int(np.size(mat["pred"])) if "pred" in mat else 0,
+        "ball": sampled_ball(mat),
     }
     return header, maxima
 
 
-def plot_fit(sample: np.ndarray, fit: WeibullFit, norm: LpNorm, path: Path) -> None:
-    """Histogram of -maxima with the fitted weibull_min pdf; title with the fit parameters."""
+def check_physical(maxima: list[np.ndarray], keys: list[str], g_x0: float, use_slope: bool, path: Path) -> None:
+    """ValueError for contents no collection can produce; UsageError for --use_slope without slopes."""
+    if use_slope and all(not np.any(m) for m in maxima):
+        raise UsageError(f"--use_slope: {path} has no slope maxima (all zero); collect with --compute_slope")
+    for key, m in zip(keys, maxima):
+        if np.any(m < 0):
+            raise ValueError(f"{key} holds negative gradient-norm maxima (min {m.min():.5g}), which no collection "
+                             "produces")
+    if not g_x0 > 0:
+        raise ValueError(f"g_x0 = {g_x0:.5g} is not positive: the image is not classified as its true label against "
+                         "this target, so it has no CLEVER score")
+
+
+def sampled_ball(mat: dict) -> tuple[LpNorm, float, int] | None:
+    """(norm, radius R, input dimension d) of the ball the file's samples came from, if recorded."""
+    if not all(k in mat for k in ("sample_norm", "sample_radius", "input_dim")):
+        return None
+    return (by_flag(str(np.squeeze(mat["sample_norm"]))), float(np.squeeze(mat["sample_radius"])),
+            int(np.squeeze(mat["input_dim"])))
+
+
+def plot_fit(sample: np.ndarray, fit: WeibullFit, interval: EndPointInterval, norm: LpNorm, path: Path) -> None:
+    """Histogram of -maxima with the fitted weibull_min pdf and the end point's 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,52 +193,105 @@ def plot_fit(sample: np.ndarray, fit: WeibullFit, norm: LpNorm, path: Path) -> N
     if fit.fitted:
         x = np.linspace(-1.01 * sample.max(), -0.99 * sample.min(), 200)
         ax.plot(x, weibull_min.pdf(x, fit.shape, fit.loc, fit.scale), "r-", label=f"fitted pdf {norm.label}-bnd")
+    ax.axvline(-fit.estimate, color="k", label="-estimate")
+    left = -interval.hi if interval.bounded else ax.get_xlim()[0]
+    ax.axvspan(left, -interval.lo, color="tab:orange", alpha=0.25,
+               label="95% interval" if interval.bounded else "95% interval (unbounded)")
     ax.legend(loc="best", frameon=False)
     ax.set_xlabel(f"-Lips_{'i' if norm.dual == np.inf else int(norm.dual)}")
     ax.set_ylabel("pdf")
     ax.set_title(f"c = {fit.shape:.2f}, loc = {fit.loc:.2f}, scale = {fit.scale:.2f}, "
-                 f"ks = {fit.ks:.2f}, pVal = {fit.pval:.2f}")
+                 f"ks = {fit.ks:.2f}, pVal = {fit.pval:.2f}\nend point {fit.estimate:.4g}, "
+                 f"95% [{interval.lo:.4g}, {interval.hi:.4g}]", fontsize=9)
     fig.savefig(path)
     plt.close(fig)
 
 
-def score_file(path: Path, args, executor) -> FileScores:
+def score_file(path: Path, args, executor, warnings: dict) -> FileScores:
     header, maxima = read_maxima(path, args.use_slope, args.num_samples)
-    fits = fit_many(maxima, args.method, args.shape_reg, 2 if args.reg_param == "scale" else 0, executor)
+    reg_index = 2 if args.reg_param == "scale" else 0
+    if executor is None:
+        intervals = [end_point_interval(m) for m in maxima]
+    else:
+        jobs = [executor.submit(end_point_interval, m) for m in maxima]
+    fits = fit_many(maxima, args.method, args.shape_reg, reg_index, executor, args.fit_select)
+    if executor is not None:
+        intervals = [j.result() for j in jobs]
     info = args.user_type if args.user_type and header["info"] == "user" else header["info"]
+    g = header["g_x0"]
     if header["order"] == 2:
         norms = (L2,)
-        scores = [second_order_bound(header["g_x0"], header["grad_norm"], fits[0].estimate)]
+        scores = [second_order_bound(g, header["grad_norm"], fits[0].estimate)]
+        iv = intervals[0]
+        score_intervals = [(second_order_bound(g, header["grad_norm"], iv.hi) if iv.bounded else 0.0,
+                            second_order_bound(g, header["grad_norm"], iv.lo))]
     else:
         norms = NORMS
-        scores = [clever_score(header["g_x0"], f.estimate) for f in fits]
-    result = FileScores(header["id"], header["true_label"], header["target_label"], info, header["g_x0"], scores, fits,
-                        str(path), norms, header["order"])
-    for norm, score, fit, sample in zip(norms, scores, fits, maxima):
+        scores = [clever_score(g, f.estimate) for f in fits]
+        score_intervals = [iv.score_interval(g) for iv in intervals]
+    ball = header["ball"]
+    radii = [supported_radius(ball[0], ball[1], ball[2], n) for n in norms] if ball else []
+    result = FileScores(header["id"], header["true_label"], header["target_label"], info, g, scores, fits, str(path),
+                        norms, header["order"], intervals, score_intervals, radii, header["num_classes"])
+    head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
+    for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
         if args.method == "maxsamp":
-            print(debug_maxsamp_line(result.id, result.true_label, result.target_label, info, norm.bnd_norm, score))
+            print(debug_maxsamp_line(*head, norm.bnd_norm, score))
         else:
-            print(debug_fit_line(result.id, result.true_label, result.target_label, info, norm.bnd_norm, score,
-                                 fit.ks, fit.pval, fit.shape, fit.loc, fit.scale, result.g_x0))
+            print(debug_fit_line(*head, norm.bnd_norm, score, fit.ks, fit.pval, fit.shape, fit.loc, fit.scale, g))
+            if not fit.fitted:
+                print(fallback_line(str(path), norm.label, fit.estimate), file=sys.stderr)
+                warnings["fallback"][(info, norm.label)] += 1
+        if result.beyond_ball(k):
+            print(beyond_ball_line(str(path), norm.label, score, radii[k]), file=sys.stderr)
+            warnings["beyond"][(info, norm.label)] += 1
         if args.plot_dir:
             suffix = "_slope" if args.use_slope else ""
-            plot_fit(sample, fit, norm, Path(args.plot_dir) / f"{header['figname']}{suffix}_{norm.label}.png")
+            plot_fit(sample, fit, intervals[k], norm, Path(args.plot_dir) / f"{header['figname']}{suffix}_{norm.label}.png")
     return result
 
 
-def summarise(results: list[FileScores], untargeted: bool, use_min: bool) -> list[str]:
-    """The `[STATS]` summary lines: first-order files, then second-order files (L2 only)."""
+def summarise(results: list[FileScores], untargeted: bool, use_min: bool, cap: bool = False) -> list[str]:
+    """The `[STATS]` summary lines: first-order files, then second-order files (L2 only).
+
+    Each `[STATS][L0]` line is followed by its `[STATS][CI]` line (the 95% interval of the same
+    summary). With `cap`, scores and intervals are capped at each score's supported radius.
+    """
     lines = []
     for order in (1, 2):
         subset = [r for r in results if r.order == order]
         if subset:
             labels = tuple(n.label for n in subset[0].norms)
-            lines += _summary(subset, labels, untargeted, use_min)
+            lines += _summary(subset, labels, untargeted, use_min, cap)
     return lines
 
 
-def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool) -> list[str]:
-    reduce = min if use_min else (lambda xs: sum(xs) / len(xs))
+def _capped(r: FileScores, k: int, cap: bool) -> tuple[float, float, float]:
+    """(score, lo, hi) of norm k, capped at the supported radius when asked and known."""
+    score, (lo, hi) = r.scores[k], r.score_intervals[k]
+    radius = r.radii[k] if cap and r.radii else None
+    if radius is None:
+        return score, lo, hi
+    return min(score, radius), min(lo, radius), min(hi, radius)
+
+
+def _reduce(triples: list[tuple[float, float, float]], use_min: bool) -> tuple[float, float, float]:
+    """Mean (or minimum) of scores with the interval of that mean (or minimum)."""
+    scores, los, his = (list(x) for x in zip(*triples))
+    if use_min:
+        # If every true score lies in its interval, their minimum lies in [min lo, min hi].
+        return min(scores), min(los), min(his)
+    lo, hi = mean_interval(scores, los, his)
+    return sum(scores) / len(scores), lo, hi
+
+
+def _lines(info: str, reduced: list[tuple[float, float, float]], labels: tuple[str, ...]) -> list[str]:
+    return [stats_line(info, [r[0] for r in reduced], labels),
+            stats_ci_line(info, [r[0] for r in reduced], [(r[1], r[2]) for r in reduced], labels)]
+
+
+def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool,
+             cap: bool) -> list[str]:
     columns = range(len(labels))
     lines = []
     if untargeted:
@@ -187,22 +300,39 @@ def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: boo
             per_image[r.id].append(r)
         image_scores = []
         for image, rs in per_image.items():
-            best = [min(r.scores[k] for r in rs) for k in columns]
-            lines.append(untargeted_image_line(image, len(rs) + 1, best, labels))
+            best = [_reduce([_capped(r, k, cap) for r in rs], use_min=True) for k in columns]
+            lines.append(untargeted_image_line(image, len(rs) + 1, [b[0] for b in best], labels))
             image_scores.append(best)
-        lines.append(stats_line("untargeted", [reduce([s[k] for s in image_scores]) for k in columns], labels))
-        return lines
+        reduced = [_reduce([s[k] for s in image_scores], use_min) for k in columns]
+        return lines + _lines("untargeted", reduced, labels)
     by_info: dict[str, list[FileScores]] = defaultdict(list)
     for r in results:
         by_info[r.info].append(r)
     order = [i for i in INFO_ORDER if i in by_info] + sorted(i for i in by_info if i not in INFO_ORDER)
     for info in order:
-        lines.append(stats_line(info, [reduce([r.scores[k] for r in by_info[info]]) for k in columns], labels))
+        reduced = [_reduce([_capped(r, k, cap) for r in by_info[info]], use_min) for k in columns]
+        lines += _lines(info, reduced, labels)
     return lines
 
 
-COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "lipschitz", "shape", "loc",
-           "scale", "ks", "pVal", "method", "order"]
+def incomplete_images(results: list[FileScores]) -> dict[int, list[int]]:
+    """Per image whose files miss some target classes (untargeted), the missing classes."""
+    per_image: dict[int, list[FileScores]] = defaultdict(list)
+    for r in results:
+        per_image[r.id].append(r)
+    missing = {}
+    for image, rs in per_image.items():
+        classes = max(r.num_classes for r in rs)
+        present = {r.target_label for r in rs} | {rs[0].true_label}
+        absent = [j for j in range(classes) if j not in present]
+        if absent:
+            missing[image] = absent
+    return missing
+
+
+COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "score_lo", "score_hi",
+           "lipschitz", "lipschitz_lo", "lipschitz_hi", "shape", "loc", "scale", "ks", "pVal", "method", "order",
+           "supported_radius", "beyond_ball", "partial"]
 
 
 def write_tables(results: list[FileScores], args) -> None:
@@ -239,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
     print(vars(args))
     results, skipped = [], []
+    warnings: dict[str, dict] = {"fallback": defaultdict(int), "beyond": defaultdict(int)}
     workers = args.nthreads or len(C_INIT) + 1
     executor = None
     if args.method != "maxsamp" and workers > 1:
@@ -246,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in files:
             try:
-                results.append(score_file(path, args, executor))
+                results.append(score_file(path, args, executor, warnings))
             except ValueError as err:
                 print(f"[WARNING] skipping {path}: {err}", file=sys.stderr)
                 skipped.append(path)
@@ -254,15 +385,45 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-    for line in summarise(results, args.untargeted, args.use_min):
+    partial_images = 0
+    if args.untargeted:
+        results, partial_images = handle_partial_images(results, args.allow_partial)
+    for line in summarise(results, args.untargeted, args.use_min, args.cap_radius):
         print(line)
     write_tables(results, args)
+    if warnings["fallback"]:
+        print(counts_line("fit(s) fell back to the largest maximum", warnings["fallback"]), file=sys.stderr)
+    if warnings["beyond"]:
+        print(counts_line("score(s) beyond the sampled ball", warnings["beyond"]), file=sys.stderr)
     if skipped:
         print(f"[WARNING] skipped {len(skipped)} of {len(files)} file(s)", file=sys.stderr)
+    if partial_images:
+        print(f"[WARNING] left out {partial_images} image(s) with missing target classes", file=sys.stderr)
     if not results:
         print("error: no usable .mat files", file=sys.stderr)
         return 1
-    return 0
+    return 1 if skipped or partial_images else 0
+
+
+def handle_partial_images(results: list[FileScores], allow: bool) -> tuple[list[FileScores], int]:
+    """Untargeted: leave out (or, with allow, mark) images whose files miss target classes.
+
+    The minimum over fewer classes is biased upward. Returns the results kept and the number of
+    images left out.
+    """
+    missing = incomplete_images(results)
+    for image, classes in missing.items():
+        if allow:
+            print(f"[WARNING] image {image}: no files for target classes {classes}; its untargeted score is the "
+                  "minimum over the classes present (--allow_partial)", file=sys.stderr)
+        else:
+            print(f"[WARNING] image {image}: no files for target classes {classes}; left out of the untargeted "
+                  "summary (--allow_partial keeps it)", file=sys.stderr)
+    if allow:
+        for r in results:
+            r.partial = r.id in missing
+        return results, 0
+    return [r for r in results if r.id not in missing], len(missing)
 
 
 if __name__ == "__main__":

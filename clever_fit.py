@@ -30,6 +30,9 @@ SHAPE_REG = 0.01  # small enough not to bias the fit, large enough to stop diver
 XTOL = FTOL = 1e-4
 MIN_SAMPLES = 3
 METHODS = ("mle", "mle_reg", "maxsamp")
+# How the kept start is chosen: "ks" (default) and "likelihood" consider only starts whose fitted
+# support holds every maximum (end point >= max); "original" is the published code's rule.
+FIT_SELECT = ("ks", "likelihood", "original")
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def fit_from_start(rescaled: np.ndarray, sample: np.ndarray, shift: float, sprea
                    method: str = "mle_reg", reg: float = SHAPE_REG, reg_index: int = 2) -> tuple | None:
     """One start: fit weibull_min to -rescaled from shape c0, map back, KS-test -sample.
 
-    Returns (c, loc, scale, ks, pval) in the original units, or None if this start fails.
+    Returns (c, loc, scale, ks, pval, nnlf) in the original units, or None if this start fails.
+    `nnlf` is the plain negative log-likelihood of the fit in the rescaled space.
     """
     optimizer = partial(_penalised_optimizer, reg=reg, index=reg_index) if method == "mle_reg" else _plain_optimizer
     with warnings.catch_warnings():
@@ -114,10 +118,11 @@ def fit_from_start(rescaled: np.ndarray, sample: np.ndarray, shift: float, sprea
             c, loc, scale = weibull_min.fit(-rescaled, c0, optimizer=optimizer)
         except (scipy.stats.FitError, ValueError, RuntimeError, FloatingPointError):
             return None
+        nnlf = weibull_nnlf((c, loc, scale), -rescaled)
         loc = -shift + loc * spread
         scale = scale * spread
         ks, pval = scipy.stats.kstest(-sample, "weibull_min", args=(c, loc, scale))
-    return float(c), float(loc), float(scale), float(ks), float(pval)
+    return float(c), float(loc), float(scale), float(ks), float(pval), float(nnlf)
 
 
 def check_sample(sample: Sequence[float]) -> np.ndarray:
@@ -131,7 +136,7 @@ def check_sample(sample: Sequence[float]) -> np.ndarray:
 
 
 def fit_reverse_weibull(sample: Sequence[float], method: str = "mle_reg", reg: float = SHAPE_REG,
-                        reg_index: int = 2, executor: Executor | None = None) -> WeibullFit:
+                        reg_index: int = 2, executor: Executor | None = None, select: str = "ks") -> WeibullFit:
     """The Lipschitz estimate of a set of maxima by the spec's procedure.
 
     Args:
@@ -140,17 +145,23 @@ def fit_reverse_weibull(sample: Sequence[float], method: str = "mle_reg", reg: f
         reg: the regulariser weight (`--shape_reg`).
         reg_index: which of scipy's (c, loc, scale) is penalised (2: the original's scale).
         executor: runs the seven starts in parallel when given.
+        select: which start is kept (FIT_SELECT): "ks", the best KS p-value among starts whose
+            support holds every maximum (so the estimate is never below the largest maximum);
+            "likelihood", the largest likelihood among those; "original", the best KS p-value
+            among all starts, as the published code.
     Raises:
         ValueError: fewer than 3 maxima, or NaN/Inf among them.
     """
-    return fit_many([sample], method, reg, reg_index, executor)[0]
+    return fit_many([sample], method, reg, reg_index, executor, select)[0]
 
 
 def fit_many(samples: Sequence[Sequence[float]], method: str = "mle_reg", reg: float = SHAPE_REG,
-             reg_index: int = 2, executor: Executor | None = None) -> list[WeibullFit]:
+             reg_index: int = 2, executor: Executor | None = None, select: str = "ks") -> list[WeibullFit]:
     """`fit_reverse_weibull` for several samples, all starts submitted to `executor` at once."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if select not in FIT_SELECT:
+        raise ValueError(f"unknown fit selection {select!r}; choose one of {FIT_SELECT}")
     checked = [check_sample(s) for s in samples]
     pending: list = []
     for s in checked:
@@ -169,18 +180,28 @@ def fit_many(samples: Sequence[Sequence[float]], method: str = "mle_reg", reg: f
             fits.append(item)
         else:
             starts, largest = item
-            fits.append(best_fit([f.result() if executor else f for f in starts], largest))
+            fits.append(best_fit([f.result() if executor else f for f in starts], largest, select))
     return fits
 
 
-def best_fit(results: Sequence[tuple | None], largest: float) -> WeibullFit:
-    """Keep the start with the largest KS p-value; fall back to the largest maximum."""
-    pvals = [r[4] if r is not None else np.nan for r in results]
+def best_fit(results: Sequence[tuple | None], largest: float, select: str = "ks") -> WeibullFit:
+    """Keep one start by the `select` rule; fall back to the largest maximum.
+
+    A start whose fitted support excludes a maximum (end point below it) is not a fit of these
+    maxima: its objective is mostly scipy's out-of-support penalty, and its KS p-value can still be
+    the best. Only "original" keeps such starts.
+    """
+    usable = [r if r is not None and (select == "original" or -r[1] >= largest) else None for r in results]
+    pvals = [r[4] if r is not None else np.nan for r in usable]
     if all(np.isnan(p) for p in pvals) or np.nanmax(pvals) < MIN_PVALUE:
         return WeibullFit(largest)
-    best = int(np.nanargmax(pvals))
-    c, loc, scale, ks, pval = results[best]  # type: ignore[misc]
-    return WeibullFit(-loc, c, loc, scale, ks, pval, C_INIT[best])
+    if select == "likelihood":
+        best = min((k for k, r in enumerate(usable) if r is not None and r[4] >= MIN_PVALUE), key=lambda k: usable[k][5])
+    else:
+        best = int(np.nanargmax(pvals))
+    c, loc, scale, ks, pval, _ = usable[best]  # type: ignore[misc]
+    estimate = -loc if select == "original" else max(-loc, largest)  # rounding in the back-mapping
+    return WeibullFit(estimate, c, loc, scale, ks, pval, C_INIT[best])
 
 
 def clever_score(g_x0: float, lipschitz: float) -> float:

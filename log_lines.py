@@ -68,23 +68,54 @@ def collection_done_line(total: int, seq: int, true_id: int, elapsed: float, tru
             f"true_class = {true_class}, target_class = {target_class}, info = {info}")
 
 
-def debug_fit_line(true_id: int, true_label: int, target_label: int, info: str, bnd_norm: str, bnd: float,
-                   ks: float, pval: float, shape: float, loc: float, scale: float, g_x0: float) -> str:
+def _debug_head(true_id: int, true_label: int, target_label: int, info: str, nsamps: int, niters: int,
+                bnd_norm: str, bnd: float) -> str:
     return (f"[DEBUG][L1] id = {true_id}, true_label = {true_label}, target_label = {target_label}, info = {info}, "
-            f"bnd_norm = {bnd_norm}, bnd = {g5(bnd)}, ks = {g5(ks)}, pVal = {g5(pval)}, shape = {g5(shape)}, "
-            f"loc = {g5(loc)}, scale = {g5(scale)}, g_x0 = {g5(g_x0)}")
+            f"nsamps = {nsamps}, niters = {niters}, bnd_norm = {bnd_norm}, bnd = {g5(bnd)}")
 
 
-def debug_maxsamp_line(true_id: int, true_label: int, target_label: int, info: str, bnd_norm: str,
-                       bnd: float) -> str:
-    return (f"[DEBUG][L1] id = {true_id}, true_label = {true_label}, target_label = {target_label}, info = {info}, "
-            f"bnd_norm = {bnd_norm}, bnd = {g5(bnd)}")
+def debug_fit_line(true_id: int, true_label: int, target_label: int, info: str, nsamps: int, niters: int,
+                   bnd_norm: str, bnd: float, ks: float, pval: float, shape: float, loc: float, scale: float,
+                   g_x0: float) -> str:
+    """The original's per-file, per-norm line for the fitted methods (mle, mle_reg)."""
+    head = _debug_head(true_id, true_label, target_label, info, nsamps, niters, bnd_norm, bnd)
+    return (f"{head}, ks = {g5(ks)}, pVal = {g5(pval)}, shape = {g5(shape)}, loc = {g5(loc)}, scale = {g5(scale)}, "
+            f"g_x0 = {g5(g_x0)}")
+
+
+def debug_maxsamp_line(true_id: int, true_label: int, target_label: int, info: str, nsamps: int, niters: int,
+                       bnd_norm: str, bnd: float) -> str:
+    return _debug_head(true_id, true_label, target_label, info, nsamps, niters, bnd_norm, bnd)
 
 
 def stats_line(info: str, scores: Sequence[float], labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
     """`[STATS][L0] info = top2, top2_clever_L1 = .., top2_clever_L2 = .., top2_clever_Li = ..`."""
     parts = ", ".join(f"{info}_clever_{lab} = {g5(s)}" for lab, s in zip(labels, scores))
     return f"[STATS][L0] info = {info}, {parts}"
+
+
+def stats_ci_line(info: str, scores: Sequence[float], intervals: Sequence[tuple[float, float]],
+                  labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
+    """`[STATS][CI]`: each summary score with its 95% interval (what other seeds would give)."""
+    parts = ", ".join(f"{info}_clever_{lab} = {g5(s)}, {lab}_lo = {g5(lo)}, {lab}_hi = {g5(hi)}"
+                      for lab, s, (lo, hi) in zip(labels, scores, intervals))
+    return f"[STATS][CI] info = {info}, {parts}"
+
+
+def fallback_line(path: str, label: str, estimate: float) -> str:
+    return (f"[WARNING] {path} {label}: ill-conditioned samples, no acceptable Weibull fit; using the largest "
+            f"maximum {g5(estimate)} as the Lipschitz estimate")
+
+
+def beyond_ball_line(path: str, label: str, score: float, radius: float) -> str:
+    return (f"[WARNING] {path} {label}: score {g5(score)} is beyond the sampled ball (supported radius "
+            f"{g5(radius)}); it extrapolates past every sample")
+
+
+def counts_line(what: str, counts: dict[tuple[str, str], int]) -> str:
+    """`[WARNING] 3 fit(s) fell back ...: top2/L2 = 2, least/Li = 1` (per info and norm)."""
+    parts = ", ".join(f"{info}/{label} = {n}" for (info, label), n in counts.items())
+    return f"[WARNING] {sum(counts.values())} {what}: {parts}"
 
 
 def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float],

@@ -73,3 +73,14 @@ def by_flag(flag: str) -> LpNorm:
         return BY_FLAG[flag]
     except KeyError:
         raise ValueError(f"unknown sample norm {flag!r}; choose one of {sorted(BY_FLAG)}") from None
+
+
+def supported_radius(sampled: LpNorm, radius: float, dim: int, score_norm: LpNorm) -> float:
+    """The radius of the largest `score_norm` ball inside the sampled `sampled` ball of `radius`.
+
+    In d dimensions, max ||x||_s over ||x||_p <= r is r * d^max(0, 1/s - 1/p), so the p-ball of
+    radius R / d^max(0, 1/s - 1/p) is the largest inside the s-ball of radius R. For example an L2
+    ball of radius R holds the L1 and L2 balls of radius R and the Linf ball of radius R / sqrt(d).
+    """
+    exponent = max(0.0, 1.0 / sampled.p - 1.0 / score_norm.p)
+    return float(radius) / float(dim) ** exponent

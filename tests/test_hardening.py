@@ -120,6 +120,12 @@ CLEVER_CASES = [
     ("NaN maxima",
      lambda d: good_mat(d / "8_20_1_7_2_top2_relu_order1.mat", Gi_max=np.array([1.0, np.nan, 2.0, 3.0])),
      "maxima contain NaN or Inf"),
+    ("negative maxima",
+     lambda d: good_mat(d / "8_20_1_7_2_top2_relu_order1.mat", G2_max=np.linspace(-1.0, 4.0, 20)),
+     "G2_max holds negative gradient-norm maxima"),
+    ("g_x0 not positive", lambda d: good_mat(d / "8_20_1_7_2_top2_relu_order1.mat", g_x0=-0.5),
+     "g_x0 = -0.5 is not positive"),
+    ("g_x0 zero", lambda d: good_mat(d / "8_20_1_7_2_top2_relu_order1.mat", g_x0=0.0), "g_x0 = 0 is not positive"),
 ]
 
 
@@ -129,10 +135,19 @@ def test_clever_reports_a_bad_file_and_scores_the_rest(tmp_path, name, make, mes
     make(tmp_path)
     before = snapshot(tmp_path)
     res = run_script("clever.py", str(tmp_path), "--nthreads", "1")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr  # the summary is printed, and the skip shows in the exit status
     assert message in res.stderr and "skipped 1 of 2 file(s)" in res.stderr
     assert res.stdout.count("[STATS][L0] info = top2") == 1
     assert snapshot(tmp_path) == before
+
+
+def test_use_slope_on_files_without_slopes_is_refused(tmp_path):
+    good_mat(tmp_path / "8_20_0_7_2_top2_relu_order1.mat")
+    res = run_script("clever.py", str(tmp_path), "--use_slope")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --use_slope") and "--compute_slope" in last
+    assert "[STATS][L0]" not in res.stdout
 
 
 def test_clever_on_only_bad_files_fails_with_runtime_code(tmp_path):
@@ -151,7 +166,9 @@ def test_clever_all_equal_maxima_use_the_documented_fallback(tmp_path):
     good_mat(tmp_path / "8_20_0_7_2_top2_relu_order1.mat", G2_max=np.full(20, 4.0))
     res = run_script("clever.py", str(tmp_path))
     assert res.returncode == 0
-    assert "bnd_norm = 2, bnd = 0.75, ks = -1, pVal = -1, shape = -1, loc = -1, scale = -1" in res.stdout
+    assert ("nsamps = 8, niters = 20, bnd_norm = 2, bnd = 0.75, ks = -1, pVal = -1, shape = -1, loc = -1, scale = -1"
+            in res.stdout)
+    assert "ill-conditioned samples" in res.stderr and "1 fit(s) fell back to the largest maximum: top2/L2 = 1" in res.stderr
 
 
 def test_nan_gradients_stop_only_the_affected_targets(tmp_path, capsys, monkeypatch):
