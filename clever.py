@@ -336,18 +336,24 @@ COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "
 
 
 def write_tables(results: list[FileScores], args) -> None:
-    """--csv / --json: one row per (file, norm), written atomically by pandas."""
+    """--csv / --json: one row per (file, norm), written atomically.
+
+    JSON is written by the json module so that an unbounded interval end stays `Infinity`
+    (pandas would write null, which reads as "missing" rather than "not bounded").
+    """
     if not (args.csv or args.json):
         return
+    import json
+
     import pandas as pd
 
     from mat_files import write_atomically
 
-    table = pd.DataFrame([row for r in results for row in r.rows(args.method)], columns=COLUMNS)
-    for target, write in ((args.csv, lambda p: table.to_csv(p, index=False)),
-                          (args.json, lambda p: table.to_json(p, orient="records", indent=1))):
-        if target:
-            write_atomically(target, write)
+    rows = [row for r in results for row in r.rows(args.method)]
+    if args.csv:
+        write_atomically(args.csv, lambda p: pd.DataFrame(rows, columns=COLUMNS).to_csv(p, index=False))
+    if args.json:
+        write_atomically(args.json, lambda p: Path(p).write_text(json.dumps(rows, indent=1)))
 
 
 def main(argv: list[str] | None = None) -> int:
