@@ -152,7 +152,7 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         "grad_norm": float(np.squeeze(mat["g_x0_grad_2_norm"])) if order == 2 else 0.0,
         "figname": f"Fig_{name.info}_{name.id}_{name.true_label}_{name.target_label}_Nsamp_{len(maxima[0])}",
         "nsamps": name.nsamps,
-        "niters": name.niters,
+        "niters": int(np.squeeze(mat["niters_used"])) if "niters_used" in mat else name.niters,
         "num_classes": int(np.size(mat["pred"])) if "pred" in mat else 0,
         "ball": sampled_ball(mat),
     }

@@ -180,3 +180,23 @@ def mean_interval(scores: Sequence[float], los: Sequence[float], his: Sequence[f
     n = x.size
     mean = float(x.mean())
     return max(mean - float(np.sqrt(np.sum(lo_d**2))) / n, 0.0), mean + float(np.sqrt(np.sum(hi_d**2))) / n
+
+
+# --rel_tol: when sampling may stop (issue "every score with a 95% interval").
+BURN_IN = 50  # iterations before the first check: fewer maxima rarely bound the end point
+CHECK_EVERY = 10  # iterations between checks; a check costs one fit and one interval (~0.1 s)
+
+
+def score_rel_half_width(maxima: np.ndarray, g_x0: float) -> float:
+    """Half the width of the score's 95% interval over the score (inf when not bounded)."""
+    from clever_fit import clever_score, fit_reverse_weibull
+
+    s = np.asarray(maxima, np.float64)
+    score = clever_score(g_x0, fit_reverse_weibull(s).estimate)
+    lo, hi = end_point_interval(s).score_interval(g_x0)
+    return (hi - lo) / 2 / score if score > 0 else math.inf
+
+
+def is_check_point(done: int) -> bool:
+    """Whether the stopping rule is evaluated after `done` iterations."""
+    return done >= BURN_IN and (done - BURN_IN) % CHECK_EVERY == 0

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1215)
     p.add_argument("--radius", type=float, default=0.0,
                    help="sample uniformly in the ball of this radius (0: the original random radius factor)")
+    p.add_argument("--rel_tol", type=float, default=0.0,
+                   help="stop each (image, target) once its L2 score's 95%% interval has a relative half-width <= this "
+                        "(checked after 50 iterations, then every 10; -i is the cap); 0: always -i iterations")
     p.add_argument("--sampler", choices=["graph", "pool"], default="graph",
                    help="graph: samples drawn inside the compiled step; pool: NumPy worker processes")
     p.add_argument("--devices", type=int, default=0,
@@ -79,6 +82,10 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--nthreads must be >= 0, got {args.nthreads}")
     if args.radius < 0:
         raise UsageError(f"--radius must be >= 0, got {args.radius}")
+    if not 0 <= args.rel_tol < 1:
+        raise UsageError(f"--rel_tol must be in [0, 1), got {args.rel_tol}")
+    if args.rel_tol and args.order == 2:
+        raise UsageError("--rel_tol works with --order 1 only")
     if not 0 < args.target_type < 32:
         raise UsageError(f"--target_type must be a bit mask between 1 and 31, got {args.target_type}")
     if args.transform and args.transform not in TRANSFORMS:
@@ -123,6 +130,7 @@ def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: d
         "G2_max": result.grad_max[:, 0], "G1_max": result.grad_max[:, 1], "Gi_max": result.grad_max[:, 2],
         "g_x0": result.g_x0, "pred": result.pred, "id": image_id, "true_label": true_label,
         "target_label": result.target, "info": info, "args": args_dict, "path": path,
+        "niters_used": result.niters_used, "stop_reason": result.stop_reason,
     }
 
 
@@ -301,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 results = estimator.estimate_targets(
                     test_x[image_id], true_label, [t for t, _, _ in todo], args.Nsamps, args.Niters, args.sample_norm,
-                    transform=args.transform or None, image_id=image_id, radius=args.radius or None, progress=progress)
+                    transform=args.transform or None, image_id=image_id, radius=args.radius or None, progress=progress,
+                    rel_tol=args.rel_tol)
             except NonFiniteError as err:
                 print(f"[ERROR] {err}; skipping image {image_id}", file=sys.stderr)
                 counters["failed"] += [(image_id, t) for t, _, _ in todo]

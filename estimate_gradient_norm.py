@@ -55,6 +55,11 @@ class TargetResult:
     pred: np.ndarray
     iter_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
     error: str | None = None  # set when gradients became NaN/Inf: this target has no usable maxima
+    stop_reason: str = "max_iters"  # or "rel_tol": the score's interval became narrow enough
+
+    @property
+    def niters_used(self) -> int:
+        return len(self.grad_max)
 
     def as_list(self) -> list:
         """The original return value: [L2_max, L1_max, Li_max, G2_max, G1_max, Gi_max, g_x0, pred]."""
@@ -93,6 +98,32 @@ class HessianResult:
     grad_norm_x0: float
     pred: np.ndarray
     iter_times: np.ndarray
+
+
+class StoppingRule:
+    """--rel_tol: per target, stop once its L2 score interval is narrow enough (see estimate_targets).
+
+    `used[k]` is the number of iterations target k keeps (the cap until it stops).
+    """
+
+    def __init__(self, rel_tol: float, margins: Sequence[float]):
+        self.rel_tol = rel_tol
+        self.margins = list(margins)
+        self.used: list[int] = [0] * len(self.margins)
+
+    def update(self, gmax: np.ndarray, active: list[int]) -> list[int]:
+        """Given the maxima so far (iterations, targets, 3), the targets that keep sampling."""
+        from clever_interval import is_check_point, score_rel_half_width
+
+        done = len(gmax)
+        still = []
+        for k in active:
+            self.used[k] = done
+            column = gmax[:, k, 0].astype(np.float64)  # G2: the L2 score's Lipschitz constant
+            if not (is_check_point(done) and np.all(np.isfinite(column))
+                    and score_rel_half_width(column, self.margins[k]) <= self.rel_tol):
+                still.append(k)
+        return still
 
 
 class EstimateLipschitz:
@@ -362,11 +393,17 @@ class EstimateLipschitz:
     def estimate_targets(self, x_0: np.ndarray, true_label: int, target_labels: Sequence[int], Nsamp: int,
                          Niters: int, sample_norm: str = "l2", transform: str | None = None, image_id: int = 0,
                          radius: float | None = None,
-                         progress: Callable[[int, int], Callable[[int], None]] | None = None) -> list[TargetResult]:
+                         progress: Callable[[int, int], Callable[[int], None]] | None = None,
+                         rel_tol: float = 0.0) -> list[TargetResult]:
         """Collect maxima for several targets of one image on shared samples.
 
         Targets are processed MAX_TARGETS_PER_PASS at a time; every pass sees the same samples.
         `progress(niters, nsamp)`, if given, makes a callback that is told each finished iteration.
+        With `rel_tol` > 0 each target stops on its own once the relative half-width of its L2
+        score's 95% interval is at most `rel_tol` (checked after clever_interval.BURN_IN
+        iterations and then every CHECK_EVERY); `Niters` is the cap. Its result then holds only
+        the iterations it used. The samples do not depend on which targets are still running,
+        so the same seed gives the same stopping points.
         """
         if self.model is None:
             raise UsageError("call load_model before estimate")
@@ -383,11 +420,14 @@ class EstimateLipschitz:
         for start in range(0, len(targets), MAX_TARGETS_PER_PASS):
             chunk = targets[start : start + MAX_TARGETS_PER_PASS]
             tick = progress(Niters, Nsamp) if progress else None
+            margins = [float(pred[true_label] - pred[t]) for t in chunk]
+            stop = StoppingRule(rel_tol, margins) if rel_tol > 0 else None
             gmax, smax, times, errors = self._collect(x0, int(true_label), chunk, Nsamp, Niters, norm.flag, scale,
-                                                      transform, image_id, tick)
+                                                      transform or None, image_id, tick, stop)
             for k, t in enumerate(chunk):
-                results.append(TargetResult(t, gmax[:, k], smax[:, k], float(pred[true_label] - pred[t]), pred, times,
-                                            errors.get(k)))
+                used = stop.used[k] if stop else Niters
+                results.append(TargetResult(t, gmax[:used, k], smax[:used, k], margins[k], pred, times[:used],
+                                            errors.get(k), "rel_tol" if used < Niters else "max_iters"))
         return results
 
     def _hessian_iteration(self, shape, nsamp: int, flag: str, scale):
@@ -458,7 +498,7 @@ class EstimateLipschitz:
     def _seed_key(self, image_id: int) -> tuple[int, int]:
         return (self.seed, int(image_id))
 
-    def _collect(self, x0, c, targets, nsamp, niters, flag, scale, transform, image_id, tick=None):
+    def _collect(self, x0, c, targets, nsamp, niters, flag, scale, transform, image_id, tick=None, stop=None):
         import tensorflow as tf
 
         k = len(targets)
@@ -467,23 +507,32 @@ class EstimateLipschitz:
         smax = np.zeros((niters, k, 3), np.float32)
         times = np.zeros(niters)
         c_t = tf.constant(c, tf.int32)
-        t_t = tf.constant(targets, tf.int32)
         if self.sampler == "graph" and transform is None:
-            step = self._sampled_iteration(x0.shape, nsamp, k, flag, scale)
             x0_t = tf.constant(x0)
             seed = tf.constant(self._seed_key(image_id), tf.int64)
+            active = list(range(k))  # targets still sampling; a stopped target leaves the compiled step
             for it in range(niters):
+                step = self._sampled_iteration(x0.shape, nsamp, len(active), flag, scale)
                 begin = time.perf_counter()
-                g, s = step(x0_t, c_t, t_t, seed, tf.constant(it, tf.int32))
-                gmax[it], smax[it] = g.numpy(), s.numpy()
+                g, s = step(x0_t, c_t, tf.constant([targets[a] for a in active], tf.int32), seed,
+                            tf.constant(it, tf.int32))
+                gmax[it, active], smax[it, active] = g.numpy(), s.numpy()
                 times[it] = time.perf_counter() - begin
                 self._check_finite(gmax[it], targets, image_id, it, errors)
                 if tick:
                     tick(it + 1)
+                if stop is not None:
+                    active = stop.update(gmax[: it + 1], active)
+                    if not active:
+                        if tick:
+                            tick(niters)
+                        break
         else:
             step = self._given_iteration(x0.shape, nsamp, k)
+            t_t = tf.constant(targets, tf.int32)
             pool = self._get_pool()
             begin = time.perf_counter()
+            active = list(range(k))
             for it, samples in enumerate(pool.iterations(x0, nsamp, niters, flag, scale, self._seed_key(image_id),
                                                          self.input_range, transform)):
                 g, s = step(tf.constant(samples), c_t, t_t)
@@ -493,6 +542,14 @@ class EstimateLipschitz:
                 self._check_finite(gmax[it], targets, image_id, it, errors)
                 if tick:
                     tick(it + 1)
+                if stop is not None:
+                    # Here every target stays in the step (it is compiled for all of them); a stopped
+                    # target's later maxima are computed and then cut off.
+                    active = stop.update(gmax[: it + 1], active)
+                    if not active:
+                        if tick:
+                            tick(niters)
+                        break
         return gmax, smax, times, errors
 
     @staticmethod
