@@ -3,6 +3,10 @@
 
     python3 bench/bench_interval.py synthetic --trials 200
     python3 bench/bench_interval.py seeds -m 2-layer --seeds 10 --splits 1024x500,256x2000,4096x125
+    python3 bench/bench_interval.py speed --files 100
+
+`speed`: CPU seconds per file (three norms of 500 maxima) of the seven-start fit and of the
+three intervals, measured interleaved; their ratio is what the intervals add to clever.py's work.
 
 `synthetic`: maxima s = 10 - Weibull(shape, scale 2) with a known end point 10; per (shape, n),
 the coverage of the interval, how often it is unbounded above, and its median relative
@@ -108,12 +112,37 @@ def seeds(args) -> list[dict]:
     return rows
 
 
+def speed(files: int, n: int, seed: int) -> list[dict]:
+    """CPU time per file (three norms) of the fit alone and of the interval, interleaved per file."""
+    from clever_fit import fit_many
+
+    rng = np.random.default_rng(seed)
+    fit_t = iv_t = 0.0
+    for _ in range(files):
+        maxima = [-weibull_min.rvs(rng.uniform(3, 30), loc=-10.0, scale=2.0, size=n, random_state=rng) for _ in range(3)]
+        begin = time.process_time()
+        fit_many(maxima)
+        mid = time.process_time()
+        for m in maxima:
+            end_point_interval(m)
+        fit_t += mid - begin
+        iv_t += time.process_time() - mid
+    row = {"files": files, "n": n, "fit_s_per_file": fit_t / files, "interval_s_per_file": iv_t / files,
+           "clever_py_time_ratio": (fit_t + iv_t) / fit_t}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
     syn = sub.add_parser("synthetic")
     syn.add_argument("--trials", type=int, default=200)
     syn.add_argument("--seed", type=int, default=0)
+    fast = sub.add_parser("speed")
+    fast.add_argument("--files", type=int, default=100)
+    fast.add_argument("-n", type=int, default=500)
+    fast.add_argument("--seed", type=int, default=0)
     real = sub.add_parser("seeds")
     real.add_argument("-d", "--dataset", default="mnist")
     real.add_argument("-m", "--model_name", default="2-layer")
@@ -121,10 +150,15 @@ def main() -> None:
     real.add_argument("--target", choices=["top2", "least"], default="top2")
     real.add_argument("--seeds", type=int, default=10)
     real.add_argument("--splits", default="1024x500")
-    for q in (syn, real):
+    for q in (syn, real, fast):
         q.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args()
-    rows = synthetic(args.trials, args.seed) if args.mode == "synthetic" else seeds(args)
+    if args.mode == "synthetic":
+        rows = synthetic(args.trials, args.seed)
+    elif args.mode == "speed":
+        rows = speed(args.files, args.n, args.seed)
+    else:
+        rows = seeds(args)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 
