@@ -210,13 +210,9 @@ def plot_fit(sample: np.ndarray, fit: WeibullFit, interval: EndPointInterval, no
 def score_file(path: Path, args, executor, warnings: dict) -> FileScores:
     header, maxima = read_maxima(path, args.use_slope, args.num_samples)
     reg_index = 2 if args.reg_param == "scale" else 0
-    if executor is None:
-        intervals = [end_point_interval(m) for m in maxima]
-    else:
-        jobs = [executor.submit(end_point_interval, m) for m in maxima]
+    jobs = [executor.submit(end_point_interval, m) for m in maxima] if executor else []  # beside the fits
     fits = fit_many(maxima, args.method, args.shape_reg, reg_index, executor, args.fit_select)
-    if executor is not None:
-        intervals = [j.result() for j in jobs]
+    intervals = [j.result() for j in jobs] if jobs else [end_point_interval(m) for m in maxima]
     info = args.user_type if args.user_type and header["info"] == "user" else header["info"]
     g = header["g_x0"]
     if header["order"] == 2:
