@@ -27,6 +27,7 @@ from log_lines import (
     debug_fit_line,
     debug_maxsamp_line,
     fallback_line,
+    searched_above_line,
     stats_ci_line,
     stats_line,
     untargeted_image_line,
@@ -61,6 +62,8 @@ class FileScores:
     radii: list[float | None] = field(default_factory=list)
     num_classes: int = 0
     partial: bool = False
+    lipschitz: list[float] = field(default_factory=list)  # the estimates behind the scores
+    searched: list[float | None] = field(default_factory=list)  # norms found by --search_steps
 
     def beyond_ball(self, k: int) -> bool | None:
         radius = self.radii[k] if self.radii else None
@@ -71,7 +74,8 @@ class FileScores:
         return [{"file": self.path, "id": self.id, "true_label": self.true_label, "target_label": self.target_label,
                  "info": self.info, "norm": norm.label, "g_x0": self.g_x0, "score": self.scores[k],
                  "score_lo": self.score_intervals[k][0], "score_hi": self.score_intervals[k][1],
-                 "lipschitz": fit.estimate, "lipschitz_lo": self.intervals[k].lo, "lipschitz_hi": self.intervals[k].hi,
+                 "lipschitz": self.lipschitz[k], "lipschitz_lo": self.intervals[k].lo,
+                 "lipschitz_hi": self.intervals[k].hi, "searched": self.searched[k] if self.searched else None,
                  "shape": fit.shape, "loc": fit.loc, "scale": fit.scale, "ks": fit.ks, "pVal": fit.pval,
                  "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max",
                  "order": self.order, "supported_radius": self.radii[k] if self.radii else None,
@@ -155,6 +159,8 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         "niters": int(np.squeeze(mat["niters_used"])) if "niters_used" in mat else name.niters,
         "num_classes": int(np.size(mat["pred"])) if "pred" in mat else 0,
         "ball": sampled_ball(mat),
+        "searched": [float(np.squeeze(mat[n.search_key])) if n.search_key in mat and order == 1 and not use_slope
+                     else None for n in NORMS],
     }
     return header, maxima
 
@@ -221,14 +227,17 @@ def score_file(path: Path, args, executor, warnings: dict) -> FileScores:
         iv = intervals[0]
         score_intervals = [(second_order_bound(g, header["grad_norm"], iv.hi) if iv.bounded else 0.0,
                             second_order_bound(g, header["grad_norm"], iv.lo))]
+        lipschitz = [fits[0].estimate]
     else:
         norms = NORMS
-        scores = [clever_score(g, f.estimate) for f in fits]
+        lipschitz, intervals = apply_search(fits, intervals, header["searched"], path, warnings, info)
+        scores = [clever_score(g, lip) for lip in lipschitz]
         score_intervals = [iv.score_interval(g) for iv in intervals]
     ball = header["ball"]
     radii = [supported_radius(ball[0], ball[1], ball[2], n) for n in norms] if ball else []
     result = FileScores(header["id"], header["true_label"], header["target_label"], info, g, scores, fits, str(path),
-                        norms, header["order"], intervals, score_intervals, radii, header["num_classes"])
+                        norms, header["order"], intervals, score_intervals, radii, header["num_classes"],
+                        lipschitz=lipschitz, searched=header["searched"] if header["order"] == 1 else [])
     head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
     for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
         if args.method == "maxsamp":
@@ -245,6 +254,21 @@ def score_file(path: Path, args, executor, warnings: dict) -> FileScores:
             suffix = "_slope" if args.use_slope else ""
             plot_fit(sample, fit, intervals[k], norm, Path(args.plot_dir) / f"{header['figname']}{suffix}_{norm.label}.png")
     return result
+
+
+def apply_search(fits: list[WeibullFit], intervals: list[EndPointInterval], searched: list[float | None], path: Path,
+                 warnings: dict, info: str) -> tuple[list[float], list[EndPointInterval]]:
+    """Lipschitz estimates and intervals raised to the norms found by search (certain lower bounds)."""
+    lipschitz, raised = [], []
+    for norm, fit, iv, found in zip(NORMS, fits, intervals, searched):
+        if found is None or found <= fit.estimate:
+            lipschitz.append(fit.estimate)
+        else:
+            print(searched_above_line(str(path), norm.label, found, fit.estimate), file=sys.stderr)
+            warnings["searched"][(info, norm.label)] += 1
+            lipschitz.append(found)
+        raised.append(iv if found is None else EndPointInterval(max(iv.lo, found), max(iv.hi, found), iv.mle))
+    return lipschitz, raised
 
 
 def summarise(results: list[FileScores], untargeted: bool, use_min: bool, cap: bool = False) -> list[str]:
@@ -327,7 +351,7 @@ def incomplete_images(results: list[FileScores]) -> dict[int, list[int]]:
 
 
 COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "score_lo", "score_hi",
-           "lipschitz", "lipschitz_lo", "lipschitz_hi", "shape", "loc", "scale", "ks", "pVal", "method", "order",
+           "lipschitz", "lipschitz_lo", "lipschitz_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
            "supported_radius", "beyond_ball", "partial"]
 
 
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
     print(vars(args))
     results, skipped = [], []
-    warnings: dict[str, dict] = {"fallback": defaultdict(int), "beyond": defaultdict(int)}
+    warnings: dict[str, dict] = {"fallback": defaultdict(int), "beyond": defaultdict(int), "searched": defaultdict(int)}
     workers = args.nthreads or len(C_INIT) + 1
     executor = None
     if args.method != "maxsamp" and workers > 1:
@@ -397,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         print(counts_line("fit(s) fell back to the largest maximum", warnings["fallback"]), file=sys.stderr)
     if warnings["beyond"]:
         print(counts_line("score(s) beyond the sampled ball", warnings["beyond"]), file=sys.stderr)
+    if warnings["searched"]:
+        print(counts_line("estimate(s) below a norm found by search", warnings["searched"]), file=sys.stderr)
     if skipped:
         print(f"[WARNING] skipped {len(skipped)} of {len(files)} file(s)", file=sys.stderr)
     if partial_images:

@@ -15,6 +15,7 @@ import time
 
 from defense import TRANSFORMS
 from errors import CleverError, UsageError, quiet_tensorflow, run_cli
+from norms import GRAD_KEYS
 from target_selection import DEFAULT_TARGET_TYPE, USER
 
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rel_tol", type=float, default=0.0,
                    help="stop each (image, target) once its L2 score's 95%% interval has a relative half-width <= this "
                         "(checked after 50 iterations, then every 10; -i is the cap); 0: always -i iterations")
+    p.add_argument("--search_steps", type=int, default=0,
+                   help="after sampling, this many steps of gradient ascent on each gradient norm from the best "
+                        "samples; the norms found cap the score from above (0: off)")
     p.add_argument("--sampler", choices=["graph", "pool"], default="graph",
                    help="graph: samples drawn inside the compiled step; pool: NumPy worker processes")
     p.add_argument("--devices", type=int, default=0,
@@ -86,6 +90,10 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--rel_tol must be in [0, 1), got {args.rel_tol}")
     if args.rel_tol and args.order == 2:
         raise UsageError("--rel_tol works with --order 1 only")
+    if args.search_steps < 0:
+        raise UsageError(f"--search_steps must be >= 0, got {args.search_steps}")
+    if args.search_steps and (args.order == 2 or args.sample_norm == "l1"):
+        raise UsageError("--search_steps works with --order 1 and --sample_norm l2 or li")
     if not 0 < args.target_type < 32:
         raise UsageError(f"--target_type must be a bit mask between 1 and 31, got {args.target_type}")
     if args.transform and args.transform not in TRANSFORMS:
@@ -124,6 +132,9 @@ def select_images(args, num_test: int, num_classes: int | None) -> list[tuple[in
     return [(i, None) for i in range(args.firstimg, last)]
 
 
+SEARCH_KEYS = tuple(k.replace("_max", "_search") for k in GRAD_KEYS)  # the estimator's column order
+
+
 def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: dict, path: str) -> dict:
     return {
         "L2_max": result.slope_max[:, 0], "L1_max": result.slope_max[:, 1], "Li_max": result.slope_max[:, 2],
@@ -131,6 +142,7 @@ def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: d
         "g_x0": result.g_x0, "pred": result.pred, "id": image_id, "true_label": true_label,
         "target_label": result.target, "info": info, "args": args_dict, "path": path,
         "niters_used": result.niters_used, "stop_reason": result.stop_reason,
+        **({} if result.search_max is None else dict(zip(SEARCH_KEYS, result.search_max))),
     }
 
 
@@ -311,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
                     test_x[image_id], true_label, [t for t, _, _ in todo], args.Nsamps, args.Niters, args.sample_norm,
                     transform=args.transform or None, image_id=image_id, radius=args.radius or None, progress=progress,
                     rel_tol=args.rel_tol)
+                if args.search_steps:
+                    found = estimator.search_maxima(test_x[image_id], true_label, [t for t, _, _ in todo],
+                                                    args.search_steps, args.sample_norm, args.radius or None, image_id)
+                    for result, row in zip(results, found):
+                        result.search_max = np.maximum(row, result.grad_max.max(0))
             except NonFiniteError as err:
                 print(f"[ERROR] {err}; skipping image {image_id}", file=sys.stderr)
                 counters["failed"] += [(image_id, t) for t, _, _ in todo]

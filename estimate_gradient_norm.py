@@ -29,6 +29,7 @@ from randsphere import tf_perturbations
 
 DEFAULT_BATCH_SIZE = {"mnist": 1024, "cifar": 1024, "imagenet": 32}
 MAX_TARGETS_PER_PASS = 10  # backward passes per forward; bounds graph size and memory
+SEARCH_ITERATION = 2**31 - 1  # the iteration index of the search's start samples: no collection draws it
 
 
 class NonFiniteError(CleverError):
@@ -56,6 +57,7 @@ class TargetResult:
     iter_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
     error: str | None = None  # set when gradients became NaN/Inf: this target has no usable maxima
     stop_reason: str = "max_iters"  # or "rel_tol": the score's interval became narrow enough
+    search_max: np.ndarray | None = None  # (3,) G2, G1, Gi found by --search_steps ascent
 
     @property
     def niters_used(self) -> int:
@@ -494,6 +496,33 @@ class EstimateLipschitz:
                 tick(it + 1)
         return HessianResult(int(target_label), h2, float(pred[true_label] - pred[target_label]), grad_norm_x0,
                              pred, times)
+
+    def search_maxima(self, x_0: np.ndarray, true_label: int, target_labels: Sequence[int], steps: int,
+                      sample_norm: str = "l2", radius: float | None = None, image_id: int = 0) -> np.ndarray:
+        """(targets, 3) largest gradient norms (G2, G1, Gi) found by ascent inside the sampled ball.
+
+        Starts from the gradient_search.STARTS best of one batch of fresh samples (drawn with an
+        iteration index no collection uses) per target and norm; see gradient_search.py.
+        """
+        import tensorflow as tf
+
+        from gradient_search import STARTS, build_search
+
+        norm = by_flag(sample_norm)
+        scale = (float(radius), float(radius)) if radius else norm.default_scale
+        search = self._cached(("search", x_0.shape, norm.flag, scale[1], steps, self.input_range),
+                              lambda: build_search(self._logits, norm, scale[1], self.input_range, steps))
+        x0 = tf.constant(np.asarray(x_0, np.float32))
+        points = tf.constant(self.sample_points(x_0, image_id, SEARCH_ITERATION, 0, self.batch_size, sample_norm,
+                                                radius))
+        found = np.zeros((len(target_labels), 3), np.float32)
+        for k, j in enumerate(target_labels):
+            norms, _ = self._grad_norms(points, tf.constant(int(true_label)), tf.constant([int(j)]), 1)
+            for col in range(3):
+                best = tf.argsort(norms[:, 0, col], direction="DESCENDING")[:STARTS]
+                found[k, col] = search(x0, tf.gather(points, best), tf.constant(int(true_label)), tf.constant(int(j)),
+                                       tf.constant(col)).numpy()
+        return found
 
     def _seed_key(self, image_id: int) -> tuple[int, int]:
         return (self.seed, int(image_id))

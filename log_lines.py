@@ -112,6 +112,11 @@ def beyond_ball_line(path: str, label: str, score: float, radius: float) -> str:
             f"{g5(radius)}); it extrapolates past every sample")
 
 
+def searched_above_line(path: str, label: str, found: float, estimate: float) -> str:
+    return (f"[WARNING] {path} {label}: search found a gradient norm of {g5(found)}, above the estimate "
+            f"{g5(estimate)}; the score is capped at g_x0 / {g5(found)}")
+
+
 def counts_line(what: str, counts: dict[tuple[str, str], int]) -> str:
     """`[WARNING] 3 fit(s) fell back ...: top2/L2 = 2, least/Li = 1` (per info and norm)."""
     parts = ", ".join(f"{info}/{label} = {n}" for (info, label), n in counts.items())

@@ -37,6 +37,11 @@ class LpNorm:
     default_scale: tuple[float, float]
 
     @property
+    def search_key(self) -> str:
+        """The `.mat` key of the largest dual gradient norm found by `--search_steps` ascent."""
+        return self.grad_key.replace("_max", "_search")
+
+    @property
     def dual(self) -> float:
         """The dual norm order q with 1/p + 1/q = 1."""
         if self.p == 1:

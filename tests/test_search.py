@@ -1,0 +1,86 @@
+"""--search_steps: ascent finds the largest gradient norm where sampling misses it, and caps the score."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from test_honest_scores import reverse_weibull, write_mat
+
+RADIUS = 0.2
+
+
+def ridge_model(v: np.ndarray):
+    """Logits (0.5 (v.x)^2 + 1, 0): grad g = v (v.x), largest in the L2 ball of radius R along v."""
+    import keras
+
+    inp = keras.Input((28, 28, 1))
+    h = keras.layers.Dense(1, use_bias=False)(keras.layers.Flatten()(inp))
+    out = keras.layers.Concatenate()([0.5 * h * h + 1.0, 0.0 * h])
+    model = keras.Model(inp, out)
+    model.layers[2].set_weights([v.reshape(-1, 1).astype(np.float32)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def ridge():
+    from estimate_gradient_norm import EstimateLipschitz
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=784)
+    v /= np.linalg.norm(v)
+    est = EstimateLipschitz(seed=3, log=None)
+    est.load_model(model=ridge_model(v), batch_size=256)
+    return est, v
+
+
+def test_search_reaches_the_exact_largest_norms_that_sampling_misses(ridge):
+    est, v = ridge
+    x0 = np.zeros((28, 28, 1), np.float32)
+    sampled = est.estimate_targets(x0, 0, [1], 256, 5, radius=RADIUS)[0].grad_max.max(0)
+    found = est.search_maxima(x0, 0, [1], 40, "l2", RADIUS)[0]
+    # max over ||d||_2 <= R of |v.d| ||v||_q is R ||v||_2 ||v||_q.
+    exact = RADIUS * np.array([1.0, np.abs(v).sum(), np.abs(v).max()])
+    assert np.all(found <= exact * (1 + 1e-4))
+    np.testing.assert_allclose(found, exact, rtol=0.01)
+    assert np.all(sampled < 0.5 * exact)  # random points of a 784-d ball are nearly orthogonal to v
+
+
+def test_search_on_an_affine_model_equals_the_constant_gradient_norms():
+    from conftest import affine_model
+    from estimate_gradient_norm import EstimateLipschitz
+
+    rng = np.random.default_rng(1)
+    w, b = rng.normal(size=(784, 3)), rng.normal(size=3)
+    est = EstimateLipschitz(seed=1, log=None)
+    est.load_model(model=affine_model(w, b), batch_size=128)
+    found = est.search_maxima(np.zeros((28, 28, 1), np.float32), 0, [2], 5, "li", 0.05)[0]
+    d = w[:, 0] - w[:, 2]
+    np.testing.assert_allclose(found, [np.linalg.norm(d), np.abs(d).sum(), np.abs(d).max()], rtol=1e-4)
+
+
+def test_clever_caps_the_score_at_a_searched_norm_above_the_estimate(tmp_path):
+    g2 = reverse_weibull(5, 60, 3, end=1.0, scale=0.2)
+    write_mat(tmp_path / "8_60_0_7_2_top2_relu_order1.mat", g2, g_x0=3.0, G2_search=1.5,
+              G1_search=float(g2.max() * 20) * 0.5, Gi_search=0.0)
+    out = tmp_path / "rows.json"
+    res = run_script("clever.py", str(tmp_path), "--nthreads", "1", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = {r["norm"]: r for r in json.loads(out.read_text())}
+    assert rows["L2"]["searched"] == 1.5 and rows["L2"]["lipschitz"] == 1.5
+    assert rows["L2"]["score"] == pytest.approx(2.0) and rows["L2"]["score_hi"] <= 2.0 + 1e-12
+    assert rows["L2"]["lipschitz_lo"] >= 1.5
+    # A searched norm below the estimate changes nothing.
+    assert rows["L1"]["lipschitz"] > rows["L1"]["searched"]
+    assert res.stderr.count("search found a gradient norm") == 1
+    assert "1 estimate(s) below a norm found by search: top2/L2 = 1" in res.stderr
+
+
+@pytest.mark.parametrize("flags,message", [(["--search_steps", "-1"], "--search_steps must be >= 0"),
+                                           (["--search_steps", "5", "--sample_norm", "l1"], "--search_steps works")])
+def test_bad_search_flags_are_refused(tmp_path, flags, message):
+    res = run_script("collect_gradients.py", *flags, "-s", str(tmp_path))
+    assert res.returncode == 2 and message in res.stderr.strip().splitlines()[-1]
