@@ -120,15 +120,15 @@ def _load_entry(entry: Path, converted: bool) -> OnnxClassifier:
 
 
 # ------------------------------------------------------------------------------------------------
-def _import_converter():
+def _import(name: str):
+    """An optional package, or a one-line error saying how to install it."""
+    import importlib
+
     try:
-        import onnx
-        import onnx2tf
-        import onnxruntime
+        return importlib.import_module(name)
     except ImportError as err:
-        raise UsageError(f"ONNX models need the packages of requirements-onnx.txt ({err.name} is missing): "
+        raise UsageError(f"ONNX models need the packages of requirements-onnx.txt ({err.name or name} is missing): "
                          f"{INSTALL_HINT}") from None
-    return onnx, onnx2tf, onnxruntime
 
 
 def _parse(onnx, data: bytes, name: str):
@@ -270,8 +270,10 @@ def _check_batch(ort, model, input_name: str, layout: str, image_shape) -> tuple
 
 
 def _convert_into(data: bytes, name: str, layout: str, image_shape, entry: Path) -> None:
-    onnx, onnx2tf, ort = _import_converter()
-    model, layout, shape = _prepare(_parse(onnx, data, name), layout, image_shape)
+    # onnx is light; the converter imports TensorFlow and takes seconds, so bad files fail first.
+    model, layout, shape = _prepare(_parse(_import("onnx"), data, name), layout, image_shape)
+    ort = _import("onnxruntime")
+    onnx2tf = _import("onnx2tf")
     missing = unsupported_ops(model, onnx2tf)
     if missing:
         raise UsageError(f"the ONNX model uses {', '.join(missing)}, which the converter ({CONVERTER_VERSION}) "
