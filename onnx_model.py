@@ -184,16 +184,25 @@ def resolve_layout(dims: list, layout: str, image_shape: tuple[int, int, int] | 
 
 
 def _prepare(model, layout: str, image_shape):
-    """Free the batch dimension, fix dynamic image dimensions; return (model, layout, (H, W, C))."""
+    """The graph as one taking NHWC input with a free batch axis; returns (model, layout, (H, W, C)).
+
+    An NCHW input gets a Transpose in front, so that the graph itself takes our layout: the
+    converter then never has to guess how to carry NCHW through (onnx2tf 1.28.8 fails on a
+    Flatten or Reshape applied directly to an NCHW input)."""
+    from onnx import TensorProto, helper
+
     graph_input, dims = _graph_input(model)
     layout, (h, w, ch) = resolve_layout(dims, layout, image_shape)
-    wanted = [ch, h, w] if layout == "nchw" else [h, w, ch]
-    shape_dims = graph_input.type.tensor_type.shape.dim
-    shape_dims[0].Clear()
-    shape_dims[0].dim_param = "batch"
-    for d, v in zip(list(shape_dims)[1:], wanted):
-        d.Clear()
-        d.dim_value = v
+    name = graph_input.name
+    if layout == "nchw":
+        name = f"{graph_input.name}_nhwc"
+        while any(name in (*n.input, *n.output) for n in model.graph.node):
+            name += "_"
+        model.graph.node.insert(0, helper.make_node("Transpose", [name], [graph_input.name], perm=[0, 3, 1, 2],
+                                                    name="clever_nhwc_to_nchw"))
+    position = list(model.graph.input).index(graph_input)
+    model.graph.input.remove(graph_input)
+    model.graph.input.insert(position, helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", h, w, ch]))
     for out in model.graph.output:
         out_dims = out.type.tensor_type.shape.dim
         if len(out_dims):
@@ -203,20 +212,24 @@ def _prepare(model, layout: str, image_shape):
     return model, layout, (h, w, ch)
 
 
-def unsupported_ops(model, onnx2tf) -> list[str]:
-    """Operator types in the graph that the converter has no translation for."""
-    ops_dir = Path(onnx2tf.__file__).parent / "ops"
-    known = {p.stem for p in ops_dir.glob("*.py")}
+def unsupported_ops(model) -> list[str]:
+    """Operator types in the graph that the converter has no translation (onnx2tf/ops/<Op>.py) for."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnx2tf")  # without importing it (and TensorFlow)
+    if spec is None or not spec.submodule_search_locations:
+        _import("onnx2tf")
+    known = {p.stem for p in (Path(next(iter(spec.submodule_search_locations))) / "ops").glob("*.py")}
     return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
 
 
-def _run_converter(onnx2tf, model, layout: str, input_name: str, workdir: str):
-    kwargs = {"keep_nwc_or_nhwc_or_ndhwc_input_names": [input_name]} if layout == "nhwc" else {}
+def _run_converter(onnx2tf, model, input_name: str, workdir: str):
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):
             return onnx2tf.convert(onnx_graph=model, output_folder_path=workdir, disable_model_save=True,
-                                   non_verbose=True, not_use_onnxsim=True, **kwargs)
+                                   non_verbose=True, not_use_onnxsim=True,
+                                   keep_nwc_or_nhwc_or_ndhwc_input_names=[input_name])
     except Exception as err:  # noqa: BLE001 - the converter raises whatever the failing op raised
         node = getattr(err, "onnx_op_name", None)
         op = next((n.op_type for n in model.graph.node if n.name == node), None)
@@ -225,17 +238,13 @@ def _run_converter(onnx2tf, model, layout: str, input_name: str, workdir: str):
         raise CleverError(f"onnx2tf cannot convert the ONNX model{where}: {type(err).__name__}: {first}") from None
 
 
-def _wrap(tf_model, layout: str, image_shape):
-    """A tf.Module whose `logits` takes NHWC (N, H, W, C) whatever layout the converter chose."""
+def _wrap(tf_model, image_shape):
+    """A tf.Module whose `logits` takes an NHWC (N, H, W, C) batch and returns the first output."""
     import tensorflow as tf
 
     h, w, ch = image_shape
     got = tuple(tf_model.inputs[0].shape[1:])
-    if _fits(got, (h, w, ch)):
-        to_model = None
-    elif layout == "nchw" and _fits(got, (ch, h, w)):
-        to_model = [0, 3, 1, 2]  # the converter kept NCHW: transpose our NHWC input
-    else:
+    if not _fits(got, (h, w, ch)):
         raise CleverError(f"onnx2tf produced an input of shape {got}, expected {(h, w, ch)}")
 
     class Converted(tf.Module):
@@ -245,23 +254,22 @@ def _wrap(tf_model, layout: str, image_shape):
 
         @tf.function(input_signature=[tf.TensorSpec([None, h, w, ch], tf.float32)])
         def logits(self, x):
-            out = self.model(x if to_model is None else tf.transpose(x, to_model), training=False)
+            out = self.model(x, training=False)
             return out[0] if isinstance(out, (list, tuple)) else out
 
     return Converted()
 
 
-def _check_batch(ort, model, input_name: str, layout: str, image_shape) -> tuple[object, np.ndarray, np.ndarray]:
-    """Run onnxruntime on a batch of 3; the freed batch axis must hold. Returns (session, x NHWC, logits)."""
+def _check_batch(ort, model, input_name: str, image_shape) -> tuple[object, np.ndarray, np.ndarray]:
+    """Run onnxruntime on a batch of 3; the freed batch axis must hold. Returns (session, x, logits)."""
     x = np.random.default_rng(0).uniform(0.0, 1.0, (3, *image_shape)).astype(np.float32)
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001
         first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
         raise CleverError(f"onnxruntime cannot load the ONNX model: {first}") from None
-    feed = x.transpose(0, 3, 1, 2) if layout == "nchw" else x
     try:
-        out = session.run(None, {input_name: feed})[0]
+        out = session.run(None, {input_name: x})[0]
     except Exception:  # noqa: BLE001 - a shape error inside the graph: the batch size is baked in
         out = None
     if out is None or out.ndim != 2 or out.shape[0] != 3:
@@ -272,23 +280,23 @@ def _check_batch(ort, model, input_name: str, layout: str, image_shape) -> tuple
 def _convert_into(data: bytes, name: str, layout: str, image_shape, entry: Path) -> None:
     # onnx is light; the converter imports TensorFlow and takes seconds, so bad files fail first.
     model, layout, shape = _prepare(_parse(_import("onnx"), data, name), layout, image_shape)
-    ort = _import("onnxruntime")
-    onnx2tf = _import("onnx2tf")
-    missing = unsupported_ops(model, onnx2tf)
+    missing = unsupported_ops(model)
     if missing:
         raise UsageError(f"the ONNX model uses {', '.join(missing)}, which the converter ({CONVERTER_VERSION}) "
                          "cannot translate")
+    ort = _import("onnxruntime")
+    onnx2tf = _import("onnx2tf")
     input_name = _graph_input(model)[0].name
-    _, x, reference = _check_batch(ort, model, input_name, layout, shape)
+    _, x, reference = _check_batch(ort, model, input_name, shape)
     entry.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        module = _wrap(_run_converter(onnx2tf, model, layout, input_name, str(work / "onnx2tf")), layout, shape)
+        module = _wrap(_run_converter(onnx2tf, model, input_name, str(work / "onnx2tf")), shape)
         got = module.logits(x).numpy()
         error = float(np.max(np.abs(got - reference)) / max(float(np.max(np.abs(reference))), 1e-6))
         if got.shape != reference.shape or not error <= VERIFY_RTOL:
-            raise CleverError(f"the converted model differs from onnxruntime (relative error {error:.3g}); "
-                              f"try --input_layout {'nhwc' if layout == 'nchw' else 'nchw'}")
+            raise CleverError(f"the converted model differs from onnxruntime (relative error {error:.3g} on the "
+                              f"same inputs)")
         import tensorflow as tf
 
         tf.saved_model.save(module, str(work / "saved_model"))
