@@ -270,9 +270,14 @@ def _check_batch(ort, model, input_name: str, image_shape) -> tuple[object, np.n
         raise CleverError(f"onnxruntime cannot load the ONNX model: {first}") from None
     try:
         out = session.run(None, {input_name: x})[0]
-    except Exception:  # noqa: BLE001 - a shape error inside the graph: the batch size is baked in
+    except Exception:  # noqa: BLE001 - a shape error inside the graph: the batch size may be baked in
         out = None
     if out is None or out.ndim != 2 or out.shape[0] != 3:
+        try:
+            session.run(None, {input_name: x[:1]})
+        except Exception as err:  # noqa: BLE001 - not a batch problem: the graph fails on any input
+            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise CleverError(f"onnxruntime cannot run the ONNX model: {first}") from None
         raise UsageError(f"the ONNX model only runs with its fixed batch size; {EXPORT_HINT}")
     return session, x, out
 
@@ -288,8 +293,12 @@ def _convert_into(data: bytes, name: str, layout: str, image_shape, entry: Path)
     onnx2tf = _import("onnx2tf")
     input_name = _graph_input(model)[0].name
     _, x, reference = _check_batch(ort, model, input_name, shape)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    except OSError as err:
+        raise CleverError(f"cannot write the ONNX cache folder {entry.parent}: {err.strerror}; "
+                          "point CLEVER_CACHE_DIR at a writable folder") from None
     try:
         module = _wrap(_run_converter(onnx2tf, model, input_name, str(work / "onnx2tf")), shape)
         got = module.logits(x).numpy()

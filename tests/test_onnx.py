@@ -52,7 +52,7 @@ def test_mnist_cnn_as_nchw_onnx_gives_the_keras_maxima_and_scores(cache, mnist):
     assert not again.converted_now and again.cache_path == converted.cache_path
     np.testing.assert_allclose(again(x).numpy(), keras_model(x).numpy(), rtol=1e-5, atol=1e-4)
 
-    runs = {name: clever_scores(model, x[1], target=3, true_label=int(y[1]), nsamps=64, niters=20, image_id=1)
+    runs = {name: clever_scores(model, x[1], target=3, true_label=int(y[1]), nsamps=64, niters=15, image_id=1)
             for name, model in (("keras", keras_model), ("onnx", proto))}
     for ours, ref in zip(runs["onnx"].targets, runs["keras"].targets):
         assert ours.g_x0 == pytest.approx(ref.g_x0, rel=1e-5)
