@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from errors import UsageError, quiet_tensorflow, run_cli
+from user_inputs import add_user_model_flags, check_user_model_flags, load_user_data, parse_input_range, user_model_from_args
 
 # Carlini-Wagner L2, as in the reference implementation (abort early, Adam, tanh box) with
 # 9 binary-search steps over the constant and 1000 Adam iterations per step.
@@ -257,14 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ifgsm_steps", type=int, default=IFGSM_STEPS)
     p.add_argument("--seed", type=int, default=1215, help="picks the random target, as collect_gradients.py")
     p.add_argument("--data_dir", default=None, help="dataset folder (else CLEVER_DATA_DIR, else ./data)")
+    add_user_model_flags(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
 
 def attack_options(name: str, args: argparse.Namespace) -> dict:
     if name == "cw_l2":
-        return {"binary_steps": args.cw_binary_steps, "iterations": args.cw_iterations}
-    return {"steps": args.ifgsm_steps}
+        return {"binary_steps": args.cw_binary_steps, "iterations": args.cw_iterations, "box": args.range}
+    return {"steps": args.ifgsm_steps, "box": args.range}
 
 
 def validate(args: argparse.Namespace) -> list[str]:
@@ -279,7 +281,36 @@ def validate(args: argparse.Namespace) -> list[str]:
             raise UsageError(f"--{flag} must be positive")
     if args.firstimg < 0:
         raise UsageError("--firstimg must be >= 0")
+    args.range = parse_input_range(args.input_range)
+    check_user_model_flags(args)
+    if args.range != (-0.5, 0.5) and not args.data_path:
+        raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     return names
+
+
+def load_model_and_data(args) -> tuple[Callable, np.ndarray, np.ndarray]:
+    """(logits function, images, integer labels): a built-in model and dataset, or --model_path/--data_path."""
+    if args.data_path:
+        x, y = load_user_data(args.data_path, args.range)
+    else:
+        from datasets import load_dataset
+
+        data = load_dataset(args.dataset, args.data_dir)
+        x, y = data.test_data, np.argmax(data.test_labels, axis=1)
+    if args.model_path:
+        model, _ = user_model_from_args(args, x.shape[1:])
+    else:
+        from model_zoo import load_zoo_model
+
+        model = load_zoo_model(args.dataset, args.model_name, args.activation)
+    return model, x, y
+
+
+def predict(logits_fn: Callable, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    import tensorflow as tf
+
+    return np.concatenate([np.asarray(logits_fn(tf.constant(x[i:i + batch], tf.float32)))
+                           for i in range(0, len(x), batch)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,17 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from collect_gradients import select_images
-    from datasets import load_dataset
     from mat_files import write_atomically
-    from model_zoo import load_zoo_model
     from target_selection import choose_targets
 
-    data = load_dataset(args.dataset, args.data_dir)
-    model = load_zoo_model(args.dataset, args.model_name, args.activation)
-    ids = [image_id for image_id, _ in select_images(args, len(data.test_data), None)]
-    x_all = data.test_data[ids]
-    labels = np.argmax(data.test_labels[ids], axis=1)
-    logits = np.asarray(model.predict(x_all, verbose=0))
+    model, test_x, test_y = load_model_and_data(args)
+    ids = [image_id for image_id, _ in select_images(args, len(test_x), None)]
+    x_all = test_x[ids]
+    labels = test_y[ids]
+    logits = predict(model, x_all)
     pairs = []  # (row in x_all, image id, true label, target, info)
     for row, (image_id, pred, label) in enumerate(zip(ids, logits, labels)):
         if int(np.argmax(pred)) != label:

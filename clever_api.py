@@ -10,6 +10,8 @@ and `image_id` (the image's index in the CLI's data) it gives the same numbers.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,15 +46,29 @@ class CleverResult:
         return f"CleverResult(true_label={self.true_label}, targets={[t.target for t in self.targets]}, {shown})"
 
 
+def _as_callable(model, image_shape, input_mean, input_std, input_layout: str):
+    """A model file or onnx.ModelProto loaded; the normalisation wrapped around it."""
+    from onnx_model import is_onnx
+    from user_inputs import load_user_model, normalized
+
+    if isinstance(model, (str, os.PathLike)) or is_onnx(model):
+        model = load_user_model(model, layout=input_layout, image_shape=tuple(image_shape))
+    mean = None if input_mean is None else tuple(float(v) for v in input_mean)
+    std = None if input_std is None else tuple(float(v) for v in input_std)
+    return normalized(model, mean, std, int(image_shape[-1]))
+
+
 def clever_scores(model, image: np.ndarray, target: int | list[int] | None = None, true_label: int | None = None,
                   nsamps: int = 1024, niters: int = 100, sample_norm: str = "l2", seed: int = 1215,
                   image_id: int = 0, batch_size: int = 0, radius: float | None = None,
                   input_range: tuple[float, float] = (-0.5, 0.5), method: str = "mle_reg",
-                  shape_reg: float = SHAPE_REG) -> CleverResult:
+                  shape_reg: float = SHAPE_REG, input_mean: Sequence[float] | None = None,
+                  input_std: Sequence[float] | None = None, input_layout: str = "auto") -> CleverResult:
     """CLEVER scores of `image` for a model that returns logits.
 
     Args:
-        model: a Keras model (or callable) mapping a batch in `input_range` to logits.
+        model: a Keras model (or callable) mapping a batch in `input_range` to logits, or a
+            model file (`.keras`, `.h5`, a SavedModel folder, `.onnx`) or a loaded onnx.ModelProto.
         image: one input (H, W, C) in `input_range`.
         target: a target class, a list of them, or None for every class but the true one
             (the untargeted score).
@@ -61,12 +77,17 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
         sample_norm: 'l2', 'li' or 'l1' ball; radius: sample in a ball of exactly this radius.
         seed, image_id: the samples' seed, as `--seed` and the image index in the CLI.
         method, shape_reg: the fit (see clever_fit.fit_reverse_weibull).
+        input_mean, input_std: per-channel normalisation the model expects, applied inside the
+            model function ((x - mean) / std); `image`, `radius` and the scores stay in input units.
+        input_layout: for ONNX models, the model input's layout ('auto', 'nchw' or 'nhwc');
+            `image` is always (H, W, C).
     Returns:
         CleverResult with `scores` = the minimum over the targets of each norm's score.
     """
+    x0 = np.asarray(image, np.float32)
+    model = _as_callable(model, x0.shape, input_mean, input_std, input_layout)
     est = EstimateLipschitz(seed=seed, log=None)
     est.load_model(model=model, batch_size=batch_size or min(nsamps, 1024), input_range=input_range)
-    x0 = np.asarray(image, np.float32)
     logits = est.predict(x0[None])[0]
     predicted = int(np.argmax(logits))
     c = predicted if true_label is None else int(true_label)

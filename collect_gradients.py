@@ -17,6 +17,7 @@ from defense import TRANSFORMS
 from errors import CleverError, UsageError, quiet_tensorflow, run_cli
 from norms import GRAD_KEYS
 from target_selection import DEFAULT_TARGET_TYPE, USER
+from user_inputs import add_user_model_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="imagenet",
                    help="ImageNet weights: imagenet (Keras cache or download), a file path, or random (testing)")
     p.add_argument("--labels", default="", help="ImageNet: a '<file name> <class index>' file (0-based), e.g. val.txt")
-    p.add_argument("--model_path", default="", help="your own Keras model file (.keras, .h5) or SavedModel folder")
-    p.add_argument("--data_path", default="", help="your own inputs: an .npz with x and y, or a folder of "
-                   "<label>.<name>.png/jpg images")
-    p.add_argument("--input_range", default="-0.5,0.5", help="LO,HI: the input range the model expects")
-    p.add_argument("--output", choices=["logits", "probs"], default="logits",
-                   help="what the model returns; probs are turned into log-probabilities")
-    p.add_argument("--unsafe_load", action="store_true", help="allow Keras models with custom Lambda code")
+    add_user_model_flags(p)
     p.add_argument("--overwrite", action="store_true", help="recompute (image, target) pairs whose file exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -104,9 +99,10 @@ def validate(args: argparse.Namespace) -> None:
         from setup_imagenet import registry_entry
 
         registry_entry(args.model_name)  # refuse unknown names before anything loads
-    from user_inputs import parse_input_range
+    from user_inputs import check_user_model_flags, parse_input_range
 
     args.range = parse_input_range(args.input_range)
+    check_user_model_flags(args)
     if args.model_path and not args.data_path and args.range != (-0.5, 0.5):
         raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     if args.order == 2 and (args.compute_slope or args.transform or args.sampler == "pool"):
@@ -169,14 +165,15 @@ def load_inputs(args):
     return data.test_data, np.argmax(data.test_labels, axis=1), args.dataset
 
 
-def load_classifier(args, estimator) -> str:
-    """Load the model into the estimator; return its name for the output folder."""
+def load_classifier(args, estimator, image_shape: tuple[int, ...] | None = None) -> str:
+    """Load the model into the estimator; return its name for the output folder.
+
+    `image_shape` (H, W, C) of the inputs lets an ONNX model's layout and dynamic sizes be resolved."""
     model, name = None, args.model_name
     if args.model_path:
-        from user_inputs import as_logits, load_user_model, model_label
+        from user_inputs import user_model_from_args
 
-        model = as_logits(load_user_model(args.model_path, args.unsafe_load), args.output)
-        name = model_label(args.model_path)
+        model, name = user_model_from_args(args, image_shape)
     elif args.dataset == "imagenet":
         from setup_imagenet import build_imagenet_model
 
@@ -267,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_stale_segments()
     test_x, test_y, dataset_label = load_inputs(args)
     estimator = EstimateLipschitz(seed=args.seed, nthreads=args.nthreads, sampler=args.sampler)
-    model_name = load_classifier(args, estimator)
+    model_name = load_classifier(args, estimator, test_x.shape[1:])
     images = select_images(args, len(test_x), None)
     try:
         logits = estimator.predict(test_x[[i for i, _ in images]])

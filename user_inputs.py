@@ -1,7 +1,9 @@
 """A user's own classifier (`--model_path`) and inputs (`--data_path`), checked before any work.
 
-Models: a Keras file (`.keras`, `.h5`) loaded in safe mode unless `--unsafe_load`, or a
-TensorFlow SavedModel folder (its serving signature). Data: an `.npz` with `x` (N, H, W, C) and
+Models: a Keras file (`.keras`, `.h5`) loaded in safe mode unless `--unsafe_load`, a
+TensorFlow SavedModel folder (its serving signature), or an ONNX file (`onnx_model.py`).
+`--input_mean/--input_std` normalise inside the model function, so that sampling radii and
+gradients stay in input units. Data: an `.npz` with `x` (N, H, W, C) and
 `y` (labels or one-hot), or a folder of images named `<label>.<anything>.<ext>`. Floating-point
 `x` must already lie in the model's `--input_range`; uint8 `x` and image files are mapped from
 [0, 255] onto it.
@@ -29,6 +31,72 @@ def parse_input_range(text: str) -> tuple[float, float]:
     if not lo < hi:
         raise UsageError(f"--input_range needs LO < HI, got {text!r}")
     return lo, hi
+
+
+def add_user_model_flags(p) -> None:
+    """The flags for a user's own model and data (collect_gradients.py and attacks.py)."""
+    p.add_argument("--model_path", default="",
+                   help="your own model: a Keras file (.keras, .h5), a SavedModel folder or an ONNX file (.onnx)")
+    p.add_argument("--data_path", default="", help="your own inputs: an .npz with x and y, or a folder of "
+                   "<label>.<name>.png/jpg images")
+    p.add_argument("--input_range", default="-0.5,0.5", help="LO,HI: the input range the model expects")
+    p.add_argument("--input_mean", default="", help="per-channel mean M1,M2,.. the model subtracts from its input "
+                   "(applied inside the model function: (x - mean) / std)")
+    p.add_argument("--input_std", default="", help="per-channel standard deviations S1,S2,.. (with --input_mean)")
+    p.add_argument("--input_layout", choices=["auto", "nchw", "nhwc"], default="auto",
+                   help="ONNX models: the layout of the model's input (auto: read from its shape); data stay NHWC")
+    p.add_argument("--output", choices=["logits", "probs"], default="logits",
+                   help="what the model returns; probs are turned into log-probabilities")
+    p.add_argument("--unsafe_load", action="store_true", help="allow Keras models with custom Lambda code")
+
+
+def parse_channel_values(text: str, flag: str, positive: bool = False) -> tuple[float, ...] | None:
+    """'V' or 'V1,V2,..' -> floats (None for an empty flag)."""
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} must be one number or one per channel, e.g. 0.485,0.456,0.406; got {text!r}") from None
+    if not all(np.isfinite(values)) or (positive and min(values) <= 0):
+        raise UsageError(f"{flag} values must be finite{' and positive' if positive else ''}, got {text!r}")
+    return values
+
+
+def channel_normalisation(args) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) from --input_mean/--input_std (None where not given)."""
+    return (parse_channel_values(args.input_mean, "--input_mean"),
+            parse_channel_values(args.input_std, "--input_std", positive=True))
+
+
+def check_user_model_flags(args) -> None:
+    """--input_mean/--input_std and --input_layout are valid and only apply to --model_path."""
+    mean, std = channel_normalisation(args)
+    if (mean or std) and not args.model_path:
+        raise UsageError("--input_mean/--input_std apply to your own model (--model_path)")
+    if args.input_layout != "auto" and not str(args.model_path).lower().endswith(".onnx"):
+        raise UsageError("--input_layout applies to ONNX models (--model_path model.onnx)")
+
+
+def normalized(model, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int):
+    """`model((x - mean) / std)` per channel (last axis), inside the differentiated function."""
+    if mean is None and std is None:
+        return model
+    for flag, values in (("--input_mean", mean), ("--input_std", std)):
+        if values is not None and len(values) != 1 and channels and len(values) != channels:
+            raise UsageError(f"{flag} has {len(values)} values; the images have {channels} channel(s)")
+    if std is not None and min(std) <= 0:
+        raise UsageError(f"--input_std values must be positive, got {std}")
+    import tensorflow as tf
+
+    shift = tf.constant(mean or (0.0,), tf.float32)
+    scale = tf.constant(std or (1.0,), tf.float32)
+
+    def normalized_model(x, training=False):
+        z = (x - shift) / scale
+        return model(z, training=training) if hasattr(model, "layers") else model(z)
+
+    return normalized_model
 
 
 def _labels(y: np.ndarray, n: int, path) -> np.ndarray:
@@ -120,8 +188,14 @@ class SavedModelClassifier:
         return next(iter(out.values())) if isinstance(out, dict) else out
 
 
-def load_user_model(path: str, unsafe: bool = False):
-    """A Keras model file or a SavedModel folder, as something that maps inputs to outputs."""
+def load_user_model(path, unsafe: bool = False, layout: str = "auto", image_shape: tuple[int, ...] | None = None):
+    """A Keras model file, a SavedModel folder or an ONNX file (or onnx.ModelProto), as a callable.
+
+    `layout` and `image_shape` (H, W, C) only matter for ONNX models (see onnx_model.py)."""
+    from onnx_model import is_onnx, load_onnx_model
+
+    if is_onnx(path):
+        return load_onnx_model(path, layout, image_shape)
     p = Path(path)
     if not p.exists():
         raise UsageError(f"--model_path {path} does not exist")
@@ -168,6 +242,14 @@ def check_outputs(logits: np.ndarray, num_classes: int | None, output: str) -> N
     if output == "logits" and looks_like_probs:
         print("[WARNING] the model's outputs sum to 1: they look like probabilities; "
               "pass --output probs to score log-probability margins", file=sys.stderr)
+
+
+def user_model_from_args(args, image_shape: tuple[int, ...]):
+    """The --model_path model with --input_mean/--input_std and --output applied, and its folder name."""
+    model = load_user_model(args.model_path, args.unsafe_load, args.input_layout, image_shape)
+    channels = int(image_shape[-1]) if image_shape is not None else 0
+    model = normalized(model, *channel_normalisation(args), channels)
+    return as_logits(model, args.output), model_label(args.model_path)
 
 
 def model_label(path: str) -> str:
