@@ -85,6 +85,27 @@ def test_graph_and_pool_samplers_record_the_same_ball(sample_norm, radius):
     assert balls[0].radius == pytest.approx(balls[1].radius, rel=0.01)
 
 
+def test_a_target_stopped_by_rel_tol_records_the_ball_of_the_iterations_it_kept(monkeypatch):
+    import clever_interval
+
+    # Target 7 (margin 4) passes every check and stops after BURN_IN iterations; target 1
+    # (margin 3) never does and runs all 80 on the same samples.
+    monkeypatch.setattr(clever_interval, "score_rel_half_width", lambda maxima, g_x0: 0.0 if g_x0 == 4.0 else 1.0)
+    bias = np.zeros(10)
+    bias[[3, 7, 1]] = [5.0, 1.0, 2.0]
+    est = EstimateLipschitz(log=None)
+    est.load_model(model=affine_model(WEIGHTS, bias), batch_size=16)
+    stopped, running = est.estimate_targets(X0, 3, [7, 1], 16, 80, "l1", rel_tol=0.1)
+    used = clever_interval.BURN_IN
+    assert (stopped.niters_used, stopped.stop_reason, running.niters_used) == (used, "rel_tol", 80)
+    # The same seed draws the same samples, whatever the targets: runs of exactly 50 and 80
+    # iterations saw what each target saw.
+    assert stopped.ball == est.estimate_targets(X0, 3, [7], 16, used, "l1")[0].ball
+    assert running.ball == est.estimate_targets(X0, 3, [7], 16, 80, "l1")[0].ball
+    # With this seed the farthest sample comes after iteration 50, so the two radii differ.
+    assert running.ball.radius > stopped.ball.radius
+
+
 def test_order_2_records_its_ball_in_the_h2_file_contents():
     import keras
 
