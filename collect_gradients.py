@@ -4,7 +4,8 @@
 For every selected (image, target) this writes
 `<save>/<dataset>_<model_name>/<Nsamps>_<Niters>_<id>_<true>_<target>_<info>_<activation>_order<k>.mat`
 with the keys G1_max, G2_max, Gi_max, L1_max, L2_max, Li_max, g_x0, pred, id, true_label,
-target_label, info, args and path. `clever.py` turns a folder of them into CLEVER scores.
+target_label, info, args and path, and the ball actually sampled: sample_norm, sample_radius and
+input_dim. `clever.py` turns a folder of them into CLEVER scores.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def validate(args: argparse.Namespace) -> None:
         from setup_imagenet import registry_entry
 
         registry_entry(args.model_name)  # refuse unknown names before anything loads
+    from mat_files import check_writable_folder
     from user_inputs import check_user_model_flags, parse_input_range
 
     args.range = parse_input_range(args.input_range)
@@ -107,6 +109,17 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     if args.order == 2 and (args.compute_slope or args.transform or args.sampler == "pool"):
         raise UsageError("--order 2 cannot be combined with --compute_slope, --transform or --sampler pool")
+    check_writable_folder(output_folder(args))
+
+
+def output_folder(args: argparse.Namespace):
+    """`<save>/<data name>_<model name>`, as main() will name it, known before anything loads."""
+    from mat_files import result_folder
+    from user_inputs import model_label
+
+    data = model_label(args.data_path) if args.data_path else args.dataset
+    model = model_label(args.model_path) if args.model_path else args.model_name
+    return result_folder(args.save, data, model)
 
 
 def select_images(args, num_test: int, num_classes: int | None) -> list[tuple[int, int | None]]:
@@ -131,13 +144,20 @@ def select_images(args, num_test: int, num_classes: int | None) -> list[tuple[in
 SEARCH_KEYS = tuple(k.replace("_max", "_search") for k in GRAD_KEYS)  # the estimator's column order
 
 
+def ball_contents(ball) -> dict:
+    """Keys (new to this version) describing the ball actually sampled; empty if unknown."""
+    if ball is None:
+        return {}
+    return {"sample_norm": ball.sample_norm, "sample_radius": ball.radius, "input_dim": ball.input_dim}
+
+
 def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: dict, path: str) -> dict:
     return {
         "L2_max": result.slope_max[:, 0], "L1_max": result.slope_max[:, 1], "Li_max": result.slope_max[:, 2],
         "G2_max": result.grad_max[:, 0], "G1_max": result.grad_max[:, 1], "Gi_max": result.grad_max[:, 2],
         "g_x0": result.g_x0, "pred": result.pred, "id": image_id, "true_label": true_label,
         "target_label": result.target, "info": info, "args": args_dict, "path": path,
-        "niters_used": result.niters_used, "stop_reason": result.stop_reason,
+        "niters_used": result.niters_used, "stop_reason": result.stop_reason, **ball_contents(result.ball),
         **({} if result.search_max is None else dict(zip(SEARCH_KEYS, result.search_max))),
     }
 
@@ -202,7 +222,7 @@ def pending_targets(args, folder, image_id: int, true_label: int, chosen) -> lis
 def hessian_contents(result, image_id: int, true_label: int, info: str, args_dict: dict, path: str) -> dict:
     return {"H2_max": result.h2_max, "g_x0": result.g_x0, "g_x0_grad_2_norm": result.grad_norm_x0,
             "pred": result.pred, "id": image_id, "true_label": true_label, "target_label": result.target,
-            "info": info, "args": args_dict, "path": path}
+            "info": info, "args": args_dict, "path": path, **ball_contents(result.ball)}
 
 
 def collect_order2(args, estimator, x0, image_id, true_label, todo, seq, counters, progress) -> None:
@@ -255,16 +275,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from estimate_gradient_norm import EstimateLipschitz, NonFiniteError
     from log_lines import ProgressBar, datagen_line
-    from mat_files import remove_stale_temp_files, result_folder
+    from mat_files import remove_stale_temp_files
     from shmemarray import remove_stale_segments
     from target_selection import choose_targets
     from user_inputs import check_outputs
 
     print({k: v for k, v in vars(args).items() if k != "range"})
     remove_stale_segments()
-    test_x, test_y, dataset_label = load_inputs(args)
+    test_x, test_y, _ = load_inputs(args)
     estimator = EstimateLipschitz(seed=args.seed, nthreads=args.nthreads, sampler=args.sampler)
-    model_name = load_classifier(args, estimator, test_x.shape[1:])
+    load_classifier(args, estimator, test_x.shape[1:])
     images = select_images(args, len(test_x), None)
     try:
         logits = estimator.predict(test_x[[i for i, _ in images]])
@@ -286,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     for (image_id, user_target) in images:
         if user_target is not None and user_target == test_y[image_id]:
             raise UsageError(f"--ids target {user_target} of image {image_id} equals its true class")
-    folder = result_folder(args.save, dataset_label, model_name)
+    folder = output_folder(args)
     for stale in remove_stale_temp_files(folder):
         print(f"[WARNING] removed {stale}, left by a run that was killed mid-write", file=sys.stderr)
     counters = {"total": 0, "start": time.time(), "failed": [],

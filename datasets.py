@@ -1,10 +1,11 @@
 """Finding, downloading and splitting the standard image datasets (shared by setup_mnist/cifar).
 
 A dataset folder is found in this order: the `--data_dir` flag, the `CLEVER_DATA_DIR`
-environment variable, then `./data`. Each may point at the folder holding the dataset's files
-or at a parent holding a `<dataset>` subfolder (so `CLEVER_DATA_DIR=../shared/data` serves both
-MNIST and CIFAR-10). Missing files are downloaded when a network is there; otherwise a one-line
-error names the files and where to put them.
+environment variable, then `./data`, and last the `data/` folder beside this file (the shipped
+MNIST test files, found from any working directory). Each may point at the folder holding the
+dataset's files or at a parent holding a `<dataset>` subfolder (so
+`CLEVER_DATA_DIR=../shared/data` serves both MNIST and CIFAR-10). Missing files are downloaded
+when a network is there; otherwise a one-line error names the files and where to put them.
 """
 
 from __future__ import annotations
@@ -45,14 +46,24 @@ class DatasetSpec:
     subfolders: tuple[str, ...] = field(default=())
 
 
+# The files shipped with the code (MNIST's test set), found from any working directory.
+SHIPPED_DATA = Path(__file__).resolve().parent / "data"
+
+
 def data_roots(data_dir: str | os.PathLike | None) -> list[Path]:
-    """The candidate folders, in the documented order of precedence."""
+    """The candidate folders, in the documented order of precedence.
+
+    Without --data_dir or CLEVER_DATA_DIR: ./data, then the `data/` folder beside this file.
+    """
     if data_dir:
         return [Path(data_dir)]
     env = os.environ.get("CLEVER_DATA_DIR")
     if env:
         return [Path(env)]
-    return [Path("data")]
+    roots = [Path("data")]
+    if Path("data").resolve() != SHIPPED_DATA:
+        roots.append(SHIPPED_DATA)
+    return roots
 
 
 def _find(folder: Path, name: str, subfolders: Sequence[str]) -> Path | None:

@@ -15,6 +15,7 @@ iteration.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 from errors import CleverError, UsageError
 from log_lines import iteration_line
 from norms import by_flag
-from randsphere import tf_perturbations
+from randsphere import tf_norms, tf_perturbations
 
 DEFAULT_BATCH_SIZE = {"mnist": 1024, "cifar": 1024, "imagenet": 32}
 MAX_TARGETS_PER_PASS = 10  # backward passes per forward; bounds graph size and memory
@@ -34,6 +35,21 @@ SEARCH_ITERATION = 2**31 - 1  # the iteration index of the search's start sample
 
 class NonFiniteError(CleverError):
     """Logits or gradients became NaN or Inf for an (image, target)."""
+
+
+@dataclass(frozen=True)
+class SampledBall:
+    """The ball the samples of an (image, target) actually came from.
+
+    Attributes:
+        sample_norm: 'l2', 'li' or 'l1'.
+        radius: the largest ||x - x0|| in that norm over all samples, before clipping.
+        input_dim: the number of input values d.
+    """
+
+    sample_norm: str
+    radius: float
+    input_dim: int
 
 
 @dataclass
@@ -58,6 +74,7 @@ class TargetResult:
     error: str | None = None  # set when gradients became NaN/Inf: this target has no usable maxima
     stop_reason: str = "max_iters"  # or "rel_tol": the score's interval became narrow enough
     search_max: np.ndarray | None = None  # (3,) G2, G1, Gi found by --search_steps ascent
+    ball: SampledBall | None = None
 
     @property
     def niters_used(self) -> int:
@@ -100,6 +117,7 @@ class HessianResult:
     grad_norm_x0: float
     pred: np.ndarray
     iter_times: np.ndarray
+    ball: SampledBall | None = None
 
 
 class StoppingRule:
@@ -267,28 +285,38 @@ class EstimateLipschitz:
         return (tf.reduce_max(tf.stack(local(gmax)), 0), tf.reduce_max(tf.stack(local(smax)), 0))
 
     def _loop(self, get_batch, nbatches, c, targets, num_targets: int):
-        """Run get_batch(b) -> (x, valid) for b < nbatches inside the graph, keeping maxima."""
+        """Run get_batch(b) -> (x, valid, radius) for b < nbatches inside the graph, keeping maxima.
+
+        Returns the (K, 3) gradient and slope maxima and the largest sample radius.
+        """
         import tensorflow as tf
 
         gmax = tf.zeros([num_targets, 3])
         smax = tf.zeros([num_targets, 3])
+        rmax = tf.constant(0.0)
         maxima = self._batch_maxima if self.strategy is None else self._replicated_maxima
         if nbatches == 1:  # no while_loop: its per-call cost is visible next to small models
-            x, valid = get_batch(tf.constant(0))
-            return maxima(x, c, targets, valid, num_targets)
+            x, valid, radius = get_batch(tf.constant(0))
+            return (*maxima(x, c, targets, valid, num_targets), radius)
         for b in tf.range(nbatches):
-            x, valid = get_batch(b)
+            x, valid, radius = get_batch(b)
             bg, bs = maxima(x, c, targets, valid, num_targets)
             gmax = tf.maximum(gmax, bg)
             smax = tf.maximum(smax, bs)
-        return gmax, smax
+            rmax = tf.maximum(rmax, radius)
+        return gmax, smax, rmax
 
-    def _draw_points(self, x0, seed, norm, count: int, scale):
-        """`count` points x0 + delta, delta in the scaled `norm` ball, clipped to the input range."""
+    def _draw_points(self, x0, seed, norm, count: int, scale, valid=None):
+        """`count` points x0 + delta, delta in the scaled `norm` ball, clipped to the input range,
+        and the largest ||delta|| (before clipping) among the first `valid` of them."""
         import tensorflow as tf
 
         delta = tf_perturbations(seed, norm, count, int(np.prod(x0.shape)), scale)
-        return tf.clip_by_value(x0[None] + tf.reshape(delta, (count, *x0.shape)), *self.input_range)
+        radii = tf_norms(delta, norm)
+        if valid is not None:
+            radii = tf.where(tf.range(count) < valid, radii, 0.0)
+        points = tf.clip_by_value(x0[None] + tf.reshape(delta, (count, *x0.shape)), *self.input_range)
+        return points, tf.reduce_max(radii)
 
     def sample_points(self, x0: np.ndarray, image_id: int, iteration: int, batch_index: int, count: int,
                       sample_norm: str = "l2", radius: float | None = None) -> np.ndarray:
@@ -299,7 +327,7 @@ class EstimateLipschitz:
         scale = (float(radius), float(radius)) if radius else norm.default_scale
         seed = tf.constant(self._seed_key(image_id), tf.int64)
         seed = self._batch_seed(tf.random.experimental.stateless_fold_in(seed, iteration), batch_index)
-        return self._draw_points(tf.constant(x0, tf.float32), seed, norm, count, scale).numpy()
+        return self._draw_points(tf.constant(x0, tf.float32), seed, norm, count, scale)[0].numpy()
 
     @staticmethod
     def _batch_seed(iteration_seed, batch_index):
@@ -313,16 +341,38 @@ class EstimateLipschitz:
         batch = min(self.batch_size, nsamp)
         return batch, math.ceil(nsamp / batch)
 
-    def _cached(self, key: tuple, build: Callable[[], Callable]) -> Callable:
-        """A compiled function per settings key, built (and traced) once."""
+    def _cached(self, key: tuple, build: Callable[[], Callable], nsamp: int | None = None,
+                fixed: int = 0) -> Callable:
+        """A compiled function per settings key, built (and traced) once.
+
+        With `nsamp`, the function is a sampling step: it is traced now and refused (UsageError)
+        if one of its batches would not fit in memory, before it ever runs.
+        """
         if key not in self._compiled:
-            self._compiled[key] = build()
+            fn = build()
+            if nsamp is not None:
+                self._check_memory(fn, nsamp, fixed)
+            self._compiled[key] = fn
         return self._compiled[key]
+
+    def _check_memory(self, fn, nsamp: int, fixed: int) -> None:
+        """Compare the traced step's peak of live tensors with the memory available."""
+        import tensorflow as tf
+
+        from memory_budget import check_batch_fits, graph_peak_bytes
+
+        batch, nbatches = self._batches(nsamp)
+        graph = fn.get_concrete_function().graph  # the call reuses this trace
+        peak = graph_peak_bytes(graph, batch, nbatches)
+        device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        if self.strategy is not None:  # each replica holds its shard of the batch
+            peak //= self.strategy.num_replicas_in_sync
+        check_batch_fits(peak, batch, nbatches, fixed, device)
 
     def _sampled_iteration(self, shape, nsamp: int, num_targets: int, flag: str, scale):
         """The compiled fast path: one iteration with samples drawn inside the graph."""
         key = ("graph", shape, nsamp, num_targets, flag, scale, self.batch_size, self.compute_slope, self.input_range)
-        return self._cached(key, lambda: self._build_sampled_iteration(shape, nsamp, num_targets, flag, scale))
+        return self._cached(key, lambda: self._build_sampled_iteration(shape, nsamp, num_targets, flag, scale), nsamp)
 
     def _build_sampled_iteration(self, shape, nsamp: int, num_targets: int, flag: str, scale):
         import tensorflow as tf
@@ -338,7 +388,9 @@ class EstimateLipschitz:
             it_seed = tf.random.experimental.stateless_fold_in(seed, it)
 
             def get_batch(b):
-                return self._draw_points(x0, self._batch_seed(it_seed, b), norm, batch, scale), nsamp - b * batch
+                valid = nsamp - b * batch
+                x, radius = self._draw_points(x0, self._batch_seed(it_seed, b), norm, batch, scale, valid)
+                return x, valid, radius
 
             return self._loop(get_batch, nbatches, c, targets, num_targets)
 
@@ -347,7 +399,9 @@ class EstimateLipschitz:
     def _given_iteration(self, shape, nsamp: int, num_targets: int):
         """The compiled step for samples drawn elsewhere (the worker pool)."""
         key = ("given", shape, nsamp, num_targets, self.batch_size, self.compute_slope)
-        return self._cached(key, lambda: self._build_given_iteration(shape, nsamp, num_targets))
+        # The pool's two shared-memory buffers and the tensor copied from one hold Nsamps points each.
+        fixed = 3 * nsamp * int(np.prod(shape)) * 4
+        return self._cached(key, lambda: self._build_given_iteration(shape, nsamp, num_targets), nsamp, fixed)
 
     def _build_given_iteration(self, shape, nsamp: int, num_targets: int):
         import tensorflow as tf
@@ -361,7 +415,7 @@ class EstimateLipschitz:
         def iteration(samples, c, targets):
             def get_batch(b):
                 x = samples[b * batch : (b + 1) * batch]
-                return x, tf.shape(x)[0]
+                return x, tf.shape(x)[0], tf.constant(0.0)  # the pool measures the radius
 
             return self._loop(get_batch, nbatches, c, targets, num_targets)
 
@@ -386,6 +440,8 @@ class EstimateLipschitz:
         [H2_max, g_x0, g_x0_grad_2_norm, pred] for order 2.
         """
         if order == 2:
+            if transform:
+                raise UsageError("order 2 cannot be combined with a transform")
             res = self.estimate_hessian(x_0, true_label, target_label, Nsamp, Niters, sample_norm, image_id, radius)
             return [res.h2_max, res.g_x0, res.grad_norm_x0, res.pred]
         result = self.estimate_targets(x_0, true_label, [target_label], Nsamp, Niters, sample_norm,
@@ -414,6 +470,7 @@ class EstimateLipschitz:
         x0 = np.asarray(x_0, dtype=np.float32)
         norm = by_flag(sample_norm)
         scale = (float(radius), float(radius)) if radius else norm.default_scale
+        transform = transform or None  # the original passes "" for no transformation
         pred = self.predict(x0[None])[0]
         if not np.all(np.isfinite(pred)):
             raise NonFiniteError(f"logits at x0 are not finite for image {image_id}")
@@ -424,18 +481,19 @@ class EstimateLipschitz:
             tick = progress(Niters, Nsamp) if progress else None
             margins = [float(pred[true_label] - pred[t]) for t in chunk]
             stop = StoppingRule(rel_tol, margins) if rel_tol > 0 else None
-            gmax, smax, times, errors = self._collect(x0, int(true_label), chunk, Nsamp, Niters, norm.flag, scale,
-                                                      transform or None, image_id, tick, stop)
+            gmax, smax, times, errors, radii = self._collect(x0, int(true_label), chunk, Nsamp, Niters, norm.flag,
+                                                             scale, transform, image_id, tick, stop)
             for k, t in enumerate(chunk):
                 used = stop.used[k] if stop else Niters
+                ball = SampledBall(norm.flag, float(radii[:used].max()), int(x0.size))  # the samples it saw
                 results.append(TargetResult(t, gmax[:used, k], smax[:used, k], margins[k], pred, times[:used],
-                                            errors.get(k), "rel_tol" if used < Niters else "max_iters"))
+                                            errors.get(k), "rel_tol" if used < Niters else "max_iters", ball))
         return results
 
     def _hessian_iteration(self, shape, nsamp: int, flag: str, scale):
         """The compiled order-2 step: per-sample extreme eigenvalues, the largest in magnitude kept."""
         key = ("hessian", shape, nsamp, flag, scale, self.batch_size, self.input_range)
-        return self._cached(key, lambda: self._build_hessian_iteration(shape, nsamp, flag, scale))
+        return self._cached(key, lambda: self._build_hessian_iteration(shape, nsamp, flag, scale), nsamp)
 
     def _build_hessian_iteration(self, shape, nsamp: int, flag: str, scale):
         import tensorflow as tf
@@ -452,16 +510,19 @@ class EstimateLipschitz:
         def iteration(x0, c, j, seed, it):
             it_seed = tf.random.experimental.stateless_fold_in(seed, it)
             best = tf.constant(0.0)
+            rmax = tf.constant(0.0)
             for b in tf.range(nbatches):
                 b_seed = self._batch_seed(it_seed, b)
-                x = self._draw_points(x0, b_seed, norm, batch, scale)  # the same points as order 1
+                # the same points as order 1
+                x, radius = self._draw_points(x0, b_seed, norm, batch, scale, nsamp - b * batch)
+                rmax = tf.maximum(rmax, radius)
                 v0 = tf.random.stateless_normal(tf.shape(x), tf.random.experimental.stateless_fold_in(b_seed, 7),
                                                 alg="philox")
                 _, negative = extreme_eigenvalues(self._logits, x, c, j, v0)
                 negative = tf.where(tf.range(batch) < nsamp - b * batch, negative, 0.0)
                 pick = negative[tf.argmax(tf.abs(negative))]
                 best = tf.where(tf.abs(pick) > tf.abs(best), pick, best)
-            return best
+            return best, rmax
 
         return iteration
 
@@ -485,17 +546,22 @@ class EstimateLipschitz:
         seed = tf.constant(self._seed_key(image_id), tf.int64)
         h2 = np.zeros(Niters, np.float32)
         times = np.zeros(Niters)
+        radii = []  # kept as tensors: no extra host copy per iteration
         tick = progress(Niters, Nsamp) if progress else None
-        for it in range(Niters):
-            begin = time.perf_counter()
-            h2[it] = step(x0_t, c_t, j_t, seed, tf.constant(it)).numpy()
-            times[it] = time.perf_counter() - begin
-            if not np.isfinite(h2[it]):
-                raise NonFiniteError(f"Hessian estimates are NaN or Inf for image {image_id}, target {target_label}")
-            if tick:
-                tick(it + 1)
+        with self._out_of_memory_as_error(Nsamp):
+            for it in range(Niters):
+                begin = time.perf_counter()
+                value, reach = step(x0_t, c_t, j_t, seed, tf.constant(it))
+                h2[it] = value.numpy()
+                radii.append(reach)
+                times[it] = time.perf_counter() - begin
+                if not np.isfinite(h2[it]):
+                    raise NonFiniteError(f"Hessian estimates are NaN or Inf for image {image_id}, target {target_label}")
+                if tick:
+                    tick(it + 1)
+        ball = SampledBall(norm.flag, float(tf.reduce_max(tf.stack(radii))), int(x0.size))
         return HessianResult(int(target_label), h2, float(pred[true_label] - pred[target_label]), grad_norm_x0,
-                             pred, times)
+                             pred, times, ball)
 
     def search_maxima(self, x_0: np.ndarray, true_label: int, target_labels: Sequence[int], steps: int,
                       sample_norm: str = "l2", radius: float | None = None, image_id: int = 0) -> np.ndarray:
@@ -536,50 +602,73 @@ class EstimateLipschitz:
         smax = np.zeros((niters, k, 3), np.float32)
         times = np.zeros(niters)
         c_t = tf.constant(c, tf.int32)
+        radii = []  # per-iteration largest sample radius: tensors (graph) or floats (pool), fetched once at the end
         if self.sampler == "graph" and transform is None:
             x0_t = tf.constant(x0)
             seed = tf.constant(self._seed_key(image_id), tf.int64)
             active = list(range(k))  # targets still sampling; a stopped target leaves the compiled step
-            for it in range(niters):
-                step = self._sampled_iteration(x0.shape, nsamp, len(active), flag, scale)
-                begin = time.perf_counter()
-                g, s = step(x0_t, c_t, tf.constant([targets[a] for a in active], tf.int32), seed,
-                            tf.constant(it, tf.int32))
-                gmax[it, active], smax[it, active] = g.numpy(), s.numpy()
-                times[it] = time.perf_counter() - begin
-                self._check_finite(gmax[it], targets, image_id, it, errors)
-                if tick:
-                    tick(it + 1)
-                if stop is not None:
-                    active = stop.update(gmax[: it + 1], active)
-                    if not active:
-                        if tick:
-                            tick(niters)
-                        break
+            with self._out_of_memory_as_error(nsamp):
+                for it in range(niters):
+                    step = self._sampled_iteration(x0.shape, nsamp, len(active), flag, scale)
+                    begin = time.perf_counter()
+                    g, s, reach = step(x0_t, c_t, tf.constant([targets[a] for a in active], tf.int32), seed,
+                                       tf.constant(it, tf.int32))
+                    gmax[it, active], smax[it, active] = g.numpy(), s.numpy()
+                    radii.append(reach)
+                    times[it] = time.perf_counter() - begin
+                    self._check_finite(gmax[it], targets, image_id, it, errors)
+                    if tick:
+                        tick(it + 1)
+                    if stop is not None:
+                        active = stop.update(gmax[: it + 1], active)
+                        if not active:
+                            if tick:
+                                tick(niters)
+                            break
         else:
             step = self._given_iteration(x0.shape, nsamp, k)
             t_t = tf.constant(targets, tf.int32)
             pool = self._get_pool()
             begin = time.perf_counter()
             active = list(range(k))
-            for it, samples in enumerate(pool.iterations(x0, nsamp, niters, flag, scale, self._seed_key(image_id),
-                                                         self.input_range, transform)):
-                g, s = step(tf.constant(samples), c_t, t_t)
-                gmax[it], smax[it] = g.numpy(), s.numpy()
-                now = time.perf_counter()
-                times[it], begin = now - begin, now
-                self._check_finite(gmax[it], targets, image_id, it, errors)
-                if tick:
-                    tick(it + 1)
-                if stop is not None:
-                    # Here every target stays in the step (it is compiled for all of them); a stopped
-                    # target's later maxima are computed and then cut off.
-                    active = stop.update(gmax[: it + 1], active)
-                    if not active:
-                        if tick:
-                            tick(niters)
-                        break
-        return gmax, smax, times, errors
+            with self._out_of_memory_as_error(nsamp):
+                for it, (samples, reach) in enumerate(pool.iterations(x0, nsamp, niters, flag, scale,
+                                                                      self._seed_key(image_id), self.input_range,
+                                                                      transform)):
+                    g, s, _ = step(tf.constant(samples), c_t, t_t)
+                    gmax[it], smax[it] = g.numpy(), s.numpy()
+                    radii.append(reach)
+                    now = time.perf_counter()
+                    times[it], begin = now - begin, now
+                    self._check_finite(gmax[it], targets, image_id, it, errors)
+                    if tick:
+                        tick(it + 1)
+                    if stop is not None:
+                        # Here every target stays in the step (it is compiled for all of them); a stopped
+                        # target's later maxima are computed and then cut off.
+                        active = stop.update(gmax[: it + 1], active)
+                        if not active:
+                            if tick:
+                                tick(niters)
+                            break
+        return gmax, smax, times, errors, tf.stack(radii).numpy()
+
+    def _out_of_memory_as_error(self, nsamp: int):
+        """A context that turns TensorFlow's multi-line out-of-memory report into one CleverError line."""
+        import tensorflow as tf
+
+        batch, _ = self._batches(nsamp)
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except tf.errors.ResourceExhaustedError as err:
+                first = next((ln.strip() for ln in str(err.message).splitlines() if ln.strip()), "")
+                raise CleverError(f"out of memory in a batch of {batch} points ({first[:200]}); "
+                                  "lower -b/--batch_size") from None
+
+        return guard()
 
     @staticmethod
     def _check_finite(values: np.ndarray, targets, image_id: int, it: int, errors: dict[int, str]) -> None:

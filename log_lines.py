@@ -132,8 +132,11 @@ def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float],
 class ProgressBar:
     """A progress line on stderr per (image, targets) pass: iterations, samples/s and ETA.
 
-    On a terminal it redraws in place; otherwise it prints a line every 10% so logs stay short.
+    On a terminal it redraws in place, clearing what a longer previous line left at its end;
+    otherwise it prints a line every 10% so logs stay short.
     """
+
+    CLEAR_TO_END = "\x1b[K"
 
     def __init__(self, label: str, total: int, samples_per_step: int, stream: TextIO = sys.stderr):
         self.label, self.total, self.samples = label, total, samples_per_step
@@ -154,5 +157,5 @@ class ProgressBar:
         bar = "=" * int(width * fraction) + "." * (width - int(width * fraction))
         text = f"{self.label} [{bar}] {done}/{self.total} {rate:,.0f} samples/s ETA {eta:.0f}s"
         end = "\n" if (not self.tty or done == self.total) else ""
-        self.stream.write(("\r" if self.tty else "") + text + end)
+        self.stream.write(f"\r{text}{self.CLEAR_TO_END}{end}" if self.tty else text + end)
         self.stream.flush()

@@ -47,6 +47,28 @@ def result_folder(save: str | os.PathLike, dataset: str, model_name: str) -> Pat
     return Path(save) / f"{dataset}_{model_name}"
 
 
+def check_writable_folder(folder: str | os.PathLike, flag: str = "-s/--save") -> None:
+    """Refuse (UsageError) a results folder that is a file, lies under a file, or cannot be written.
+
+    Nothing is left behind: the probe is an empty folder made in the deepest existing parent and
+    removed at once, so the check is the real operation rather than a permission guess (root
+    passes every permission check, yet cannot write under /sys or on a read-only mount).
+    """
+    from errors import UsageError
+
+    folder = Path(folder)
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag}: {existing} is a file, not a folder (results go to {folder})")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".clever_probe."))
+    except OSError as err:
+        raise UsageError(f"{flag}: cannot create or write the results folder {folder} "
+                         f"({existing}: {err.strerror})") from None
+
+
 def save_mat_atomically(path: Path, contents: dict) -> None:
     """Write a .mat under a temporary name in the same folder, then rename it into place.
 

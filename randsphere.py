@@ -40,6 +40,22 @@ def numpy_unit_ball(rng: np.random.Generator, norm: LpNorm, count: int, dim: int
     raise ValueError(f"no sampler for {norm!r}")
 
 
+def numpy_norms(flat: np.ndarray, norm: LpNorm) -> np.ndarray:
+    """Per-row `norm` of a (count, dim) array: how far each sample lies from x0."""
+    if norm is L2:
+        return np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
+    return np.abs(flat).max(axis=1) if norm is LINF else np.abs(flat).sum(axis=1)
+
+
+def tf_norms(flat, norm: LpNorm):
+    """The TensorFlow twin of `numpy_norms`."""
+    import tensorflow as tf
+
+    if norm is L2:
+        return tf.sqrt(tf.reduce_sum(flat * flat, axis=1))
+    return tf.reduce_max(tf.abs(flat), axis=1) if norm is LINF else tf.reduce_sum(tf.abs(flat), axis=1)
+
+
 def numpy_perturbations(
     rng: np.random.Generator, norm: LpNorm, count: int, dim: int, scale: tuple[float, float]
 ) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from errors import CleverError
 from norms import by_flag
-from randsphere import numpy_perturbations
+from randsphere import numpy_norms, numpy_perturbations
 from shmemarray import SharedArray
 
 CHUNK = 256  # samples per task: small enough to balance workers, large enough to amortise IPC
@@ -31,18 +31,22 @@ def _init_worker() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def _fill_chunk(task: tuple) -> None:
+def _fill_chunk(task: tuple) -> float:
+    """Write one chunk of samples; return the largest ||delta|| among them (before clipping)."""
     (x0_name, buf_name, shape, offset, count, flag, scale, seed_key, clip, transform) = task
     x0 = SharedArray(shape[1:], name=x0_name)
     buf = SharedArray(shape, name=buf_name)
     try:
         rng = np.random.default_rng(seed_key)
         dim = int(np.prod(shape[1:]))
-        delta = numpy_perturbations(rng, by_flag(flag), count, dim, scale).reshape((count,) + tuple(shape[1:]))
+        norm = by_flag(flag)
+        flat = numpy_perturbations(rng, norm, count, dim, scale)
+        delta = flat.reshape((count,) + tuple(shape[1:]))
         points = np.clip(x0.array[np.newaxis] + delta, clip[0], clip[1])
         if transform is not None:
             points = apply_transform(transform, points, clip)
         buf.array[offset : offset + count] = points
+        return float(numpy_norms(flat, norm).max())
     finally:
         x0.close()
         buf.close()
@@ -101,10 +105,10 @@ class SamplePool:
         seed_key: tuple[int, ...],
         clip: tuple[float, float] = (-0.5, 0.5),
         transform: str | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Yield each iteration's (nsamp, *x0.shape) samples; the next one is drawn meanwhile.
+    ) -> Iterator[tuple[np.ndarray, float]]:
+        """Yield each iteration's (nsamp, *x0.shape) samples and their largest ||delta|| (unclipped).
 
-        A yielded array is valid until the next one is requested.
+        The next iteration is drawn meanwhile; a yielded array is valid until the next one is requested.
         """
         shape = (nsamp,) + tuple(x0.shape)
         x0_shm = SharedArray(x0.shape, tag="x0")
@@ -114,13 +118,13 @@ class SamplePool:
             x0_shm.array[...] = x0
             pending = self._submit(x0_shm, buffers[0], shape, sample_norm, scale, (*seed_key, 0), clip, transform)
             for it in range(niters):
-                self._wait(pending)
+                radius = self._wait(pending)
                 pending = None
                 if it + 1 < niters:
                     pending = self._submit(
                         x0_shm, buffers[(it + 1) % 2], shape, sample_norm, scale, (*seed_key, it + 1), clip, transform
                     )
-                yield buffers[it % 2].array
+                yield buffers[it % 2].array, radius
         finally:
             if pending is not None:
                 try:
@@ -138,9 +142,9 @@ class SamplePool:
         return self._pool.map_async(_fill_chunk, tasks)
 
     @staticmethod
-    def _wait(result) -> None:
+    def _wait(result) -> float:
         try:
-            result.get()
+            return max(result.get())
         except Exception as err:  # a worker's exception, re-raised here with its message
             raise CleverError(f"sample worker failed: {type(err).__name__}: {err}") from err
 
