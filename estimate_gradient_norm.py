@@ -487,7 +487,7 @@ class EstimateLipschitz:
                 used = stop.used[k] if stop else Niters
                 ball = SampledBall(norm.flag, float(radii[:used].max()), int(x0.size))  # the samples it saw
                 results.append(TargetResult(t, gmax[:used, k], smax[:used, k], margins[k], pred, times[:used],
-                                            errors.get(k), "rel_tol" if used < Niters else "max_iters", ball))
+                                            errors.get(k), "rel_tol" if used < Niters else "max_iters", ball=ball))
         return results
 
     def _hessian_iteration(self, shape, nsamp: int, flag: str, scale):
