@@ -13,9 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
 
 from defense import TRANSFORMS
 from errors import CleverError, UsageError, quiet_tensorflow, run_cli
+from log_lines import datagen_line
 from norms import GRAD_KEYS
 from target_selection import DEFAULT_TARGET_TYPE, USER
 from user_inputs import add_user_model_flags
@@ -61,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageNet weights: imagenet (Keras cache or download), a file path, or random (testing)")
     p.add_argument("--labels", default="", help="ImageNet: a '<file name> <class index>' file (0-based), e.g. val.txt")
     add_user_model_flags(p)
+    p.add_argument("--ray", default="", metavar="ADDRESS",
+                   help="run on Ray: local (a Ray instance on this machine), auto or host:port (a running cluster)")
+    p.add_argument("--ray_workers", type=int, default=0,
+                   help="with --ray: worker actors (0: one per GPU in the cluster, else one per machine)")
     p.add_argument("--overwrite", action="store_true", help="recompute (image, target) pairs whose file exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -80,6 +90,10 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--devices must be >= 0, got {args.devices}")
     if args.nthreads < 0:
         raise UsageError(f"--nthreads must be >= 0, got {args.nthreads}")
+    if args.ray_workers < 0:
+        raise UsageError(f"--ray_workers must be >= 0, got {args.ray_workers}")
+    if args.ray_workers and not args.ray:
+        raise UsageError("--ray_workers needs --ray ADDRESS")
     if args.radius < 0:
         raise UsageError(f"--radius must be >= 0, got {args.radius}")
     if not 0 <= args.rel_tol < 1:
@@ -164,8 +178,6 @@ def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: d
 
 def load_inputs(args):
     """(images, integer labels, dataset label for the output folder)."""
-    import numpy as np
-
     if args.data_path:
         from user_inputs import load_user_data, model_label
 
@@ -225,59 +237,152 @@ def hessian_contents(result, image_id: int, true_label: int, info: str, args_dic
             "info": info, "args": args_dict, "path": path, **ball_contents(result.ball)}
 
 
-def collect_order2(args, estimator, x0, image_id, true_label, todo, seq, counters, progress) -> None:
-    """Order 2: one Hessian collection per target, logged and saved as it finishes."""
-    from log_lines import collection_done_line, hessian_iteration_line, hessian_summary_line
+@dataclass
+class WorkItem:
+    """One image with its pending targets: what a worker, in this process or on Ray, computes."""
+
+    seq: int  # position of the image in the run, as printed in the [STATS] lines
+    image_id: int
+    true_label: int
+    x0: np.ndarray
+    todo: list[tuple[int, str, Path]]  # (target, info, result file)
+
+
+@dataclass
+class ItemOutcome:
+    """A work item's results, one TargetResult (order 1) or HessianResult (order 2) per target."""
+
+    item: WorkItem
+    results: list = field(default_factory=list)
+    error: str | None = None  # NaN/Inf logits or gradients for the whole item: nothing to save
+
+
+def compute_item(estimator, args, item: WorkItem, progress=None) -> ItemOutcome:
+    """Collect one work item's maxima: the same call in-process and on a Ray worker."""
+    from estimate_gradient_norm import NonFiniteError
+
+    targets = [t for t, _, _ in item.todo]
+    try:
+        if args.order == 2:
+            results = [estimator.estimate_hessian(item.x0, item.true_label, t, args.Nsamps, args.Niters,
+                                                  args.sample_norm, item.image_id, args.radius or None, progress)
+                       for t in targets]
+        else:
+            results = estimator.estimate_targets(
+                item.x0, item.true_label, targets, args.Nsamps, args.Niters, args.sample_norm,
+                transform=args.transform or None, image_id=item.image_id, radius=args.radius or None, progress=progress,
+                rel_tol=args.rel_tol)
+            if args.search_steps:
+                found = estimator.search_maxima(item.x0, item.true_label, targets, args.search_steps, args.sample_norm,
+                                                args.radius or None, item.image_id)
+                for result, row in zip(results, found):
+                    result.search_max = np.maximum(row, result.grad_max.max(0))
+    except NonFiniteError as err:
+        return ItemOutcome(item, error=str(err))
+    return ItemOutcome(item, results)
+
+
+class LocalExecutor:
+    """Runs work items one after another in this process, with a progress bar per item."""
+
+    def __init__(self, args, estimator):
+        self.args, self.estimator = args, estimator
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[ItemOutcome]:
+        from log_lines import ProgressBar
+
+        for item in items:
+            label = f"image {item.image_id} ({len(item.todo)} target{'s' * (len(item.todo) > 1)})"
+            progress = None if self.args.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
+            yield compute_item(self.estimator, self.args, item, progress)
+
+    def close(self) -> None:
+        pass
+
+
+def plan_items(args, test_x, test_y, images, logits, names, folder, counters) -> Iterator[WorkItem]:
+    """Print each image's [DATAGEN] line and yield its pending targets as work items.
+
+    A generator, so that a local run prints each image's lines next to its results, as before.
+    """
+    from target_selection import choose_targets
+
+    for no, ((image_id, user_target), pred) in enumerate(zip(images, logits), start=1):
+        true_label, predicted = int(test_y[image_id]), int(np.argmax(pred))
+        if not np.all(np.isfinite(pred)):
+            print(f"[ERROR] logits of image {image_id} are NaN or Inf; skipping it", file=sys.stderr)
+            counters["failed"].append((image_id, None))
+            continue
+        chosen = choose_targets(pred, args.target_type, args.seed, image_id, user_target)
+        correct = predicted == true_label
+        print(datagen_line(no, image_id, true_label, predicted, correct,
+                           [t for t, _ in chosen] if correct else [], [i for _, i in chosen] if correct else [],
+                           (names[true_label], names[predicted]) if names else None))
+        if not correct:
+            print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); skipping")
+            continue
+        todo = pending_targets(args, folder, image_id, true_label, chosen)
+        # Order 2 collects target by target (no shared samples), so each target is an item of its own.
+        for group in ([[t] for t in todo] if args.order == 2 else [todo] if todo else []):
+            yield WorkItem(no - 1, image_id, true_label, test_x[image_id], group)
+
+
+def save_outcome(args, estimator, outcome: ItemOutcome, counters: dict) -> None:
+    """Print a finished item's lines and write its files atomically (always in the driver)."""
+    from log_lines import collection_done_line, collection_summary_lines, hessian_iteration_line, hessian_summary_line
     from mat_files import save_mat_atomically
 
-    for target, info, path in todo:
-        result = estimator.estimate_hessian(x0, true_label, target, args.Nsamps, args.Niters, args.sample_norm,
-                                            image_id, args.radius or None, progress)
-        counters["total"] += 1
-        elapsed = 0.0
-        for it, (h2, dt) in enumerate(zip(result.h2_max, result.iter_times)):
-            elapsed += dt
-            print(hessian_iteration_line(it, elapsed, dt, h2))
-        print(hessian_summary_line(result.g_x0, result.grad_norm_x0, result.h2_max))
-        print(collection_done_line(counters["total"], seq, image_id, time.time() - counters["start"], true_label,
-                                   target, info))
-        save_mat_atomically(path, hessian_contents(result, image_id, true_label, info, counters["args"],
-                                                   str(path.with_suffix(""))))
-        print("saved to", path)
-
-
-def report_and_save(args, estimator, results, todo, image_id, true_label, seq, counters) -> None:
-    from log_lines import collection_done_line, collection_summary_lines
-    from mat_files import save_mat_atomically
-
-    for result, (target, info, path) in zip(results, todo):
-        if result.error:
+    item = outcome.item
+    if outcome.error:
+        print(f"[ERROR] {outcome.error}; skipping image {item.image_id}", file=sys.stderr)
+        counters["failed"] += [(item.image_id, t) for t, _, _ in item.todo]
+        return
+    for result, (target, info, path) in zip(outcome.results, item.todo):
+        if getattr(result, "error", None):
             print(f"[ERROR] {result.error}; no file written for it", file=sys.stderr)
-            counters["failed"].append((image_id, target))
+            counters["failed"].append((item.image_id, target))
             continue
         counters["total"] += 1
-        estimator.log_iterations(result)
-        for line in collection_summary_lines(result.g_x0, result.grad_max.max(0), result.slope_max.max(0),
-                                             args.compute_slope):
-            print(line)
-        print(collection_done_line(counters["total"], seq, image_id, time.time() - counters["start"], true_label,
-                                   target, info))
-        save_mat_atomically(path, mat_contents(result, image_id, true_label, info, counters["args"],
-                                               str(path.with_suffix(""))))
+        if args.order == 2:
+            for it, (h2, elapsed) in enumerate(zip(result.h2_max, np.cumsum(result.iter_times))):
+                print(hessian_iteration_line(it, elapsed, result.iter_times[it], h2))
+            print(hessian_summary_line(result.g_x0, result.grad_norm_x0, result.h2_max))
+            contents = hessian_contents(result, item.image_id, item.true_label, info, counters["args"],
+                                        str(path.with_suffix("")))
+        else:
+            estimator.log_iterations(result)
+            for line in collection_summary_lines(result.g_x0, result.grad_max.max(0), result.slope_max.max(0),
+                                                 args.compute_slope):
+                print(line)
+            contents = mat_contents(result, item.image_id, item.true_label, info, counters["args"],
+                                    str(path.with_suffix("")))
+        print(collection_done_line(counters["total"], item.seq, item.image_id, time.time() - counters["start"],
+                                   item.true_label, target, info))
+        save_mat_atomically(path, contents)
         print("saved to", path)
+    sys.stdout.flush()
+
+
+def make_executor(args, estimator):
+    """The in-process executor, or the Ray one for --ray (the same run/close interface)."""
+    if not args.ray:
+        return LocalExecutor(args, estimator)
+    from cluster import RayExecutor
+
+    return RayExecutor(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     validate(args)
     quiet_tensorflow()
-    import numpy as np
+    if args.ray:
+        from cluster import prepare_driver
 
-    from estimate_gradient_norm import EstimateLipschitz, NonFiniteError
-    from log_lines import ProgressBar, datagen_line
+        prepare_driver(args.ray)  # before TensorFlow loads: ray installed? keep the driver off the GPUs
+    from estimate_gradient_norm import EstimateLipschitz
     from mat_files import remove_stale_temp_files
     from shmemarray import remove_stale_segments
-    from target_selection import choose_targets
     from user_inputs import check_outputs
 
     print({k: v for k, v in vars(args).items() if k != "range"})
@@ -312,45 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     counters = {"total": 0, "start": time.time(), "failed": [],
                 "args": {k: ("" if v is None else v) for k, v in vars(args).items() if k != "range"}}
     try:
-        for no, ((image_id, user_target), pred) in enumerate(zip(images, logits), start=1):
-            true_label, predicted = int(test_y[image_id]), int(np.argmax(pred))
-            if not np.all(np.isfinite(pred)):
-                print(f"[ERROR] logits of image {image_id} are NaN or Inf; skipping it", file=sys.stderr)
-                counters["failed"].append((image_id, None))
-                continue
-            chosen = choose_targets(pred, args.target_type, args.seed, image_id, user_target)
-            correct = predicted == true_label
-            print(datagen_line(no, image_id, true_label, predicted, correct,
-                               [t for t, _ in chosen] if correct else [], [i for _, i in chosen] if correct else [],
-                               (names[true_label], names[predicted]) if names else None))
-            if not correct:
-                print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); skipping")
-                continue
-            todo = pending_targets(args, folder, image_id, true_label, chosen)
-            if not todo:
-                continue
-            label = f"image {image_id} ({len(todo)} target{'s' * (len(todo) > 1)})"
-            progress = None if args.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
-            try:
-                if args.order == 2:
-                    collect_order2(args, estimator, test_x[image_id], image_id, true_label, todo, no - 1, counters,
-                                   progress)
-                    continue
-                results = estimator.estimate_targets(
-                    test_x[image_id], true_label, [t for t, _, _ in todo], args.Nsamps, args.Niters, args.sample_norm,
-                    transform=args.transform or None, image_id=image_id, radius=args.radius or None, progress=progress,
-                    rel_tol=args.rel_tol)
-                if args.search_steps:
-                    found = estimator.search_maxima(test_x[image_id], true_label, [t for t, _, _ in todo],
-                                                    args.search_steps, args.sample_norm, args.radius or None, image_id)
-                    for result, row in zip(results, found):
-                        result.search_max = np.maximum(row, result.grad_max.max(0))
-            except NonFiniteError as err:
-                print(f"[ERROR] {err}; skipping image {image_id}", file=sys.stderr)
-                counters["failed"] += [(image_id, t) for t, _, _ in todo]
-                continue
-            report_and_save(args, estimator, results, todo, image_id, true_label, no - 1, counters)
-            sys.stdout.flush()
+        executor = make_executor(args, estimator)
+        try:
+            for outcome in executor.run(plan_items(args, test_x, test_y, images, logits, names, folder, counters)):
+                save_outcome(args, estimator, outcome, counters)
+        finally:
+            executor.close()
     finally:
         estimator.close()
     if counters["failed"]:

@@ -129,6 +129,11 @@ def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float],
     return f"[STATS][L1] image = {image:3d}, n_classes = {n_classes:3d}, {parts}"
 
 
+def ray_workers_line(workers: int, nodes: int, gpus: int, address: str) -> str:
+    """Printed once a --ray run's workers have loaded the model."""
+    return f"[RAY] {workers} worker(s) ready on {nodes} node(s) with {gpus} GPU(s), cluster {address}"
+
+
 class ProgressBar:
     """A progress line on stderr per (image, targets) pass: iterations, samples/s and ETA.
 
@@ -138,24 +143,27 @@ class ProgressBar:
 
     CLEAR_TO_END = "\x1b[K"
 
-    def __init__(self, label: str, total: int, samples_per_step: int, stream: TextIO = sys.stderr):
-        self.label, self.total, self.samples = label, total, samples_per_step
+    def __init__(self, label: str, total: int, samples_per_step: int, stream: TextIO = sys.stderr,
+                 unit: str = "samples"):
+        self.label, self.total, self.samples, self.unit = label, total, samples_per_step, unit
         self.stream = stream
         self.start = time.perf_counter()
         self.tty = stream.isatty()
         self._next_report = 0.0
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, amount: float | None = None) -> None:
+        """`done` of `total` steps; `amount` (default done * samples_per_step) counts toward the rate."""
         elapsed = time.perf_counter() - self.start
         fraction = done / self.total
         if not self.tty and fraction < self._next_report and done < self.total:
             return
         self._next_report = fraction + 0.1
-        rate = done * self.samples / elapsed if elapsed > 0 else 0.0
+        amount = done * self.samples if amount is None else amount
+        rate = amount / elapsed if elapsed > 0 else 0.0
         eta = elapsed / done * (self.total - done) if done else 0.0
         width = 24
         bar = "=" * int(width * fraction) + "." * (width - int(width * fraction))
-        text = f"{self.label} [{bar}] {done}/{self.total} {rate:,.0f} samples/s ETA {eta:.0f}s"
+        text = f"{self.label} [{bar}] {done}/{self.total} {rate:,.0f} {self.unit}/s ETA {eta:.0f}s"
         end = "\n" if (not self.tty or done == self.total) else ""
         self.stream.write(f"\r{text}{self.CLEAR_TO_END}{end}" if self.tty else text + end)
         self.stream.flush()

@@ -1,0 +1,225 @@
+"""Running collect_gradients.py's work items on a Ray cluster (`--ray ADDRESS`).
+
+The driver (collect_gradients.py) plans the work items and writes every result file; the
+workers, Ray actors, each load the model and compile the step once, then compute one work item
+(an image with its pending targets) at a time and send back the maxima. No shared filesystem
+is needed: a `--model_path` file travels through Ray's object store, and joined clusters get
+the project's code (with the zoo weights in models/) as the job's working directory.
+
+Nothing in the compute core (estimate_gradient_norm.py) knows about Ray, and ray is an optional
+dependency (requirements-cluster.txt), imported only here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import signal
+import tarfile
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from errors import CleverError, UsageError
+
+INSTALL_HINT = "--ray needs the optional package ray: pip install -r requirements-cluster.txt"
+REPO = Path(__file__).resolve().parent
+MAX_RESTARTS = 3  # a worker that dies more often than this fails the run instead of looping
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # work items and maxima are small
+WAIT_S = 1.0  # longest wait for a result, so Ctrl-C and SIGTERM are handled promptly
+CODE_EXCLUDES = [".git", ".venv", "data", "tests", "logs", "lipschitz_mat", "reproduction", "bench/results", "*.mat"]
+
+
+def require_ray(address: str = ""):
+    """Import ray, or fail with the one-line install hint."""
+    if address == "local":
+        # A local instance serves one machine: its processes talk over the loopback interface.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError as err:
+        raise UsageError(INSTALL_HINT) from err
+    return ray
+
+
+def prepare_driver(address: str) -> None:
+    """Check that ray is there and keep the driver's TensorFlow off the GPUs (the workers use them)."""
+    require_ray(address)
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+
+
+def connect(address: str, save: str = "") -> bool:
+    """Start (`local`) or join (`auto`, `host:port`) Ray; True if this process started the instance."""
+    ray = require_ray(address)
+    if ray.is_initialized():  # a program embedding collect_gradients (or a test) is already connected
+        return False
+    sigterm = signal.getsignal(signal.SIGTERM)
+    options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        if address == "local":
+            ray.init(address="local", _node_ip_address="127.0.0.1", object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                     **options)
+        else:
+            excludes = CODE_EXCLUDES + _inside_repo(save)
+            ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": excludes}, **options)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        raise CleverError(f"cannot start or join Ray at {address!r}: {_first_line(err)}") from err
+    finally:
+        # ray.init replaces the SIGTERM handler by a bare sys.exit, which would skip our cleanup message.
+        signal.signal(signal.SIGTERM, sigterm)
+    return address == "local"
+
+
+def _inside_repo(folder: str) -> list[str]:
+    """The results folder, as a working-directory exclude, when it lies inside the project."""
+    if not folder:
+        return []
+    try:
+        return [str(Path(folder).resolve().relative_to(REPO))]
+    except ValueError:
+        return []
+
+
+def _first_line(err: BaseException) -> str:
+    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+
+
+def pack_path(path: str) -> bytes:
+    """A file or folder (SavedModel) as an in-memory tar, to ship through the object store."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(path, arcname=Path(path).name)
+    return buffer.getvalue()
+
+
+def unpack_path(data: bytes, folder: str) -> str:
+    """Extract a `pack_path` archive into `folder`; the path of the file or folder it held."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(folder, filter="data")
+        return str(Path(folder) / tar.getnames()[0].split("/")[0])
+
+
+def shipped_paths(args) -> list[str]:
+    """The flags naming input files the workers load: their contents travel with the actors."""
+    names = ["model_path"]
+    if args.dataset == "imagenet" and os.path.isfile(args.weights):
+        names.append("weights")
+    return [name for name in names if getattr(args, name)]
+
+
+class GradientWorker:
+    """A Ray actor: loads the model once, then computes work items (collect_gradients.compute_item)."""
+
+    def __init__(self, args, names: list[str], *contents: bytes):
+        from collect_gradients import load_classifier
+        from errors import quiet_tensorflow
+
+        quiet_tensorflow()
+        from estimate_gradient_norm import EstimateLipschitz
+
+        self.args = args
+        self.estimator = EstimateLipschitz(seed=args.seed, nthreads=args.nthreads, sampler=args.sampler, log=None)
+        folder = tempfile.mkdtemp(prefix="clever_worker_")
+        try:
+            for name, data in zip(names, contents):  # Ray resolved the object refs into bytes
+                setattr(args, name, unpack_path(data, folder))
+            load_classifier(args, self.estimator)  # the model is in memory after this: the files can go
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, item):
+        from collect_gradients import compute_item
+
+        return compute_item(self.estimator, self.args, item)
+
+
+class RayExecutor:
+    """Runs work items on Ray actors; the same run/close interface as collect_gradients.LocalExecutor.
+
+    Results come back in the order items finish. Each item's samples are seeded by (seed, image),
+    so the maxima do not depend on which worker ran it, nor on how often it was rerun.
+    """
+
+    def __init__(self, args):
+        self.args = args
+        self.ray = require_ray(args.ray)
+        self.started = connect(args.ray, args.save)
+        self.actors: list = []
+        try:
+            self._start_workers()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_workers(self) -> None:
+        from log_lines import ray_workers_line
+
+        ray = self.ray
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = self.args.ray_workers or gpus or len(nodes)
+        # One GPU per worker; CPU workers are spread over the machines (TensorFlow uses all cores of one).
+        options = {"num_gpus": 1} if gpus else {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+        actor_class = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(GradientWorker)
+        names = shipped_paths(self.args)
+        refs = [ray.put(pack_path(getattr(self.args, name))) for name in names]  # one copy for all workers
+        self.actors = [actor_class.options(**options).remote(self.args, names, *refs) for _ in range(count)]
+        self.pids = self._get([a.pid.remote() for a in self.actors], "a Ray worker failed to start")
+        address = ray.get_runtime_context().gcs_address
+        print(ray_workers_line(count, len(nodes), gpus, address), flush=True)
+
+    def _get(self, refs, context: str):
+        """ray.get, with a worker's failure turned into the error a local run would print."""
+        ray = self.ray
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, CleverError):
+                raise cause from None
+            raise CleverError(f"{context}: {_first_line(cause or err)}") from None
+        except ray.exceptions.RayActorError as err:
+            raise CleverError(f"{context}: {_first_line(err)}") from None
+
+    def run(self, items: Iterable) -> Iterator:
+        """Yield each item's ItemOutcome as it finishes, keeping every worker busy with one item."""
+        from log_lines import ProgressBar
+
+        queue = deque(items)
+        total = len(queue)
+        grads = {id(item): len(item.todo) * self.args.Nsamps * self.args.Niters for item in queue}
+        bar = None if self.args.quiet else ProgressBar(f"{total} work items on {len(self.actors)} workers", total,
+                                                       0, unit="gradients")
+        idle, running, done, amount = list(self.actors), {}, 0, 0
+        while queue or running:
+            while idle and queue:
+                actor, item = idle.pop(), queue.popleft()
+                running[actor.run.remote(item)] = (actor, item)
+            finished, _ = self.ray.wait(list(running), num_returns=1, timeout=WAIT_S)
+            for ref in finished:
+                actor, item = running.pop(ref)
+                outcome = self._get(ref, f"a Ray worker failed on image {item.image_id}")
+                idle.append(actor)
+                done, amount = done + 1, amount + grads[id(item)]
+                if bar:
+                    bar(done, amount)
+                yield outcome
+
+    def close(self) -> None:
+        """Stop the workers (and the Ray instance, if this run started it)."""
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001, S110 - already dead or the cluster is gone; nothing left to stop
+                pass
+        self.actors = []
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
