@@ -50,7 +50,10 @@ def prepare_driver(address: str) -> None:
     require_ray(address)
     import tensorflow as tf
 
-    tf.config.set_visible_devices([], "GPU")
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already ran in this process (a program embedding the CLI): leave it
+        pass
 
 
 def connect(address: str, save: str = "") -> bool:
@@ -68,11 +71,22 @@ def connect(address: str, save: str = "") -> bool:
             excludes = CODE_EXCLUDES + _inside_repo(save)
             ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": excludes}, **options)
     except (ConnectionError, ValueError, RuntimeError) as err:
+        _stop_partial_start(ray)
         raise CleverError(f"cannot start or join Ray at {address!r}: {_first_line(err)}") from err
+    except BaseException:  # Ctrl-C or SIGTERM during start-up: stop what ray.init already started
+        _stop_partial_start(ray)
+        raise
     finally:
         # ray.init replaces the SIGTERM handler by a bare sys.exit, which would skip our cleanup message.
         signal.signal(signal.SIGTERM, sigterm)
     return address == "local"
+
+
+def _stop_partial_start(ray) -> None:
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001, S110 - best effort on the way out of a failed start
+        pass
 
 
 def _inside_repo(folder: str) -> list[str]:
@@ -151,15 +165,12 @@ class RayExecutor:
     def __init__(self, args):
         self.args = args
         self.ray = require_ray(args.ray)
-        self.started = connect(args.ray, args.save)
+        self.started = False
         self.actors: list = []
-        try:
-            self._start_workers()
-        except BaseException:
-            self.close()
-            raise
 
     def _start_workers(self) -> None:
+        """Connect and start the actors: only once there is work, so a finished run resumes at no cost."""
+        self.started = connect(self.args.ray, self.args.save)
         from log_lines import ray_workers_line
 
         ray = self.ray
@@ -195,6 +206,9 @@ class RayExecutor:
 
         queue = deque(items)
         total = len(queue)
+        if not total:
+            return
+        self._start_workers()
         grads = {id(item): len(item.todo) * self.args.Nsamps * self.args.Niters for item in queue}
         bar = None if self.args.quiet else ProgressBar(f"{total} work items on {len(self.actors)} workers", total,
                                                        0, unit="gradients")

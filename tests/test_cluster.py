@@ -1,0 +1,215 @@
+"""collect_gradients.py --ray: the same files as a local run, a killed worker, an interrupted driver.
+
+One local Ray instance (loopback only, 2 CPUs, no dashboard) is shared by the module's tests;
+every Ray process a test starts is stopped by it.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when ray is imported: Ray binds to 127.0.0.1
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io as sio
+
+from conftest import REPO, affine_model, run_script
+
+ray = pytest.importorskip("ray")
+
+RAY_DAEMONS = "raylet|gcs_server"
+
+
+def ray_processes(pattern: str) -> set[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return {int(p) for p in found} - {os.getpid()}
+
+
+def descendants(root: int) -> set[int]:
+    """Processes below `root` (by parent links in /proc)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, _temp_dir=temp,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def affine_files(tmp_path_factory):
+    """An affine model (exact gradient norms) saved as a file, and 3 images it classifies as labelled."""
+    root = tmp_path_factory.mktemp("affine")
+    rng = np.random.default_rng(5)
+    w, b = rng.normal(size=(64, 10)), rng.normal(size=10)
+    affine_model(w, b, (8, 8, 1)).save(root / "affine.keras")
+    x = rng.uniform(-0.5, 0.5, (3, 8, 8, 1)).astype(np.float32)
+    y = np.argmax(x.reshape(3, -1) @ w + b, axis=1)
+    np.savez(root / "three.npz", x=x, y=y)
+    return root, w
+
+
+def collect_args(root: Path, save: Path, *extra: str) -> list[str]:
+    return ["--model_path", str(root / "affine.keras"), "--data_path", str(root / "three.npz"), "-n", "3",
+            "--target_type", "5", "-N", "64", "-i", "5", "-s", str(save), "--quiet", *extra]
+
+
+def mat_files(save: Path) -> dict[str, dict]:
+    files = sorted(save.rglob("*.mat"))
+    return {f.name: {k: v for k, v in sio.loadmat(f).items() if not k.startswith("__") and k not in ("args", "path")}
+            for f in files}
+
+
+def assert_same_files(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want) and len(want) == 6  # 3 images x (top-2, least likely)
+    for name in want:
+        for key in want[name]:
+            assert np.array_equal(got[name][key], want[name][key]), (name, key)
+
+
+@pytest.fixture(scope="module")
+def local_run(affine_files, tmp_path_factory):
+    from collect_gradients import main
+
+    root, _ = affine_files
+    save = tmp_path_factory.mktemp("local")
+    assert main(collect_args(root, save)) == 0
+    return mat_files(save)
+
+
+def test_ray_run_writes_the_files_of_a_local_run(ray_instance, affine_files, local_run, tmp_path, capsys):
+    from collect_gradients import main
+
+    root, w = affine_files
+    assert main(collect_args(root, tmp_path, "--ray", "auto", "--ray_workers", "2")) == 0
+    out = capsys.readouterr().out
+    assert "[RAY] 2 worker(s) ready on 1 node(s)" in out and out.count("saved to") == 6
+    got = mat_files(tmp_path)
+    assert_same_files(got, local_run)
+    for contents in got.values():  # affine: every sampled gradient of g = f_c - f_j is w_c - w_j
+        c, j = int(contents["true_label"][0, 0]), int(contents["target_label"][0, 0])
+        np.testing.assert_allclose(contents["G2_max"].ravel(), np.linalg.norm(w[:, c] - w[:, j]), rtol=1e-5)
+    assert main(collect_args(root, tmp_path, "--ray", "auto", "--ray_workers", "2")) == 0  # resume: all skipped
+    out = capsys.readouterr().out
+    assert out.count("already exists. Skipping") == 6 and "saved to" not in out and "[RAY]" not in out
+
+
+@pytest.mark.slow  # ~35 s on the loaded 2-core machine: two workers start, one is killed and restarts
+def test_a_worker_killed_mid_item_is_restarted_and_its_item_rerun(ray_instance, affine_files, tmp_path, capsys):
+    from collect_gradients import main
+
+    root, _ = affine_files
+    longer = ["-i", "400"]  # items long enough to be caught running
+    reference = tmp_path / "reference"
+    assert main(collect_args(root, reference, *longer)) == 0
+    capsys.readouterr()
+    killed = []
+
+    def kill_a_running_worker():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for pid in descendants(os.getpid()):
+                if cmdline(pid).startswith("ray::GradientWorker.run"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_running_worker)
+    killer.start()
+    try:
+        assert main(collect_args(root, tmp_path / "ray", *longer, "--ray", "auto", "--ray_workers", "2")) == 0
+    finally:
+        killed.append(None)  # stops the killer if the run ended first
+        killer.join(timeout=10)
+    assert killed[0] is not None, "no worker was caught running an item"
+    assert capsys.readouterr().out.count("saved to") == 6  # nothing lost, nothing saved twice
+    assert_same_files(mat_files(tmp_path / "ray"), mat_files(reference))
+
+
+def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, tmp_path):
+    root, _ = affine_files
+    before = ray_processes(RAY_DAEMONS)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    proc = subprocess.Popen([sys.executable, "collect_gradients.py", *collect_args(root, tmp_path, "-i", "1000000"),
+                             "--ray", "local", "--ray_workers", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:  # wait until the worker is computing
+            if line.startswith("[RAY]") or time.monotonic() > deadline:
+                break
+        started = ray_processes(RAY_DAEMONS) - before
+        assert started, "the run started no Ray instance"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1] == "error: interrupted by SIGTERM"
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+    deadline = time.monotonic() + 15
+    while ray_processes(RAY_DAEMONS) & started and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_processes(RAY_DAEMONS) & started
+
+
+def test_without_ray_the_flag_says_how_to_install_it(tmp_path):
+    code = ("import runpy, sys; sys.modules['ray'] = None; sys.argv = ['collect_gradients.py'] + sys.argv[1:]; "
+            "runpy.run_path('collect_gradients.py', run_name='__main__')")
+    res = run_script("-c", code, "--ray", "local", "-s", str(tmp_path))
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: --ray needs the optional package ray: pip install -r requirements-cluster.txt"
+
+
+def test_shipped_model_files_and_folders_round_trip(tmp_path):
+    from cluster import pack_path, unpack_path
+
+    folder = tmp_path / "saved_model"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    (folder / "variables" / "v.data").write_bytes(b"weights")
+    (tmp_path / "m.keras").write_bytes(b"keras zip")
+    out = tmp_path / "out"
+    out.mkdir()
+    got = Path(unpack_path(pack_path(str(folder)), str(out)))
+    assert got == out / "saved_model" and (got / "variables" / "v.data").read_bytes() == b"weights"
+    assert Path(unpack_path(pack_path(str(tmp_path / "m.keras")), str(out))).read_bytes() == b"keras zip"
