@@ -29,6 +29,7 @@ INSTALL_HINT = "--ray needs the optional package ray: pip install -r requirement
 REPO = Path(__file__).resolve().parent
 MAX_RESTARTS = 3  # a worker that dies more often than this fails the run instead of looping
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # work items and maxima are small
+CLOSE_WAIT_S = 2.0  # how long idle workers get to close their sample pools at the end
 WAIT_S = 1.0  # longest wait for a result, so Ctrl-C and SIGTERM are handled promptly
 CODE_EXCLUDES = [".git", ".venv", "data", "tests", "logs", "lipschitz_mat", "reproduction", "bench/results", "*.mat"]
 
@@ -135,6 +136,9 @@ class GradientWorker:
 
         quiet_tensorflow()
         from estimate_gradient_norm import EstimateLipschitz
+        from shmemarray import remove_stale_segments
+
+        remove_stale_segments(verbose=False)  # left on this machine by a worker killed mid-item (--sampler pool)
 
         self.args = args
         self.estimator = EstimateLipschitz(seed=args.seed, nthreads=args.nthreads, sampler=args.sampler, log=None)
@@ -154,6 +158,9 @@ class GradientWorker:
 
         return compute_item(self.estimator, self.args, item)
 
+    def close(self) -> None:
+        self.estimator.close()  # the sample pool's processes and shared memory, if any
+
 
 class RayExecutor:
     """Runs work items on Ray actors; the same run/close interface as collect_gradients.LocalExecutor.
@@ -170,6 +177,8 @@ class RayExecutor:
 
     def _start_workers(self) -> None:
         """Connect and start the actors: only once there is work, so a finished run resumes at no cost."""
+        if self.actors:
+            return
         self.started = connect(self.args.ray, self.args.save)
         from log_lines import ray_workers_line
 
@@ -229,6 +238,11 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop the workers (and the Ray instance, if this run started it)."""
+        if self.actors:
+            try:  # idle workers close their sample pools; busy ones (an interrupted run) are killed below
+                self.ray.get([actor.close.remote() for actor in self.actors], timeout=CLOSE_WAIT_S)
+            except Exception:  # noqa: BLE001, S110 - a timeout or a dead worker: the kill below is enough
+                pass
         for actor in self.actors:
             try:
                 self.ray.kill(actor, no_restart=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the paper's Table 2 (CW and I-FGSM distortions next to CLEVER scores) for the shipped
 # MNIST and CIFAR models:
-#   ./reproduce.sh [-k K] [-N nsamp] [-i niters] [-o folder] [dataset:model ...]
+#   ./reproduce.sh [-k K] [-N nsamp] [-i niters] [-o folder] [-r ray_address] [dataset:model ...]
 # K test images per network (the paper used 500), with least-likely, random and top-2 targets.
 # Networks default to every one of mnist:2-layer mnist:normal mnist:distilled mnist:brelu and the
 # same for cifar whose weights are in models/ (missing ones are skipped with a note).
@@ -10,18 +10,21 @@
 # can be added one at a time; delete the folder to start over.
 # The interpreter is $PYTHON (default python3); CLEVER_DATA_DIR names the data folder; extra
 # attacks.py flags (e.g. --cw_iterations 200 for a quick look) go in ATTACK_ARGS.
+# -r ADDRESS collects the gradients on Ray (collect_gradients.py --ray ADDRESS: local, auto or host:port).
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [-k images] [-N nsamp] [-i niters] [-o folder] [dataset:model ...]" >&2
+  echo "usage: $0 [-k images] [-N nsamp] [-i niters] [-o folder] [-r ray_address] [dataset:model ...]" >&2
   echo "  dataset: mnist|cifar  model: 2-layer|normal|distilled|brelu" >&2
   exit 2
 }
 
 K=20 NSAMP=256 NITERS=100 OUT=reproduction
-while getopts "k:N:i:o:h" opt; do
+ray_args=()
+while getopts "k:N:i:o:r:h" opt; do
   case $opt in
-    k) K=$OPTARG ;; N) NSAMP=$OPTARG ;; i) NITERS=$OPTARG ;; o) OUT=$OPTARG ;; *) usage ;;
+    k) K=$OPTARG ;; N) NSAMP=$OPTARG ;; i) NITERS=$OPTARG ;; o) OUT=$OPTARG ;; r) ray_args=(--ray "$OPTARG") ;;
+    *) usage ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -57,7 +60,7 @@ print(models_folder() / p(sys.argv[1], sys.argv[2]).weights_file)" "$dataset" "$
   name="$(echo "$dataset" | tr a-z A-Z)-${LABEL[$model]}"
   echo "[REPRO] $name: CLEVER (-N $NSAMP -i $NITERS) and attacks on $K images" >&2
   "$PY" collect_gradients.py -d "$dataset" -m "$model" -n "$K" --target_type 7 -N "$NSAMP" -i "$NITERS" \
-    -s "$OUT/lipschitz_mat" --quiet > "$OUT/collect_$tag.log" 2>&1
+    -s "$OUT/lipschitz_mat" --quiet ${ray_args[@]+"${ray_args[@]}"} > "$OUT/collect_$tag.log" 2>&1
   "$PY" clever.py "$OUT/lipschitz_mat/$tag" --csv "$OUT/clever_$tag.csv" > "$OUT/clever_$tag.log" 2>&1
   if [ ! -f "$OUT/attacks_$tag.csv" ]; then  # a rerun reuses finished attacks (and .mat files)
     # shellcheck disable=SC2086

@@ -5,7 +5,8 @@
 # target: top2|rand|least|all. Scores NUMIMG (default 20) test images with batch size = nsamp and
 # logs to logs/<model>/<modeltype>/<target>_<nsamp>_<niters>_<activation>_order<order>_<timestamp>.log.
 # Extra collect_gradients.py flags can be passed in CLEVER_ARGS, the log root in CLEVER_LOG_DIR
-# (default logs) and the interpreter in PYTHON (default python3).
+# (default logs) and the interpreter in PYTHON (default python3). CLEVER_RAY=ADDRESS runs the collection
+# on Ray (collect_gradients.py --ray ADDRESS: local, auto or host:port).
 set -euo pipefail
 
 usage() {
@@ -34,5 +35,5 @@ echo "logging to $log" >&2
 # shellcheck disable=SC2086
 "${PYTHON:-python3}" collect_gradients.py --dataset "$model" --model_name "$modeltype" --activation "$activation" \
   -N "$nsamp" -i "$niters" -b "$nsamp" --order "$order" --target_type "$mask" -n "$NUMIMG" --quiet \
-  ${CLEVER_ARGS:-} 2>&1 | tee "$log"
+  ${CLEVER_RAY:+--ray "$CLEVER_RAY"} ${CLEVER_ARGS:-} 2>&1 | tee "$log"
 exit "${PIPESTATUS[0]}"

@@ -213,3 +213,14 @@ def test_shipped_model_files_and_folders_round_trip(tmp_path):
     got = Path(unpack_path(pack_path(str(folder)), str(out)))
     assert got == out / "saved_model" and (got / "variables" / "v.data").read_bytes() == b"weights"
     assert Path(unpack_path(pack_path(str(tmp_path / "m.keras")), str(out))).read_bytes() == b"keras zip"
+
+
+def test_run_sh_passes_the_ray_address_on(tmp_path):
+    fake = tmp_path / "python"  # records the scripts' arguments instead of running them
+    fake.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), CLEVER_RAY="10.0.0.1:6379", CLEVER_LOG_DIR=str(tmp_path / "logs"))
+    res = subprocess.run(["bash", str(REPO / "run.sh"), "mnist", "normal", "16", "3", "relu", "1", "top2"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "calls").read_text().split("--quiet")[1].split() == ["--ray", "10.0.0.1:6379"]
