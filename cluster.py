@@ -127,6 +127,19 @@ def shipped_paths(args) -> list[str]:
     return [name for name in names if getattr(args, name)]
 
 
+def get_results(ray, refs, context: str):
+    """ray.get, with a worker's failure turned into the one-line error a local run would print."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, CleverError):
+            raise cause from None
+        raise CleverError(f"{context}: {_first_line(cause or err)}") from None
+    except ray.exceptions.RayActorError as err:
+        raise CleverError(f"{context}: {_first_line(err)}") from None
+
+
 class GradientWorker:
     """A Ray actor: loads the model once, then computes work items (collect_gradients.compute_item)."""
 
@@ -192,22 +205,9 @@ class RayExecutor:
         names = shipped_paths(self.args)
         refs = [ray.put(pack_path(getattr(self.args, name))) for name in names]  # one copy for all workers
         self.actors = [actor_class.options(**options).remote(self.args, names, *refs) for _ in range(count)]
-        self.pids = self._get([a.pid.remote() for a in self.actors], "a Ray worker failed to start")
+        self.pids = get_results(self.ray, [a.pid.remote() for a in self.actors], "a Ray worker failed to start")
         address = ray.get_runtime_context().gcs_address
         print(ray_workers_line(count, len(nodes), gpus, address), flush=True)
-
-    def _get(self, refs, context: str):
-        """ray.get, with a worker's failure turned into the error a local run would print."""
-        ray = self.ray
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayTaskError as err:
-            cause = getattr(err, "cause", None)
-            if isinstance(cause, CleverError):
-                raise cause from None
-            raise CleverError(f"{context}: {_first_line(cause or err)}") from None
-        except ray.exceptions.RayActorError as err:
-            raise CleverError(f"{context}: {_first_line(err)}") from None
 
     def run(self, items: Iterable) -> Iterator:
         """Yield each item's ItemOutcome as it finishes, keeping every worker busy with one item."""
@@ -229,7 +229,7 @@ class RayExecutor:
             finished, _ = self.ray.wait(list(running), num_returns=1, timeout=WAIT_S)
             for ref in finished:
                 actor, item = running.pop(ref)
-                outcome = self._get(ref, f"a Ray worker failed on image {item.image_id}")
+                outcome = get_results(self.ray, ref, f"a Ray worker failed on image {item.image_id}")
                 idle.append(actor)
                 done, amount = done + 1, amount + grads[id(item)]
                 if bar:

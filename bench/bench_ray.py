@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What running collect_gradients.py's work items on Ray costs, on this machine.
 
+- round trip: the median time of an empty call to a warm worker and its reply.
 - overhead: per work item, the median wall time of a small item sent to a warm Ray worker and
   its result fetched, minus the median time of the same item computed in-process (both after
   tracing). This is the cost Ray adds per item: serialising the item and the maxima, scheduling
@@ -30,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local instance on the loopback interface
 
 
+ROUND_TRIPS: list[float] = []  # seconds of an empty call to a warm worker
 STARTUP: dict[int, float] = {}  # workers -> seconds to start them and run their first (tracing) item
 
 
@@ -79,6 +81,10 @@ def on_ray(args, items: list, workers: int, one_at_a_time: bool) -> list[float]:
         list(executor.run(items[:workers]))  # each worker traces the step on its first item
         STARTUP[workers] = time.perf_counter() - begin
         if one_at_a_time:
+            for _ in range(50):  # a bare call and reply: Ray's own share of the per-item cost
+                begin = time.perf_counter()
+                executor.ray.get(executor.actors[0].pid.remote())
+                ROUND_TRIPS.append(time.perf_counter() - begin)
             times = []
             for item in items:
                 begin = time.perf_counter()
@@ -150,11 +156,13 @@ def main() -> None:
     driver_s = driver_cost()
     result = {"model": opts.model, "overhead_item": "-N 64 -i 5, 1 target", "in_process_item_s": local_small,
               "ray_item_s": ray_small, "overhead_s": ray_small - local_small,
+              "empty_call_round_trip_s": statistics.median(ROUND_TRIPS),
               "throughput_settings": f"-N {opts.N} -i {opts.i}, {opts.items} items of 1 target",
               "gradients_per_s": rates, "startup_and_first_item_s": STARTUP,
               "driver_s_per_item_3_targets_500_iterations": driver_s, "load_average": os.getloadavg()}
     print(f"per-item overhead ({result['overhead_item']}): Ray {ray_small * 1e3:.1f} ms - in-process "
           f"{local_small * 1e3:.1f} ms = {result['overhead_s'] * 1e3:.1f} ms")
+    print(f"empty call to a warm worker and back: {result['empty_call_round_trip_s'] * 1e3:.2f} ms (median of 50)")
     for name, rate in rates.items():
         print(f"{opts.model} {result['throughput_settings']}: {name:20s} {rate:9,.0f} gradients/s")
     print(f"start-up and first item, by workers: {', '.join(f'{w}: {t:.1f} s' for w, t in STARTUP.items())}")

@@ -162,7 +162,8 @@ def test_a_worker_killed_mid_item_is_restarted_and_its_item_rerun(ray_instance, 
     assert_same_files(mat_files(tmp_path / "ray"), mat_files(reference))
 
 
-def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, tmp_path, sig):
     root, _ = affine_files
     before = ray_processes(RAY_DAEMONS)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
@@ -177,19 +178,55 @@ def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, t
         started = ray_processes(RAY_DAEMONS) - before
         assert started, "the run started no Ray instance"
         time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert err.strip().splitlines()[-1] == "error: interrupted by SIGTERM"
+    assert proc.returncode == 128 + sig
+    assert err.strip().splitlines()[-1] == f"error: interrupted by {sig.name}"
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
     deadline = time.monotonic() + 15
     while ray_processes(RAY_DAEMONS) & started and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not ray_processes(RAY_DAEMONS) & started
+
+
+@pytest.mark.slow  # ~25 s each on the loaded 2-core machine
+@pytest.mark.parametrize("flags", [["--compute_slope", "--transform", "defend_reduce"], ["--order", "2"],
+                                   ["--target_type", "16"]])
+def test_other_flags_give_the_files_of_a_local_run_too(ray_instance, affine_files, tmp_path, flags, capsys):
+    from collect_gradients import main
+
+    root, _ = affine_files
+    runs = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "auto", "--ray_workers", "2"])):
+        assert main(collect_args(root, tmp_path / name, *flags, *extra)) == 0
+        runs[name] = mat_files(tmp_path / name)
+    assert sorted(runs["ray"]) == sorted(runs["local"]) and runs["local"]
+    for name, contents in runs["local"].items():
+        for key, value in contents.items():
+            assert np.array_equal(runs["ray"][name][key], value), (name, key)
+    capsys.readouterr()
+
+
+def test_a_worker_error_comes_back_as_the_one_line_error_of_a_local_run(ray_instance):
+    from cluster import get_results
+    from errors import CleverError, UsageError
+
+    @ray.remote
+    def bad_input():
+        raise UsageError("the model expects 3 channels")
+
+    @ray.remote
+    def crash():
+        raise ValueError("boom\nsecond line")
+
+    with pytest.raises(UsageError, match="^the model expects 3 channels$"):
+        get_results(ray, bad_input.remote(), "image 4")
+    with pytest.raises(CleverError, match="^image 4: boom$"):
+        get_results(ray, crash.remote(), "image 4")
 
 
 def test_without_ray_the_flag_says_how_to_install_it(tmp_path):
