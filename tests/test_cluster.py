@@ -79,13 +79,24 @@ def affine_files(tmp_path_factory):
     w, b = rng.normal(size=(64, 10)), rng.normal(size=10)
     affine_model(w, b, (8, 8, 1)).save(root / "affine.keras")
     x = rng.uniform(-0.5, 0.5, (3, 8, 8, 1)).astype(np.float32)
-    y = np.argmax(x.reshape(3, -1) @ w + b, axis=1)
-    np.savez(root / "three.npz", x=x, y=y)
+    np.savez(root / "affine.npz", x=x, y=np.argmax(x.reshape(3, -1) @ w + b, axis=1))
     return root, w
 
 
-def collect_args(root: Path, save: Path, *extra: str) -> list[str]:
-    return ["--model_path", str(root / "affine.keras"), "--data_path", str(root / "three.npz"), "-n", "3",
+def save_tanh_model(root: Path) -> None:
+    """A small tanh network (twice differentiable, for --order 2) and 3 images it classifies as labelled."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(16, "tanh"),
+                              keras.layers.Dense(10)])
+    model.save(root / "tanh.keras")
+    x = np.random.default_rng(6).uniform(-0.5, 0.5, (3, 8, 8, 1)).astype(np.float32)
+    np.savez(root / "tanh.npz", x=x, y=np.argmax(model.predict(x, verbose=0), axis=1))
+
+
+def collect_args(root: Path, save: Path, *extra: str, model: str = "affine") -> list[str]:
+    return ["--model_path", str(root / f"{model}.keras"), "--data_path", str(root / f"{model}.npz"), "-n", "3",
             "--target_type", "5", "-N", "64", "-i", "5", "-s", str(save), "--quiet", *extra]
 
 
@@ -200,9 +211,12 @@ def test_other_flags_give_the_files_of_a_local_run_too(ray_instance, affine_file
     from collect_gradients import main
 
     root, _ = affine_files
+    model = "tanh" if "--order" in flags else "affine"  # an affine model has no Hessian to iterate on
+    if model == "tanh":
+        save_tanh_model(root)
     runs = {}
     for name, extra in (("local", []), ("ray", ["--ray", "auto", "--ray_workers", "2"])):
-        assert main(collect_args(root, tmp_path / name, *flags, *extra)) == 0
+        assert main(collect_args(root, tmp_path / name, *flags, *extra, model=model)) == 0
         runs[name] = mat_files(tmp_path / name)
     assert sorted(runs["ray"]) == sorted(runs["local"]) and runs["local"]
     for name, contents in runs["local"].items():
