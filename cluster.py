@@ -143,7 +143,7 @@ def get_results(ray, refs, context: str):
 class GradientWorker:
     """A Ray actor: loads the model once, then computes work items (collect_gradients.compute_item)."""
 
-    def __init__(self, args, names: list[str], *contents: bytes):
+    def __init__(self, args, image_shape: tuple[int, ...], names: list[str], *contents: bytes):
         from collect_gradients import load_classifier
         from errors import quiet_tensorflow
 
@@ -159,7 +159,7 @@ class GradientWorker:
         try:
             for name, data in zip(names, contents):  # Ray resolved the object refs into bytes
                 setattr(args, name, unpack_path(data, folder))
-            load_classifier(args, self.estimator)  # the model is in memory after this: the files can go
+            load_classifier(args, self.estimator, image_shape)  # the model is in memory now: the files can go
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -188,7 +188,7 @@ class RayExecutor:
         self.started = False
         self.actors: list = []
 
-    def _start_workers(self) -> None:
+    def _start_workers(self, image_shape: tuple[int, ...]) -> None:
         """Connect and start the actors: only once there is work, so a finished run resumes at no cost."""
         if self.actors:
             return
@@ -204,7 +204,8 @@ class RayExecutor:
         actor_class = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(GradientWorker)
         names = shipped_paths(self.args)
         refs = [ray.put(pack_path(getattr(self.args, name))) for name in names]  # one copy for all workers
-        self.actors = [actor_class.options(**options).remote(self.args, names, *refs) for _ in range(count)]
+        self.actors = [actor_class.options(**options).remote(self.args, image_shape, names, *refs)
+                       for _ in range(count)]
         self.pids = get_results(self.ray, [a.pid.remote() for a in self.actors], "a Ray worker failed to start")
         address = ray.get_runtime_context().gcs_address
         print(ray_workers_line(count, len(nodes), gpus, address), flush=True)
@@ -217,7 +218,7 @@ class RayExecutor:
         total = len(queue)
         if not total:
             return
-        self._start_workers()
+        self._start_workers(tuple(queue[0].x0.shape))  # an ONNX model's layout is resolved from it
         grads = {id(item): len(item.todo) * self.args.Nsamps * self.args.Niters for item in queue}
         bar = None if self.args.quiet else ProgressBar(f"{total} work items on {len(self.actors)} workers", total,
                                                        0, unit="gradients")
