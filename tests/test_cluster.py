@@ -177,7 +177,8 @@ def test_a_worker_killed_mid_item_is_restarted_and_its_item_rerun(ray_instance, 
 def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, tmp_path, sig):
     root, _ = affine_files
     before = ray_processes(RAY_DAEMONS)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's session logs, removed below; short for its sockets
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TMPDIR=ray_tmp)
     proc = subprocess.Popen([sys.executable, "collect_gradients.py", *collect_args(root, tmp_path, "-i", "1000000"),
                              "--ray", "local", "--ray_workers", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -195,6 +196,7 @@ def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 128 + sig
     assert err.strip().splitlines()[-1] == f"error: interrupted by {sig.name}"
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
