@@ -26,7 +26,8 @@ def hessian_vector_product(logits_fn, x, c, j, v):
             logits = logits_fn(x)
             g = tf.gather(logits, c, axis=1) - tf.gather(logits, j, axis=1)
         grad = inner.gradient(g, x)
-    return outer.gradient(grad, x, output_gradients=v)
+    # An affine g has no path from grad to x: its Hessian is 0, not an error.
+    return outer.gradient(grad, x, output_gradients=v, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def power_iteration(hvp, x, v0, shift, active=None, tol: float = POWER_TOL, max_steps: int = POWER_MAX_STEPS):

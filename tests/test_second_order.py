@@ -114,3 +114,19 @@ def test_order2_bound_is_positive_and_close_to_first_order(tanh_mlp, tmp_path):
     # ball. On this network order 2 / order 1 measured 0.83, 0.96 and 0.88: close, slightly below.
     ratios = [s / f for s, f in zip(l2_second, l2_first)]
     assert all(0.6 <= r <= 1.5 for r in ratios), ratios
+
+
+def test_order_2_on_an_affine_model_has_zero_curvature_and_the_first_order_bound():
+    from clever_fit import second_order_bound
+    from conftest import affine_model
+    from estimate_gradient_norm import EstimateLipschitz
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(784, 3)), rng.normal(size=3)
+    est = EstimateLipschitz(seed=1, log=None)
+    est.load_model(model=affine_model(w, b), batch_size=16, order=2)
+    res = est.estimate_hessian(np.zeros((28, 28, 1), np.float32), 0, 2, 16, 2)
+    d = np.linalg.norm(w[:, 0] - w[:, 2])
+    np.testing.assert_array_equal(res.h2_max, 0.0)
+    assert res.grad_norm_x0 == pytest.approx(d, rel=1e-5)
+    assert second_order_bound(res.g_x0, res.grad_norm_x0, 0.0) == pytest.approx((b[0] - b[2]) / d, rel=1e-5)
