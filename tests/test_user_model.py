@@ -92,8 +92,9 @@ def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(
     out = run_script("clever.py", str(folder), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json"))
     table = pd.read_csv(tmp_path / "s.csv")
     assert list(table.columns) == ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score",
-                                   "score_lo", "score_hi", "lipschitz", "lipschitz_lo", "lipschitz_hi", "shape", "loc",
-                                   "scale", "ks", "pVal", "method", "order", "supported_radius", "beyond_ball", "partial"]
+                                   "score_lo", "score_hi", "lipschitz", "lipschitz_lo", "lipschitz_hi", "searched",
+                                   "shape", "loc", "scale", "ks", "pVal", "method", "order", "supported_radius",
+                                   "beyond_ball", "partial"]
     assert len(table) == 3 * 3 and set(table["norm"]) == {"L1", "L2", "Li"}
     printed = scores_of(out.stdout)
     np.testing.assert_allclose(sorted(table["score"]), sorted(printed), rtol=1e-4)
