@@ -74,6 +74,7 @@ def test_a_worker_that_raises_stops_the_run_cleanly(tmp_path):
     assert not list((tmp_path / "out").rglob("*.mat"))
 
 
+@pytest.mark.slow  # 28 s; the suite must stay under 8 minutes on 2 cores
 def test_transformed_scores_stay_close_to_plain_scores_on_the_shipped_model():
     from clever_fit import fit_reverse_weibull
     from estimate_gradient_norm import EstimateLipschitz

@@ -69,6 +69,7 @@ def test_selection_is_a_seeded_shuffle(tmp_path):
     assert first != load_imagenet(tmp_path / "many", 16, 3, firstimg=2, seed=8)[2]
 
 
+@pytest.mark.slow  # 12 s; the suite must stay under 8 minutes on 2 cores
 def test_mobilenet_end_to_end_prints_stats(tmp_path):
     model = build_imagenet_model("mobilenet_v1_025", "random", seed=1215)
     write_images(tmp_path / "raw", ["a.png", "b.png"], size=(224, 224))
