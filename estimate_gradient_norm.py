@@ -616,15 +616,9 @@ class EstimateLipschitz:
                     gmax[it, active], smax[it, active] = g.numpy(), s.numpy()
                     radii.append(reach)
                     times[it] = time.perf_counter() - begin
-                    self._check_finite(gmax[it], targets, image_id, it, errors)
-                    if tick:
-                        tick(it + 1)
-                    if stop is not None:
-                        active = stop.update(gmax[: it + 1], active)
-                        if not active:
-                            if tick:
-                                tick(niters)
-                            break
+                    active = self._after_iteration(it, gmax, targets, image_id, errors, tick, stop, active, niters)
+                    if not active:
+                        break
         else:
             step = self._given_iteration(x0.shape, nsamp, k)
             t_t = tf.constant(targets, tf.int32)
@@ -640,18 +634,23 @@ class EstimateLipschitz:
                     radii.append(reach)
                     now = time.perf_counter()
                     times[it], begin = now - begin, now
-                    self._check_finite(gmax[it], targets, image_id, it, errors)
-                    if tick:
-                        tick(it + 1)
-                    if stop is not None:
-                        # Here every target stays in the step (it is compiled for all of them); a stopped
-                        # target's later maxima are computed and then cut off.
-                        active = stop.update(gmax[: it + 1], active)
-                        if not active:
-                            if tick:
-                                tick(niters)
-                            break
+                    # Every target stays in this step (it is compiled for all of them); a stopped
+                    # target's later maxima are computed and then cut off.
+                    active = self._after_iteration(it, gmax, targets, image_id, errors, tick, stop, active, niters)
+                    if not active:
+                        break
         return gmax, smax, times, errors, tf.stack(radii).numpy()
+
+    def _after_iteration(self, it, gmax, targets, image_id, errors, tick, stop, active, niters) -> list[int]:
+        """Check finiteness, report progress and apply --rel_tol; the targets still sampling."""
+        self._check_finite(gmax[it], targets, image_id, it, errors)
+        if tick:
+            tick(it + 1)
+        if stop is not None:
+            active = stop.update(gmax[: it + 1], active)
+            if not active and tick:
+                tick(niters)
+        return active
 
     def _out_of_memory_as_error(self, nsamp: int):
         """A context that turns TensorFlow's multi-line out-of-memory report into one CleverError line."""
