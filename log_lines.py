@@ -1,4 +1,4 @@
-"""Every line format that users parse, in one place ([DATAGEN], [STATS], [DEBUG])."""
+"""Every line format that users parse, in one place ([DATAGEN], [STATS], [DEBUG], [COMPARE])."""
 
 from __future__ import annotations
 
@@ -132,6 +132,19 @@ def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float],
 def ray_workers_line(workers: int, nodes: int, gpus: int, address: str) -> str:
     """Printed once a --ray run's workers have loaded the model."""
     return f"[RAY] {workers} worker(s) ready on {nodes} node(s) with {gpus} GPU(s), cluster {address}"
+
+
+def compare_line(info: str, norm: str, pairs: int, mean_a: float, mean_b: float, ratio_: float, lo: float, hi: float,
+                 verdict: str) -> str:
+    """`[COMPARE] info = top2, norm = L2, pairs = 20, A = 0.827, B = 1.049, B/A = 1.27 [1.12, 1.43]: <verdict>`."""
+    return (f"[COMPARE] info = {info}, norm = {norm}, pairs = {pairs}, A = {mean_a:.4g}, B = {mean_b:.4g}, "
+            f"B/A = {ratio_:.2f} [{lo:.2f}, {hi:.2f}]: {verdict}")
+
+
+def compare_left_out_line(reason: str, keys: Sequence[tuple[int, str]]) -> str:
+    """`[COMPARE] left out, only in A: 2 (image, target type): id 3 least, id 3 top2`."""
+    listed = ", ".join(f"id {image} {info}" for image, info in keys)
+    return f"[COMPARE] left out, {reason}: {len(keys)} (image, target type): {listed}"
 
 
 class ProgressBar:

@@ -1,0 +1,377 @@
+"""Before and after: is model B more robust than model A, and how sure is that?
+
+Pure functions over two lists of `clever.py` rows (one dict per (file, norm), with `id`, `info`,
+`norm`, `score` and, when available, the score's 95% interval `score_lo`, `score_hi`), plus the
+writers of the paired table and the plot. `clever.py --compare DIR_A DIR_B` scores both folders
+and hands the rows here.
+
+Pairing: by (image id, target type `info`, norm). Top-2 and least-likely targets are chosen by
+each model, so the same type may be a different class in A and in B; the question is "how far is
+this image from its top-2 (least-likely) class", asked of both models. Untargeted folders (info
+`class<j>`, or every row with `untargeted=True`) are reduced first to one row per (image, norm):
+the minimum score over the classes, with interval [min of the lower ends, min of the upper ends].
+Images present in one folder only are listed and left out.
+
+Summary per (info, norm): the number of pairs, the mean score of A and of B, the ratio B/A of the
+means and its 95% interval, and a verdict. How the interval is made is explained in
+`ratio_interval`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from errors import UsageError
+
+LEVEL = 0.95  # the confidence level of the ratio's interval (the per-score intervals are 95% too)
+Z_SCORE_INTERVAL = 1.959963984540054  # the standard normal's 97.5% quantile: half-width of a 95% interval in sigmas
+REPLICATES = 4000  # bootstrap replicates: the 2.5% and 97.5% quantiles move by < 0.5% of the width between seeds
+SEED = 20180418  # fixed, so that a comparison prints the same interval every time it is run
+INFO_ORDER = ("least", "random", "top2", "untargeted")
+NORM_ORDER = ("L1", "L2", "Li")
+UNTARGETED = "untargeted"
+_CLASS_INFO = re.compile(r"^class\d+$")
+
+MORE_ROBUST_B = "B is more robust"
+MORE_ROBUST_A = "A is more robust"
+NO_DIFFERENCE = "no difference shown at this sample size"
+
+PAIR_COLUMNS = ["id", "info", "norm", "true_label", "target_a", "target_b", "score_a", "score_a_lo", "score_a_hi",
+                "score_b", "score_b_lo", "score_b_hi", "ratio", "file_a", "file_b"]
+SUMMARY_COLUMNS = ["info", "norm", "pairs", "mean_a", "mean_b", "ratio", "ratio_lo", "ratio_hi", "verdict"]
+
+
+@dataclass
+class Comparison:
+    """Paired rows, the summary per (info, norm), and the (id, info) keys found in one folder only."""
+
+    pairs: list[dict]
+    summary: list[dict]
+    only_a: list[tuple[int, str]] = field(default_factory=list)
+    only_b: list[tuple[int, str]] = field(default_factory=list)
+    not_finite: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def score_interval(row: dict) -> tuple[float, float]:
+    """A row's 95% score interval; [score, score] for rows written before intervals existed."""
+    score = float(row["score"])
+    lo, hi = row.get("score_lo"), row.get("score_hi")
+    lo = score if lo is None or not math.isfinite(float(lo)) else float(lo)
+    hi = score if hi is None or not math.isfinite(float(hi)) else float(hi)
+    return min(lo, score), max(hi, score)
+
+
+def _info_order(info: str) -> tuple:
+    return (INFO_ORDER.index(info), "") if info in INFO_ORDER else (len(INFO_ORDER), info)
+
+
+def _norm_order(norm: str) -> tuple:
+    return (NORM_ORDER.index(norm), "") if norm in NORM_ORDER else (len(NORM_ORDER), norm)
+
+
+def first_order(rows: Iterable[dict]) -> list[dict]:
+    """The first-order rows (second-order files bound a different quantity and are not compared)."""
+    return [r for r in rows if int(r.get("order", 1)) == 1]
+
+
+def reduce_untargeted(rows: Sequence[dict], everything: bool = False) -> list[dict]:
+    """Replace the `class<j>` rows (all rows if `everything`) by one row per (image, norm).
+
+    Its score is the minimum over the classes and its interval [min score_lo, min score_hi]: the
+    smallest of several scores is below each upper end and above the smallest lower end.
+    """
+    keep, groups = [], defaultdict(list)
+    for row in rows:
+        if everything or _CLASS_INFO.match(str(row["info"])):
+            groups[(int(row["id"]), str(row["norm"]))].append(row)
+        else:
+            keep.append(row)
+    for (image, norm), members in groups.items():
+        best = min(members, key=lambda r: float(r["score"]))
+        intervals = [score_interval(r) for r in members]
+        keep.append({"id": image, "info": UNTARGETED, "norm": norm, "true_label": best.get("true_label", -1),
+                     "target_label": best.get("target_label", -1), "score": float(best["score"]),
+                     "score_lo": min(lo for lo, _ in intervals), "score_hi": min(hi for _, hi in intervals),
+                     "file": best.get("file", "")})
+    return keep
+
+
+def _index(rows: Sequence[dict], side: str) -> dict[tuple[int, str, str], dict]:
+    """Rows by (id, info, norm); two files for one key (e.g. two activations in one folder) are an error."""
+    indexed: dict[tuple[int, str, str], dict] = {}
+    for row in rows:
+        key = (int(row["id"]), str(row["info"]), str(row["norm"]))
+        if key in indexed:
+            raise UsageError(f"folder {side} has two files for image {key[0]}, target type {key[1]}: "
+                             f"{Path(indexed[key].get('file', '?')).name} and {Path(row.get('file', '?')).name}; "
+                             f"compare needs one per (image, target type)")
+        indexed[key] = row
+    return indexed
+
+
+def pair_rows(rows_a: Sequence[dict], rows_b: Sequence[dict], untargeted: bool = False) -> Comparison:
+    """Pair two folders' rows by (image id, info, norm); the summary is left empty (see `compare_rows`).
+
+    Raises:
+        UsageError: one image has different true labels in A and B (the folders hold different
+            images), or a folder has two files for one (image, target type).
+    """
+    a = _index(reduce_untargeted(first_order(rows_a), untargeted), "A")
+    b = _index(reduce_untargeted(first_order(rows_b), untargeted), "B")
+    for key in sorted(a.keys() & b.keys()):
+        label_a, label_b = int(a[key].get("true_label", -1)), int(b[key].get("true_label", -1))
+        if label_a != label_b:
+            raise UsageError(f"image {key[0]} has true label {label_a} in A but {label_b} in B: "
+                             f"the two folders hold different images")
+    pairs, not_finite = [], []
+    for key in sorted(a.keys() & b.keys(), key=lambda k: (_info_order(k[1]), _norm_order(k[2]), k[0])):
+        ra, rb = a[key], b[key]
+        sa, sb = float(ra["score"]), float(rb["score"])
+        if not (math.isfinite(sa) and math.isfinite(sb)):
+            not_finite.append(key)
+            continue
+        (a_lo, a_hi), (b_lo, b_hi) = score_interval(ra), score_interval(rb)
+        pairs.append({"id": key[0], "info": key[1], "norm": key[2], "true_label": int(ra.get("true_label", -1)),
+                      "target_a": int(ra.get("target_label", -1)), "target_b": int(rb.get("target_label", -1)),
+                      "score_a": sa, "score_a_lo": a_lo, "score_a_hi": a_hi,
+                      "score_b": sb, "score_b_lo": b_lo, "score_b_hi": b_hi,
+                      "ratio": sb / sa if sa > 0 else math.inf,
+                      "file_a": str(ra.get("file", "")), "file_b": str(rb.get("file", ""))})
+
+    def images(side: dict, other: dict) -> list[tuple[int, str]]:
+        return sorted({(k[0], k[1]) for k in side.keys() - other.keys()}, key=lambda k: (k[0], _info_order(k[1])))
+
+    return Comparison(pairs, [], images(a, b), images(b, a), not_finite)
+
+
+def draw_scores(score: np.ndarray, lo: np.ndarray, hi: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Scores redrawn from their sampling distributions, given standard normal draws `z`.
+
+    Each score's distribution is normal with sigma (score - lo) / 1.96 below the point estimate and
+    (hi - score) / 1.96 above it, clipped at 0. Its median is the estimate and its 2.5% and 97.5%
+    quantiles are the interval's ends: the three numbers known, matched exactly, whatever the
+    asymmetry. Clipping at 0 keeps scores non-negative; with lo = 0 (the Lipschitz constant not
+    bounded above by the samples) it leaves at most 2.5% of draws at 0, which is what such an
+    interval says: the data do not rule out a tiny score.
+    """
+    sigma = np.where(z < 0, score - lo, hi - score) / Z_SCORE_INTERVAL
+    return np.maximum(score + sigma * z, 0.0)
+
+
+def ratio_interval(a: Sequence[float], a_lo: Sequence[float], a_hi: Sequence[float], b: Sequence[float],
+                   b_lo: Sequence[float], b_hi: Sequence[float], replicates: int = REPLICATES,
+                   seed: int | Sequence[int] = SEED, level: float = LEVEL) -> tuple[float, float, float]:
+    """The ratio mean(b) / mean(a) over paired scores, and its `level` interval.
+
+    A paired bootstrap over images in which every resampled score is also redrawn from its own
+    sampling distribution (`draw_scores`): each replicate draws n image indices with replacement
+    (the same ones for A and B, which keeps the pairing), redraws A's and B's score of each drawn
+    image independently (they come from separate sampling runs), and takes the ratio of the means.
+    The interval is the percentile interval of the replicates.
+
+    Why both: the image resampling answers "would other images of this dataset give the same
+    ratio?", the redraw "would another sampling run on these images?". The redraw matters most
+    when there are few images or when most of the per-image spread cancels in the pairing. The
+    observed scores already carry their sampling noise once, so the interval counts that noise
+    about twice: it is conservative (wider than needed) in the noise part, never narrower. The
+    measured false-alarm rate (A against a rerun of A) is reported in docs/reproduction.md.
+
+    Args:
+        a, a_lo, a_hi: A's scores and their 95% interval ends, one entry per pair.
+        b, b_lo, b_hi: the same for B, in the same order.
+        replicates: bootstrap replicates.
+        seed: seeds NumPy's generator, so the interval is reproducible.
+        level: the interval's confidence level.
+    Returns:
+        (ratio of the observed means, lower end, upper end). With no pairs, three NaNs.
+    """
+    arrays = [np.asarray(x, dtype=np.float64) for x in (a, a_lo, a_hi, b, b_lo, b_hi)]
+    n = arrays[0].size
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    a, a_lo, a_hi, b, b_lo, b_hi = arrays
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(replicates, n))
+    mean_a = draw_scores(a[picks], a_lo[picks], a_hi[picks], rng.standard_normal((replicates, n))).mean(axis=1)
+    mean_b = draw_scores(b[picks], b_lo[picks], b_hi[picks], rng.standard_normal((replicates, n))).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(mean_a > 0, mean_b / mean_a, np.inf)
+    tail = (1.0 - level) / 2.0
+    # inverted_cdf picks replicate values: no interpolation between a finite ratio and inf
+    lo, hi = np.quantile(ratios, [tail, 1.0 - tail], method="inverted_cdf")
+    return _ratio(a.mean(), b.mean()), float(lo), float(hi)
+
+
+def _ratio(mean_a: float, mean_b: float) -> float:
+    return float(mean_b / mean_a) if mean_a > 0 else math.inf
+
+
+def verdict(lo: float, hi: float) -> str:
+    """Which model is more robust: the whole interval above 1 (B), below 1 (A), or neither."""
+    if lo > 1.0:
+        return MORE_ROBUST_B
+    if hi < 1.0:
+        return MORE_ROBUST_A
+    return NO_DIFFERENCE
+
+
+def group_seed(seed: int, info: str, norm: str) -> list[int]:
+    """A seed per (info, norm), so one group's interval does not depend on which other groups exist."""
+    return [seed, zlib.crc32(info.encode()), zlib.crc32(norm.encode())]
+
+
+def summarise(pairs: Sequence[dict], replicates: int = REPLICATES, seed: int = SEED) -> list[dict]:
+    """One summary row per (info, norm), in the printing order."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for p in pairs:
+        groups[(p["info"], p["norm"])].append(p)
+    rows = []
+    for (info, norm) in sorted(groups, key=lambda k: (_info_order(k[0]), _norm_order(k[1]))):
+        chosen = groups[(info, norm)]
+        columns = [[p[c] for p in chosen] for c in ("score_a", "score_a_lo", "score_a_hi",
+                                                     "score_b", "score_b_lo", "score_b_hi")]
+        ratio, lo, hi = ratio_interval(*columns, replicates=replicates, seed=group_seed(seed, info, norm))
+        rows.append({"info": info, "norm": norm, "pairs": len(chosen), "mean_a": float(np.mean(columns[0])),
+                     "mean_b": float(np.mean(columns[3])), "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
+                     "verdict": verdict(lo, hi)})
+    return rows
+
+
+def compare_rows(rows_a: Sequence[dict], rows_b: Sequence[dict], untargeted: bool = False,
+                 replicates: int = REPLICATES, seed: int = SEED) -> Comparison:
+    """Pair two folders' rows and summarise them (see the module docstring)."""
+    comparison = pair_rows(rows_a, rows_b, untargeted)
+    comparison.summary = summarise(comparison.pairs, replicates, seed)
+    return comparison
+
+
+def mat_dataset(mat: dict, path: str | Path) -> str:
+    """Which images a result file was made on: the `--data_path`, else the `--dataset` it records.
+
+    Files without recorded arguments fall back to their folder's name prefix (`mnist_normal` -> mnist).
+    """
+    args = mat.get("args")
+    if args is not None and getattr(args, "dtype", None) is not None and args.dtype.names:
+        fields = {name: np.squeeze(args[name][0, 0]) for name in args.dtype.names}
+        data_path = str(fields.get("data_path", "")).strip()
+        if data_path:
+            return data_path
+        if "dataset" in fields:
+            return str(fields["dataset"]).strip()
+    return Path(path).parent.name.split("_")[0]
+
+
+def folder_datasets(files: Iterable[str]) -> set[str]:
+    """The datasets recorded in a folder's result files (read again: a few kB each)."""
+    from mat_files import load_mat
+
+    return {mat_dataset(load_mat(f), f) for f in sorted(set(files)) if f}
+
+
+def check_same_dataset(datasets_a: set[str], datasets_b: set[str]) -> None:
+    """UsageError unless both folders were made on one and the same dataset."""
+    if len(datasets_a) > 1 or len(datasets_b) > 1 or datasets_a != datasets_b:
+        raise UsageError(f"the folders hold different images: A is from {', '.join(sorted(datasets_a)) or '?'}, "
+                         f"B from {', '.join(sorted(datasets_b)) or '?'}; compare needs the same images")
+
+
+def report_lines(comparison: Comparison) -> list[str]:
+    """The printed `[COMPARE]` lines: left-out images first, then one verdict line per (info, norm)."""
+    from log_lines import compare_left_out_line, compare_line
+
+    lines = []
+    for side, keys in (("A", comparison.only_a), ("B", comparison.only_b)):
+        if keys:
+            lines.append(compare_left_out_line(f"only in {side}", keys))
+    if comparison.not_finite:
+        lines.append(compare_left_out_line("score not finite", sorted({(k[0], k[1]) for k in comparison.not_finite})))
+    for s in comparison.summary:
+        lines.append(compare_line(s["info"], s["norm"], s["pairs"], s["mean_a"], s["mean_b"], s["ratio"],
+                                  s["ratio_lo"], s["ratio_hi"], s["verdict"]))
+    return lines
+
+
+def write_tables(comparison: Comparison, csv: str = "", json: str = "", names: tuple[str, str] = ("", "")) -> None:
+    """--csv: the paired rows to CSV, the summary beside it (`<stem>_summary.csv`);
+    --json: one object with the pairs, the summary and the left-out images. Written atomically.
+    """
+    if not (csv or json):
+        return
+    import json as jsonlib
+
+    import pandas as pd
+
+    from mat_files import write_atomically
+
+    pairs = pd.DataFrame(comparison.pairs, columns=PAIR_COLUMNS)
+    summary = pd.DataFrame(comparison.summary, columns=SUMMARY_COLUMNS)
+    if csv:
+        path = Path(csv)
+        write_atomically(path, lambda tmp: pairs.to_csv(tmp, index=False))
+        write_atomically(path.with_name(f"{path.stem}_summary{path.suffix or '.csv'}"),
+                         lambda tmp: summary.to_csv(tmp, index=False))
+    if json:
+        document = {
+            "a": names[0], "b": names[1], "level": LEVEL, "replicates": REPLICATES, "seed": SEED,
+            "summary": jsonlib.loads(summary.to_json(orient="records")),
+            "pairs": jsonlib.loads(pairs.to_json(orient="records")),
+            "only_in_a": [{"id": i, "info": info} for i, info in comparison.only_a],
+            "only_in_b": [{"id": i, "info": info} for i, info in comparison.only_b],
+        }
+        write_atomically(json, lambda tmp: Path(tmp).write_text(jsonlib.dumps(document, indent=1)))
+
+
+def plot_pairs(comparison: Comparison, path: str, names: tuple[str, str] = ("A", "B")) -> None:
+    """Score of A (x) against score of B (y) per pair, with both intervals as bars and y = x.
+
+    One column of panels per target type, one row per norm (their scales differ by 10-100x).
+    Linear axes from 0, so that an interval reaching down to 0 shows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mat_files import write_atomically
+
+    infos = sorted({p["info"] for p in comparison.pairs}, key=_info_order)
+    norms = sorted({p["norm"] for p in comparison.pairs}, key=_norm_order)
+    if not infos:
+        raise UsageError("no pairs to plot")
+    fig, axes = plt.subplots(len(norms), len(infos), figsize=(3.6 * len(infos), 3.4 * len(norms)), squeeze=False)
+    summary = {(s["info"], s["norm"]): s for s in comparison.summary}
+    for row, norm in enumerate(norms):
+        for col, info in enumerate(infos):
+            ax = axes[row][col]
+            chosen = [p for p in comparison.pairs if p["info"] == info and p["norm"] == norm]
+            if not chosen:
+                ax.set_visible(False)
+                continue
+            x = np.array([p["score_a"] for p in chosen])
+            y = np.array([p["score_b"] for p in chosen])
+            xerr = [x - [p["score_a_lo"] for p in chosen], [p["score_a_hi"] for p in chosen] - x]
+            yerr = [y - [p["score_b_lo"] for p in chosen], [p["score_b_hi"] for p in chosen] - y]
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=3, lw=0.8, capsize=2, alpha=0.8)
+            top = 1.05 * max(np.max(x + xerr[1]), np.max(y + yerr[1]))
+            ax.plot([0, top], [0, top], "k--", lw=1, label="y = x")
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+            s = summary.get((info, norm))
+            title = f"{info}, {norm}"
+            if s is not None:
+                title += f": B/A = {s['ratio']:.2f} [{s['ratio_lo']:.2f}, {s['ratio_hi']:.2f}]"
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel(f"CLEVER score, A ({names[0]})", fontsize=8)
+            ax.set_ylabel(f"CLEVER score, B ({names[1]})", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
