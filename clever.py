@@ -85,7 +85,7 @@ class FileScores:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("data_folder", help="folder of .mat files (searched recursively)")
+    p.add_argument("data_folder", nargs="?", default="", help="folder of .mat files (searched recursively)")
     p.add_argument("--min", dest="use_min", action="store_true", help="report the minimum over images, not the mean")
     p.add_argument("--user_type", default="", help="replace info 'user' by this string")
     p.add_argument("--use_slope", action="store_true", help="fit slope maxima (collect with --compute_slope)")
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--untargeted: keep images whose files miss some target classes (marked in CSV/JSON)")
     p.add_argument("--csv", default="", help="also write one row per (file, norm) to this CSV file")
     p.add_argument("--json", default="", help="also write the same rows as a JSON list")
+    p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), default=None,
+                   help="instead of one folder, compare two (A before, B after) image by image: the ratio B/A of "
+                        "the mean scores with its 95%% interval, per target type and norm (--csv/--json: the pairs)")
+    p.add_argument("--plot", default="", help="with --compare: a PNG of A's score against B's per pair")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -376,24 +380,23 @@ def write_tables(results: list[FileScores], args) -> None:
         write_atomically(args.json, lambda p: Path(p).write_text(json.dumps(rows, indent=1)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    folder = Path(args.data_folder)
+def folder_files(folder: Path, num_images: int) -> list[Path]:
+    """The folder's .mat files (the first `num_images` of them if given); UsageError if none."""
     if not folder.is_dir():
         raise UsageError(f"data folder {folder} does not exist")
-    for flag in ("num_samples", "num_images", "nthreads"):
-        if getattr(args, flag) < 0:
-            raise UsageError(f"--{flag} must be >= 0")
-    if args.num_samples and args.num_samples < 3:
-        raise UsageError("--num_samples must be 0 (all) or at least 3")
     files = find_mat_files(folder)
-    if args.num_images:
-        files = files[: args.num_images]
+    if num_images:
+        files = files[:num_images]
     if not files:
         raise UsageError(f"no .mat files found below {folder}")
-    if args.plot_dir:
-        Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
-    print(vars(args))
+    return files
+
+
+def score_files(files: list[Path], args) -> tuple[list[FileScores], list[Path], dict[str, dict]]:
+    """Score every file (the [DEBUG] lines go to stdout); unusable files are skipped with a warning.
+
+    Returns the scores, the skipped files and the warning counts (fallbacks, beyond-ball scores, search hits).
+    """
     results, skipped = [], []
     warnings: dict[str, dict] = {"fallback": defaultdict(int), "beyond": defaultdict(int), "searched": defaultdict(int)}
     workers = args.nthreads or len(C_INIT) + 1
@@ -411,18 +414,73 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-    partial_images = 0
-    if args.untargeted:
-        results, partial_images = handle_partial_images(results, args.allow_partial)
-    for line in summarise(results, args.untargeted, args.use_min, args.cap_radius):
-        print(line)
-    write_tables(results, args)
+    return results, skipped, warnings
+
+
+def print_warning_counts(warnings: dict[str, dict]) -> None:
     if warnings["fallback"]:
         print(counts_line("fit(s) fell back to the largest maximum", warnings["fallback"]), file=sys.stderr)
     if warnings["beyond"]:
         print(counts_line("score(s) beyond the sampled ball", warnings["beyond"]), file=sys.stderr)
     if warnings["searched"]:
         print(counts_line("estimate(s) below a norm found by search", warnings["searched"]), file=sys.stderr)
+
+
+def compare_folders(args) -> int:
+    """--compare DIR_A DIR_B: check both hold the same images, score them as usual, pair and compare (compare.py)."""
+    import compare
+
+    folders = [Path(f) for f in args.compare]
+    files = [folder_files(folder, args.num_images) for folder in folders]
+    compare.check_same_dataset(*(compare.folder_datasets(map(str, f)) for f in files))
+    print(vars(args))
+    scored = [score_files(side_files, args) for side_files in files]
+    # folders of every class (--target_type 16) are compared untargeted, as --untargeted would
+    untargeted = args.untargeted or all(compare.is_class_info(r.info) for results, _, _ in scored for r in results)
+    rows, any_skipped = [], False
+    for results, skipped, warnings in scored:
+        if untargeted:
+            results, _ = handle_partial_images(results, args.allow_partial)
+        print_warning_counts(warnings)
+        if skipped:
+            print(f"[WARNING] skipped {len(skipped)} file(s)", file=sys.stderr)
+            any_skipped = True
+        rows.append([row for r in results for row in r.rows(args.method)])
+    comparison = compare.compare_rows(rows[0], rows[1], untargeted=untargeted)
+    if not comparison.pairs:
+        raise UsageError(f"no (image, target type) was scored in both {folders[0]} and {folders[1]}")
+    for line in compare.report_lines(comparison):
+        print(line)
+    names = (folders[0].name, folders[1].name)
+    compare.write_tables(comparison, args.csv, args.json, names)
+    if args.plot:
+        compare.plot_pairs(comparison, args.plot, names)
+    return 1 if any_skipped else 0  # as for one folder: skipped files are a failure to notice
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("num_samples", "num_images", "nthreads"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must be >= 0")
+    if args.num_samples and args.num_samples < 3:
+        raise UsageError("--num_samples must be 0 (all) or at least 3")
+    if bool(args.compare) == bool(args.data_folder):
+        raise UsageError("give one folder of .mat files, or --compare DIR_A DIR_B")
+    if args.plot_dir:
+        Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        return compare_folders(args)
+    files = folder_files(Path(args.data_folder), args.num_images)
+    print(vars(args))
+    results, skipped, warnings = score_files(files, args)
+    partial_images = 0
+    if args.untargeted:
+        results, partial_images = handle_partial_images(results, args.allow_partial)
+    for line in summarise(results, args.untargeted, args.use_min, args.cap_radius):
+        print(line)
+    write_tables(results, args)
+    print_warning_counts(warnings)
     if skipped:
         print(f"[WARNING] skipped {len(skipped)} of {len(files)} file(s)", file=sys.stderr)
     if partial_images:

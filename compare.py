@@ -69,6 +69,11 @@ def score_interval(row: dict) -> tuple[float, float]:
     return min(lo, score), max(hi, score)
 
 
+def is_class_info(info: str) -> bool:
+    """True for the target type of an untargeted collection's files (`class<j>`)."""
+    return bool(_CLASS_INFO.match(str(info)))
+
+
 def _info_order(info: str) -> tuple:
     return (INFO_ORDER.index(info), "") if info in INFO_ORDER else (len(INFO_ORDER), info)
 
@@ -90,7 +95,7 @@ def reduce_untargeted(rows: Sequence[dict], everything: bool = False) -> list[di
     """
     keep, groups = [], defaultdict(list)
     for row in rows:
-        if everything or _CLASS_INFO.match(str(row["info"])):
+        if everything or is_class_info(row["info"]):
             groups[(int(row["id"]), str(row["norm"]))].append(row)
         else:
             keep.append(row)
@@ -260,13 +265,16 @@ def mat_dataset(mat: dict, path: str | Path) -> str:
     """
     args = mat.get("args")
     if args is not None and getattr(args, "dtype", None) is not None and args.dtype.names:
-        fields = {name: np.squeeze(args[name][0, 0]) for name in args.dtype.names}
-        data_path = str(fields.get("data_path", "")).strip()
-        if data_path:
-            return data_path
-        if "dataset" in fields:
-            return str(fields["dataset"]).strip()
+        fields = {name: _mat_text(args[name][0, 0]) for name in args.dtype.names}
+        if fields.get("data_path") or fields.get("dataset"):
+            return fields.get("data_path") or fields["dataset"]
     return Path(path).parent.name.split("_")[0]
+
+
+def _mat_text(value) -> str:
+    """A string saved by scipy.io.savemat ('' comes back as an empty array)."""
+    array = np.asarray(value)
+    return str(array.ravel()[0]).strip() if array.size else ""
 
 
 def folder_datasets(files: Iterable[str]) -> set[str]:
@@ -301,7 +309,8 @@ def report_lines(comparison: Comparison) -> list[str]:
 
 def write_tables(comparison: Comparison, csv: str = "", json: str = "", names: tuple[str, str] = ("", "")) -> None:
     """--csv: the paired rows to CSV, the summary beside it (`<stem>_summary.csv`);
-    --json: one object with the pairs, the summary and the left-out images. Written atomically.
+    --json: one object with the pairs, the summary and the left-out images. Written atomically;
+    JSON by the json module, as clever.py's, so that an infinite ratio stays `Infinity`.
     """
     if not (csv or json):
         return
@@ -321,8 +330,7 @@ def write_tables(comparison: Comparison, csv: str = "", json: str = "", names: t
     if json:
         document = {
             "a": names[0], "b": names[1], "level": LEVEL, "replicates": REPLICATES, "seed": SEED,
-            "summary": jsonlib.loads(summary.to_json(orient="records")),
-            "pairs": jsonlib.loads(pairs.to_json(orient="records")),
+            "summary": comparison.summary, "pairs": comparison.pairs,
             "only_in_a": [{"id": i, "info": info} for i, info in comparison.only_a],
             "only_in_b": [{"id": i, "info": info} for i, info in comparison.only_b],
         }

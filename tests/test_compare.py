@@ -145,3 +145,69 @@ def test_second_order_rows_and_non_finite_scores_are_left_out():
 
 def test_no_pairs_give_nan_not_an_error():
     assert all(np.isnan(ratio_interval([], [], [], [], [], [])))
+
+
+# ---- clever.py --compare on synthetic .mat folders ----
+
+def write_folder(folder, dataset, scale=1.0, images=(0, 1, 2), seed=0, true_labels=(7, 2, 1)):
+    """Result files whose maxima are reverse-Weibull draws (end point 2 + image), divided by `scale`."""
+    import scipy.io as sio
+    from scipy.stats import weibull_min
+
+    folder.mkdir(parents=True)
+    for image in images:
+        rng = np.random.default_rng([seed, image])  # the same draws whichever images a folder has
+        for info, target in (("least", 3), ("top2", 5)):
+            end = 2.0 + image
+            draws = {key: (end * factor - weibull_min.rvs(3.0, scale=0.3 * factor, size=40, random_state=rng)) / scale
+                     for key, factor in (("Gi_max", 1.0), ("G2_max", 4.0), ("G1_max", 40.0))}
+            sio.savemat(folder / f"40_1_{image}_{true_labels[image]}_{target}_{info}_relu_order1.mat",
+                        {**draws, "g_x0": 1.0 + image, "id": image, "true_label": true_labels[image],
+                         "target_label": target, "info": info, "args": {"dataset": dataset, "data_path": ""}})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    return {"a": write_folder(root / "mnist_a", "mnist"),
+            "partial": write_folder(root / "mnist_c", "mnist", scale=1.3, images=(1, 2)),
+            "cifar": write_folder(root / "cifar_a", "cifar", true_labels=(3, 8, 8)), "root": root}
+
+
+def test_cli_b_with_maxima_scaled_down_by_1_3_is_more_robust_by_1_3_and_lists_unpaired_images(folders):
+    import json
+
+    import pandas as pd
+
+    from conftest import run_script
+
+    root = folders["root"]
+    # B lacks image 0: it is listed and left out
+    res = run_script("clever.py", "--compare", str(folders["a"]), str(folders["partial"]), "--nthreads", "1",
+                     "--csv", str(root / "pairs.csv"), "--json", str(root / "cmp.json"), "--plot", str(root / "cmp.png"))
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if line.startswith("[COMPARE]")]
+    assert lines[0] == "[COMPARE] left out, only in A: 2 (image, target type): id 0 least, id 0 top2"
+    assert len(lines) == 7  # then (least, top2) x (L1, L2, Li)
+    for line in lines[1:]:
+        assert "pairs = 2" in line and ", B/A = 1.30 [" in line and line.endswith("]: B is more robust")
+    pairs = pd.read_csv(root / "pairs.csv")
+    assert len(pairs) == 12 and np.allclose(pairs.score_b / pairs.score_a, 1.3)
+    summary = pd.read_csv(root / "pairs_summary.csv")
+    assert len(summary) == 6 and np.allclose(summary.ratio, 1.3)
+    assert (summary.ratio_lo <= 1.3 + 1e-9).all() and (summary.ratio_hi >= 1.3 - 1e-9).all()
+    document = json.loads((root / "cmp.json").read_text())
+    assert document["a"] == "mnist_a" and len(document["pairs"]) == 12
+    assert document["only_in_a"] == [{"id": 0, "info": "least"}, {"id": 0, "info": "top2"}]
+    assert (root / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_refuses_folders_from_different_datasets_in_one_line(folders):
+    from conftest import run_script
+
+    res = run_script("clever.py", "--compare", str(folders["a"]), str(folders["cifar"]))
+    assert res.returncode == 2
+    assert res.stderr == ("error: the folders hold different images: A is from mnist, B from cifar; "
+                          "compare needs the same images\n")
+    assert "[DEBUG]" not in res.stdout  # refused before any fitting
