@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""False-alarm rate of `clever.py --compare`: a model against a rerun of itself.
+
+Each trial writes two folders of result files for the same images, whose maxima are independent
+draws from reverse Weibull distributions with known end points (the true Lipschitz constants):
+run A and a rerun A' with another seed. Both are scored by clever.py's own path (fit and, where
+clever.py has them, the score intervals), and `compare.py` decides. The true ratio is exactly 1,
+so every verdict other than "no difference" is a false alarm; a 95% interval should give about 5%.
+The three norms get independent draws, so a trial gives three verdicts.
+
+    python3 bench/compare_false_alarms.py --trials 20 --images 20 --maxima 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import scipy.io as sio  # noqa: E402
+from scipy.stats import weibull_min  # noqa: E402
+
+KEYS = ("Gi_max", "G2_max", "G1_max")  # dual norms of L1, L2, Linf: one independent trial each
+
+
+def write_run(folder: Path, ends: np.ndarray, g_x0: np.ndarray, shapes: np.ndarray, maxima: int, seed: int) -> None:
+    """One run: per image, `maxima` draws below each end point (scale 20% of it)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for image, (end, g, shape) in enumerate(zip(ends, g_x0, shapes)):
+        draws = {key: end - weibull_min.rvs(shape, scale=0.2 * end, size=maxima, random_state=rng) for key in KEYS}
+        sio.savemat(folder / f"{maxima}_1_{image}_0_1_top2_relu_order1.mat",
+                    {**draws, "g_x0": g, "id": image, "true_label": 0, "target_label": 1, "info": "top2",
+                     "args": {"dataset": "synthetic", "data_path": ""}})
+
+
+def score(folder: Path) -> list[dict]:
+    """clever.py's rows for a folder, as `--compare` makes them (its [DEBUG] lines swallowed)."""
+    import clever
+
+    args = clever.build_parser().parse_args([str(folder)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        results, _ = clever.score_files(clever.folder_files(folder, 0), args)
+    return [row for r in results for row in r.rows(args.method)]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--images", type=int, default=20)
+    p.add_argument("--maxima", type=int, default=100, help="maxima per file (collect_gradients.py -i)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    import compare
+
+    verdicts, widths, covered = [], [], []
+    for trial in range(args.trials):
+        rng = np.random.default_rng([args.seed, trial])
+        ends = rng.uniform(1.0, 5.0, args.images)
+        g_x0 = rng.uniform(0.5, 3.0, args.images)
+        shapes = rng.uniform(2.0, 6.0, args.images)
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = []
+            for k in range(2):
+                folder = Path(tmp) / f"run{k}"
+                write_run(folder, ends, g_x0, shapes, args.maxima, seed=10_000 * args.seed + 2 * trial + k)
+                runs.append(score(folder))
+        result = compare.compare_rows(runs[0], runs[1])
+        for s in result.summary:
+            verdicts.append(s["verdict"])
+            widths.append(s["ratio_hi"] - s["ratio_lo"])
+            print(f"trial {trial} {s['norm']}: B/A = {s['ratio']:.3f} [{s['ratio_lo']:.3f}, {s['ratio_hi']:.3f}]: "
+                  f"{s['verdict']}", flush=True)
+        # per-score coverage: does the file's 95% interval hold the true score g(x0) / end point?
+        for row in runs[0] + runs[1]:
+            if row.get("score_lo") is not None:
+                truth = g_x0[int(row["id"])] / ends[int(row["id"])]
+                covered.append(float(row["score_lo"]) <= truth <= float(row["score_hi"]))
+    alarms = sum(v != compare.NO_DIFFERENCE for v in verdicts)
+    print(f"false alarms: {alarms} of {len(verdicts)} ({100 * alarms / len(verdicts):.1f}%); "
+          f"median interval width {np.median(widths):.3f}")
+    if covered:
+        print(f"score intervals holding the true score: {sum(covered)} of {len(covered)}")
+    else:
+        print("the rows have no score intervals: the bootstrap is over images only")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
