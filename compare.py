@@ -163,9 +163,13 @@ def draw_scores(score: np.ndarray, lo: np.ndarray, hi: np.ndarray, z: np.ndarray
     Each score's distribution is normal with sigma (score - lo) / 1.96 below the point estimate and
     (hi - score) / 1.96 above it, clipped at 0. Its median is the estimate and its 2.5% and 97.5%
     quantiles are the interval's ends: the three numbers known, matched exactly, whatever the
-    asymmetry. Clipping at 0 keeps scores non-negative; with lo = 0 (the Lipschitz constant not
-    bounded above by the samples) it leaves at most 2.5% of draws at 0, which is what such an
-    interval says: the data do not rule out a tiny score.
+    asymmetry. It is a distribution of where the true score may lie (the interval's confidence
+    distribution), not of the estimator around the truth, which would mirror the asymmetry.
+    Clipping at 0 keeps scores non-negative; with lo = 0 (the Lipschitz constant not bounded above
+    by the samples) it leaves at most 2.5% of draws at 0, which is what such an interval says: the
+    data do not rule out a tiny score. A lopsided interval moves the draws' mean away from the
+    estimate (for [0, 1.05 s] to about 0.8 s), on purpose: a score that may be far lower than
+    estimated should weigh in the ratio's interval that way.
     """
     sigma = np.where(z < 0, score - lo, hi - score) / Z_SCORE_INTERVAL
     return np.maximum(score + sigma * z, 0.0)
@@ -188,6 +192,9 @@ def ratio_interval(a: Sequence[float], a_lo: Sequence[float], a_hi: Sequence[flo
     observed scores already carry their sampling noise once, so the interval counts that noise
     about twice: it is conservative (wider than needed) in the noise part, never narrower. The
     measured false-alarm rate (A against a rerun of A) is reported in docs/reproduction.md.
+    When one model's score intervals are lopsided (score_lo = 0, say) and the other's are not, the
+    interval can exclude the ratio of the observed means: the draws of that model's scores sit
+    mostly below its estimates (see `draw_scores`), and the verdict follows the interval.
 
     Args:
         a, a_lo, a_hi: A's scores and their 95% interval ends, one entry per pair.
