@@ -77,6 +77,14 @@ def test_a_rerun_of_a_shows_no_difference_in_most_seeds():
     assert found == [MORE_ROBUST_B] * 20
 
 
+def test_scores_not_bounded_below_cannot_make_b_more_robust():
+    """score_lo = 0 (the Lipschitz constant not bounded above): B's true scores may be far lower."""
+    a = np.random.default_rng(4).uniform(0.3, 3.0, 20)
+    summary = compare_rows(rows(a), rows(1.3 * a, rel_lo=1.0)).summary[0]
+    assert summary["ratio"] == pytest.approx(1.3)
+    assert summary["ratio_lo"] < 1.0 and summary["verdict"] == NO_DIFFERENCE
+
+
 def test_verdict_needs_the_whole_interval_on_one_side_of_1():
     assert verdict(1.01, 1.5) == MORE_ROBUST_B
     assert verdict(0.5, 0.99) == MORE_ROBUST_A
