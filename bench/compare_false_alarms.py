@@ -46,7 +46,7 @@ def score(folder: Path) -> list[dict]:
 
     args = clever.build_parser().parse_args([str(folder)])
     with contextlib.redirect_stdout(io.StringIO()):
-        results, _ = clever.score_files(clever.folder_files(folder, 0), args)
+        results, _, _ = clever.score_files(clever.folder_files(folder, 0), args)
     return [row for r in results for row in r.rows(args.method)]
 
 
