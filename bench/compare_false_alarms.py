@@ -56,6 +56,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--maxima", type=int, default=100, help="maxima per file (collect_gradients.py -i)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shapes", type=float, nargs=2, default=(2.0, 6.0),
+                   help="Weibull shapes drawn uniformly in this range per image (real maxima fit 3 to 40)")
     args = p.parse_args()
     import compare
 
@@ -64,7 +66,7 @@ def main() -> int:
         rng = np.random.default_rng([args.seed, trial])
         ends = rng.uniform(1.0, 5.0, args.images)
         g_x0 = rng.uniform(0.5, 3.0, args.images)
-        shapes = rng.uniform(2.0, 6.0, args.images)
+        shapes = rng.uniform(*args.shapes, args.images)
         with tempfile.TemporaryDirectory() as tmp:
             runs = []
             for k in range(2):
