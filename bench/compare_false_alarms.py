@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""False-alarm rate of `clever.py --compare`: a model against a rerun of itself.
+"""False-alarm rate (and power) of `clever.py --compare`: a model against a rerun of itself.
 
 Each trial writes two folders of result files for the same images, whose maxima are independent
 draws from reverse Weibull distributions with known end points (the true Lipschitz constants):
 run A and a rerun A' with another seed. Both are scored by clever.py's own path (fit and, where
 clever.py has them, the score intervals), and `compare.py` decides. The true ratio is exactly 1,
 so every verdict other than "no difference" is a false alarm; a 95% interval should give about 5%.
-The three norms get independent draws, so a trial gives three verdicts.
+The three norms get independent draws, so a trial gives three verdicts. With --ratio r, B's end
+points are divided by r (its true scores are r times A's) and the script counts how often the
+difference is found.
 
     python3 bench/compare_false_alarms.py --trials 20 --images 20 --maxima 100
 """
@@ -56,6 +58,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=20)
     p.add_argument("--maxima", type=int, default=100, help="maxima per file (collect_gradients.py -i)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ratio", type=float, default=1.0,
+                   help="true score ratio B/A (B's end points divided by it); above 1 the script measures power")
     p.add_argument("--shapes", type=float, nargs=2, default=(2.0, 6.0),
                    help="Weibull shapes drawn uniformly in this range per image (real maxima fit 3 to 40)")
     args = p.parse_args()
@@ -71,7 +75,8 @@ def main() -> int:
             runs = []
             for k in range(2):
                 folder = Path(tmp) / f"run{k}"
-                write_run(folder, ends, g_x0, shapes, args.maxima, seed=10_000 * args.seed + 2 * trial + k)
+                run_ends = ends / args.ratio if k else ends
+                write_run(folder, run_ends, g_x0, shapes, args.maxima, seed=10_000 * args.seed + 2 * trial + k)
                 runs.append(score(folder))
         result = compare.compare_rows(runs[0], runs[1])
         for s in result.summary:
@@ -82,11 +87,16 @@ def main() -> int:
         # per-score coverage: does the file's 95% interval hold the true score g(x0) / end point?
         for row in runs[0] + runs[1]:
             if row.get("score_lo") is not None:
-                truth = g_x0[int(row["id"])] / ends[int(row["id"])]
+                truth = g_x0[int(row["id"])] / ends[int(row["id"])] * (args.ratio if row in runs[1] else 1.0)
                 covered.append(float(row["score_lo"]) <= truth <= float(row["score_hi"]))
-    alarms = sum(v != compare.NO_DIFFERENCE for v in verdicts)
-    print(f"false alarms: {alarms} of {len(verdicts)} ({100 * alarms / len(verdicts):.1f}%); "
-          f"median interval width {np.median(widths):.3f}")
+    if args.ratio == 1.0:
+        alarms = sum(v != compare.NO_DIFFERENCE for v in verdicts)
+        print(f"false alarms: {alarms} of {len(verdicts)} ({100 * alarms / len(verdicts):.1f}%); "
+              f"median interval width {np.median(widths):.3f}")
+    else:
+        found = sum(v == (compare.MORE_ROBUST_B if args.ratio > 1 else compare.MORE_ROBUST_A) for v in verdicts)
+        print(f"true ratio {args.ratio}: found by {found} of {len(verdicts)} ({100 * found / len(verdicts):.1f}%); "
+              f"median interval width {np.median(widths):.3f}")
     if covered:
         print(f"score intervals holding the true score: {sum(covered)} of {len(covered)}")
     else:
