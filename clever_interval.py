@@ -114,12 +114,19 @@ def gumbel_loglik(sample: np.ndarray) -> float:
     return float(np.sum(scipy.stats.gumbel_r.logpdf(sample, loc, scale)))
 
 
-def _crossing(sample: np.ndarray, a: float, b: float, level: float) -> float:
-    """The end point between a and b where L crosses `level` (L(a) - level, L(b) - level differ in sign)."""
+def _crossing(sample: np.ndarray, a: float, b: float, level: float, outer: float) -> float:
+    """The end point between a and b where L crosses `level` (L(a) - level, L(b) - level differ in sign).
+
+    If the root cannot be found (a NaN likelihood from samples that differ only in the last bits),
+    `outer`, the bracket end farther from the estimate, keeps the interval conservative.
+    """
     def f(mu: float) -> float:
         return float(profile_loglik(sample, np.array([mu]))[0]) - level
 
-    return float(scipy.optimize.brentq(f, a, b, xtol=1e-12 * max(abs(a), 1.0), rtol=1e-10, maxiter=100))
+    try:
+        return float(scipy.optimize.brentq(f, a, b, xtol=1e-12 * max(abs(a), 1.0), rtol=1e-10, maxiter=100))
+    except (ValueError, RuntimeError):
+        return outer
 
 
 def end_point_interval(sample: Sequence[float]) -> EndPointInterval:
@@ -146,11 +153,11 @@ def end_point_interval(sample: Sequence[float]) -> EndPointInterval:
         return EndPointInterval(float(mus[-1]), math.inf, math.inf)
     first, last = int(above[0]), int(above[-1])
     with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
-        lo = top if first == 0 else _crossing(s, float(mus[first - 1]), float(mus[first]), level)
+        lo = top if first == 0 else _crossing(s, float(mus[first - 1]), float(mus[first]), level, top)
         if limit >= level:
             hi = math.inf
         elif last + 1 < mus.size:
-            hi = _crossing(s, float(mus[last]), float(mus[last + 1]), level)
+            hi = _crossing(s, float(mus[last]), float(mus[last + 1]), level, float(mus[last + 1]))
         else:  # still above the cut-off at the grid's end: search further out
             hi = _far_crossing(s, float(mus[-1]), level, spread)
     return EndPointInterval(max(lo, top), hi, mle)
@@ -162,7 +169,7 @@ def _far_crossing(sample: np.ndarray, start: float, level: float, spread: float)
         b = sample.max() + 10 * (a - sample.max())
         with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
             if profile_loglik(sample, np.array([b]))[0] < level:
-                return _crossing(sample, a, b, level)
+                return _crossing(sample, a, b, level, b)
         a = b
     return math.inf
 

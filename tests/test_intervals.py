@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import weibull_min
 
@@ -56,6 +56,7 @@ def test_a_gumbel_like_sample_is_not_bounded_above():
 
 @given(sample=st.lists(st.floats(1e-3, 1e3, allow_nan=False), min_size=3, max_size=50).map(np.array),
        g=st.floats(1e-3, 10.0))
+@example(sample=np.array([0.001, 0.001, np.nextafter(0.001, 1.0)]), g=1.0)  # spread in the last bit: NaN likelihoods
 @settings(max_examples=50, deadline=None)
 def test_the_score_upper_end_never_exceeds_margin_over_the_largest_norm(sample, g):
     iv = end_point_interval(sample)
