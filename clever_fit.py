@@ -2,9 +2,10 @@
 
 Pure functions of arrays (spec section 6): shift and rescale the maxima, fit scipy's
 `weibull_min` to their negatives by Nelder-Mead maximum likelihood from seven initial shapes,
-keep the fit with the best Kolmogorov-Smirnov p-value, and return its location (the finite
-right end point of the reverse Weibull) as the estimate. Ill-conditioned samples fall back to
-the largest maximum.
+keep the fit with the best Kolmogorov-Smirnov p-value among those whose support holds every
+maximum (the original kept the best of all; `select="original"`), and return its location (the
+finite right end point of the reverse Weibull) as the estimate. Ill-conditioned samples fall
+back to the largest maximum. Intervals for the estimate live in clever_interval.py.
 """
 
 from __future__ import annotations
