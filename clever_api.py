@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clever_fit import SHAPE_REG, WeibullFit, clever_score, fit_many
+from clever_interval import end_point_interval
 from errors import UsageError
 from estimate_gradient_norm import EstimateLipschitz
 from norms import NORMS, grad_column
@@ -24,12 +25,16 @@ from norms import NORMS, grad_column
 
 @dataclass
 class TargetScores:
-    """Scores against one target class, with the fit behind each norm's Lipschitz estimate."""
+    """Scores against one target class, with the fit behind each norm's Lipschitz estimate.
+
+    `intervals[label]` is the score's 95% interval (score_lo, score_hi) from clever_interval.py.
+    """
 
     target: int
     g_x0: float
     scores: dict[str, float]
     fits: dict[str, WeibullFit]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,10 +105,12 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
     results = est.estimate_targets(x0, c, targets, nsamps, niters, sample_norm, image_id=image_id, radius=radius)
     per_target = []
     for res in results:
-        fits = fit_many([res.grad_max[:, grad_column(n)] for n in NORMS], method, shape_reg)
+        maxima = [res.grad_max[:, grad_column(n)] for n in NORMS]
+        fits = fit_many(maxima, method, shape_reg)
         per_target.append(TargetScores(
             res.target, res.g_x0,
             {n.label: clever_score(res.g_x0, f.estimate) for n, f in zip(NORMS, fits)},
-            {n.label: f for n, f in zip(NORMS, fits)}))
+            {n.label: f for n, f in zip(NORMS, fits)},
+            {n.label: end_point_interval(m).score_interval(res.g_x0) for n, m in zip(NORMS, maxima)}))
     best = {n.label: min(t.scores[n.label] for t in per_target) for n in NORMS}
     return CleverResult(c, predicted, best, per_target)

@@ -106,3 +106,19 @@ def test_csv_json_columns_and_the_ci_line(tmp_path):
     mean_l2 = np.mean([r["score"] for r in rows if r["norm"] == "L2"])
     assert values[3] == pytest.approx(mean_l2, rel=1e-4)
     assert f"top2_clever_L2 = {values[3]:.5g}," in l0[0]  # the [STATS][L0] line is unchanged
+
+
+def test_python_api_gives_each_score_its_interval_and_an_affine_model_a_point():
+    from clever_api import clever_scores
+    from conftest import affine_model
+
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(size=(784, 3)), np.array([3.0, 0.0, 0.0])
+    result = clever_scores(affine_model(w, b), np.zeros((28, 28, 1), np.float32), target=2, true_label=0,
+                           nsamps=32, niters=6, radius=0.05)
+    t = result.targets[0]
+    d = w[:, 0] - w[:, 2]
+    exact = {"L1": 3.0 / np.abs(d).max(), "L2": 3.0 / np.linalg.norm(d), "Li": 3.0 / np.abs(d).sum()}
+    for label, value in exact.items():
+        lo, hi = t.intervals[label]
+        assert lo == pytest.approx(value, rel=1e-4) and hi == pytest.approx(value, rel=1e-4)
