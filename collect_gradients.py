@@ -102,8 +102,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--rel_tol works with --order 1 only")
     if args.search_steps < 0:
         raise UsageError(f"--search_steps must be >= 0, got {args.search_steps}")
-    if args.search_steps and (args.order == 2 or args.sample_norm == "l1"):
-        raise UsageError("--search_steps works with --order 1 and --sample_norm l2 or li")
+    if args.search_steps and (args.order == 2 or args.sample_norm == "l1" or args.transform):
+        raise UsageError("--search_steps works with --order 1, --sample_norm l2 or li, and no --transform")
     if not 0 < args.target_type < 32:
         raise UsageError(f"--target_type must be a bit mask between 1 and 31, got {args.target_type}")
     if args.transform and args.transform not in TRANSFORMS:

@@ -80,7 +80,8 @@ def test_clever_caps_the_score_at_a_searched_norm_above_the_estimate(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [(["--search_steps", "-1"], "--search_steps must be >= 0"),
-                                           (["--search_steps", "5", "--sample_norm", "l1"], "--search_steps works")])
+                                           (["--search_steps", "5", "--sample_norm", "l1"], "--search_steps works"),
+                                           (["--search_steps", "5", "--transform", "defend_png"], "no --transform")])
 def test_bad_search_flags_are_refused(tmp_path, flags, message):
     res = run_script("collect_gradients.py", *flags, "-s", str(tmp_path))
     assert res.returncode == 2 and message in res.stderr.strip().splitlines()[-1]
