@@ -581,13 +581,14 @@ class EstimateLipschitz:
         x0 = tf.constant(np.asarray(x_0, np.float32))
         points = tf.constant(self.sample_points(x_0, image_id, SEARCH_ITERATION, 0, self.batch_size, sample_norm,
                                                 radius))
-        found = np.zeros((len(target_labels), 3), np.float32)
-        for k, j in enumerate(target_labels):
-            norms, _ = self._grad_norms(points, tf.constant(int(true_label)), tf.constant([int(j)]), 1)
+        c = tf.constant(int(true_label))
+        targets = [int(j) for j in target_labels]
+        norms, _ = self._grad_norms(points, c, tf.constant(targets), len(targets))  # one forward for all targets
+        found = np.zeros((len(targets), 3), np.float32)
+        for k, j in enumerate(targets):
             for col in range(3):
-                best = tf.argsort(norms[:, 0, col], direction="DESCENDING")[:STARTS]
-                found[k, col] = search(x0, tf.gather(points, best), tf.constant(int(true_label)), tf.constant(int(j)),
-                                       tf.constant(col)).numpy()
+                best = tf.argsort(norms[:, k, col], direction="DESCENDING")[:STARTS]
+                found[k, col] = search(x0, tf.gather(points, best), c, tf.constant(j), tf.constant(col)).numpy()
         return found
 
     def _seed_key(self, image_id: int) -> tuple[int, int]:
@@ -607,18 +608,22 @@ class EstimateLipschitz:
             x0_t = tf.constant(x0)
             seed = tf.constant(self._seed_key(image_id), tf.int64)
             active = list(range(k))  # targets still sampling; a stopped target leaves the compiled step
+            step = self._sampled_iteration(x0.shape, nsamp, k, flag, scale)
+            t_t = tf.constant(targets, tf.int32)
             with self._out_of_memory_as_error(nsamp):
                 for it in range(niters):
-                    step = self._sampled_iteration(x0.shape, nsamp, len(active), flag, scale)
                     begin = time.perf_counter()
-                    g, s, reach = step(x0_t, c_t, tf.constant([targets[a] for a in active], tf.int32), seed,
-                                       tf.constant(it, tf.int32))
+                    g, s, reach = step(x0_t, c_t, t_t, seed, tf.constant(it, tf.int32))
                     gmax[it, active], smax[it, active] = g.numpy(), s.numpy()
                     radii.append(reach)
                     times[it] = time.perf_counter() - begin
-                    active = self._after_iteration(it, gmax, targets, image_id, errors, tick, stop, active, niters)
-                    if not active:
+                    still = self._after_iteration(it, gmax, targets, image_id, errors, tick, stop, active, niters)
+                    if not still:
                         break
+                    if still != active:  # only when a target stops: a step compiled for the rest
+                        active = still
+                        step = self._sampled_iteration(x0.shape, nsamp, len(active), flag, scale)
+                        t_t = tf.constant([targets[a] for a in active], tf.int32)
         else:
             step = self._given_iteration(x0.shape, nsamp, k)
             t_t = tf.constant(targets, tf.int32)

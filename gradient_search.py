@@ -14,20 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from norms import LpNorm
+from norms import L1, L2, LINF, LpNorm
+from randsphere import tf_norms
 
 STARTS = 32  # best random samples the ascent starts from, per target and norm
 STEP = 0.25  # first ascent step, as a fraction of the radius; halved for a point whenever a step fails
-
-
-def _dual_norm(a, q: float):
-    import tensorflow as tf
-
-    if q == 1:
-        return tf.reduce_sum(tf.abs(a), 1)
-    if q == 2:
-        return tf.sqrt(tf.reduce_sum(a * a, 1) + 1e-30)
-    return tf.reduce_max(tf.abs(a), 1)
 
 
 def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_range: tuple[float, float],
@@ -42,7 +33,8 @@ def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_ran
 
     if sample_norm.p not in (2.0, float("inf")):
         raise ValueError("search supports l2 and li sampling balls")
-    duals = (2.0, 1.0, float("inf"))
+    # The estimator's gradient-norm columns G2, G1, Gi are the vector norms of these LpNorms.
+    columns = (L2, L1, LINF)
 
     def norms_and_ascent(x, c, j, q_index):
         with tf.GradientTape() as outer:
@@ -52,7 +44,7 @@ def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_ran
                 out = logits(x)
                 g = out[:, c] - out[:, j]
             grad = tf.reshape(inner.gradient(g, x), (tf.shape(x)[0], -1))
-            norm = tf.switch_case(q_index, [lambda q=q: _dual_norm(grad, q) for q in duals])
+            norm = tf.switch_case(q_index, [lambda n=n: tf_norms(grad, n) for n in columns])
         up = outer.gradient(norm, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # 0 for affine g
         return norm, tf.reshape(up, (tf.shape(x)[0], -1))
 
