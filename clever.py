@@ -439,12 +439,13 @@ def compare_folders(args) -> int:
     untargeted = args.untargeted or all(compare.is_class_info(r.info) for results, _, _ in scored for r in results)
     rows, any_skipped = [], False
     for results, skipped, warnings in scored:
+        left_out = 0
         if untargeted:
-            results, _ = handle_partial_images(results, args.allow_partial)
+            results, left_out = handle_partial_images(results, args.allow_partial)
         print_warning_counts(warnings)
         if skipped:
             print(f"[WARNING] skipped {len(skipped)} file(s)", file=sys.stderr)
-            any_skipped = True
+        any_skipped = any_skipped or bool(skipped) or left_out > 0
         rows.append([row for r in results for row in r.rows(args.method)])
     comparison = compare.compare_rows(rows[0], rows[1], untargeted=untargeted)
     if not comparison.pairs:
@@ -455,7 +456,7 @@ def compare_folders(args) -> int:
     compare.write_tables(comparison, args.csv, args.json, names)
     if args.plot:
         compare.plot_pairs(comparison, args.plot, names)
-    return 1 if any_skipped else 0  # as for one folder: skipped files are a failure to notice
+    return 1 if any_skipped else 0  # as for one folder: skipped files and left-out images are failures to notice
 
 
 def main(argv: list[str] | None = None) -> int:
