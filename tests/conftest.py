@@ -39,6 +39,15 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 300, cwd: Pat
                           timeout=timeout)
 
 
+def interrupt(proc: subprocess.Popen, sig: int) -> str:
+    """Send `sig` to a running script a second after it got going; wait for its exit and return its stderr."""
+    import time
+
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    return proc.communicate(timeout=60)[1]
+
+
 def our_segments(pid: int | None = None) -> list[str]:
     """Shared-memory segments created by this project (optionally by one pid)."""
     shm = Path("/dev/shm")

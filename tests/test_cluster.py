@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from conftest import REPO, affine_model, run_script
+from conftest import REPO, affine_model, interrupt, run_script
 
 ray = pytest.importorskip("ray")
 
@@ -189,9 +189,7 @@ def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, t
                 break
         started = ray_processes(RAY_DAEMONS) - before
         assert started, "the run started no Ray instance"
-        time.sleep(1.0)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        err = interrupt(proc, sig)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, our_segments, run_script
+from conftest import REPO, interrupt, our_segments, run_script
 from shmemarray import SharedArray, remove_stale_segments
 
 
@@ -59,9 +59,7 @@ def test_signal_mid_run_leaves_no_segment_and_no_partial_file(tmp_path, sig):
         while not our_segments(proc.pid) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert our_segments(proc.pid), "the run never created its sample buffers"
-        time.sleep(1.0)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        err = interrupt(proc, sig)
     finally:
         if proc.poll() is None:
             proc.kill()
