@@ -283,8 +283,6 @@ def validate(args: argparse.Namespace) -> list[str]:
         raise UsageError("--firstimg must be >= 0")
     args.range = parse_input_range(args.input_range)
     check_user_model_flags(args)
-    if args.range != (-0.5, 0.5) and not args.data_path:
-        raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     return names
 
 

@@ -119,8 +119,6 @@ def validate(args: argparse.Namespace) -> None:
 
     args.range = parse_input_range(args.input_range)
     check_user_model_flags(args)
-    if args.model_path and not args.data_path and args.range != (-0.5, 0.5):
-        raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     if args.order == 2 and (args.compute_slope or args.transform or args.sampler == "pool"):
         raise UsageError("--order 2 cannot be combined with --compute_slope, --transform or --sampler pool")
     check_writable_folder(output_folder(args))

@@ -70,7 +70,10 @@ def channel_normalisation(args) -> tuple[tuple[float, ...] | None, tuple[float, 
 
 
 def check_user_model_flags(args) -> None:
-    """--input_mean/--input_std and --input_layout are valid and only apply to --model_path."""
+    """--input_mean/--input_std and --input_layout are valid and only apply to --model_path, and an
+    --input_range (parsed into args.range) other than the built-in one comes with --data_path."""
+    if args.range != (-0.5, 0.5) and not args.data_path:
+        raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     mean, std = channel_normalisation(args)
     if (mean or std) and not args.model_path:
         raise UsageError("--input_mean/--input_std apply to your own model (--model_path)")
