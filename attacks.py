@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from errors import UsageError, quiet_tensorflow, run_cli
+from cleverscore.errors import UsageError, quiet_tensorflow, run_cli
 from user_inputs import add_user_model_flags, check_user_model_flags, load_user_data, parse_input_range, user_model_from_args
 
 # Carlini-Wagner L2, as in the reference implementation (abort early, Adam, tanh box) with

@@ -20,7 +20,8 @@ import numpy as np
 
 from clever_fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG, WeibullFit, clever_score, fit_many, second_order_bound
 from clever_interval import EndPointInterval, end_point_interval, mean_interval
-from errors import UsageError, run_cli
+from cleverscore.errors import UsageError, run_cli
+from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
 from log_lines import (
     beyond_ball_line,
     counts_line,
@@ -33,7 +34,6 @@ from log_lines import (
     untargeted_image_line,
 )
 from mat_files import load_mat, parse_mat_name
-from norms import L2, NORMS, LpNorm, by_flag, supported_radius
 
 INFO_ORDER = ("least", "random", "top2")
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from clever_fit import SHAPE_REG, WeibullFit, clever_score, fit_many
 from clever_interval import end_point_interval
-from errors import UsageError
+from cleverscore.errors import UsageError
+from cleverscore.norms import NORMS, grad_column
 from estimate_gradient_norm import EstimateLipschitz
-from norms import NORMS, grad_column
 
 
 @dataclass

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from errors import CleverError, UsageError
+from cleverscore.errors import CleverError, UsageError
 
 INSTALL_HINT = "--ray needs the optional package ray: pip install -r requirements-cluster.txt"
 REPO = Path(__file__).resolve().parent
@@ -144,8 +144,8 @@ class GradientWorker:
     """A Ray actor: loads the model once, then computes work items (collect_gradients.compute_item)."""
 
     def __init__(self, args, image_shape: tuple[int, ...], names: list[str], *contents: bytes):
+        from cleverscore.errors import quiet_tensorflow
         from collect_gradients import load_classifier
-        from errors import quiet_tensorflow
 
         quiet_tensorflow()
         from estimate_gradient_norm import EstimateLipschitz

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cleverscore.errors import CleverError, UsageError, quiet_tensorflow, run_cli
+from cleverscore.norms import GRAD_KEYS
 from defense import TRANSFORMS
-from errors import CleverError, UsageError, quiet_tensorflow, run_cli
 from log_lines import datagen_line
-from norms import GRAD_KEYS
 from target_selection import DEFAULT_TARGET_TYPE, USER
 from user_inputs import add_user_model_flags
 

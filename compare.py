@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import UsageError
+from cleverscore.errors import UsageError
 
 LEVEL = 0.95  # the confidence level of the ratio's interval (the per-score intervals are 95% too)
 Z_SCORE_INTERVAL = 1.959963984540054  # the standard normal's 97.5% quantile: half-width of a 95% interval in sigmas

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import CleverError
+from cleverscore.errors import CleverError
 
 VALIDATION_SIZE = 5000  # the first training images held out for validation, as the original
 DOWNLOAD_TIMEOUT_S = 20

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from errors import CleverError, UsageError
+from cleverscore.errors import CleverError, UsageError
+from cleverscore.norms import by_flag
 from log_lines import iteration_line
-from norms import by_flag
 from randsphere import tf_norms, tf_perturbations
 
 DEFAULT_BATCH_SIZE = {"mnist": 1024, "cifar": 1024, "imagenet": 32}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from norms import L1, L2, LINF, LpNorm
+from cleverscore.norms import L1, L2, LINF, LpNorm
 from randsphere import tf_norms
 
 STARTS = 32  # best random samples the ascent starts from, per target and norm

@@ -54,7 +54,7 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "-s/--save") ->
     removed at once, so the check is the real operation rather than a permission guess (root
     passes every permission check, yet cannot write under /sys or on a read-only mount).
     """
-    from errors import UsageError
+    from cleverscore.errors import UsageError
 
     folder = Path(folder)
     existing = folder

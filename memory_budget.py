@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from errors import UsageError
+from cleverscore.errors import UsageError
 
 # Ops whose outputs share their input's buffer or hold no per-call allocation.
 NO_ALLOCATION = frozenset({"Identity", "IdentityN", "Reshape", "StopGradient", "Const", "Placeholder",

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from errors import CleverError, UsageError
+from cleverscore.errors import CleverError, UsageError
 
 CNN_WIDTHS = {"mnist": (32, 64, 200), "cifar": (64, 128, 256)}
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar": (32, 32, 3)}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import CleverError, UsageError
+from cleverscore.errors import CleverError, UsageError
 
 CONVERTER_VERSION = "onnx2tf==1.28.8"
 CACHE_FORMAT = 1  # bump when the cached SavedModel or meta.json changes meaning

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammainc
 
-from norms import L1, L2, LINF, LpNorm
+from cleverscore.norms import L1, L2, LINF, LpNorm
 
 
 def numpy_unit_ball(rng: np.random.Generator, norm: LpNorm, count: int, dim: int) -> np.ndarray:

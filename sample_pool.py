@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from errors import CleverError
-from norms import by_flag
+from cleverscore.errors import CleverError
+from cleverscore.norms import by_flag
 from randsphere import numpy_norms, numpy_perturbations
 from shmemarray import SharedArray
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import CleverError, UsageError
+from cleverscore.errors import CleverError, UsageError
 
 NUM_CLASSES = 1000
 DEFAULT_BATCH_SIZE = 32

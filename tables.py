@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from errors import UsageError, run_cli
+from cleverscore.errors import UsageError, run_cli
 
 TARGETS = (("least", "Least likely target"), ("random", "Random target"), ("top2", "Top-2 target"))
 # (output column, header, attack or "clever", which distortion / score)

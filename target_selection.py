@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from errors import UsageError
+from cleverscore.errors import UsageError
 
 TOP2, RANDOM, LEAST, USER, ALL = 1, 2, 4, 8, 16
 DEFAULT_TARGET_TYPE = TOP2 | RANDOM | LEAST | USER

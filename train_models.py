@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from errors import UsageError, quiet_tensorflow, run_cli
+from cleverscore.errors import UsageError, quiet_tensorflow, run_cli
 
 EPOCHS = 50  # the original's schedule; fewer still reach the accuracy targets on MNIST
 BATCH_SIZE = 128

@@ -16,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from errors import UsageError, quiet_tensorflow, run_cli
+from cleverscore.errors import UsageError, quiet_tensorflow, run_cli
 from model_zoo import ACTIVATIONS, models_folder, parse_model_name
 from train_models import TrainConfig, accuracy, train_and_save
 

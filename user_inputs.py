@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import CleverError, UsageError
+from cleverscore.errors import CleverError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 

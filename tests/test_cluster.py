@@ -227,7 +227,7 @@ def test_other_flags_give_the_files_of_a_local_run_too(ray_instance, affine_file
 
 def test_a_worker_error_comes_back_as_the_one_line_error_of_a_local_run(ray_instance):
     from cluster import get_results
-    from errors import CleverError, UsageError
+    from cleverscore.errors import CleverError, UsageError
 
     @ray.remote
     def bad_input():

@@ -7,7 +7,7 @@ import pytest
 
 from compare import (MORE_ROBUST_A, MORE_ROBUST_B, NO_DIFFERENCE, compare_rows, draw_scores, pair_rows,
                      ratio_interval, report_lines, verdict)
-from errors import UsageError
+from cleverscore.errors import UsageError
 
 
 def rows(scores, info="top2", norm="L2", rel_lo=0.1, rel_hi=0.05, labels=None, first_id=0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, shared_dataset
-from errors import CleverError
+from cleverscore.errors import CleverError
 from setup_cifar import CIFAR
 from setup_mnist import MNIST
 

@@ -15,7 +15,7 @@ import pytest
 import scipy.io as sio
 
 from conftest import REPO, affine_model, run_script
-from errors import CleverError, UsageError
+from cleverscore.errors import CleverError, UsageError
 from estimate_gradient_norm import EstimateLipschitz
 
 RNG = np.random.default_rng(0)

@@ -225,7 +225,7 @@ def test_two_concurrent_runs_into_one_folder_give_the_union(tmp_path):
 _SIGNAL_INSIDE_LIBRARY_CODE = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-from errors import run_cli
+from cleverscore.errors import run_cli
 
 def main(_args):
     try:  # a library that catches the interrupt and re-raises something else (as TF's tracer does)

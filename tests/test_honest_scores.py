@@ -15,7 +15,7 @@ from scipy.stats import weibull_min
 
 from clever_fit import fit_reverse_weibull
 from conftest import run_script
-from norms import L1, L2, LINF, supported_radius
+from cleverscore.norms import L1, L2, LINF, supported_radius
 
 
 def reverse_weibull(shape: float, n: int, seed: int, end: float = 10.0, scale: float = 2.0) -> np.ndarray:

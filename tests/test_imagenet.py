@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_DATA, run_script
-from errors import UsageError
+from cleverscore.errors import UsageError
 from setup_imagenet import (NO_KERAS_EQUIVALENT, REGISTRY, build_imagenet_model, class_names, list_labelled_images,
                             load_imagenet, registry_entry, resize_and_crop)
 

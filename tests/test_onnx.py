@@ -138,7 +138,7 @@ def test_fixed_batch_export_takes_any_batch_size(cache):
 def test_batch_fixed_inside_the_graph_says_how_to_export(cache):
     from onnx import TensorProto, helper
 
-    from errors import UsageError
+    from cleverscore.errors import UsageError
     from onnx_model import load_onnx_model
 
     proto, _, _ = _affine(batch=1)
@@ -153,7 +153,7 @@ def test_batch_fixed_inside_the_graph_says_how_to_export(cache):
 def test_unsupported_operator_is_named_in_one_line(cache):
     from onnx import helper
 
-    from errors import UsageError
+    from cleverscore.errors import UsageError
     from onnx_model import load_onnx_model
 
     proto, _, _ = _affine()
@@ -167,7 +167,7 @@ def test_unsupported_operator_is_named_in_one_line(cache):
 def test_missing_packages_say_what_to_install(tmp_path, monkeypatch):
     import sys
 
-    from errors import UsageError
+    from cleverscore.errors import UsageError
     from onnx_model import load_onnx_model
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError

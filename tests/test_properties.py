@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clever_fit import fit_reverse_weibull
-from norms import NORMS
+from cleverscore.norms import NORMS
 from randsphere import numpy_perturbations, numpy_unit_ball
 
 norms = st.sampled_from(NORMS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from norms import L1, L2, LINF, NORMS
+from cleverscore.norms import L1, L2, LINF, NORMS
 from randsphere import numpy_unit_ball, tf_unit_ball, tf_perturbations
 
 DIM = 50

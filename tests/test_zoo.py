@@ -130,7 +130,7 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
     import keras
 
     from datasets import load_dataset
-    from errors import UsageError
+    from cleverscore.errors import UsageError
     from train_models import TrainConfig, train_and_save, train_teacher, training_backup_folder
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
