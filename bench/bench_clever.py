@@ -36,7 +36,7 @@ MODELS = [("mnist", "normal"), ("mnist", "distilled"), ("mnist", "brelu"), ("mni
 
 def load(dataset: str, name: str):
     """The zoo model with its weights, or random weights of the same architecture (noted)."""
-    from model_zoo import build_model, load_zoo_model, models_folder, parse_model_name
+    from cleverscore.models.zoo import build_model, load_zoo_model, models_folder, parse_model_name
 
     spec = parse_model_name(dataset, name)
     if (models_folder() / spec.weights_file).is_file():
@@ -83,7 +83,7 @@ def marginal_seconds(run, k: int) -> float:
 def bench_model(dataset: str, name: str, args) -> dict:
     """Each repeat measures the limit and the pipeline back to back, so slow drifts of the
     machine's speed (other load, clocks under sustained load) cancel in the per-repeat ratios."""
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     model, weights = load(dataset, name)
     shape = tuple(model.input_shape[1:])
@@ -116,7 +116,7 @@ def bench_model(dataset: str, name: str, args) -> dict:
 def bench_fit(args) -> float:
     from scipy.stats import weibull_min
 
-    from clever_fit import C_INIT, fit_many
+    from cleverscore.scoring.fit import C_INIT, fit_many
 
     rng = np.random.default_rng(2)
     files = [[-weibull_min.rvs(4.0, loc=-(5 + k), scale=1.0, size=500, random_state=rng) for k in range(3)]

@@ -22,7 +22,7 @@ from scipy.stats import weibull_min
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clever_fit import FIT_SELECT, fit_reverse_weibull  # noqa: E402
+from cleverscore.scoring.fit import FIT_SELECT, fit_reverse_weibull  # noqa: E402
 
 SHAPES = (2.5, 4.0, 8.0, 15.0, 30.0)
 SIZES = (100, 500)
@@ -63,7 +63,7 @@ def synthetic(trials: int, seed: int) -> None:
 
 
 def real(folder: Path) -> None:
-    from clever import read_maxima
+    from cleverscore.cli.score import read_maxima
 
     rows, largest = [], []
     for path in sorted(folder.rglob("*.mat")):

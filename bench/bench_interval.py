@@ -33,8 +33,8 @@ from scipy.stats import weibull_min
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clever_fit import fit_reverse_weibull  # noqa: E402
-from clever_interval import end_point_interval  # noqa: E402
+from cleverscore.scoring.fit import fit_reverse_weibull  # noqa: E402
+from cleverscore.scoring.intervals import end_point_interval  # noqa: E402
 
 SHAPES = (2.5, 4.0, 8.0, 15.0, 30.0)
 SIZES = (50, 100, 200, 500)
@@ -65,9 +65,9 @@ def synthetic(trials: int, seed: int) -> list[dict]:
 
 def collect(model: str, dataset: str, image: int, target_type: str, nsamps: int, niters: int, seed: int) -> tuple:
     """G2 maxima and g(x0) for one (image, target) collected with `seed`."""
-    from datasets import load_dataset
-    from estimate_gradient_norm import EstimateLipschitz
-    from target_selection import choose_targets
+    from cleverscore.data import load_dataset
+    from cleverscore.running.targets import choose_targets
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     data = load_dataset(dataset, None)
     x0 = data.test_data[image]
@@ -114,7 +114,7 @@ def seeds(args) -> list[dict]:
 
 def speed(files: int, n: int, seed: int) -> list[dict]:
     """CPU time per file (three norms) of the fit alone and of the interval, interleaved per file."""
-    from clever_fit import fit_many
+    from cleverscore.scoring.fit import fit_many
 
     rng = np.random.default_rng(seed)
     fit_t = iv_t = 0.0

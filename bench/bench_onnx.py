@@ -52,9 +52,9 @@ def main() -> int:
 
     from onnx_graphs import keras_cnn_as_onnx
 
-    from estimate_gradient_norm import EstimateLipschitz
-    from model_zoo import load_zoo_model
-    from onnx_model import load_onnx_model
+    from cleverscore.models.onnx_convert import load_onnx_model
+    from cleverscore.models.zoo import load_zoo_model
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     keras_model = load_zoo_model("mnist", "normal")
     proto = keras_cnn_as_onnx(keras_model)

@@ -37,7 +37,7 @@ STARTUP: dict[int, float] = {}  # workers -> seconds to start them and run their
 
 
 def run_args(model: str, nsamps: int, niters: int):
-    from collect_gradients import build_parser, validate
+    from cleverscore.cli.collect import build_parser, validate
 
     dataset, name = model.split(":")
     args = build_parser().parse_args(["-d", dataset, "-m", name, "-N", str(nsamps), "-i", str(niters), "--quiet",
@@ -48,7 +48,7 @@ def run_args(model: str, nsamps: int, niters: int):
 
 def make_items(args, count: int, first: int = 0) -> list:
     """`count` work items: test images with the target (true label + 1) mod 10; nothing is saved."""
-    from collect_gradients import WorkItem, load_inputs
+    from cleverscore.cli.collect import WorkItem, load_inputs
 
     x, y, _ = load_inputs(args)
     return [WorkItem(i, i, int(y[i]), x[i], [((int(y[i]) + 1) % 10, "bench", Path("unused.mat"))])
@@ -57,8 +57,8 @@ def make_items(args, count: int, first: int = 0) -> list:
 
 def in_process(args, items: list) -> list[float]:
     """Seconds per item, computed in this process after a tracing run."""
-    from collect_gradients import compute_item, load_classifier
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.cli.collect import compute_item, load_classifier
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     estimator = EstimateLipschitz(seed=args.seed, log=None)
     load_classifier(args, estimator)
@@ -73,7 +73,7 @@ def in_process(args, items: list) -> list[float]:
 
 def on_ray(args, items: list, workers: int, one_at_a_time: bool) -> list[float]:
     """Seconds per item (one_at_a_time) or for all items together, on `workers` warm Ray workers."""
-    from cluster import RayExecutor
+    from cleverscore.running.cluster import RayExecutor
 
     args.ray_workers = workers
     executor = RayExecutor(args)
@@ -105,8 +105,8 @@ def driver_cost(repeats: int = 10) -> float:
 
     import numpy as np
 
-    from collect_gradients import ItemOutcome, WorkItem, save_outcome
-    from estimate_gradient_norm import EstimateLipschitz, TargetResult
+    from cleverscore.cli.collect import ItemOutcome, WorkItem, save_outcome
+    from cleverscore.sampling.estimator import EstimateLipschitz, TargetResult
 
     args = run_args("mnist:normal", 1024, 500)
     rng = np.random.default_rng(0)

@@ -33,11 +33,11 @@ RADIUS = 3.0  # the default l2 law's ball
 def main() -> None:
     import tensorflow as tf
 
-    from clever_fit import fit_reverse_weibull
-    from clever_interval import end_point_interval
-    from datasets import load_dataset
-    from estimate_gradient_norm import EstimateLipschitz
-    from target_selection import choose_targets
+    from cleverscore.data import load_dataset
+    from cleverscore.running.targets import choose_targets
+    from cleverscore.sampling.estimator import EstimateLipschitz
+    from cleverscore.scoring.fit import fit_reverse_weibull
+    from cleverscore.scoring.intervals import end_point_interval
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", default="mnist")

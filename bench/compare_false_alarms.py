@@ -44,7 +44,7 @@ def write_run(folder: Path, ends: np.ndarray, g_x0: np.ndarray, shapes: np.ndarr
 
 def score(folder: Path) -> list[dict]:
     """clever.py's rows for a folder, as `--compare` makes them (its [DEBUG] lines swallowed)."""
-    import clever
+    from cleverscore.cli import score as clever
 
     args = clever.build_parser().parse_args([str(folder)])
     with contextlib.redirect_stdout(io.StringIO()):
@@ -63,7 +63,7 @@ def main() -> int:
     p.add_argument("--shapes", type=float, nargs=2, default=(2.0, 6.0),
                    help="Weibull shapes drawn uniformly in this range per image (real maxima fit 3 to 40)")
     args = p.parse_args()
-    import compare
+    from cleverscore.scoring import compare
 
     verdicts, widths, covered = [], [], []
     for trial in range(args.trials):

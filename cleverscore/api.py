@@ -1,6 +1,6 @@
 """CLEVER in one call, for notebooks: a Keras model and an image in, scores and fits out.
 
-    from clever_api import clever_scores
+    from cleverscore.api import clever_scores
     result = clever_scores(model, image, target=None, nsamps=1024, niters=100)
     print(result.scores)   # {'L1': .., 'L2': .., 'Li': ..}: untargeted (minimum over classes)
 
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clever_fit import SHAPE_REG, WeibullFit, clever_score, fit_many
-from clever_interval import end_point_interval
 from cleverscore.errors import UsageError
 from cleverscore.norms import NORMS, grad_column
-from estimate_gradient_norm import EstimateLipschitz
+from cleverscore.sampling.estimator import EstimateLipschitz
+from cleverscore.scoring.fit import SHAPE_REG, WeibullFit, clever_score, fit_many
+from cleverscore.scoring.intervals import end_point_interval
 
 
 @dataclass
@@ -53,8 +53,8 @@ class CleverResult:
 
 def _as_callable(model, image_shape, input_mean, input_std, input_layout: str):
     """A model file or onnx.ModelProto loaded; the normalisation wrapped around it."""
-    from onnx_model import is_onnx
-    from user_inputs import load_user_model, normalized
+    from cleverscore.models.onnx_convert import is_onnx
+    from cleverscore.models.user import load_user_model, normalized
 
     if isinstance(model, (str, os.PathLike)) or is_onnx(model):
         model = load_user_model(model, layout=input_layout, image_shape=tuple(image_shape))

@@ -1,12 +1,10 @@
-"""Expected failures and the one place that turns them into a one-line message and exit code."""
+"""Expected failures: a message the user can act on, and the exit code a command line gives it.
+
+Library code raises these with a message about its parameters (`order must be 1 or 2`); the
+command lines turn them into one `error: ...` line (cli/common.py).
+"""
 
 from __future__ import annotations
-
-import os
-import signal
-import sys
-import traceback
-from collections.abc import Callable
 
 USAGE_ERROR = 2
 RUNTIME_ERROR = 1
@@ -19,53 +17,6 @@ class CleverError(Exception):
 
 
 class UsageError(CleverError):
-    """Bad flags or bad input files: exit code 2."""
+    """Bad parameters or bad input files: exit code 2."""
 
     exit_code = USAGE_ERROR
-
-
-_received_signal: int | None = None
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    # SIGTERM would otherwise kill the process without running `finally` blocks and atexit
-    # handlers, which are what unlink shared memory and remove temporary files. The signal is
-    # remembered because the exception raised here can surface wrapped in another one when it
-    # lands inside library code (TensorFlow's tracer turns it into a SystemError).
-    global _received_signal
-    _received_signal = signum
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(128 + signum)
-
-
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a command-line `main`, mapping expected failures to `error: ...` and an exit code.
-
-    The traceback is printed only when `--debug` is among the arguments.
-    """
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    try:
-        code = main(args)
-    except CleverError as err:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        code = err.exit_code
-    except BaseException:
-        if _received_signal is None:
-            raise
-        if debug:
-            traceback.print_exc()
-        print(f"error: interrupted by {signal.Signals(_received_signal).name}", file=sys.stderr)
-        code = 128 + _received_signal
-    sys.stdout.flush()
-    sys.exit(code or 0)
-
-
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the user's logs (set before importing TF)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -115,7 +115,7 @@ def assert_same_files(got: dict, want: dict) -> None:
 
 @pytest.fixture(scope="module")
 def local_run(affine_files, tmp_path_factory):
-    from collect_gradients import main
+    from cleverscore.cli.collect import main
 
     root, _ = affine_files
     save = tmp_path_factory.mktemp("local")
@@ -124,7 +124,7 @@ def local_run(affine_files, tmp_path_factory):
 
 
 def test_ray_run_writes_the_files_of_a_local_run(ray_instance, affine_files, local_run, tmp_path, capsys):
-    from collect_gradients import main
+    from cleverscore.cli.collect import main
 
     root, w = affine_files
     assert main(collect_args(root, tmp_path, "--ray", "auto", "--ray_workers", "2")) == 0
@@ -142,7 +142,7 @@ def test_ray_run_writes_the_files_of_a_local_run(ray_instance, affine_files, loc
 
 @pytest.mark.slow  # ~35 s on the loaded 2-core machine: two workers start, one is killed and restarts
 def test_a_worker_killed_mid_item_is_restarted_and_its_item_rerun(ray_instance, affine_files, tmp_path, capsys):
-    from collect_gradients import main
+    from cleverscore.cli.collect import main
 
     root, _ = affine_files
     longer = ["-i", "400"]  # items long enough to be caught running
@@ -208,7 +208,7 @@ def test_an_interrupted_driver_leaves_no_file_and_no_ray_process(affine_files, t
 @pytest.mark.parametrize("flags", [["--compute_slope", "--transform", "defend_reduce"], ["--order", "2"],
                                    ["--target_type", "16"], ["--rel_tol", "0.2", "-i", "80"]])
 def test_other_flags_give_the_files_of_a_local_run_too(ray_instance, affine_files, tmp_path, flags, capsys):
-    from collect_gradients import main
+    from cleverscore.cli.collect import main
 
     root, _ = affine_files
     model = "tanh" if "--order" in flags else "affine"  # an affine model has no Hessian to iterate on
@@ -226,7 +226,7 @@ def test_other_flags_give_the_files_of_a_local_run_too(ray_instance, affine_file
 
 
 def test_a_worker_error_comes_back_as_the_one_line_error_of_a_local_run(ray_instance):
-    from cluster import get_results
+    from cleverscore.running.cluster import get_results
     from cleverscore.errors import CleverError, UsageError
 
     @ray.remote
@@ -252,7 +252,7 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path):
 
 
 def test_shipped_model_files_and_folders_round_trip(tmp_path):
-    from cluster import pack_path, unpack_path
+    from cleverscore.running.cluster import pack_path, unpack_path
 
     folder = tmp_path / "saved_model"
     (folder / "variables").mkdir(parents=True)

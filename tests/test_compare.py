@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compare import (MORE_ROBUST_A, MORE_ROBUST_B, NO_DIFFERENCE, compare_rows, draw_scores, pair_rows,
-                     ratio_interval, report_lines, verdict)
+from cleverscore.scoring.compare import (MORE_ROBUST_A, MORE_ROBUST_B, NO_DIFFERENCE, compare_rows, draw_scores, pair_rows,
+                                        ratio_interval, report_lines, verdict)
 from cleverscore.errors import UsageError
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import REPO, shared_dataset
 from cleverscore.errors import CleverError
-from setup_cifar import CIFAR
-from setup_mnist import MNIST
+from cleverscore.data.cifar import CIFAR
+from cleverscore.data.mnist import MNIST
 
 
 def test_shipped_mnist_test_set_loads_in_range():
@@ -51,8 +51,8 @@ def test_cifar_binary_test_batch_loads():
 def test_missing_files_give_a_one_line_error_naming_them(tmp_path):
     import dataclasses
 
-    import setup_mnist
-    from datasets import Dataset
+    from cleverscore.data import mnist as setup_mnist
+    from cleverscore.data.datasets import Dataset
 
     def offline(folder):
         raise OSError("network is unreachable")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import our_segments, run_script
-from defense import TRANSFORMS, defend_jpeg, defend_png, defend_reduce, get_transform
+from cleverscore.sampling.transforms import TRANSFORMS, defend_jpeg, defend_png, defend_reduce, get_transform
 
 
 def smooth_noisy_image(seed: int = 0, channels: int = 3) -> np.ndarray:
@@ -76,10 +76,10 @@ def test_a_worker_that_raises_stops_the_run_cleanly(tmp_path):
 
 @pytest.mark.slow  # 28 s; the suite must stay under 8 minutes on 2 cores
 def test_transformed_scores_stay_close_to_plain_scores_on_the_shipped_model():
-    from clever_fit import fit_reverse_weibull
-    from estimate_gradient_norm import EstimateLipschitz
-    from model_zoo import load_zoo_model
-    from setup_mnist import MNIST
+    from cleverscore.scoring.fit import fit_reverse_weibull
+    from cleverscore.sampling.estimator import EstimateLipschitz
+    from cleverscore.models.zoo import load_zoo_model
+    from cleverscore.data.mnist import MNIST
 
     data = MNIST()
     est = EstimateLipschitz(log=None, sampler="pool", nthreads=1)

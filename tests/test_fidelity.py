@@ -16,7 +16,7 @@ import scipy.io as sio
 
 from conftest import REPO, affine_model, run_script
 from cleverscore.errors import CleverError, UsageError
-from estimate_gradient_norm import EstimateLipschitz
+from cleverscore.sampling.estimator import EstimateLipschitz
 
 RNG = np.random.default_rng(0)
 WEIGHTS = RNG.normal(size=(784, 10)) * 0.05
@@ -86,7 +86,7 @@ def test_graph_and_pool_samplers_record_the_same_ball(sample_norm, radius):
 
 
 def test_a_target_stopped_by_rel_tol_records_the_ball_of_the_iterations_it_kept(monkeypatch):
-    import clever_interval
+    from cleverscore.scoring import intervals as clever_interval
 
     # Target 7 (margin 4) passes every check and stops after BURN_IN iterations; target 1
     # (margin 3) never does and runs all 80 on the same samples.
@@ -109,7 +109,7 @@ def test_a_target_stopped_by_rel_tol_records_the_ball_of_the_iterations_it_kept(
 def test_order_2_records_its_ball_in_the_h2_file_contents():
     import keras
 
-    from collect_gradients import hessian_contents
+    from cleverscore.cli.collect import hessian_contents
 
     keras.utils.set_random_seed(2)
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
@@ -130,7 +130,7 @@ def test_order_2_records_its_ball_in_the_h2_file_contents():
 def test_live_tensor_peak_of_a_traced_graph():
     import tensorflow as tf
 
-    from memory_budget import graph_peak_bytes
+    from cleverscore.sampling.memory import graph_peak_bytes
 
     @tf.function(input_signature=[tf.TensorSpec([1000], tf.float32)])
     def chain(x):
@@ -145,7 +145,7 @@ def test_live_tensor_peak_of_a_traced_graph():
 
 
 def test_a_batch_over_the_memory_limit_is_refused_with_a_batch_size_that_fits(monkeypatch):
-    import memory_budget
+    from cleverscore.sampling import memory as memory_budget
 
     limit = 4_000_000  # bytes: a faked small machine; a batch of 1024 MNIST points needs more
     monkeypatch.setattr(memory_budget, "available_bytes", lambda device="CPU": limit)
@@ -162,7 +162,7 @@ def test_a_batch_over_the_memory_limit_is_refused_with_a_batch_size_that_fits(mo
 
 
 def test_cli_refuses_a_batch_of_three_million_before_running_it(tmp_path):
-    import collect_gradients
+    from cleverscore.cli import collect as collect_gradients
 
     with pytest.raises(UsageError, match=r"a batch of 3000000 points needs about .* use -b/--batch_size \d+ or less"):
         collect_gradients.main(["-N", "3000000", "-b", "3000000", "-i", "1", "--target_type", "1", "-s",
@@ -246,7 +246,7 @@ def rendered(stream_text: str) -> str:
 
 
 def test_progress_line_clears_what_a_longer_previous_line_left(monkeypatch):
-    import log_lines
+    from cleverscore import log_lines
 
     clock = iter([0.0, 14.0, 15.0])  # start; 15 of 30 done after 14 s (ETA 14s); 25 after 15 s (ETA 3s)
     monkeypatch.setattr(log_lines.time, "perf_counter", lambda: next(clock))

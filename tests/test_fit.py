@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import weibull_min
 
-from clever_fit import WeibullFit, clever_score, fit_many, fit_reverse_weibull
+from cleverscore.scoring.fit import WeibullFit, clever_score, fit_many, fit_reverse_weibull
 
 
 def reverse_weibull_maxima(location: float, shape: float, scale: float, n: int, seed: int) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_clever_score_divides_margin_by_lipschitz():
 
 
 def test_fast_likelihood_equals_scipys_penalised_likelihood():
-    from clever_fit import weibull_nnlf
+    from cleverscore.scoring.fit import weibull_nnlf
 
     rng = np.random.default_rng(7)
     x = -reverse_weibull_maxima(1.0, 4.0, 0.5, 300, seed=1)

@@ -174,8 +174,8 @@ def test_clever_all_equal_maxima_use_the_documented_fallback(tmp_path):
 def test_nan_gradients_stop_only_the_affected_targets(tmp_path, capsys, monkeypatch):
     import keras
 
-    import collect_gradients
-    import user_inputs
+    from cleverscore.cli import collect as collect_gradients
+    from cleverscore.cli import flags as user_inputs
 
     # Logit 0 gets 0 * log(0.5 - x[0,0]): NaN where pixel (0, 0) reaches the upper bound 0.5.
     # Image 0 starts there (NaN logits); image 1 (pixel 0.2) reaches it within the Linf ball of
@@ -225,7 +225,7 @@ def test_two_concurrent_runs_into_one_folder_give_the_union(tmp_path):
 _SIGNAL_INSIDE_LIBRARY_CODE = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-from cleverscore.errors import run_cli
+from cleverscore.cli.common import run_cli
 
 def main(_args):
     try:  # a library that catches the interrupt and re-raises something else (as TF's tracer does)
@@ -247,7 +247,7 @@ def test_a_signal_wrapped_by_library_code_still_exits_with_one_line(sig, code):
 
 
 def test_result_files_get_the_usual_permissions(tmp_path):
-    from mat_files import save_mat_atomically
+    from cleverscore.mat_files import save_mat_atomically
 
     old = os.umask(0o022)
     try:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import weibull_min
 
-from clever_fit import fit_reverse_weibull
+from cleverscore.scoring.fit import fit_reverse_weibull
 from conftest import run_script
 from cleverscore.norms import L1, L2, LINF, supported_radius
 

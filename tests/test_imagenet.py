@@ -8,8 +8,8 @@ from PIL import Image
 
 from conftest import SHARED_DATA, run_script
 from cleverscore.errors import UsageError
-from setup_imagenet import (NO_KERAS_EQUIVALENT, REGISTRY, build_imagenet_model, class_names, list_labelled_images,
-                            load_imagenet, registry_entry, resize_and_crop)
+from cleverscore.models.imagenet import NO_KERAS_EQUIVALENT, REGISTRY, build_imagenet_model, registry_entry
+from cleverscore.data.imagenet import class_names, list_labelled_images, load_imagenet, resize_and_crop
 
 FAST = ("mobilenet_v1_025", "resnet_v2_50")
 

@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import weibull_min
 
-from clever_interval import end_point_interval, mean_interval
+from cleverscore.scoring.intervals import end_point_interval, mean_interval
 from conftest import run_script
 from test_honest_scores import write_mat
 
@@ -109,7 +109,7 @@ def test_csv_json_columns_and_the_ci_line(tmp_path):
 
 
 def test_python_api_gives_each_score_its_interval_and_an_affine_model_a_point():
-    from clever_api import clever_scores
+    from cleverscore.api import clever_scores
     from conftest import affine_model
 
     rng = np.random.default_rng(2)

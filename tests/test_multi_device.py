@@ -11,7 +11,7 @@ import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from estimate_gradient_norm import EstimateLipschitz
+from cleverscore.sampling.estimator import EstimateLipschitz
 keras.utils.set_random_seed(4)
 model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
                           keras.layers.Flatten(), keras.layers.Dense(5)])

@@ -33,16 +33,16 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def mnist():
-    from datasets import load_dataset
-    from model_zoo import load_zoo_model
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model
 
     data = load_dataset("mnist")
     return load_zoo_model("mnist", "normal"), data.test_data[:2], np.argmax(data.test_labels[:2], 1)
 
 
 def test_mnist_cnn_as_nchw_onnx_gives_the_keras_maxima_and_scores(cache, mnist):
-    from clever_api import clever_scores
-    from onnx_model import load_onnx_model
+    from cleverscore.api import clever_scores
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     keras_model, x, y = mnist
     proto = keras_cnn_as_onnx(keras_model)
@@ -64,8 +64,8 @@ def test_mnist_cnn_as_nchw_onnx_gives_the_keras_maxima_and_scores(cache, mnist):
 def test_residual_block_matches_onnxruntime_and_scores(cache):
     import onnxruntime as ort
 
-    from clever_api import clever_scores
-    from onnx_model import load_onnx_model
+    from cleverscore.api import clever_scores
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     proto = residual_cnn()
     model = load_onnx_model(proto)
@@ -88,8 +88,8 @@ def _affine(batch="batch"):
 
 
 def test_affine_nchw_maxima_are_exact_dual_norms_and_g_x0_uses_the_transposed_image(cache):
-    from estimate_gradient_norm import EstimateLipschitz
-    from onnx_model import load_onnx_model
+    from cleverscore.sampling.estimator import EstimateLipschitz
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     proto, weights, bias = _affine()
     x0 = np.random.default_rng(6).uniform(-0.5, 0.5, (4, 5, 3)).astype(np.float32)  # NHWC, as our data
@@ -108,7 +108,7 @@ def test_affine_nchw_maxima_are_exact_dual_norms_and_g_x0_uses_the_transposed_im
 
 
 def test_input_mean_and_std_act_inside_the_model_so_gradients_stay_in_input_units(cache):
-    from clever_api import clever_scores
+    from cleverscore.api import clever_scores
 
     proto, weights, bias = _affine()
     x0 = np.random.default_rng(7).uniform(0, 1, (4, 5, 3)).astype(np.float32)
@@ -127,7 +127,7 @@ def test_input_mean_and_std_act_inside_the_model_so_gradients_stay_in_input_unit
 
 
 def test_fixed_batch_export_takes_any_batch_size(cache):
-    from onnx_model import load_onnx_model
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     proto, weights, bias = _affine(batch=1)
     x = np.random.default_rng(8).uniform(-0.5, 0.5, (7, 4, 5, 3)).astype(np.float32)
@@ -139,7 +139,7 @@ def test_batch_fixed_inside_the_graph_says_how_to_export(cache):
     from onnx import TensorProto, helper
 
     from cleverscore.errors import UsageError
-    from onnx_model import load_onnx_model
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     proto, _, _ = _affine(batch=1)
     flatten = proto.graph.node[0]
@@ -154,7 +154,7 @@ def test_unsupported_operator_is_named_in_one_line(cache):
     from onnx import helper
 
     from cleverscore.errors import UsageError
-    from onnx_model import load_onnx_model
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     proto, _, _ = _affine()
     node = helper.make_node("LpPool", ["input"], ["pooled"], kernel_shape=[1, 1], p=2)
@@ -168,7 +168,7 @@ def test_missing_packages_say_what_to_install(tmp_path, monkeypatch):
     import sys
 
     from cleverscore.errors import UsageError
-    from onnx_model import load_onnx_model
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     with pytest.raises(UsageError, match=r"onnxruntime is missing.*pip install -r requirements-onnx\.txt"):
@@ -192,7 +192,7 @@ def test_cli_collect_and_attacks_on_an_onnx_model_with_normalisation(tmp_path):
     proto = residual_cnn()
     onnx.save(proto, tmp_path / "resnet.onnx")
     x = np.random.default_rng(9).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
-    from onnx_model import load_onnx_model
+    from cleverscore.models.onnx_convert import load_onnx_model
 
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
     z = (x.astype(np.float32) / 255 - np.array(mean, np.float32)) / np.array(std, np.float32)

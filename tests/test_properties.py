@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clever_fit import fit_reverse_weibull
+from cleverscore.scoring.fit import fit_reverse_weibull
 from cleverscore.norms import NORMS
-from randsphere import numpy_perturbations, numpy_unit_ball
+from cleverscore.sampling.balls import numpy_perturbations, numpy_unit_ball
 
 norms = st.sampled_from(NORMS)
 settings.register_profile("clever", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -38,7 +38,7 @@ def test_scaled_samples_stay_inside_the_radius(norm, dim, radius, seed):
 def test_graph_samples_are_inside_the_ball_and_repeat_for_a_seed(norm, dim, seed):
     import tensorflow as tf
 
-    from randsphere import tf_unit_ball
+    from cleverscore.sampling.balls import tf_unit_ball
 
     s = tf.constant([seed, 3], tf.int64)
     x = tf_unit_ball(s, norm, 8, dim).numpy()

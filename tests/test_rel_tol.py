@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from clever_interval import BURN_IN, CHECK_EVERY, score_rel_half_width
+from cleverscore.scoring.intervals import BURN_IN, CHECK_EVERY, score_rel_half_width
 from conftest import run_script
 
 TOL = 0.1
@@ -15,8 +15,8 @@ NITERS = 90
 
 @pytest.fixture(scope="module")
 def mlp_runs():
-    from datasets import load_dataset
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.data import load_dataset
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     data = load_dataset("mnist", None)
     x0, c = data.test_data[0], int(np.argmax(data.test_labels[0]))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from clever_fit import fit_reverse_weibull
+from cleverscore.scoring.fit import fit_reverse_weibull
 from conftest import our_segments
-from estimate_gradient_norm import EstimateLipschitz
+from cleverscore.sampling.estimator import EstimateLipschitz
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from cleverscore.norms import L1, L2, LINF, NORMS
-from randsphere import numpy_unit_ball, tf_unit_ball, tf_perturbations
+from cleverscore.sampling.balls import numpy_unit_ball, tf_unit_ball, tf_perturbations
 
 DIM = 50
 COUNT = 4000
@@ -80,7 +80,7 @@ def test_scale_factors_match_the_original_radii():
 
 
 def test_fast_path_points_are_clipped_to_the_input_range():
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     est = EstimateLipschitz(log=None)
     est.input_range = (-0.5, 0.5)

@@ -27,7 +27,7 @@ def ridge_model(v: np.ndarray):
 
 @pytest.fixture(scope="module")
 def ridge():
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     rng = np.random.default_rng(0)
     v = rng.normal(size=784)
@@ -51,7 +51,7 @@ def test_search_reaches_the_exact_largest_norms_that_sampling_misses(ridge):
 
 def test_search_on_an_affine_model_equals_the_constant_gradient_norms():
     from conftest import affine_model
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     rng = np.random.default_rng(1)
     w, b = rng.normal(size=(784, 3)), rng.normal(size=3)

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from clever_fit import second_order_bound
+from cleverscore.scoring.fit import second_order_bound
 from conftest import REPO, run_script
 
 EIGENVALUES = np.array([4.0, -2.5, 1.0, 0.5, -0.3, 0.1])
@@ -33,7 +33,7 @@ def quadratic(n: int = 6, eigenvalues=EIGENVALUES, seed: int = 0):
 def test_extreme_eigenvalues_match_eigvalsh(eigenvalues):
     import tensorflow as tf
 
-    from hessian import extreme_eigenvalues
+    from cleverscore.sampling.second_order import extreme_eigenvalues
 
     logits, a = quadratic(eigenvalues=eigenvalues)
     exact = np.linalg.eigvalsh(a)
@@ -53,7 +53,7 @@ def test_extreme_eigenvalues_match_eigvalsh(eigenvalues):
 
 
 def test_estimator_keeps_the_negative_preferring_extreme_per_iteration():
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     logits, a = quadratic()
     est = EstimateLipschitz(log=None)
@@ -75,8 +75,8 @@ def tanh_mlp(tmp_path_factory):
     """A tanh MLP trained briefly on MNIST: twice differentiable, accurate enough to score."""
     import keras
 
-    from model_zoo import build_mlp
-    from setup_mnist import MNIST
+    from cleverscore.models.zoo import build_mlp
+    from cleverscore.data.mnist import MNIST
 
     keras.utils.set_random_seed(0)
     data = MNIST(REPO / "data" / "mnist")
@@ -117,9 +117,9 @@ def test_order2_bound_is_positive_and_close_to_first_order(tanh_mlp, tmp_path):
 
 
 def test_order_2_on_an_affine_model_has_zero_curvature_and_the_first_order_bound():
-    from clever_fit import second_order_bound
+    from cleverscore.scoring.fit import second_order_bound
     from conftest import affine_model
-    from estimate_gradient_norm import EstimateLipschitz
+    from cleverscore.sampling.estimator import EstimateLipschitz
 
     rng = np.random.default_rng(0)
     w, b = rng.normal(size=(784, 3)), rng.normal(size=3)

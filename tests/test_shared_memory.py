@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, interrupt, our_segments, run_script
-from shmemarray import SharedArray, remove_stale_segments
+from cleverscore.sampling.shared_memory import SharedArray, remove_stale_segments
 
 
 def test_owner_unlinks_and_workers_only_attach():

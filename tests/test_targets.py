@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cleverscore.errors import UsageError
-from target_selection import ALL, LEAST, RANDOM, TOP2, USER, choose_targets, read_ids_file
+from cleverscore.running.targets import ALL, LEAST, RANDOM, TOP2, USER, choose_targets, read_ids_file
 
 LOGITS = np.array([0.5, 3.0, -2.0, 1.0, 9.0, 0.0, 2.5, -1.0, 0.2, 0.1])  # predicted 4, top2 1, least 2
 

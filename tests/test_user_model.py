@@ -64,7 +64,7 @@ def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files,
     cli = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"id = (\d+), .*bnd_norm = 2, bnd = ([^,]+),", out)}
     assert sorted(cli) == [0, 1, 2] and all(v > 0 for v in cli.values())
 
-    from clever_api import clever_scores
+    from cleverscore.api import clever_scores
 
     for i in range(3):
         top2 = int(np.argsort(model.predict(x[i : i + 1], verbose=0)[0])[-2])

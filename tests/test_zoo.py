@@ -31,8 +31,8 @@ def test_every_weights_file_is_listed_and_every_listed_file_exists():
 
 @pytest.mark.parametrize("row", shipped_models(), ids=lambda r: r["file"])
 def test_shipped_model_reaches_its_recorded_accuracy_on_the_first_1000_test_images(row):
-    from datasets import load_dataset
-    from model_zoo import load_zoo_model, parse_model_name
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model, parse_model_name
 
     assert parse_model_name(row["dataset"], row["model"], row["activation"]).weights_file == row["file"]
     model = load_zoo_model(row["dataset"], row["model"], row["activation"])
@@ -46,8 +46,8 @@ def test_shipped_model_reaches_its_recorded_accuracy_on_the_first_1000_test_imag
 def test_brelu_hidden_activations_never_exceed_1(row):
     import keras
 
-    from datasets import load_dataset
-    from model_zoo import load_zoo_model
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model
 
     model = load_zoo_model(row["dataset"], "brelu")
     hidden = [layer.output for layer in model.layers[:-1] if hasattr(layer, "activation")]
@@ -70,8 +70,8 @@ def test_train_nlayer_writes_a_loadable_mlp_at_the_documented_path(tmp_path):
     assert path.is_file() and f"saved = {path}" in res.stdout
     assert not (tmp_path / ".training").exists() or not any((tmp_path / ".training").iterdir())
 
-    from datasets import load_dataset
-    from model_zoo import load_zoo_model
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model
 
     model = load_zoo_model("mnist", "3,64,trained", "tanh", models_dir=str(tmp_path))
     data = load_dataset("mnist", SHARED_DATA / "mnist")
@@ -88,8 +88,8 @@ def _tiny_mlp(seed: int):
 
 
 def test_distilled_student_at_t1_is_sharper_than_the_teacher_at_t100():
-    from datasets import load_dataset
-    from train_models import TrainConfig, soft_labels, train
+    from cleverscore.data import load_dataset
+    from cleverscore.cli.train import TrainConfig, soft_labels, train
 
     data = load_dataset("mnist", SHARED_DATA / "mnist")
     x, y = data.train_data[:3000], data.train_labels[:3000]
@@ -106,8 +106,8 @@ def test_distilled_student_at_t1_is_sharper_than_the_teacher_at_t100():
 def test_an_interrupted_training_resumes_from_its_last_finished_epoch(tmp_path):
     import keras
 
-    from datasets import load_dataset
-    from train_models import TrainConfig, train
+    from cleverscore.data import load_dataset
+    from cleverscore.cli.train import TrainConfig, train
 
     class StopAfterSecondEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -129,9 +129,9 @@ def test_an_interrupted_training_resumes_from_its_last_finished_epoch(tmp_path):
 def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
     import keras
 
-    from datasets import load_dataset
+    from cleverscore.data import load_dataset
     from cleverscore.errors import UsageError
-    from train_models import TrainConfig, train_and_save, train_teacher, training_backup_folder
+    from cleverscore.cli.train import TrainConfig, train_and_save, train_teacher, training_backup_folder
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -158,8 +158,8 @@ def test_saved_weights_drop_optimizer_slots_and_load_back(tmp_path, store_dtype)
     import h5py
     import keras
 
-    from model_zoo import build_model, parse_model_name
-    from train_models import save_weights_atomically
+    from cleverscore.models.zoo import build_model, parse_model_name
+    from cleverscore.cli.train import save_weights_atomically
 
     spec = parse_model_name("mnist", "2-layer")  # a Lambda-style activation, which clone_model cannot copy
     model = build_model(spec)

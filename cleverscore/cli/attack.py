@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleverscore.errors import UsageError, quiet_tensorflow, run_cli
-from user_inputs import add_user_model_flags, check_user_model_flags, load_user_data, parse_input_range, user_model_from_args
+from cleverscore.cli.common import quiet_tensorflow, run_cli
+from cleverscore.cli.flags import add_user_model_flags, check_user_model_flags, parse_input_range, user_model_from_args
+from cleverscore.data.user import load_user_data
+from cleverscore.errors import UsageError
 
 # Carlini-Wagner L2, as in the reference implementation (abort early, Adam, tanh box) with
 # 9 binary-search steps over the constant and 1000 Adam iterations per step.
@@ -291,14 +293,14 @@ def load_model_and_data(args) -> tuple[Callable, np.ndarray, np.ndarray]:
     if args.data_path:
         x, y = load_user_data(args.data_path, args.range)
     else:
-        from datasets import load_dataset
+        from cleverscore.data import load_dataset
 
         data = load_dataset(args.dataset, args.data_dir)
         x, y = data.test_data, np.argmax(data.test_labels, axis=1)
     if args.model_path:
         model, _ = user_model_from_args(args, x.shape[1:])
     else:
-        from model_zoo import load_zoo_model
+        from cleverscore.models.zoo import load_zoo_model
 
         model = load_zoo_model(args.dataset, args.model_name, args.activation)
     return model, x, y
@@ -317,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     import pandas as pd
 
-    from collect_gradients import select_images
-    from mat_files import write_atomically
-    from target_selection import choose_targets
+    from cleverscore.cli.collect import select_images
+    from cleverscore.mat_files import write_atomically
+    from cleverscore.running.targets import choose_targets
 
     model, test_x, test_y = load_model_and_data(args)
     ids = [image_id for image_id, _ in select_images(args, len(test_x), None)]

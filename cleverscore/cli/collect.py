@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cleverscore.errors import CleverError, UsageError, quiet_tensorflow, run_cli
+from cleverscore.cli.common import quiet_tensorflow, run_cli
+from cleverscore.cli.flags import add_user_model_flags
+from cleverscore.errors import CleverError, UsageError
+from cleverscore.log_lines import datagen_line
 from cleverscore.norms import GRAD_KEYS
-from defense import TRANSFORMS
-from log_lines import datagen_line
-from target_selection import DEFAULT_TARGET_TYPE, USER
-from user_inputs import add_user_model_flags
+from cleverscore.running.targets import DEFAULT_TARGET_TYPE, USER
+from cleverscore.sampling.transforms import TRANSFORMS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,11 +112,11 @@ def validate(args: argparse.Namespace) -> None:
     if args.target_type & USER and not args.ids and args.target_type == USER:
         raise UsageError("--target_type 8 needs an --ids file with a 'target' column")
     if args.dataset == "imagenet" and not args.model_path:
-        from setup_imagenet import registry_entry
+        from cleverscore.models.imagenet import registry_entry
 
         registry_entry(args.model_name)  # refuse unknown names before anything loads
-    from mat_files import check_writable_folder
-    from user_inputs import check_user_model_flags, parse_input_range
+    from cleverscore.cli.flags import check_user_model_flags, parse_input_range
+    from cleverscore.mat_files import check_writable_folder
 
     args.range = parse_input_range(args.input_range)
     check_user_model_flags(args)
@@ -126,8 +127,8 @@ def validate(args: argparse.Namespace) -> None:
 
 def output_folder(args: argparse.Namespace):
     """`<save>/<data name>_<model name>`, as main() will name it, known before anything loads."""
-    from mat_files import result_folder
-    from user_inputs import model_label
+    from cleverscore.mat_files import result_folder
+    from cleverscore.models.user import model_label
 
     data = model_label(args.data_path) if args.data_path else args.dataset
     model = model_label(args.model_path) if args.model_path else args.model_name
@@ -137,7 +138,7 @@ def output_folder(args: argparse.Namespace):
 def select_images(args, num_test: int, num_classes: int | None) -> list[tuple[int, int | None]]:
     """(image id, user target) pairs to process."""
     if args.ids:
-        from target_selection import read_ids_file
+        from cleverscore.running.targets import read_ids_file
 
         entries = read_ids_file(args.ids, bool(args.target_type & USER), num_classes, num_test)
         entries = entries[args.firstimg : args.firstimg + args.numimg]
@@ -177,19 +178,21 @@ def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: d
 def load_inputs(args):
     """(images, integer labels, dataset label for the output folder)."""
     if args.data_path:
-        from user_inputs import load_user_data, model_label
+        from cleverscore.data.user import load_user_data
+        from cleverscore.models.user import model_label
 
         x, y = load_user_data(args.data_path, args.range)
         return x, y, model_label(args.data_path)
     if args.dataset == "imagenet":
-        from setup_imagenet import find_image_folder, load_imagenet, registry_entry
+        from cleverscore.data.imagenet import find_image_folder, load_imagenet
+        from cleverscore.models.imagenet import registry_entry
 
         folder, found_labels = find_image_folder(args.data_dir)
         labels = args.labels or (str(found_labels) if found_labels else None)
         size = registry_entry(args.model_name).size
         x, y, _ = load_imagenet(folder, size, args.firstimg + args.numimg, 0, args.seed, labels)
         return x, y, "imagenet"
-    from datasets import load_dataset
+    from cleverscore.data import load_dataset
 
     data = load_dataset(args.dataset, args.data_dir)
     return data.test_data, np.argmax(data.test_labels, axis=1), args.dataset
@@ -201,11 +204,11 @@ def load_classifier(args, estimator, image_shape: tuple[int, ...] | None = None)
     `image_shape` (H, W, C) of the inputs lets an ONNX model's layout and dynamic sizes be resolved."""
     model, name = None, args.model_name
     if args.model_path:
-        from user_inputs import user_model_from_args
+        from cleverscore.cli.flags import user_model_from_args
 
         model, name = user_model_from_args(args, image_shape)
     elif args.dataset == "imagenet":
-        from setup_imagenet import build_imagenet_model
+        from cleverscore.models.imagenet import build_imagenet_model
 
         model = build_imagenet_model(args.model_name, args.weights, args.seed)
     estimator.load_model(args.dataset, args.model_name, args.activation, model=model, batch_size=args.batch_size,
@@ -216,7 +219,7 @@ def load_classifier(args, estimator, image_shape: tuple[int, ...] | None = None)
 
 def pending_targets(args, folder, image_id: int, true_label: int, chosen) -> list:
     """(target, info, path) for the targets of an image whose result file is missing."""
-    from mat_files import MatName, is_complete
+    from cleverscore.mat_files import MatName, is_complete
 
     todo = []
     for target, info in chosen:
@@ -257,7 +260,7 @@ class ItemOutcome:
 
 def compute_item(estimator, args, item: WorkItem, progress=None) -> ItemOutcome:
     """Collect one work item's maxima: the same call in-process and on a Ray worker."""
-    from estimate_gradient_norm import NonFiniteError
+    from cleverscore.sampling.estimator import NonFiniteError
 
     targets = [t for t, _, _ in item.todo]
     try:
@@ -287,7 +290,7 @@ class LocalExecutor:
         self.args, self.estimator = args, estimator
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[ItemOutcome]:
-        from log_lines import ProgressBar
+        from cleverscore.log_lines import ProgressBar
 
         for item in items:
             label = f"image {item.image_id} ({len(item.todo)} target{'s' * (len(item.todo) > 1)})"
@@ -303,7 +306,7 @@ def plan_items(args, test_x, test_y, images, logits, names, folder, counters) ->
 
     A generator, so that a local run prints each image's lines next to its results, as before.
     """
-    from target_selection import choose_targets
+    from cleverscore.running.targets import choose_targets
 
     for no, ((image_id, user_target), pred) in enumerate(zip(images, logits), start=1):
         true_label, predicted = int(test_y[image_id]), int(np.argmax(pred))
@@ -327,8 +330,13 @@ def plan_items(args, test_x, test_y, images, logits, names, folder, counters) ->
 
 def save_outcome(args, estimator, outcome: ItemOutcome, counters: dict) -> None:
     """Print a finished item's lines and write its files atomically (always in the driver)."""
-    from log_lines import collection_done_line, collection_summary_lines, hessian_iteration_line, hessian_summary_line
-    from mat_files import save_mat_atomically
+    from cleverscore.log_lines import (
+        collection_done_line,
+        collection_summary_lines,
+        hessian_iteration_line,
+        hessian_summary_line,
+    )
+    from cleverscore.mat_files import save_mat_atomically
 
     item = outcome.item
     if outcome.error:
@@ -365,7 +373,7 @@ def make_executor(args, estimator):
     """The in-process executor, or the Ray one for --ray (the same run/close interface)."""
     if not args.ray:
         return LocalExecutor(args, estimator)
-    from cluster import RayExecutor
+    from cleverscore.running.cluster import RayExecutor
 
     return RayExecutor(args)
 
@@ -375,13 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     validate(args)
     quiet_tensorflow()
     if args.ray:
-        from cluster import prepare_driver
+        from cleverscore.running.cluster import prepare_driver
 
         prepare_driver(args.ray)  # before TensorFlow loads: ray installed? keep the driver off the GPUs
-    from estimate_gradient_norm import EstimateLipschitz
-    from mat_files import remove_stale_temp_files
-    from shmemarray import remove_stale_segments
-    from user_inputs import check_outputs
+    from cleverscore.mat_files import remove_stale_temp_files
+    from cleverscore.models.user import check_outputs
+    from cleverscore.sampling.estimator import EstimateLipschitz
+    from cleverscore.sampling.shared_memory import remove_stale_segments
 
     print({k: v for k, v in vars(args).items() if k != "range"})
     remove_stale_segments()
@@ -397,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     check_outputs(logits, None if args.model_path else (1000 if args.dataset == "imagenet" else 10), args.output)
     names = None
     if args.dataset == "imagenet":
-        from setup_imagenet import class_names
+        from cleverscore.data.imagenet import class_names
 
         names = class_names()
     num_classes = logits.shape[1]

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clever_fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG, WeibullFit, clever_score, fit_many, second_order_bound
-from clever_interval import EndPointInterval, end_point_interval, mean_interval
-from cleverscore.errors import UsageError, run_cli
-from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
-from log_lines import (
+from cleverscore.cli.common import run_cli
+from cleverscore.errors import UsageError
+from cleverscore.log_lines import (
     beyond_ball_line,
     counts_line,
     debug_fit_line,
@@ -33,7 +31,19 @@ from log_lines import (
     stats_line,
     untargeted_image_line,
 )
-from mat_files import load_mat, parse_mat_name
+from cleverscore.mat_files import load_mat, parse_mat_name
+from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
+from cleverscore.scoring.fit import (
+    C_INIT,
+    FIT_SELECT,
+    METHODS,
+    SHAPE_REG,
+    WeibullFit,
+    clever_score,
+    fit_many,
+    second_order_bound,
+)
+from cleverscore.scoring.intervals import EndPointInterval, end_point_interval, mean_interval
 
 INFO_ORDER = ("least", "random", "top2")
 
@@ -371,7 +381,7 @@ def write_tables(results: list[FileScores], args) -> None:
 
     import pandas as pd
 
-    from mat_files import write_atomically
+    from cleverscore.mat_files import write_atomically
 
     rows = [row for r in results for row in r.rows(args.method)]
     if args.csv:
@@ -428,7 +438,7 @@ def print_warning_counts(warnings: dict[str, dict]) -> None:
 
 def compare_folders(args) -> int:
     """--compare DIR_A DIR_B: check both hold the same images, score them as usual, pair and compare (compare.py)."""
-    import compare
+    from cleverscore.scoring import compare
 
     folders = [Path(f) for f in args.compare]
     files = [folder_files(folder, args.num_images) for folder in folders]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cleverscore.errors import UsageError, run_cli
+from cleverscore.cli.common import run_cli
+from cleverscore.errors import UsageError
 
 TARGETS = (("least", "Least likely target"), ("random", "Random target"), ("top2", "Top-2 target"))
 # (output column, header, attack or "clever", which distortion / score)
@@ -99,7 +100,7 @@ def scatter(networks: list[tuple[str, pd.DataFrame]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mat_files import write_atomically
+    from cleverscore.mat_files import write_atomically
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     values = pd.concat([pd.concat([p["clever_l2"], p["cw_l2"]]) for _, p in networks])
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mat_files import write_atomically
+    from cleverscore.mat_files import write_atomically
 
     networks = []
     for name, attack_csv, clever_csv in args.network:

@@ -16,7 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cleverscore.errors import UsageError, quiet_tensorflow, run_cli
+from cleverscore.cli.common import quiet_tensorflow, run_cli
+from cleverscore.errors import UsageError
 
 EPOCHS = 50  # the original's schedule; fewer still reach the accuracy targets on MNIST
 BATCH_SIZE = 128
@@ -127,7 +128,7 @@ def save_weights_atomically(model, path: Path, store_dtype: str = "float32") -> 
     `store_dtype="float16"` halves the file again; Keras casts the values back to the model's
     float32 variables when it loads them.
     """
-    from mat_files import write_atomically
+    from cleverscore.mat_files import write_atomically
 
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_name(f".{os.getpid()}.raw.{path.name}")  # Keras insists on the .weights.h5 suffix
@@ -172,7 +173,7 @@ def default_config(dataset: str, model_name: str, epochs: int | None) -> TrainCo
     else:
         config = TrainConfig()
     if model_name == "distilled":
-        from model_zoo import DISTILLATION_T
+        from cleverscore.models.zoo import DISTILLATION_T
 
         config.temperature = DISTILLATION_T
     if epochs is not None:
@@ -183,7 +184,7 @@ def default_config(dataset: str, model_name: str, epochs: int | None) -> TrainCo
 def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, output: Path,
                       store_dtype: str = "float32") -> float:
     """Train a zoo model (distillation trains a teacher first) and save it; return test accuracy."""
-    from model_zoo import build_model, parse_model_name
+    from cleverscore.models.zoo import build_model, parse_model_name
 
     spec = parse_model_name(dataset, model_name)
     validation = (data.validation_data, data.validation_labels)
@@ -251,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     import keras
 
-    from datasets import load_dataset
-    from model_zoo import models_folder, parse_model_name
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import models_folder, parse_model_name
 
     keras.utils.set_random_seed(args.seed)
     spec = parse_model_name(args.dataset, args.model)

@@ -16,9 +16,10 @@ import argparse
 import time
 from pathlib import Path
 
-from cleverscore.errors import UsageError, quiet_tensorflow, run_cli
-from model_zoo import ACTIVATIONS, models_folder, parse_model_name
-from train_models import TrainConfig, accuracy, train_and_save
+from cleverscore.cli.common import quiet_tensorflow, run_cli
+from cleverscore.cli.train import TrainConfig, accuracy, train_and_save
+from cleverscore.errors import UsageError
+from cleverscore.models.zoo import ACTIVATIONS, models_folder, parse_model_name
 
 
 def default_file(dataset: str, modeltype: str, activation: str, hidden: list[int], tag: str) -> str:
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     import keras
 
-    from datasets import load_dataset
-    from model_zoo import build_cnn, build_mlp
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import build_cnn, build_mlp
 
     keras.utils.set_random_seed(args.seed)
     data = load_dataset(args.model, args.data_dir)

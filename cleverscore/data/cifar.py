@@ -1,4 +1,4 @@
-"""CIFAR-10: the binary/python batch reader and the dataset/model entry points."""
+"""CIFAR-10: the binary/python batch reader and the dataset entry point."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets import DOWNLOAD_TIMEOUT_S, Dataset, DatasetSpec, extract_tar_members, open_maybe_gzip
+from cleverscore.data.datasets import DOWNLOAD_TIMEOUT_S, Dataset, DatasetSpec, extract_tar_members, open_maybe_gzip
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -83,16 +83,9 @@ PY_SPEC = DatasetSpec(
 
 def CIFAR(data_dir: str | os.PathLike | None = None) -> Dataset:
     """CIFAR-10 in [-0.5, 0.5] (binary or python batches, gzipped or not), 5000 validation images."""
-    from datasets import _locate, data_roots
+    from cleverscore.data.datasets import data_roots, locate
 
     for root in data_roots(data_dir):
-        if _locate(PY_SPEC, root, PY_FILES["test"]) and not _locate(SPEC, root, FILES["test"]):
+        if locate(PY_SPEC, root, PY_FILES["test"]) and not locate(SPEC, root, FILES["test"]):
             return Dataset(PY_SPEC, data_dir)
     return Dataset(SPEC, data_dir)
-
-
-def CIFARModel(model_name: str = "normal", activation: str = "relu", models_dir: str | None = None):
-    """A trained CIFAR-10 model from the zoo (see model_zoo.py), returning logits."""
-    from model_zoo import load_zoo_model
-
-    return load_zoo_model("cifar", model_name, activation, models_dir)

@@ -1,7 +1,7 @@
-"""Finding, downloading and splitting the standard image datasets (shared by setup_mnist/cifar).
+"""Finding, downloading and splitting the standard image datasets (shared by mnist.py and cifar.py).
 
 A dataset folder is found in this order: the `--data_dir` flag, the `CLEVER_DATA_DIR`
-environment variable, then `./data`, and last the `data/` folder beside this file (the shipped
+environment variable, then `./data`, and last the shipped `data/` folder of the checkout (the shipped
 MNIST test files, found from any working directory). Each may point at the folder holding the
 dataset's files or at a parent holding a `<dataset>` subfolder (so
 `CLEVER_DATA_DIR=../shared/data` serves both MNIST and CIFAR-10). Missing files are downloaded
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cleverscore.errors import CleverError
+from cleverscore.locations import SHIPPED_DATA
 
 VALIDATION_SIZE = 5000  # the first training images held out for validation, as the original
 DOWNLOAD_TIMEOUT_S = 20
@@ -46,8 +47,6 @@ class DatasetSpec:
     subfolders: tuple[str, ...] = field(default=())
 
 
-# The files shipped with the code (MNIST's test set), found from any working directory.
-SHIPPED_DATA = Path(__file__).resolve().parent / "data"
 
 
 def data_roots(data_dir: str | os.PathLike | None) -> list[Path]:
@@ -75,7 +74,7 @@ def _find(folder: Path, name: str, subfolders: Sequence[str]) -> Path | None:
     return None
 
 
-def _locate(spec: DatasetSpec, root: Path, names: Sequence[str]) -> list[Path] | None:
+def locate(spec: DatasetSpec, root: Path, names: Sequence[str]) -> list[Path] | None:
     for folder in (root, *(root / f for f in spec.folders)):
         found = [_find(folder, n, spec.subfolders) for n in names]
         if all(found):
@@ -103,7 +102,7 @@ def locate_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | No
     names = spec.files[split]
     roots = data_roots(data_dir)
     for root in roots:
-        found = _locate(spec, root, names)
+        found = locate(spec, root, names)
         if found:
             return found
     root = roots[0]
@@ -113,7 +112,7 @@ def locate_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | No
         spec.download(target)
     except (OSError, tarfile.TarError) as err:
         raise CleverError(_missing_message(spec, root, names) + f" ({type(err).__name__})") from err
-    found = _locate(spec, target, names)
+    found = locate(spec, target, names)
     if not found:
         raise CleverError(_missing_message(spec, root, names))
     return found
@@ -211,16 +210,3 @@ def extract_tar_members(archive: Path, folder: Path, wanted: Sequence[str]) -> N
                 assert source is not None
                 with open(folder / base, "wb") as out:
                     shutil.copyfileobj(source, out)
-
-
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """The dataset called `name` ('mnist' or 'cifar')."""
-    if name == "mnist":
-        from setup_mnist import MNIST
-
-        return MNIST(data_dir)
-    if name == "cifar":
-        from setup_cifar import CIFAR
-
-        return CIFAR(data_dir)
-    raise CleverError(f"unknown dataset {name!r}; choose mnist or cifar")

@@ -1,4 +1,4 @@
-"""MNIST: the IDX file reader and the dataset/model entry points (shared code in datasets.py)."""
+"""MNIST: the IDX file reader and the dataset entry point (shared code in datasets.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets import Dataset, DatasetSpec, download_files, open_maybe_gzip
+from cleverscore.data.datasets import Dataset, DatasetSpec, download_files, open_maybe_gzip
 
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 FILES = {
@@ -57,10 +57,3 @@ SPEC = DatasetSpec(
 def MNIST(data_dir: str | os.PathLike | None = None) -> Dataset:
     """The MNIST dataset in [-0.5, 0.5] with a 5000-image validation split."""
     return Dataset(SPEC, data_dir)
-
-
-def MNISTModel(model_name: str = "normal", activation: str = "relu", models_dir: str | None = None):
-    """A trained MNIST model from the zoo (see model_zoo.py), returning logits."""
-    from model_zoo import load_zoo_model
-
-    return load_zoo_model("mnist", model_name, activation, models_dir)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cleverscore.errors import CleverError, UsageError
+from cleverscore.locations import SHIPPED_MODELS
 
 CNN_WIDTHS = {"mnist": (32, 64, 200), "cifar": (64, 128, 256)}
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar": (32, 32, 3)}
@@ -163,11 +164,11 @@ def build_model(spec: ModelSpec):
 
 
 def models_folder(models_dir: str | os.PathLike | None = None) -> Path:
-    """The weights folder: the argument, else CLEVER_MODELS_DIR, else `models/` beside this file."""
+    """The weights folder: the argument, else CLEVER_MODELS_DIR, else the shipped `models/` folder."""
     if models_dir:
         return Path(models_dir)
     env = os.environ.get("CLEVER_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent / "models"
+    return Path(env) if env else SHIPPED_MODELS
 
 
 def load_zoo_model(dataset: str, model_name: str, activation: str = "relu", models_dir: str | None = None):

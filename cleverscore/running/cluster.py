@@ -24,9 +24,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cleverscore.errors import CleverError, UsageError
+from cleverscore.locations import CHECKOUT
 
 INSTALL_HINT = "--ray needs the optional package ray: pip install -r requirements-cluster.txt"
-REPO = Path(__file__).resolve().parent
+REPO = CHECKOUT
 MAX_RESTARTS = 3  # a worker that dies more often than this fails the run instead of looping
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # work items and maxima are small
 CLOSE_WAIT_S = 2.0  # how long idle workers get to close their sample pools at the end
@@ -144,12 +145,12 @@ class GradientWorker:
     """A Ray actor: loads the model once, then computes work items (collect_gradients.compute_item)."""
 
     def __init__(self, args, image_shape: tuple[int, ...], names: list[str], *contents: bytes):
-        from cleverscore.errors import quiet_tensorflow
-        from collect_gradients import load_classifier
+        from cleverscore.cli.collect import load_classifier
+        from cleverscore.cli.common import quiet_tensorflow
 
         quiet_tensorflow()
-        from estimate_gradient_norm import EstimateLipschitz
-        from shmemarray import remove_stale_segments
+        from cleverscore.sampling.estimator import EstimateLipschitz
+        from cleverscore.sampling.shared_memory import remove_stale_segments
 
         remove_stale_segments(verbose=False)  # left on this machine by a worker killed mid-item (--sampler pool)
 
@@ -167,7 +168,7 @@ class GradientWorker:
         return os.getpid()
 
     def run(self, item):
-        from collect_gradients import compute_item
+        from cleverscore.cli.collect import compute_item
 
         return compute_item(self.estimator, self.args, item)
 
@@ -193,7 +194,7 @@ class RayExecutor:
         if self.actors:
             return
         self.started = connect(self.args.ray, self.args.save)
-        from log_lines import ray_workers_line
+        from cleverscore.log_lines import ray_workers_line
 
         ray = self.ray
         nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -212,7 +213,7 @@ class RayExecutor:
 
     def run(self, items: Iterable) -> Iterator:
         """Yield each item's ItemOutcome as it finishes, keeping every worker busy with one item."""
-        from log_lines import ProgressBar
+        from cleverscore.log_lines import ProgressBar
 
         queue = deque(items)
         total = len(queue)

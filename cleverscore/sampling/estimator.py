@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
+from cleverscore.log_lines import iteration_line
 from cleverscore.norms import by_flag
-from log_lines import iteration_line
-from randsphere import tf_norms, tf_perturbations
+from cleverscore.sampling.balls import tf_norms, tf_perturbations
 
 DEFAULT_BATCH_SIZE = {"mnist": 1024, "cifar": 1024, "imagenet": 32}
 MAX_TARGETS_PER_PASS = 10  # backward passes per forward; bounds graph size and memory
@@ -133,7 +133,7 @@ class StoppingRule:
 
     def update(self, gmax: np.ndarray, active: list[int]) -> list[int]:
         """Given the maxima so far (iterations, targets, 3), the targets that keep sampling."""
-        from clever_interval import is_check_point, score_rel_half_width
+        from cleverscore.scoring.intervals import is_check_point, score_rel_half_width
 
         done = len(gmax)
         still = []
@@ -196,7 +196,7 @@ class EstimateLipschitz:
         if order not in (1, 2):
             raise UsageError(f"--order must be 1 or 2, got {order}")
         if model is None:
-            from model_zoo import load_zoo_model
+            from cleverscore.models.zoo import load_zoo_model
 
             model = load_zoo_model(dataset, model_name, activation)
         self.model = model
@@ -359,7 +359,7 @@ class EstimateLipschitz:
         """Compare the traced step's peak of live tensors with the memory available."""
         import tensorflow as tf
 
-        from memory_budget import check_batch_fits, graph_peak_bytes
+        from cleverscore.sampling.memory import check_batch_fits, graph_peak_bytes
 
         batch, nbatches = self._batches(nsamp)
         graph = fn.get_concrete_function().graph  # the call reuses this trace
@@ -498,7 +498,7 @@ class EstimateLipschitz:
     def _build_hessian_iteration(self, shape, nsamp: int, flag: str, scale):
         import tensorflow as tf
 
-        from hessian import extreme_eigenvalues
+        from cleverscore.sampling.second_order import extreme_eigenvalues
 
         norm = by_flag(flag)
         batch, nbatches = self._batches(nsamp)
@@ -572,7 +572,7 @@ class EstimateLipschitz:
         """
         import tensorflow as tf
 
-        from gradient_search import STARTS, build_search
+        from cleverscore.sampling.search import STARTS, build_search
 
         norm = by_flag(sample_norm)
         scale = (float(radius), float(radius)) if radius else norm.default_scale
@@ -685,7 +685,7 @@ class EstimateLipschitz:
 
     def _get_pool(self):
         if self._pool is None:
-            from sample_pool import SamplePool
+            from cleverscore.sampling.pool import SamplePool
 
             self._pool = SamplePool(self.nthreads)
         return self._pool

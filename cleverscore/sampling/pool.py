@@ -19,8 +19,8 @@ import numpy as np
 
 from cleverscore.errors import CleverError
 from cleverscore.norms import by_flag
-from randsphere import numpy_norms, numpy_perturbations
-from shmemarray import SharedArray
+from cleverscore.sampling.balls import numpy_norms, numpy_perturbations
+from cleverscore.sampling.shared_memory import SharedArray
 
 CHUNK = 256  # samples per task: small enough to balance workers, large enough to amortise IPC
 
@@ -54,7 +54,7 @@ def _fill_chunk(task: tuple) -> float:
 
 def apply_transform(name: str, points: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
     """Apply a named input transformation (defense.py) to points in the model's input range."""
-    import defense
+    from cleverscore.sampling import transforms as defense
 
     fn: Callable[[np.ndarray], np.ndarray] = defense.get_transform(name)
     unit = (points - clip[0]) / (clip[1] - clip[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cleverscore.norms import L1, L2, LINF, LpNorm
-from randsphere import tf_norms
+from cleverscore.sampling.balls import tf_norms
 
 STARTS = 32  # best random samples the ascent starts from, per target and norm
 STEP = 0.25  # first ascent step, as a fraction of the radius; halved for a point whenever a step fails

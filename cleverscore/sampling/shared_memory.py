@@ -4,7 +4,7 @@ Segment names are `/clever_<pid>_<random>_<tag>`: unique per run, and they carry
 pid so that a later run can recognise and remove segments left by a run that was killed
 (SIGKILL gives no chance to clean up). The creating process registers each segment; the
 registry unlinks them on `close`, at interpreter exit, and from SIGTERM/SIGINT (which
-`errors.run_cli` turns into exceptions so `finally` blocks and atexit run).
+`cli.common.run_cli` turns into exceptions so `finally` blocks and atexit run).
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def _mat_text(value) -> str:
 
 def folder_datasets(files: Iterable[str]) -> set[str]:
     """The datasets recorded in a folder's result files (read again: a few kB each)."""
-    from mat_files import load_mat
+    from cleverscore.mat_files import load_mat
 
     return {mat_dataset(load_mat(f), f) for f in sorted(set(files)) if f}
 
@@ -300,7 +300,7 @@ def check_same_dataset(datasets_a: set[str], datasets_b: set[str]) -> None:
 
 def report_lines(comparison: Comparison) -> list[str]:
     """The printed `[COMPARE]` lines: left-out images first, then one verdict line per (info, norm)."""
-    from log_lines import compare_left_out_line, compare_line
+    from cleverscore.log_lines import compare_left_out_line, compare_line
 
     lines = []
     for side, keys in (("A", comparison.only_a), ("B", comparison.only_b)):
@@ -325,7 +325,7 @@ def write_tables(comparison: Comparison, csv: str = "", json: str = "", names: t
 
     import pandas as pd
 
-    from mat_files import write_atomically
+    from cleverscore.mat_files import write_atomically
 
     pairs = pd.DataFrame(comparison.pairs, columns=PAIR_COLUMNS)
     summary = pd.DataFrame(comparison.summary, columns=SUMMARY_COLUMNS)
@@ -355,7 +355,7 @@ def plot_pairs(comparison: Comparison, path: str, names: tuple[str, str] = ("A",
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mat_files import write_atomically
+    from cleverscore.mat_files import write_atomically
 
     infos = sorted({p["info"] for p in comparison.pairs}, key=_info_order)
     norms = sorted({p["norm"] for p in comparison.pairs}, key=_norm_order)

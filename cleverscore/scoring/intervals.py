@@ -196,7 +196,7 @@ CHECK_EVERY = 10  # iterations between checks; a check costs one fit and one int
 
 def score_rel_half_width(maxima: np.ndarray, g_x0: float) -> float:
     """Half the width of the score's 95% interval over the score (inf when not bounded)."""
-    from clever_fit import clever_score, fit_reverse_weibull
+    from cleverscore.scoring.fit import clever_score, fit_reverse_weibull
 
     s = np.asarray(maxima, np.float64)
     score = clever_score(g_x0, fit_reverse_weibull(s).estimate)

@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""Fit the maxima of a folder of .mat files and print CLEVER scores: the second step of CLEVER.
+
+The command line lives in `cleverscore/cli/score.py`; `python3 clever.py --help` lists its flags.
+"""
+
+from cleverscore.cli.common import run_cli
+from cleverscore.cli.score import main
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,75 @@
+"""Flags shared by the command lines that take a user's model and data, and their checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cleverscore.errors import UsageError
+from cleverscore.models.user import as_logits, load_user_model, model_label, normalized
+
+
+def parse_input_range(text: str) -> tuple[float, float]:
+    """'LO,HI' -> (LO, HI) with LO < HI."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--input_range must be LO,HI (e.g. -0.5,0.5), got {text!r}") from None
+    if not lo < hi:
+        raise UsageError(f"--input_range needs LO < HI, got {text!r}")
+    return lo, hi
+
+
+def add_user_model_flags(p) -> None:
+    """The flags for a user's own model and data (collect_gradients.py and attacks.py)."""
+    p.add_argument("--model_path", default="",
+                   help="your own model: a Keras file (.keras, .h5), a SavedModel folder or an ONNX file (.onnx)")
+    p.add_argument("--data_path", default="", help="your own inputs: an .npz with x and y, or a folder of "
+                   "<label>.<name>.png/jpg images")
+    p.add_argument("--input_range", default="-0.5,0.5", help="LO,HI: the input range the model expects")
+    p.add_argument("--input_mean", default="", help="per-channel mean M1,M2,.. the model subtracts from its input "
+                   "(applied inside the model function: (x - mean) / std)")
+    p.add_argument("--input_std", default="", help="per-channel standard deviations S1,S2,.. (with --input_mean)")
+    p.add_argument("--input_layout", choices=["auto", "nchw", "nhwc"], default="auto",
+                   help="ONNX models: the layout of the model's input (auto: read from its shape); data stay NHWC")
+    p.add_argument("--output", choices=["logits", "probs"], default="logits",
+                   help="what the model returns; probs are turned into log-probabilities")
+    p.add_argument("--unsafe_load", action="store_true", help="allow Keras models with custom Lambda code")
+
+
+def parse_channel_values(text: str, flag: str, positive: bool = False) -> tuple[float, ...] | None:
+    """'V' or 'V1,V2,..' -> floats (None for an empty flag)."""
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} must be one number or one per channel, e.g. 0.485,0.456,0.406; got {text!r}") from None
+    if not all(np.isfinite(values)) or (positive and min(values) <= 0):
+        raise UsageError(f"{flag} values must be finite{' and positive' if positive else ''}, got {text!r}")
+    return values
+
+
+def channel_normalisation(args) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) from --input_mean/--input_std (None where not given)."""
+    return (parse_channel_values(args.input_mean, "--input_mean"),
+            parse_channel_values(args.input_std, "--input_std", positive=True))
+
+
+def check_user_model_flags(args) -> None:
+    """--input_mean/--input_std and --input_layout are valid and only apply to --model_path, and an
+    --input_range (parsed into args.range) other than the built-in one comes with --data_path."""
+    if args.range != (-0.5, 0.5) and not args.data_path:
+        raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
+    mean, std = channel_normalisation(args)
+    if (mean or std) and not args.model_path:
+        raise UsageError("--input_mean/--input_std apply to your own model (--model_path)")
+    if args.input_layout != "auto" and not str(args.model_path).lower().endswith(".onnx"):
+        raise UsageError("--input_layout applies to ONNX models (--model_path model.onnx)")
+
+
+def user_model_from_args(args, image_shape: tuple[int, ...]):
+    """The --model_path model with --input_mean/--input_std and --output applied, and its folder name."""
+    model = load_user_model(args.model_path, args.unsafe_load, args.input_layout, image_shape)
+    channels = int(image_shape[-1]) if image_shape is not None else 0
+    model = normalized(model, *channel_normalisation(args), channels)
+    return as_logits(model, args.output), model_label(args.model_path)

@@ -1,0 +1,116 @@
+"""A user's own classifier: a Keras file, a TensorFlow SavedModel folder or an ONNX file, as a callable.
+
+Keras files load in safe mode unless `unsafe` is set. `normalized` puts a per-channel
+`(x - mean) / std` inside the model function, so that sampling radii and gradients stay in
+input units; `as_logits` turns a probability output into log-probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cleverscore.errors import CleverError, UsageError
+
+
+class SavedModelClassifier:
+    """A SavedModel's serving signature as a callable returning one (N, classes) tensor."""
+
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        self._loaded = tf.saved_model.load(path)
+        signatures = getattr(self._loaded, "signatures", {})
+        if "serving_default" not in signatures:
+            raise UsageError(f"SavedModel {path} has no serving_default signature")
+        self._fn = signatures["serving_default"]
+        self._input = next(iter(self._fn.structured_input_signature[1]))
+
+    def __call__(self, x):
+        out = self._fn(**{self._input: x})
+        return next(iter(out.values())) if isinstance(out, dict) else out
+
+
+def load_user_model(path, unsafe: bool = False, layout: str = "auto", image_shape: tuple[int, ...] | None = None):
+    """A Keras model file, a SavedModel folder or an ONNX file (or onnx.ModelProto), as a callable.
+
+    `layout` and `image_shape` (H, W, C) only matter for ONNX models (see onnx_model.py)."""
+    from cleverscore.models.onnx_convert import is_onnx, load_onnx_model
+
+    if is_onnx(path):
+        return load_onnx_model(path, layout, image_shape)
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"--model_path {path} does not exist")
+    if p.is_dir():
+        if not (p / "saved_model.pb").is_file():
+            raise UsageError(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)")
+        return SavedModelClassifier(str(p))
+    import keras
+
+    try:
+        return keras.saving.load_model(str(p), compile=False, safe_mode=not unsafe)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types; each becomes one line
+        text = str(err).strip()
+        if isinstance(err, ValueError) and ("safe_mode" in text or "Lambda" in text or "unsafe" in text):
+            raise UsageError(f"{path} contains custom code (a Lambda layer); load it only if you trust it, "
+                             "with --unsafe_load") from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
+        raise CleverError(f"cannot load model {path}: {type(err).__name__}: {first}") from None
+
+
+def normalized(model, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int):
+    """`model((x - mean) / std)` per channel (last axis), inside the differentiated function."""
+    if mean is None and std is None:
+        return model
+    for flag, values in (("--input_mean", mean), ("--input_std", std)):
+        if values is not None and len(values) != 1 and channels and len(values) != channels:
+            raise UsageError(f"{flag} has {len(values)} values; the images have {channels} channel(s)")
+    if std is not None and min(std) <= 0:
+        raise UsageError(f"--input_std values must be positive, got {std}")
+    import tensorflow as tf
+
+    shift = tf.constant(mean or (0.0,), tf.float32)
+    scale = tf.constant(std or (1.0,), tf.float32)
+
+    def normalized_model(x, training=False):
+        z = (x - shift) / scale
+        return model(z, training=training) if hasattr(model, "layers") else model(z)
+
+    return normalized_model
+
+
+def as_logits(model, output: str):
+    """Wrap a probability-output model so that it returns log-probabilities (logits up to a shift)."""
+    if output == "logits":
+        return model
+    import tensorflow as tf
+
+    def log_probs(x, training=False):
+        probs = model(x, training=training) if hasattr(model, "layers") else model(x)
+        return tf.math.log(tf.maximum(probs, 1e-30))
+
+    print("[WARNING] --output probs: scores refer to margins of log-probabilities, not of logits", file=sys.stderr)
+    return log_probs
+
+
+def check_outputs(logits: np.ndarray, num_classes: int | None, output: str) -> None:
+    """The model's output must be (N, classes); warn if it looks like probabilities.
+
+    Non-finite rows are left to the caller, which skips those images."""
+    if logits.ndim != 2 or (num_classes is not None and logits.shape[1] != num_classes):
+        want = f"(N, {num_classes})" if num_classes else "(N, classes)"
+        raise CleverError(f"the model's output has shape {logits.shape}, expected {want}")
+    rows = logits[np.all(np.isfinite(logits), axis=1)]
+    looks_like_probs = len(rows) > 0 and np.all(rows >= 0) and np.allclose(rows.sum(1), 1.0, atol=1e-3)
+    if output == "logits" and looks_like_probs:
+        print("[WARNING] the model's outputs sum to 1: they look like probabilities; "
+              "pass --output probs to score log-probability margins", file=sys.stderr)
+
+
+def model_label(path: str) -> str:
+    """The folder name part for a user model: its file or folder name without suffixes."""
+    return Path(os.path.normpath(path)).name.split(".")[0] or "model"

@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""Collect per-iteration maxima of gradient norms around test images: the first step of CLEVER.
+
+The command line lives in `cleverscore/cli/collect.py`; `python3 collect_gradients.py --help` lists its flags.
+"""
+
+from cleverscore.cli.collect import main
+from cleverscore.cli.common import run_cli
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""Train the built-in MNIST/CIFAR models: normal, distilled (T=100), brelu and 2-layer.
+
+The command line lives in `cleverscore/cli/train.py`; `python3 train_models.py --help` lists its flags.
+"""
+
+from cleverscore.cli.common import run_cli
+from cleverscore.cli.train import main
+
+if __name__ == "__main__":
+    run_cli(main)

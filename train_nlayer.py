@@ -1,0 +1,11 @@
+#!/usr/bin/env python3
+"""Train N-layer MLPs and 7-layer CNNs with a chosen activation.
+
+The command line lives in `cleverscore/cli/train_nlayer.py`; `python3 train_nlayer.py --help` lists its flags.
+"""
+
+from cleverscore.cli.common import run_cli
+from cleverscore.cli.train_nlayer import main
+
+if __name__ == "__main__":
+    run_cli(main)
