@@ -4,8 +4,7 @@
 The command line lives in `cleverscore/cli/attack.py`; `python3 attacks.py --help` lists its flags.
 """
 
-from cleverscore.cli.attack import main
-from cleverscore.cli.common import run_cli
+from cleverscore.cli.attack import console_main
 
 if __name__ == "__main__":
-    run_cli(main)
+    console_main()

@@ -4,8 +4,7 @@
 The command line lives in `cleverscore/cli/score.py`; `python3 clever.py --help` lists its flags.
 """
 
-from cleverscore.cli.common import run_cli
-from cleverscore.cli.score import main
+from cleverscore.cli.score import console_main
 
 if __name__ == "__main__":
-    run_cli(main)
+    console_main()

@@ -4,8 +4,7 @@
 The command line lives in `cleverscore/cli/collect.py`; `python3 collect_gradients.py --help` lists its flags.
 """
 
-from cleverscore.cli.collect import main
-from cleverscore.cli.common import run_cli
+from cleverscore.cli.collect import console_main
 
 if __name__ == "__main__":
-    run_cli(main)
+    console_main()

@@ -4,8 +4,7 @@
 The command line lives in `cleverscore/cli/train.py`; `python3 train_models.py --help` lists its flags.
 """
 
-from cleverscore.cli.common import run_cli
-from cleverscore.cli.train import main
+from cleverscore.cli.train import console_main
 
 if __name__ == "__main__":
-    run_cli(main)
+    console_main()

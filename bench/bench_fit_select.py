@@ -63,7 +63,7 @@ def synthetic(trials: int, seed: int) -> None:
 
 
 def real(folder: Path) -> None:
-    from cleverscore.cli.score import read_maxima
+    from cleverscore.scoring.folder import read_maxima
 
     rows, largest = [], []
     for path in sorted(folder.rglob("*.mat")):

@@ -19,6 +19,7 @@ Ray runs as a local instance on 127.0.0.1. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -37,36 +38,38 @@ STARTUP: dict[int, float] = {}  # workers -> seconds to start them and run their
 
 
 def run_args(model: str, nsamps: int, niters: int):
-    from cleverscore.cli.collect import build_parser, validate
+    from cleverscore.cli.collect import build_parser, settings_from_args, validate
 
     dataset, name = model.split(":")
     args = build_parser().parse_args(["-d", dataset, "-m", name, "-N", str(nsamps), "-i", str(niters), "--quiet",
                                       "--ray", "auto", "-s", tempfile.gettempdir()])  # checked, never written
     validate(args)
-    return args
+    return settings_from_args(args)
 
 
 def make_items(args, count: int, first: int = 0) -> list:
     """`count` work items: test images with the target (true label + 1) mod 10; nothing is saved."""
-    from cleverscore.cli.collect import WorkItem, load_inputs
+    from cleverscore.running.loading import load_inputs
+    from cleverscore.running.plan import WorkItem
 
-    x, y, _ = load_inputs(args)
+    x, y = load_inputs(args)
     return [WorkItem(i, i, int(y[i]), x[i], [((int(y[i]) + 1) % 10, "bench", Path("unused.mat"))])
             for i in range(first, first + count)]
 
 
 def in_process(args, items: list) -> list[float]:
     """Seconds per item, computed in this process after a tracing run."""
-    from cleverscore.cli.collect import compute_item, load_classifier
+    from cleverscore.running.execute import compute_item
+    from cleverscore.running.loading import load_classifier
     from cleverscore.sampling.estimator import EstimateLipschitz
 
-    estimator = EstimateLipschitz(seed=args.seed, log=None)
+    estimator = EstimateLipschitz(seed=args.sampling.seed, log=None)
     load_classifier(args, estimator)
-    compute_item(estimator, args, items[0])  # traces the step
+    compute_item(estimator, args.sampling, items[0])  # traces the step
     times = []
     for item in items:
         begin = time.perf_counter()
-        compute_item(estimator, args, item)
+        compute_item(estimator, args.sampling, item)
         times.append(time.perf_counter() - begin)
     return times
 
@@ -75,8 +78,7 @@ def on_ray(args, items: list, workers: int, one_at_a_time: bool) -> list[float]:
     """Seconds per item (one_at_a_time) or for all items together, on `workers` warm Ray workers."""
     from cleverscore.running.cluster import RayExecutor
 
-    args.ray_workers = workers
-    executor = RayExecutor(args)
+    executor = RayExecutor(dataclasses.replace(args, ray_workers=workers))
     try:
         begin = time.perf_counter()
         list(executor.run(items[:workers]))  # each worker traces the step on its first item
@@ -105,7 +107,9 @@ def driver_cost(repeats: int = 10) -> float:
 
     import numpy as np
 
-    from cleverscore.cli.collect import ItemOutcome, WorkItem, save_outcome
+    from cleverscore.running.execute import ItemOutcome
+    from cleverscore.running.plan import WorkItem
+    from cleverscore.running.saving import save_outcome
     from cleverscore.sampling.estimator import EstimateLipschitz, TargetResult
 
     args = run_args("mnist:normal", 1024, 500)
@@ -118,7 +122,7 @@ def driver_cost(repeats: int = 10) -> float:
             results = [TargetResult(t, rng.random((500, 3), np.float32), np.zeros((500, 3), np.float32), 1.0,
                                     rng.random(10, np.float32), rng.random(500)) for t in (1, 2, 3)]
             outcome = ItemOutcome(WorkItem(r, r, 0, np.zeros((28, 28, 1), np.float32), todo), results)
-            counters = {"total": 0, "start": time.time(), "failed": [], "args": {"bench": 1}}
+            counters = {"total": 0, "start": time.time(), "failed": []}
             begin = time.perf_counter()
             with contextlib.redirect_stdout(sink):
                 save_outcome(args, estimator, outcome, counters)

@@ -44,12 +44,13 @@ def write_run(folder: Path, ends: np.ndarray, g_x0: np.ndarray, shapes: np.ndarr
 
 def score(folder: Path) -> list[dict]:
     """clever.py's rows for a folder, as `--compare` makes them (its [DEBUG] lines swallowed)."""
-    from cleverscore.cli import score as clever
+    from cleverscore.scoring.folder import folder_files, score_files
+    from cleverscore.settings import ScoreSettings
 
-    args = clever.build_parser().parse_args([str(folder)])
+    settings = ScoreSettings()
     with contextlib.redirect_stdout(io.StringIO()):
-        results, _, _ = clever.score_files(clever.folder_files(folder, 0), args)
-    return [row for r in results for row in r.rows(args.method)]
+        results, _, _ = score_files(folder_files(folder, 0), settings)
+    return [row for r in results for row in r.rows(settings.method)]
 
 
 def main() -> int:

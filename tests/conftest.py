@@ -55,3 +55,26 @@ def our_segments(pid: int | None = None) -> list[str]:
         return []
     prefix = "clever_" if pid is None else f"clever_{pid}_"
     return [p.name for p in shm.iterdir() if p.name.startswith(prefix)]
+
+
+def reverse_weibull(shape: float, n: int, seed: int, end: float = 10.0, scale: float = 2.0) -> np.ndarray:
+    """`n` maxima from a reverse Weibull law whose end point (the true Lipschitz constant) is `end`."""
+    from scipy.stats import weibull_min
+
+    return -weibull_min.rvs(shape, loc=-end, scale=scale, size=n, random_state=seed)
+
+
+def write_mat(path, g2, g1=None, gi=None, g_x0=3.0, true_label=7, target=2, info="top2", ball=None, classes=10,
+              **extra):
+    """A `.mat` as collect_gradients.py writes it, with the given G2 maxima (G1, Gi scaled from them)."""
+    import scipy.io as sio
+
+    g1 = g2 * 20 if g1 is None else g1
+    gi = g2 / 5 if gi is None else gi
+    contents = {"G1_max": g1, "G2_max": g2, "Gi_max": gi, "L1_max": np.zeros_like(g2), "L2_max": np.zeros_like(g2),
+                "Li_max": np.zeros_like(g2), "g_x0": g_x0, "pred": np.zeros(classes), "id": 0,
+                "true_label": true_label, "target_label": target, "info": info, "args": {}, "path": ""}
+    if ball:
+        contents.update(sample_norm=ball[0], sample_radius=ball[1], input_dim=ball[2])
+    sio.savemat(path, {**contents, **extra})
+

@@ -109,7 +109,7 @@ def test_a_target_stopped_by_rel_tol_records_the_ball_of_the_iterations_it_kept(
 def test_order_2_records_its_ball_in_the_h2_file_contents():
     import keras
 
-    from cleverscore.cli.collect import hessian_contents
+    from cleverscore.running.saving import hessian_contents
 
     keras.utils.set_random_seed(2)
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
@@ -154,7 +154,7 @@ def test_a_batch_over_the_memory_limit_is_refused_with_a_batch_size_that_fits(mo
         est.estimate_targets(X0, 3, [7], 1024, 2, "l2")
     message = str(err.value)
     assert "a batch of 1024 points needs about" in message and "4 MB are available on CPU" in message
-    fits = int(re.search(r"use -b/--batch_size (\d+) or less", message).group(1))
+    fits = int(re.search(r"use `batch_size` (\d+) or less", message).group(1))
     assert 1 <= fits < 1024
     est = affine_estimator(batch_size=fits)  # the suggested size passes the same check and runs
     res = est.estimate_targets(X0, 3, [7], 1024, 2, "l2")[0]
@@ -178,11 +178,12 @@ def test_a_tensorflow_out_of_memory_error_becomes_one_line(monkeypatch):
                                                "Hint: a long multi-line report follows")
 
     est = affine_estimator()
-    monkeypatch.setattr(est, "_sampled_iteration", lambda *a: exhausted)
+    monkeypatch.setattr(est.steps, "sampled_iteration", lambda *a: exhausted)
     with pytest.raises(CleverError) as err:
         est.estimate_targets(X0, 3, [7], 128, 2, "l2")
+    # the library names its parameter; the command line writes it as the flag (test_cli_refuses_...)
     assert str(err.value) == ("out of memory in a batch of 128 points (OOM when allocating tensor with "
-                              "shape[1024,784]); lower -b/--batch_size")
+                              "shape[1024,784]); lower `batch_size`")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import affine_model
-from cleverscore.cli import score as clever
+from cleverscore.cli import score as clever  # the command line, as a user runs it
 from cleverscore.sampling.estimator import EstimateLipschitz
 from cleverscore.mat_files import MatName, save_mat_atomically
-from cleverscore.cli.collect import mat_contents
+from cleverscore.running.saving import mat_contents
 
 
 def collect_affine(tmp_path, weights, bias, x0, true_label, targets, sample_norm="l2"):

@@ -175,7 +175,7 @@ def test_nan_gradients_stop_only_the_affected_targets(tmp_path, capsys, monkeypa
     import keras
 
     from cleverscore.cli import collect as collect_gradients
-    from cleverscore.cli import flags as user_inputs
+    from cleverscore.models import user as user_models
 
     # Logit 0 gets 0 * log(0.5 - x[0,0]): NaN where pixel (0, 0) reaches the upper bound 0.5.
     # Image 0 starts there (NaN logits); image 1 (pixel 0.2) reaches it within the Linf ball of
@@ -189,7 +189,7 @@ def test_nan_gradients_stop_only_the_affected_targets(tmp_path, capsys, monkeypa
     logits = keras.layers.Lambda(lambda ts: ts[0] + keras.ops.pad(ts[1], [[0, 0], [0, 2]]),
                                  output_shape=(3,))([dense, trap])
     model = keras.Model(inp, logits)
-    monkeypatch.setattr(user_inputs, "load_user_model", lambda path, *rest, **kwargs: model)
+    monkeypatch.setattr(user_models, "load_user_model", lambda path, *rest, **kwargs: model)
     x = np.zeros((3, 6, 6, 1), np.float32)
     x[:, 0, 0, 0] = [0.5, 0.2, -0.5]
     np.savez(tmp_path / "x.npz", x=x, y=np.array([2, 2, 2]))

@@ -8,30 +8,12 @@ import re
 
 import numpy as np
 import pytest
-import scipy.io as sio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import weibull_min
 
 from cleverscore.scoring.fit import fit_reverse_weibull
-from conftest import run_script
+from conftest import reverse_weibull, write_mat, run_script
 from cleverscore.norms import L1, L2, LINF, supported_radius
-
-
-def reverse_weibull(shape: float, n: int, seed: int, end: float = 10.0, scale: float = 2.0) -> np.ndarray:
-    return -weibull_min.rvs(shape, loc=-end, scale=scale, size=n, random_state=seed)
-
-
-def write_mat(path, g2, g1=None, gi=None, g_x0=3.0, true_label=7, target=2, info="top2", ball=None, classes=10,
-              **extra):
-    g1 = g2 * 20 if g1 is None else g1
-    gi = g2 / 5 if gi is None else gi
-    contents = {"G1_max": g1, "G2_max": g2, "Gi_max": gi, "L1_max": np.zeros_like(g2), "L2_max": np.zeros_like(g2),
-                "Li_max": np.zeros_like(g2), "g_x0": g_x0, "pred": np.zeros(classes), "id": 0,
-                "true_label": true_label, "target_label": target, "info": info, "args": {}, "path": ""}
-    if ball:
-        contents.update(sample_norm=ball[0], sample_radius=ball[1], input_dim=ball[2])
-    sio.savemat(path, {**contents, **extra})
 
 
 # --- 1. the estimate is never below the largest maximum ---------------------------------------

@@ -14,7 +14,7 @@ from scipy.stats import weibull_min
 
 from cleverscore.scoring.intervals import end_point_interval, mean_interval
 from conftest import run_script
-from test_honest_scores import write_mat
+from conftest import write_mat
 
 END = 10.0
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from test_honest_scores import reverse_weibull, write_mat
+from conftest import reverse_weibull, write_mat
 
 RADIUS = 0.2
 

@@ -54,7 +54,7 @@ def test_table_builder_prints_the_exact_markdown_and_writes_csv_and_plot(tmp_pat
     (tmp_path / "a.csv").write_text(ATTACKS)
     (tmp_path / "c.csv").write_text(CLEVER)
     a, c = str(tmp_path / "a.csv"), str(tmp_path / "c.csv")
-    res = run_script("tables.py", "--network", "MNIST-CNN", a, c, "--network", "Copy", a, c,
+    res = run_script("table2.py", "--network", "MNIST-CNN", a, c, "--network", "Copy", a, c,
                      "--markdown", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv"),
                      "--plot", str(tmp_path / "t.png"))
     assert res.returncode == 0, res.stderr
@@ -70,6 +70,6 @@ def test_table_builder_prints_the_exact_markdown_and_writes_csv_and_plot(tmp_pat
 def test_table_builder_rejects_a_csv_without_the_needed_columns(tmp_path):
     (tmp_path / "a.csv").write_text("id,info\n0,top2\n")
     (tmp_path / "c.csv").write_text(CLEVER)
-    res = run_script("tables.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
+    res = run_script("table2.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
     assert res.returncode == 2
     assert "lacks column(s) attack, success, l2, linf" in res.stderr and "Traceback" not in res.stderr

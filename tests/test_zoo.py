@@ -89,7 +89,7 @@ def _tiny_mlp(seed: int):
 
 def test_distilled_student_at_t1_is_sharper_than_the_teacher_at_t100():
     from cleverscore.data import load_dataset
-    from cleverscore.cli.train import TrainConfig, soft_labels, train
+    from cleverscore.models.training import TrainConfig, soft_labels, train
 
     data = load_dataset("mnist", SHARED_DATA / "mnist")
     x, y = data.train_data[:3000], data.train_labels[:3000]
@@ -107,7 +107,7 @@ def test_an_interrupted_training_resumes_from_its_last_finished_epoch(tmp_path):
     import keras
 
     from cleverscore.data import load_dataset
-    from cleverscore.cli.train import TrainConfig, train
+    from cleverscore.models.training import TrainConfig, train
 
     class StopAfterSecondEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -131,7 +131,7 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
 
     from cleverscore.data import load_dataset
     from cleverscore.errors import UsageError
-    from cleverscore.cli.train import TrainConfig, train_and_save, train_teacher, training_backup_folder
+    from cleverscore.models.training import TrainConfig, train_and_save, train_teacher, training_backup_folder
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -159,7 +159,7 @@ def test_saved_weights_drop_optimizer_slots_and_load_back(tmp_path, store_dtype)
     import keras
 
     from cleverscore.models.zoo import build_model, parse_model_name
-    from cleverscore.cli.train import save_weights_atomically
+    from cleverscore.models.training import save_weights_atomically
 
     spec = parse_model_name("mnist", "2-layer")  # a Lambda-style activation, which clone_model cannot copy
     model = build_model(spec)

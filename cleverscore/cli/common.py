@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
 
-from cleverscore.errors import CleverError
+from cleverscore.errors import CleverError, named
 
 _received_signal: int | None = None
 
@@ -55,3 +57,24 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
 def quiet_tensorflow() -> None:
     """Keep TensorFlow's C++ start-up chatter out of the user's logs (set before importing TF)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def flag_names(parser: argparse.ArgumentParser, **extra: str) -> dict[str, str]:
+    """Parameter name -> the flag a user types (`batch_size` -> `-b/--batch_size`), from a parser.
+
+    `extra` maps library parameters whose names differ from the flags' (`nsamps="-N/--Nsamps"`).
+    """
+    names = {a.dest: "/".join(a.option_strings) for a in parser._actions if a.option_strings}
+    return {**names, **extra}
+
+
+@contextlib.contextmanager
+def flags_named(names: dict[str, str]):
+    """Re-raise the library's errors with the parameters they name written as command-line flags."""
+    try:
+        yield
+    except CleverError as err:
+        renamed = named(err, names)
+        if renamed is None:
+            raise
+        raise renamed from err

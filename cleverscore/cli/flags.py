@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from cleverscore.errors import UsageError
-from cleverscore.models.user import as_logits, load_user_model, model_label, normalized
+from cleverscore.settings import BUILTIN_RANGE, DataSettings, ModelSettings
 
 
 def parse_input_range(text: str) -> tuple[float, float]:
@@ -57,8 +59,8 @@ def channel_normalisation(args) -> tuple[tuple[float, ...] | None, tuple[float, 
 
 def check_user_model_flags(args) -> None:
     """--input_mean/--input_std and --input_layout are valid and only apply to --model_path, and an
-    --input_range (parsed into args.range) other than the built-in one comes with --data_path."""
-    if args.range != (-0.5, 0.5) and not args.data_path:
+    --input_range other than the built-in one comes with --data_path."""
+    if parse_input_range(args.input_range) != BUILTIN_RANGE and not args.data_path:
         raise UsageError("--input_range other than -0.5,0.5 needs --data_path (the built-in data is in [-0.5, 0.5])")
     mean, std = channel_normalisation(args)
     if (mean or std) and not args.model_path:
@@ -67,9 +69,24 @@ def check_user_model_flags(args) -> None:
         raise UsageError("--input_layout applies to ONNX models (--model_path model.onnx)")
 
 
-def user_model_from_args(args, image_shape: tuple[int, ...]):
-    """The --model_path model with --input_mean/--input_std and --output applied, and its folder name."""
-    model = load_user_model(args.model_path, args.unsafe_load, args.input_layout, image_shape)
-    channels = int(image_shape[-1]) if image_shape is not None else 0
-    model = normalized(model, *channel_normalisation(args), channels)
-    return as_logits(model, args.output), model_label(args.model_path)
+def optional_path(text: str | None) -> Path | None:
+    """A flag naming a file: its Path, or None when not given."""
+    return Path(text) if text else None
+
+
+def model_settings(args) -> ModelSettings:
+    """The model flags (built-in model, --model_path and its input flags, --weights) as one object."""
+    mean, std = channel_normalisation(args)
+    return ModelSettings(
+        dataset=args.dataset, model_name=args.model_name, activation=args.activation,
+        model_path=optional_path(args.model_path), input_range=parse_input_range(args.input_range),
+        input_mean=mean, input_std=std, input_layout=args.input_layout, output=args.output,
+        unsafe_load=args.unsafe_load, weights=getattr(args, "weights", "imagenet"))
+
+
+def data_settings(args) -> DataSettings:
+    """The image and target flags as one object."""
+    return DataSettings(
+        data_path=optional_path(args.data_path), data_dir=optional_path(args.data_dir),
+        labels=optional_path(getattr(args, "labels", "")), numimg=args.numimg, firstimg=args.firstimg,
+        ids=optional_path(args.ids), target_type=args.target_type)

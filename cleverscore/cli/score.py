@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Compute CLEVER scores from a folder of `.mat` files written by collect_gradients.py.
 
 Prints one `[DEBUG][L1]` line per file and norm, then the `[STATS][L0]` summary: the mean (or
@@ -9,88 +8,21 @@ classes and then the mean over images (`--untargeted`).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
-from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from cleverscore.cli.common import run_cli
+from cleverscore.cli.common import flag_names, flags_named, run_cli
 from cleverscore.errors import UsageError
-from cleverscore.log_lines import (
-    beyond_ball_line,
-    counts_line,
-    debug_fit_line,
-    debug_maxsamp_line,
-    fallback_line,
-    searched_above_line,
-    stats_ci_line,
-    stats_line,
-    untargeted_image_line,
+from cleverscore.scoring.fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG
+from cleverscore.scoring.folder import (
+    folder_files,
+    handle_partial_images,
+    print_warning_counts,
+    score_files,
+    summarise,
+    write_tables,
 )
-from cleverscore.mat_files import load_mat, parse_mat_name
-from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
-from cleverscore.scoring.fit import (
-    C_INIT,
-    FIT_SELECT,
-    METHODS,
-    SHAPE_REG,
-    WeibullFit,
-    clever_score,
-    fit_many,
-    second_order_bound,
-)
-from cleverscore.scoring.intervals import EndPointInterval, end_point_interval, mean_interval
-
-INFO_ORDER = ("least", "random", "top2")
-
-
-@dataclass
-class FileScores:
-    """CLEVER scores of one (image, target) file, in NORMS order (L1, L2, Linf) (L2 only for order 2).
-
-    `intervals` are the 95% intervals of the Lipschitz (order 2: curvature) estimates and
-    `score_intervals` those of the scores; `radii` the radius each score is supported by (None
-    when the file does not record its sampled ball).
-    """
-
-    id: int
-    true_label: int
-    target_label: int
-    info: str
-    g_x0: float
-    scores: list[float]
-    fits: list[WeibullFit]
-    path: str = ""
-    norms: tuple[LpNorm, ...] = NORMS
-    order: int = 1
-    intervals: list[EndPointInterval] = field(default_factory=list)
-    score_intervals: list[tuple[float, float]] = field(default_factory=list)
-    radii: list[float | None] = field(default_factory=list)
-    num_classes: int = 0
-    partial: bool = False
-    lipschitz: list[float] = field(default_factory=list)  # the estimates behind the scores
-    searched: list[float | None] = field(default_factory=list)  # norms found by --search_steps
-
-    def beyond_ball(self, k: int) -> bool | None:
-        radius = self.radii[k] if self.radii else None
-        return None if radius is None else bool(self.scores[k] > radius)
-
-    def rows(self, method: str) -> list[dict]:
-        """One table row per norm, as written by --csv and --json."""
-        return [{"file": self.path, "id": self.id, "true_label": self.true_label, "target_label": self.target_label,
-                 "info": self.info, "norm": norm.label, "g_x0": self.g_x0, "score": self.scores[k],
-                 "score_lo": self.score_intervals[k][0], "score_hi": self.score_intervals[k][1],
-                 "lipschitz": self.lipschitz[k], "lipschitz_lo": self.intervals[k].lo,
-                 "lipschitz_hi": self.intervals[k].hi, "searched": self.searched[k] if self.searched else None,
-                 "shape": fit.shape, "loc": fit.loc, "scale": fit.scale, "ks": fit.ks, "pVal": fit.pval,
-                 "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max",
-                 "order": self.order, "supported_radius": self.radii[k] if self.radii else None,
-                 "beyond_ball": self.beyond_ball(k), "partial": self.partial}
-                for k, (norm, fit) in enumerate(zip(self.norms, self.fits))]
+from cleverscore.settings import ScoreSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,318 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def find_mat_files(folder: Path) -> list[Path]:
-    """Every .mat below the folder, sorted by image id then info (unparseable names last)."""
-
-    def key(path: Path):
-        try:
-            name = parse_mat_name(path)
-            return (0, name.id, name.info, path.name)
-        except ValueError:
-            return (1, 0, "", path.name)
-
-    return sorted(folder.rglob("*.mat"), key=key)
+def score_settings(args: argparse.Namespace) -> ScoreSettings:
+    """The fitting flags as the settings object the library takes."""
+    return ScoreSettings(method=args.method, shape_reg=args.shape_reg, reg_param=args.reg_param,
+                         fit_select=args.fit_select, use_slope=args.use_slope, num_samples=args.num_samples or None,
+                         user_type=args.user_type or None, plot_dir=Path(args.plot_dir) if args.plot_dir else None,
+                         nthreads=args.nthreads)
 
 
-def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, list[np.ndarray]]:
-    """A file's header fields and its maxima per norm (NORMS order); ValueError if unusable."""
-    name = parse_mat_name(path)
-    try:
-        mat = load_mat(path)
-    except Exception as err:  # noqa: BLE001 - scipy raises many types for corrupt files
-        raise ValueError(f"cannot read .mat ({type(err).__name__}: {err})") from None
-    order = 2 if "H2_max" in mat else 1
-    if order == 2:
-        keys = ["H2_max"]
-        if "g_x0_grad_2_norm" not in mat:
-            raise ValueError("missing keys ['g_x0_grad_2_norm']")
-    else:
-        keys = [n.slope_key if use_slope else n.grad_key for n in NORMS]
-    missing = [k for k in keys + ["g_x0"] if k not in mat]
-    if missing:
-        raise ValueError(f"missing keys {missing}")
-    maxima = [np.abs(np.ravel(mat[k]).astype(np.float64)) if order == 2 else np.ravel(mat[k]).astype(np.float64)
-              for k in keys]
-    if num_samples:
-        maxima = [m[:num_samples] for m in maxima]
-    check_physical(maxima, keys, float(np.squeeze(mat["g_x0"])), use_slope and order == 1, path)
-    header = {
-        "id": int(np.squeeze(mat["id"])) if "id" in mat else name.id,
-        "true_label": int(np.squeeze(mat["true_label"])) if "true_label" in mat else name.true_label,
-        "target_label": int(np.squeeze(mat["target_label"])) if "target_label" in mat else name.target_label,
-        "info": str(np.squeeze(mat["info"])) if "info" in mat else name.info,
-        "g_x0": float(np.squeeze(mat["g_x0"])),
-        "order": order,
-        "grad_norm": float(np.squeeze(mat["g_x0_grad_2_norm"])) if order == 2 else 0.0,
-        "figname": f"Fig_{name.info}_{name.id}_{name.true_label}_{name.target_label}_Nsamp_{len(maxima[0])}",
-        "nsamps": name.nsamps,
-        "niters": int(np.squeeze(mat["niters_used"])) if "niters_used" in mat else name.niters,
-        "num_classes": int(np.size(mat["pred"])) if "pred" in mat else 0,
-        "ball": sampled_ball(mat),
-        "searched": [float(np.squeeze(mat[n.search_key])) if n.search_key in mat and order == 1 and not use_slope
-                     else None for n in NORMS],
-    }
-    return header, maxima
-
-
-def check_physical(maxima: list[np.ndarray], keys: list[str], g_x0: float, use_slope: bool, path: Path) -> None:
-    """ValueError for contents no collection can produce; UsageError for --use_slope without slopes."""
-    if use_slope and all(not np.any(m) for m in maxima):
-        raise UsageError(f"--use_slope: {path} has no slope maxima (all zero); collect with --compute_slope")
-    for key, m in zip(keys, maxima):
-        if np.any(m < 0):
-            raise ValueError(f"{key} holds negative gradient-norm maxima (min {m.min():.5g}), which no collection "
-                             "produces")
-    if not g_x0 > 0:
-        raise ValueError(f"g_x0 = {g_x0:.5g} is not positive: the image is not classified as its true label against "
-                         "this target, so it has no CLEVER score")
-
-
-def sampled_ball(mat: dict) -> tuple[LpNorm, float, int] | None:
-    """(norm, radius R, input dimension d) of the ball the file's samples came from, if recorded."""
-    if not all(k in mat for k in ("sample_norm", "sample_radius", "input_dim")):
-        return None
-    return (by_flag(str(np.squeeze(mat["sample_norm"]))), float(np.squeeze(mat["sample_radius"])),
-            int(np.squeeze(mat["input_dim"])))
-
-
-def plot_fit(sample: np.ndarray, fit: WeibullFit, interval: EndPointInterval, norm: LpNorm, path: Path) -> None:
-    """Histogram of -maxima with the fitted weibull_min pdf and the end point's 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy.stats import weibull_min
-
-    fig, ax = plt.subplots(1, 1)
-    ax.hist(-sample, density=True, bins=20, histtype="stepfilled", alpha=0.6, label="-maxima")
-    if fit.fitted:
-        x = np.linspace(-1.01 * sample.max(), -0.99 * sample.min(), 200)
-        ax.plot(x, weibull_min.pdf(x, fit.shape, fit.loc, fit.scale), "r-", label=f"fitted pdf {norm.label}-bnd")
-    ax.axvline(-fit.estimate, color="k", label="-estimate")
-    left = -interval.hi if interval.bounded else ax.get_xlim()[0]
-    ax.axvspan(left, -interval.lo, color="tab:orange", alpha=0.25,
-               label="95% interval" if interval.bounded else "95% interval (unbounded)")
-    ax.legend(loc="best", frameon=False)
-    ax.set_xlabel(f"-Lips_{'i' if norm.dual == np.inf else int(norm.dual)}")
-    ax.set_ylabel("pdf")
-    ax.set_title(f"c = {fit.shape:.2f}, loc = {fit.loc:.2f}, scale = {fit.scale:.2f}, "
-                 f"ks = {fit.ks:.2f}, pVal = {fit.pval:.2f}\nend point {fit.estimate:.4g}, "
-                 f"95% [{interval.lo:.4g}, {interval.hi:.4g}]", fontsize=9)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def score_file(path: Path, args, executor, warnings: dict) -> FileScores:
-    header, maxima = read_maxima(path, args.use_slope, args.num_samples)
-    reg_index = 2 if args.reg_param == "scale" else 0
-    jobs = [executor.submit(end_point_interval, m) for m in maxima] if executor else []  # beside the fits
-    fits = fit_many(maxima, args.method, args.shape_reg, reg_index, executor, args.fit_select)
-    intervals = [j.result() for j in jobs] if jobs else [end_point_interval(m) for m in maxima]
-    info = args.user_type if args.user_type and header["info"] == "user" else header["info"]
-    g = header["g_x0"]
-    if header["order"] == 2:
-        norms = (L2,)
-        scores = [second_order_bound(g, header["grad_norm"], fits[0].estimate)]
-        iv = intervals[0]
-        score_intervals = [(second_order_bound(g, header["grad_norm"], iv.hi) if iv.bounded else 0.0,
-                            second_order_bound(g, header["grad_norm"], iv.lo))]
-        lipschitz = [fits[0].estimate]
-    else:
-        norms = NORMS
-        lipschitz, intervals = apply_search(fits, intervals, header["searched"], path, warnings, info)
-        scores = [clever_score(g, lip) for lip in lipschitz]
-        score_intervals = [iv.score_interval(g) for iv in intervals]
-    ball = header["ball"]
-    radii = [supported_radius(ball[0], ball[1], ball[2], n) for n in norms] if ball else []
-    result = FileScores(header["id"], header["true_label"], header["target_label"], info, g, scores, fits, str(path),
-                        norms, header["order"], intervals, score_intervals, radii, header["num_classes"],
-                        lipschitz=lipschitz, searched=header["searched"] if header["order"] == 1 else [])
-    head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
-    for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
-        if args.method == "maxsamp":
-            print(debug_maxsamp_line(*head, norm.bnd_norm, score))
-        else:
-            print(debug_fit_line(*head, norm.bnd_norm, score, fit.ks, fit.pval, fit.shape, fit.loc, fit.scale, g))
-            if not fit.fitted:
-                print(fallback_line(str(path), norm.label, fit.estimate), file=sys.stderr)
-                warnings["fallback"][(info, norm.label)] += 1
-        if result.beyond_ball(k):
-            print(beyond_ball_line(str(path), norm.label, score, radii[k]), file=sys.stderr)
-            warnings["beyond"][(info, norm.label)] += 1
-        if args.plot_dir:
-            suffix = "_slope" if args.use_slope else ""
-            plot_fit(sample, fit, intervals[k], norm, Path(args.plot_dir) / f"{header['figname']}{suffix}_{norm.label}.png")
-    return result
-
-
-def apply_search(fits: list[WeibullFit], intervals: list[EndPointInterval], searched: list[float | None], path: Path,
-                 warnings: dict, info: str) -> tuple[list[float], list[EndPointInterval]]:
-    """Lipschitz estimates and intervals raised to the norms found by search (certain lower bounds)."""
-    lipschitz, raised = [], []
-    for norm, fit, iv, found in zip(NORMS, fits, intervals, searched):
-        if found is None or found <= fit.estimate:
-            lipschitz.append(fit.estimate)
-        else:
-            print(searched_above_line(str(path), norm.label, found, fit.estimate), file=sys.stderr)
-            warnings["searched"][(info, norm.label)] += 1
-            lipschitz.append(found)
-        raised.append(iv if found is None else EndPointInterval(max(iv.lo, found), max(iv.hi, found), iv.mle))
-    return lipschitz, raised
-
-
-def summarise(results: list[FileScores], untargeted: bool, use_min: bool, cap: bool = False) -> list[str]:
-    """The `[STATS]` summary lines: first-order files, then second-order files (L2 only).
-
-    Each `[STATS][L0]` line is followed by its `[STATS][CI]` line (the 95% interval of the same
-    summary). With `cap`, scores and intervals are capped at each score's supported radius.
-    """
-    lines = []
-    for order in (1, 2):
-        subset = [r for r in results if r.order == order]
-        if subset:
-            labels = tuple(n.label for n in subset[0].norms)
-            lines += _summary(subset, labels, untargeted, use_min, cap)
-    return lines
-
-
-def _capped(r: FileScores, k: int, cap: bool) -> tuple[float, float, float]:
-    """(score, lo, hi) of norm k, capped at the supported radius when asked and known."""
-    score, (lo, hi) = r.scores[k], r.score_intervals[k]
-    radius = r.radii[k] if cap and r.radii else None
-    if radius is None:
-        return score, lo, hi
-    return min(score, radius), min(lo, radius), min(hi, radius)
-
-
-def _reduce(triples: list[tuple[float, float, float]], use_min: bool) -> tuple[float, float, float]:
-    """Mean (or minimum) of scores with the interval of that mean (or minimum)."""
-    scores, los, his = (list(x) for x in zip(*triples))
-    if use_min:
-        # If every true score lies in its interval, their minimum lies in [min lo, min hi].
-        return min(scores), min(los), min(his)
-    lo, hi = mean_interval(scores, los, his)
-    return sum(scores) / len(scores), lo, hi
-
-
-def _lines(info: str, reduced: list[tuple[float, float, float]], labels: tuple[str, ...]) -> list[str]:
-    return [stats_line(info, [r[0] for r in reduced], labels),
-            stats_ci_line(info, [r[0] for r in reduced], [(r[1], r[2]) for r in reduced], labels)]
-
-
-def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool,
-             cap: bool) -> list[str]:
-    columns = range(len(labels))
-    lines = []
-    if untargeted:
-        per_image: dict[int, list[FileScores]] = defaultdict(list)
-        for r in results:
-            per_image[r.id].append(r)
-        image_scores = []
-        for image, rs in per_image.items():
-            best = [_reduce([_capped(r, k, cap) for r in rs], use_min=True) for k in columns]
-            lines.append(untargeted_image_line(image, len(rs) + 1, [b[0] for b in best], labels))
-            image_scores.append(best)
-        reduced = [_reduce([s[k] for s in image_scores], use_min) for k in columns]
-        return lines + _lines("untargeted", reduced, labels)
-    by_info: dict[str, list[FileScores]] = defaultdict(list)
-    for r in results:
-        by_info[r.info].append(r)
-    order = [i for i in INFO_ORDER if i in by_info] + sorted(i for i in by_info if i not in INFO_ORDER)
-    for info in order:
-        reduced = [_reduce([_capped(r, k, cap) for r in by_info[info]], use_min) for k in columns]
-        lines += _lines(info, reduced, labels)
-    return lines
-
-
-def incomplete_images(results: list[FileScores]) -> dict[int, list[int]]:
-    """Per image whose files miss some target classes (untargeted), the missing classes."""
-    per_image: dict[int, list[FileScores]] = defaultdict(list)
-    for r in results:
-        per_image[r.id].append(r)
-    missing = {}
-    for image, rs in per_image.items():
-        classes = max(r.num_classes for r in rs)
-        present = {r.target_label for r in rs} | {rs[0].true_label}
-        absent = [j for j in range(classes) if j not in present]
-        if absent:
-            missing[image] = absent
-    return missing
-
-
-COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "score_lo", "score_hi",
-           "lipschitz", "lipschitz_lo", "lipschitz_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
-           "supported_radius", "beyond_ball", "partial"]
-
-
-def write_tables(results: list[FileScores], args) -> None:
-    """--csv / --json: one row per (file, norm), written atomically.
-
-    JSON is written by the json module so that an unbounded interval end stays `Infinity`
-    (pandas would write null, which reads as "missing" rather than "not bounded").
-    """
-    if not (args.csv or args.json):
-        return
-    import json
-
-    import pandas as pd
-
-    from cleverscore.mat_files import write_atomically
-
-    rows = [row for r in results for row in r.rows(args.method)]
-    if args.csv:
-        write_atomically(args.csv, lambda p: pd.DataFrame(rows, columns=COLUMNS).to_csv(p, index=False))
-    if args.json:
-        write_atomically(args.json, lambda p: Path(p).write_text(json.dumps(rows, indent=1)))
-
-
-def folder_files(folder: Path, num_images: int) -> list[Path]:
-    """The folder's .mat files (the first `num_images` of them if given); UsageError if none."""
-    if not folder.is_dir():
-        raise UsageError(f"data folder {folder} does not exist")
-    files = find_mat_files(folder)
-    if num_images:
-        files = files[:num_images]
-    if not files:
-        raise UsageError(f"no .mat files found below {folder}")
-    return files
-
-
-def score_files(files: list[Path], args) -> tuple[list[FileScores], list[Path], dict[str, dict]]:
-    """Score every file (the [DEBUG] lines go to stdout); unusable files are skipped with a warning.
-
-    Returns the scores, the skipped files and the warning counts (fallbacks, beyond-ball scores, search hits).
-    """
-    results, skipped = [], []
-    warnings: dict[str, dict] = {"fallback": defaultdict(int), "beyond": defaultdict(int), "searched": defaultdict(int)}
-    workers = args.nthreads or len(C_INIT) + 1
-    executor = None
-    if args.method != "maxsamp" and workers > 1:
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    try:
-        for path in files:
-            try:
-                results.append(score_file(path, args, executor, warnings))
-            except ValueError as err:
-                print(f"[WARNING] skipping {path}: {err}", file=sys.stderr)
-                skipped.append(path)
-            sys.stdout.flush()
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
-    return results, skipped, warnings
-
-
-def print_warning_counts(warnings: dict[str, dict]) -> None:
-    if warnings["fallback"]:
-        print(counts_line("fit(s) fell back to the largest maximum", warnings["fallback"]), file=sys.stderr)
-    if warnings["beyond"]:
-        print(counts_line("score(s) beyond the sampled ball", warnings["beyond"]), file=sys.stderr)
-    if warnings["searched"]:
-        print(counts_line("estimate(s) below a norm found by search", warnings["searched"]), file=sys.stderr)
-
-
-def compare_folders(args) -> int:
+def compare_folders(args, settings: ScoreSettings) -> int:
     """--compare DIR_A DIR_B: check both hold the same images, score them as usual, pair and compare (compare.py)."""
     from cleverscore.scoring import compare
 
@@ -444,7 +73,7 @@ def compare_folders(args) -> int:
     files = [folder_files(folder, args.num_images) for folder in folders]
     compare.check_same_dataset(*(compare.folder_datasets(map(str, f)) for f in files))
     print(vars(args))
-    scored = [score_files(side_files, args) for side_files in files]
+    scored = [score_files(side_files, settings) for side_files in files]
     # folders of every class (--target_type 16) are compared untargeted, as --untargeted would
     untargeted = args.untargeted or all(compare.is_class_info(r.info) for results, _, _ in scored for r in results)
     rows, any_skipped = [], False
@@ -470,7 +99,8 @@ def compare_folders(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     for flag in ("num_samples", "num_images", "nthreads"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag} must be >= 0")
@@ -480,17 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("give one folder of .mat files, or --compare DIR_A DIR_B")
     if args.plot_dir:
         Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
-    if args.compare:
-        return compare_folders(args)
+    settings = score_settings(args)
+    with flags_named(flag_names(parser)):
+        if args.compare:
+            return compare_folders(args, settings)
+        return score_folder(args, settings)
+
+
+def score_folder(args, settings: ScoreSettings) -> int:
+    """One folder: fit every file, print the summary, write the tables."""
     files = folder_files(Path(args.data_folder), args.num_images)
     print(vars(args))
-    results, skipped, warnings = score_files(files, args)
+    results, skipped, warnings = score_files(files, settings)
     partial_images = 0
     if args.untargeted:
         results, partial_images = handle_partial_images(results, args.allow_partial)
     for line in summarise(results, args.untargeted, args.use_min, args.cap_radius):
         print(line)
-    write_tables(results, args)
+    write_tables(results, args.method, Path(args.csv) if args.csv else None, Path(args.json) if args.json else None)
     print_warning_counts(warnings)
     if skipped:
         print(f"[WARNING] skipped {len(skipped)} of {len(files)} file(s)", file=sys.stderr)
@@ -502,26 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if skipped or partial_images else 0
 
 
-def handle_partial_images(results: list[FileScores], allow: bool) -> tuple[list[FileScores], int]:
-    """Untargeted: leave out (or, with allow, mark) images whose files miss target classes.
-
-    The minimum over fewer classes is biased upward. Returns the results kept and the number of
-    images left out.
-    """
-    missing = incomplete_images(results)
-    for image, classes in missing.items():
-        if allow:
-            print(f"[WARNING] image {image}: no files for target classes {classes}; its untargeted score is the "
-                  "minimum over the classes present (--allow_partial)", file=sys.stderr)
-        else:
-            print(f"[WARNING] image {image}: no files for target classes {classes}; left out of the untargeted "
-                  "summary (--allow_partial keeps it)", file=sys.stderr)
-    if allow:
-        for r in results:
-            r.partial = r.id in missing
-        return results, 0
-    return [r for r in results if r.id not in missing], len(missing)
+def console_main() -> None:
+    """The installed console command (pyproject.toml): flags from sys.argv, exit code on the way out."""
+    run_cli(main)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    console_main()

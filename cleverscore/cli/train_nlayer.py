@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Train N-layer MLPs and 7-layer CNNs with a chosen activation.
 
     python3 train_nlayer.py --model mnist --modeltype mlp --activation tanh 1024 1024
@@ -7,7 +6,7 @@
 Hidden sizes are positional for MLPs (N-1 equal sizes M give the `-m N,M,tag` model).
 Weights go to `<modelpath>/<modelfile>`, by default the name `collect_gradients.py` looks for:
 `<dataset>_<N>layer_<activation>_<M>_<tag>.weights.h5` for MLPs and
-`<dataset>_cnn_<activation>.weights.h5` for CNNs. The training routine is train_models.train.
+`<dataset>_cnn_<activation>.weights.h5` for CNNs. The training routine is cleverscore.models.training.train.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import time
 from pathlib import Path
 
 from cleverscore.cli.common import quiet_tensorflow, run_cli
-from cleverscore.cli.train import TrainConfig, accuracy, train_and_save
 from cleverscore.errors import UsageError
+from cleverscore.models.training import TrainConfig, accuracy, train_and_save
 from cleverscore.models.zoo import ACTIVATIONS, models_folder, parse_model_name
 
 
@@ -85,5 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The installed console command (pyproject.toml): flags from sys.argv, exit code on the way out."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    console_main()

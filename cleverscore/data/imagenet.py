@@ -35,13 +35,13 @@ def read_label_file(path: Path) -> dict[str, int]:
     try:
         lines = path.read_text().splitlines()
     except OSError as err:
-        raise UsageError(f"cannot read --labels {path}: {err.strerror or err}") from None
+        raise UsageError(f"cannot read `labels` {path}: {err.strerror or err}") from None
     for n, line in enumerate(lines, start=1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 2 or not parts[1].isdigit():
-            raise UsageError(f"--labels {path} line {n} is not '<file name> <class index>'")
+            raise UsageError(f"`labels` {path} line {n} is not '<file name> <class index>'")
         labels[parts[0]] = int(parts[1])
     return labels
 
@@ -57,8 +57,8 @@ def find_image_folder(data_dir: str | None) -> tuple[Path, Path | None]:
                 if _named_by_label(folder):
                     return folder, None
                 return folder, next((c for c in (folder / "val.txt", folder.parent / "val.txt") if c.is_file()), None)
-    raise UsageError("no ImageNet images found: pass --data_dir FOLDER with <label>.<name>.jpg files, or "
-                     "images plus --labels val.txt (see README, ImageNet)")
+    raise UsageError("no ImageNet images found: pass `data_dir` FOLDER with <label>.<name>.jpg files, or "
+                     "images plus `labels` val.txt (see README, ImageNet)")
 
 
 def _label_in_name(name: str) -> int | None:
@@ -83,13 +83,13 @@ def list_labelled_images(folder: Path, labels_file: Path | None) -> list[tuple[P
         table = read_label_file(labels_file)
         missing = [p.name for p in files if p.name not in table]
         if missing:
-            raise UsageError(f"--labels {labels_file} has no label for {missing[0]} (and {len(missing) - 1} more)")
+            raise UsageError(f"`labels` {labels_file} has no label for {missing[0]} (and {len(missing) - 1} more)")
         return [(p, table[p.name]) for p in files]
     pairs = []
     for p in files:
         label = _label_in_name(p.name)
         if label is None:
-            raise UsageError(f"{p.name} is not named <label 1..1000>.<anything>{p.suffix}; or pass --labels FILE")
+            raise UsageError(f"{p.name} is not named <label 1..1000>.<anything>{p.suffix}; or pass `labels` FILE")
         pairs.append((p, label - 1))
     return pairs
 
@@ -103,7 +103,7 @@ def load_imagenet(folder: str | os.PathLike, size: int, numimg: int, firstimg: i
     pairs = list_labelled_images(Path(folder), Path(labels_file) if labels_file else None)
     order = np.random.default_rng(seed).permutation(len(pairs))
     if firstimg >= len(pairs):
-        raise UsageError(f"--firstimg {firstimg} is past the end of the {len(pairs)} images in {folder}")
+        raise UsageError(f"`firstimg` {firstimg} is past the end of the {len(pairs)} images in {folder}")
     chosen = [pairs[i] for i in order[firstimg : firstimg + numimg]]
 
     def load(path: Path) -> np.ndarray:

@@ -56,7 +56,7 @@ def load_npz(path: Path, input_range: tuple[float, float]) -> tuple[np.ndarray, 
         x = x.astype(np.float32)
         lo, hi = input_range
         if not np.all(np.isfinite(x)) or x.min() < lo - 1e-6 or x.max() > hi + 1e-6:
-            raise UsageError(f"{path}: x spans [{x.min():.4g}, {x.max():.4g}], outside --input_range {lo:g},{hi:g}")
+            raise UsageError(f"{path}: x spans [{x.min():.4g}, {x.max():.4g}], outside `input_range` {lo:g},{hi:g}")
     return x, _labels(y, len(x), path)
 
 
@@ -87,7 +87,7 @@ def load_user_data(path: str, input_range: tuple[float, float]) -> tuple[np.ndar
     """(x in input_range, integer labels) from an .npz or an image folder."""
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"--data_path {path} does not exist")
+        raise UsageError(f"`data_path` {path} does not exist")
     return load_image_folder(p, input_range) if p.is_dir() else load_npz(p, input_range)
 
 

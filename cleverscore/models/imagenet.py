@@ -102,7 +102,7 @@ def _capture_weights_file(build):
         name = asked[-1] if asked else "the ImageNet weights file"
         cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
         raise UsageError(f"cannot get ImageNet weights ({type(err).__name__}): put {name} in {cache} "
-                         "or pass --weights PATH (or --weights random for an untrained model)") from None
+                         "or pass `weights` PATH (or `weights` random for an untrained model)") from None
     finally:
         file_utils.get_file = original
 
@@ -127,7 +127,7 @@ def build_imagenet_model(name: str, weights: str = "imagenet", seed: int = 1215)
         base, _ = _capture_weights_file(lambda: constructor(weights="imagenet", **kwargs))
     else:
         if not Path(weights).is_file():
-            raise UsageError(f"--weights {weights} does not exist")
+            raise UsageError(f"`weights` {weights} does not exist")
         base = constructor(weights=None, **kwargs)
         try:
             base.load_weights(weights)

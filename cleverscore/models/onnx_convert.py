@@ -88,7 +88,7 @@ def load_onnx_model(source, layout: str = "auto", image_shape: tuple[int, ...] |
         cache_dir: overrides `cache_folder()`.
     """
     if layout not in LAYOUTS:
-        raise UsageError(f"--input_layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        raise UsageError(f"`input_layout` must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     data, name = _read_bytes(source)
     shape = tuple(int(v) for v in image_shape) if image_shape is not None else None
     key = hashlib.sha256(data).hexdigest()[:32]
@@ -106,7 +106,7 @@ def _read_bytes(source) -> tuple[bytes, str]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise UsageError(f"--model_path {source} does not exist")
+            raise UsageError(f"`model_path` {source} does not exist")
         return path.read_bytes(), str(source)
     return source.SerializeToString(), "the ONNX model"
 
@@ -178,7 +178,7 @@ def resolve_layout(dims: list, layout: str, image_shape: tuple[int, int, int] | 
         layout = "nhwc" if channels_last else "nchw"  # PyTorch exports are NCHW
     shape = (b, c, a) if layout == "nchw" else (a, b, c)
     if None in shape:
-        raise UsageError("the ONNX model's input has dynamic image dimensions; give the images (--data_path) "
+        raise UsageError("the ONNX model's input has dynamic image dimensions; give the images (`data_path`) "
                          "so that they can be fixed")
     return layout, shape
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
+from cleverscore.settings import ModelSettings
 
 
 class SavedModelClassifier:
@@ -44,7 +45,7 @@ def load_user_model(path, unsafe: bool = False, layout: str = "auto", image_shap
         return load_onnx_model(path, layout, image_shape)
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"--model_path {path} does not exist")
+        raise UsageError(f"`model_path` {path} does not exist")
     if p.is_dir():
         if not (p / "saved_model.pb").is_file():
             raise UsageError(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)")
@@ -57,7 +58,7 @@ def load_user_model(path, unsafe: bool = False, layout: str = "auto", image_shap
         text = str(err).strip()
         if isinstance(err, ValueError) and ("safe_mode" in text or "Lambda" in text or "unsafe" in text):
             raise UsageError(f"{path} contains custom code (a Lambda layer); load it only if you trust it, "
-                             "with --unsafe_load") from None
+                             "with `unsafe_load`") from None
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
         raise CleverError(f"cannot load model {path}: {type(err).__name__}: {first}") from None
 
@@ -66,11 +67,11 @@ def normalized(model, mean: tuple[float, ...] | None, std: tuple[float, ...] | N
     """`model((x - mean) / std)` per channel (last axis), inside the differentiated function."""
     if mean is None and std is None:
         return model
-    for flag, values in (("--input_mean", mean), ("--input_std", std)):
+    for param, values in (("input_mean", mean), ("input_std", std)):
         if values is not None and len(values) != 1 and channels and len(values) != channels:
-            raise UsageError(f"{flag} has {len(values)} values; the images have {channels} channel(s)")
+            raise UsageError(f"`{param}` has {len(values)} values; the images have {channels} channel(s)")
     if std is not None and min(std) <= 0:
-        raise UsageError(f"--input_std values must be positive, got {std}")
+        raise UsageError(f"`input_std` values must be positive, got {std}")
     import tensorflow as tf
 
     shift = tf.constant(mean or (0.0,), tf.float32)
@@ -114,3 +115,10 @@ def check_outputs(logits: np.ndarray, num_classes: int | None, output: str) -> N
 def model_label(path: str) -> str:
     """The folder name part for a user model: its file or folder name without suffixes."""
     return Path(os.path.normpath(path)).name.split(".")[0] or "model"
+
+
+def prepared_user_model(settings: ModelSettings, image_shape: tuple[int, ...] | None):
+    """The user's model (`settings.model_path`) with its normalisation and output conversion applied."""
+    model = load_user_model(str(settings.model_path), settings.unsafe_load, settings.input_layout, image_shape)
+    channels = int(image_shape[-1]) if image_shape is not None else 0
+    return as_logits(normalized(model, settings.input_mean, settings.input_std, channels), settings.output)

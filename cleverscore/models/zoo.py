@@ -59,7 +59,7 @@ def parse_model_name(dataset: str, model_name: str, activation: str = "relu") ->
             f"python3 train_nlayer.py --model {dataset} --modeltype cnn --activation {activation}",
         )
     if activation != "relu" and model_name in BUILTIN_NAMES:
-        raise UsageError(f"--activation {activation} is only available with -m normal or an N,M,tag MLP")
+        raise UsageError(f"`activation` {activation} is only available with `model_name` normal or an N,M,tag MLP")
     if model_name == "distilled":
         return ModelSpec(dataset, "cnn", "relu", (), f"{dataset}-distilled-{DISTILLATION_T}.weights.h5", train)
     if model_name == "brelu":

@@ -1,17 +1,18 @@
-"""Running collect_gradients.py's work items on a Ray cluster (`--ray ADDRESS`).
+"""Running a collection's work items on a Ray cluster (`--ray ADDRESS`).
 
-The driver (collect_gradients.py) plans the work items and writes every result file; the
+The driver (running/collect.py) plans the work items and writes every result file; the
 workers, Ray actors, each load the model and compile the step once, then compute one work item
 (an image with its pending targets) at a time and send back the maxima. No shared filesystem
 is needed: a `--model_path` file travels through Ray's object store, and joined clusters get
 the project's code (with the zoo weights in models/) as the job's working directory.
 
-Nothing in the compute core (estimate_gradient_norm.py) knows about Ray, and ray is an optional
+Nothing in the compute core (cleverscore.sampling) knows about Ray, and ray is an optional
 dependency (requirements-cluster.txt), imported only here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from cleverscore.errors import CleverError, UsageError
 from cleverscore.locations import CHECKOUT
+from cleverscore.settings import CollectSettings, ModelSettings
 
 INSTALL_HINT = "--ray needs the optional package ray: pip install -r requirements-cluster.txt"
 REPO = CHECKOUT
@@ -120,12 +122,12 @@ def unpack_path(data: bytes, folder: str) -> str:
         return str(Path(folder) / tar.getnames()[0].split("/")[0])
 
 
-def shipped_paths(args) -> list[str]:
-    """The flags naming input files the workers load: their contents travel with the actors."""
+def shipped_paths(model: ModelSettings) -> list[str]:
+    """The model settings naming files the workers load: their contents travel with the actors."""
     names = ["model_path"]
-    if args.dataset == "imagenet" and os.path.isfile(args.weights):
+    if model.dataset == "imagenet" and os.path.isfile(model.weights):
         names.append("weights")
-    return [name for name in names if getattr(args, name)]
+    return [name for name in names if getattr(model, name)]
 
 
 def get_results(ray, refs, context: str):
@@ -142,25 +144,28 @@ def get_results(ray, refs, context: str):
 
 
 class GradientWorker:
-    """A Ray actor: loads the model once, then computes work items (collect_gradients.compute_item)."""
+    """A Ray actor: loads the model once, then computes work items (running/execute.compute_item)."""
 
-    def __init__(self, args, image_shape: tuple[int, ...], names: list[str], *contents: bytes):
-        from cleverscore.cli.collect import load_classifier
-        from cleverscore.cli.common import quiet_tensorflow
-
-        quiet_tensorflow()
+    def __init__(self, settings: CollectSettings, image_shape: tuple[int, ...], names: list[str], *contents: bytes):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads in this process
+        from cleverscore.running.loading import load_classifier
         from cleverscore.sampling.estimator import EstimateLipschitz
         from cleverscore.sampling.shared_memory import remove_stale_segments
 
         remove_stale_segments(verbose=False)  # left on this machine by a worker killed mid-item (--sampler pool)
 
-        self.args = args
-        self.estimator = EstimateLipschitz(seed=args.seed, nthreads=args.nthreads, sampler=args.sampler, log=None)
+        sampling = settings.sampling
+        self.sampling = sampling
+        self.estimator = EstimateLipschitz(seed=sampling.seed, nthreads=sampling.nthreads, sampler=sampling.sampler,
+                                           log=None)
         folder = tempfile.mkdtemp(prefix="clever_worker_")
         try:
-            for name, data in zip(names, contents):  # Ray resolved the object refs into bytes
-                setattr(args, name, unpack_path(data, folder))
-            load_classifier(args, self.estimator, image_shape)  # the model is in memory now: the files can go
+            # Ray resolved the object refs into bytes: unpack them here and point the settings at them.
+            local = {name: unpack_path(data, folder) for name, data in zip(names, contents)}
+            if "model_path" in local:
+                local["model_path"] = Path(local["model_path"])
+            settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, **local))
+            load_classifier(settings, self.estimator, image_shape)  # the model is in memory now: the files can go
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -168,24 +173,24 @@ class GradientWorker:
         return os.getpid()
 
     def run(self, item):
-        from cleverscore.cli.collect import compute_item
+        from cleverscore.running.execute import compute_item
 
-        return compute_item(self.estimator, self.args, item)
+        return compute_item(self.estimator, self.sampling, item)
 
     def close(self) -> None:
         self.estimator.close()  # the sample pool's processes and shared memory, if any
 
 
 class RayExecutor:
-    """Runs work items on Ray actors; the same run/close interface as collect_gradients.LocalExecutor.
+    """Runs work items on Ray actors; the same run/close interface as execute.LocalExecutor.
 
     Results come back in the order items finish. Each item's samples are seeded by (seed, image),
     so the maxima do not depend on which worker ran it, nor on how often it was rerun.
     """
 
-    def __init__(self, args):
-        self.args = args
-        self.ray = require_ray(args.ray)
+    def __init__(self, settings: CollectSettings):
+        self.settings = settings
+        self.ray = require_ray(settings.ray)
         self.started = False
         self.actors: list = []
 
@@ -193,19 +198,19 @@ class RayExecutor:
         """Connect and start the actors: only once there is work, so a finished run resumes at no cost."""
         if self.actors:
             return
-        self.started = connect(self.args.ray, self.args.save)
+        self.started = connect(self.settings.ray, str(self.settings.save))
         from cleverscore.log_lines import ray_workers_line
 
         ray = self.ray
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        count = self.args.ray_workers or gpus or len(nodes)
+        count = self.settings.ray_workers or gpus or len(nodes)
         # One GPU per worker; CPU workers are spread over the machines (TensorFlow uses all cores of one).
         options = {"num_gpus": 1} if gpus else {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
         actor_class = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(GradientWorker)
-        names = shipped_paths(self.args)
-        refs = [ray.put(pack_path(getattr(self.args, name))) for name in names]  # one copy for all workers
-        self.actors = [actor_class.options(**options).remote(self.args, image_shape, names, *refs)
+        names = shipped_paths(self.settings.model)
+        refs = [ray.put(pack_path(str(getattr(self.settings.model, name)))) for name in names]  # one copy for all
+        self.actors = [actor_class.options(**options).remote(self.settings, image_shape, names, *refs)
                        for _ in range(count)]
         self.pids = get_results(self.ray, [a.pid.remote() for a in self.actors], "a Ray worker failed to start")
         address = ray.get_runtime_context().gcs_address
@@ -220,8 +225,9 @@ class RayExecutor:
         if not total:
             return
         self._start_workers(tuple(queue[0].x0.shape))  # an ONNX model's layout is resolved from it
-        grads = {id(item): len(item.todo) * self.args.Nsamps * self.args.Niters for item in queue}
-        bar = None if self.args.quiet else ProgressBar(f"{total} work items on {len(self.actors)} workers", total,
+        sampling = self.settings.sampling
+        grads = {id(item): len(item.todo) * sampling.nsamps * sampling.niters for item in queue}
+        bar = None if self.settings.quiet else ProgressBar(f"{total} work items on {len(self.actors)} workers", total,
                                                        0, unit="gradients")
         idle, running, done, amount = list(self.actors), {}, 0, 0
         while queue or running:

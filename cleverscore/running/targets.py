@@ -54,28 +54,28 @@ def choose_targets(logits: np.ndarray, target_type: int, seed: int, image_id: in
 
 
 def read_ids_file(path: str, need_targets: bool, num_classes: int | None, num_images: int) -> list[IdsEntry]:
-    """Parse a tab-separated `--ids` file with an `id` column and, for bit3, a `target` column."""
+    """Parse a tab-separated ids file with an `id` column and, for bit3, a `target` column."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
     except OSError as err:
-        raise UsageError(f"cannot read --ids file {path}: {err.strerror or err}") from err
+        raise UsageError(f"cannot read `ids` file {path}: {err.strerror or err}") from err
     except (csv.Error, UnicodeDecodeError) as err:
-        raise UsageError(f"malformed --ids file {path}: {err}") from err
+        raise UsageError(f"malformed `ids` file {path}: {err}") from err
     if not rows or "id" not in rows[0]:
-        raise UsageError(f"malformed --ids file {path}: needs a tab-separated header with an 'id' column")
+        raise UsageError(f"malformed `ids` file {path}: needs a tab-separated header with an 'id' column")
     if need_targets and "target" not in rows[0]:
-        raise UsageError(f"malformed --ids file {path}: --target_type bit 3 needs a 'target' column")
+        raise UsageError(f"malformed `ids` file {path}: `target_type` bit 3 needs a 'target' column")
     entries = []
     for line, row in enumerate(rows, start=2):
         try:
             image_id = int(row["id"])
             target = int(row["target"]) if need_targets else None
         except (TypeError, ValueError):
-            raise UsageError(f"malformed --ids file {path}: line {line} is not integer id/target") from None
+            raise UsageError(f"malformed `ids` file {path}: line {line} is not integer id/target") from None
         if not 0 <= image_id < num_images:
-            raise UsageError(f"--ids file {path} line {line}: image id {image_id} is outside 0..{num_images - 1}")
+            raise UsageError(f"`ids` file {path} line {line}: image id {image_id} is outside 0..{num_images - 1}")
         if target is not None and num_classes is not None and not 0 <= target < num_classes:
-            raise UsageError(f"--ids file {path} line {line}: target {target} is outside 0..{num_classes - 1}")
+            raise UsageError(f"`ids` file {path} line {line}: target {target} is outside 0..{num_classes - 1}")
         entries.append(IdsEntry(image_id, target))
     return entries

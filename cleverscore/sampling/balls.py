@@ -25,14 +25,14 @@ from cleverscore.norms import L1, L2, LINF, LpNorm
 
 def numpy_unit_ball(rng: np.random.Generator, norm: LpNorm, count: int, dim: int) -> np.ndarray:
     """`count` points uniform in the unit `norm` ball of R^dim, float32, shape (count, dim)."""
-    if norm is L2:
+    if norm == L2:
         z = rng.standard_normal((count, dim))
         length = np.linalg.norm(z, axis=1, keepdims=True)
         radius = gammainc(dim / 2.0, length**2 / 2.0) ** (1.0 / dim)
         return (z / length * radius).astype(np.float32)
-    if norm is LINF:
+    if norm == LINF:
         return rng.uniform(-1.0, 1.0, (count, dim)).astype(np.float32)
-    if norm is L1:
+    if norm == L1:
         u = np.sort(rng.uniform(0.0, 1.0, (count, dim)), axis=1)
         spacings = np.diff(u, axis=1, prepend=0.0)
         signs = rng.integers(0, 2, (count, dim)) * 2 - 1
@@ -42,18 +42,18 @@ def numpy_unit_ball(rng: np.random.Generator, norm: LpNorm, count: int, dim: int
 
 def numpy_norms(flat: np.ndarray, norm: LpNorm) -> np.ndarray:
     """Per-row `norm` of a (count, dim) array: how far each sample lies from x0."""
-    if norm is L2:
+    if norm == L2:
         return np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
-    return np.abs(flat).max(axis=1) if norm is LINF else np.abs(flat).sum(axis=1)
+    return np.abs(flat).max(axis=1) if norm == LINF else np.abs(flat).sum(axis=1)
 
 
 def tf_norms(flat, norm: LpNorm):
     """The TensorFlow twin of `numpy_norms`."""
     import tensorflow as tf
 
-    if norm is L2:
+    if norm == L2:
         return tf.sqrt(tf.reduce_sum(flat * flat, axis=1))
-    return tf.reduce_max(tf.abs(flat), axis=1) if norm is LINF else tf.reduce_sum(tf.abs(flat), axis=1)
+    return tf.reduce_max(tf.abs(flat), axis=1) if norm == LINF else tf.reduce_sum(tf.abs(flat), axis=1)
 
 
 def numpy_perturbations(
@@ -70,16 +70,16 @@ def tf_unit_ball(seed, norm: LpNorm, count, dim: int):
     import tensorflow as tf
 
     shape = tf.stack([count, dim])
-    if norm is L2:
+    if norm == L2:
         z = tf.random.stateless_normal(shape, seed, alg="philox")
         # The sum of squares is accurate enough in float32; only the per-sample scalars need float64.
         length2 = tf.cast(tf.reduce_sum(z * z, axis=1, keepdims=True), tf.float64)
         radius = tf.math.igamma(tf.constant(dim / 2.0, tf.float64), length2 / 2.0) ** (1.0 / dim)
         scale = tf.cast(radius * tf.math.rsqrt(length2), tf.float32)
         return z * scale
-    if norm is LINF:
+    if norm == LINF:
         return tf.random.stateless_uniform(shape, seed, -1.0, 1.0, alg="philox")
-    if norm is L1:
+    if norm == L1:
         draws = tf.random.stateless_uniform(tf.stack([2, count, dim]), seed, alg="philox")
         u = tf.sort(draws[0], axis=1)
         spacings = u - tf.pad(u[:, :-1], [[0, 0], [1, 0]])

@@ -152,7 +152,7 @@ def check_batch_fits(peak: int, batch: int, nbatches: int, fixed: int = 0, devic
         return
     per_point = HEADROOM * peak / (batch * max(1, min(LOOP_PARALLEL, nbatches)))
     fits = int((free - fixed) / per_point) // LOOP_PARALLEL
-    hint = (f"use -b/--batch_size {fits} or less" if fits >= 1 else
-            "the samples alone do not fit: lower -N/--Nsamps" if fixed >= free else "lower -b/--batch_size")
+    hint = (f"use `batch_size` {fits} or less" if fits >= 1 else
+            "the samples alone do not fit: lower `nsamps`" if fixed >= free else "lower `batch_size`")
     raise UsageError(f"a batch of {batch} points needs about {human(need)} of memory, but {human(free)} "
                      f"are available on {device}; {hint}")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from cleverscore.errors import CleverError
-from cleverscore.norms import by_flag
+from cleverscore.norms import LpNorm
 from cleverscore.sampling.balls import numpy_norms, numpy_perturbations
 from cleverscore.sampling.shared_memory import SharedArray
 
@@ -33,13 +33,12 @@ def _init_worker() -> None:
 
 def _fill_chunk(task: tuple) -> float:
     """Write one chunk of samples; return the largest ||delta|| among them (before clipping)."""
-    (x0_name, buf_name, shape, offset, count, flag, scale, seed_key, clip, transform) = task
+    (x0_name, buf_name, shape, offset, count, norm, scale, seed_key, clip, transform) = task
     x0 = SharedArray(shape[1:], name=x0_name)
     buf = SharedArray(shape, name=buf_name)
     try:
         rng = np.random.default_rng(seed_key)
         dim = int(np.prod(shape[1:]))
-        norm = by_flag(flag)
         flat = numpy_perturbations(rng, norm, count, dim, scale)
         delta = flat.reshape((count,) + tuple(shape[1:]))
         points = np.clip(x0.array[np.newaxis] + delta, clip[0], clip[1])
@@ -100,7 +99,7 @@ class SamplePool:
         x0: np.ndarray,
         nsamp: int,
         niters: int,
-        sample_norm: str,
+        norm: LpNorm,
         scale: tuple[float, float],
         seed_key: tuple[int, ...],
         clip: tuple[float, float] = (-0.5, 0.5),
@@ -116,13 +115,13 @@ class SamplePool:
         pending = None
         try:
             x0_shm.array[...] = x0
-            pending = self._submit(x0_shm, buffers[0], shape, sample_norm, scale, (*seed_key, 0), clip, transform)
+            pending = self._submit(x0_shm, buffers[0], shape, norm, scale, (*seed_key, 0), clip, transform)
             for it in range(niters):
                 radius = self._wait(pending)
                 pending = None
                 if it + 1 < niters:
                     pending = self._submit(
-                        x0_shm, buffers[(it + 1) % 2], shape, sample_norm, scale, (*seed_key, it + 1), clip, transform
+                        x0_shm, buffers[(it + 1) % 2], shape, norm, scale, (*seed_key, it + 1), clip, transform
                     )
                 yield buffers[it % 2].array, radius
         finally:
@@ -134,9 +133,9 @@ class SamplePool:
             for shm in (x0_shm, *buffers):
                 shm.close()
 
-    def _submit(self, x0_shm, buf, shape, flag, scale, key, clip, transform):
+    def _submit(self, x0_shm, buf, shape, norm, scale, key, clip, transform):
         tasks = [
-            (x0_shm.name, buf.name, shape, off, min(CHUNK, shape[0] - off), flag, scale, (*key, off), clip, transform)
+            (x0_shm.name, buf.name, shape, off, min(CHUNK, shape[0] - off), norm, scale, (*key, off), clip, transform)
             for off in range(0, shape[0], CHUNK)
         ]
         return self._pool.map_async(_fill_chunk, tasks)

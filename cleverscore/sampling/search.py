@@ -12,12 +12,16 @@ Hessian-vector product per step (the gradient of ||grad g||_q).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from cleverscore.norms import L1, L2, LINF, LpNorm
 from cleverscore.sampling.balls import tf_norms
+from cleverscore.sampling.steps import CompiledSteps, sample_batch
 
 STARTS = 32  # best random samples the ascent starts from, per target and norm
+SEARCH_ITERATION = 2**31 - 1  # the iteration index of the search's start samples: no collection draws it
 STEP = 0.25  # first ascent step, as a fraction of the radius; halved for a point whenever a step fails
 
 
@@ -79,3 +83,28 @@ def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_ran
         return tf.reduce_max(best)
 
     return search
+
+
+def search_maxima(steps: CompiledSteps, x0: np.ndarray, c: int, targets: Sequence[int], norm: LpNorm, scale,
+                  num_steps: int, seed_key: tuple[int, int]) -> np.ndarray:
+    """(targets, 3) largest gradient norms (G2, G1, Gi) found by ascent inside the sampled ball.
+
+    Starts from the STARTS best of one batch of fresh samples (drawn with an iteration index no
+    collection uses) per target and norm.
+    """
+    import tensorflow as tf
+
+    model = steps.model
+    search = steps.cached(("search", x0.shape, norm, scale[1], num_steps, model.input_range),
+                          lambda: build_search(model.logits, norm, scale[1], model.input_range, num_steps))
+    points = tf.constant(sample_batch(x0, seed_key, SEARCH_ITERATION, 0, model.batch_size, norm, scale,
+                                      model.input_range))
+    x0_t, c_t = tf.constant(np.asarray(x0, np.float32)), tf.constant(int(c))
+    targets = [int(j) for j in targets]
+    norms, _ = model.grad_norms(points, c_t, tf.constant(targets), len(targets))  # one forward for all targets
+    found = np.zeros((len(targets), 3), np.float32)
+    for k, j in enumerate(targets):
+        for col in range(3):
+            best = tf.argsort(norms[:, k, col], direction="DESCENDING")[:STARTS]
+            found[k, col] = search(x0_t, tf.gather(points, best), c_t, tf.constant(j), tf.constant(col)).numpy()
+    return found

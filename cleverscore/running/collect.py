@@ -1,0 +1,93 @@
+"""One collection run: load the inputs and the classifier, plan the work items, execute them, save.
+
+`run_collection(settings)` is what collect_gradients.py does after parsing its flags; the Ray
+workers call `loading.load_classifier` and `execute.compute_item` with the same settings.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from cleverscore.errors import CleverError, UsageError
+from cleverscore.mat_files import remove_stale_temp_files
+from cleverscore.models.user import check_outputs
+from cleverscore.running.execute import LocalExecutor
+from cleverscore.running.loading import load_classifier, load_inputs
+from cleverscore.running.plan import output_folder, plan_items, select_images
+from cleverscore.running.saving import save_outcome
+from cleverscore.running.targets import USER
+from cleverscore.sampling.shared_memory import remove_stale_segments
+from cleverscore.settings import CollectSettings
+
+
+def predict_inputs(estimator, test_x: np.ndarray, images: list) -> np.ndarray:
+    """The model's logits on the selected images; a model that raises is reported in one line."""
+    try:
+        return estimator.predict(test_x[[i for i, _ in images]])
+    except Exception as err:  # noqa: BLE001 - a user model can raise anything; report it in one line
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+        raise CleverError(f"the model failed on the input images: {type(err).__name__}: {first}") from err
+
+
+def check_labels(settings: CollectSettings, test_x, test_y, images: list, num_classes: int) -> None:
+    """Labels and user targets fit the model's classes; a user target is not the true class."""
+    bad = [i for i, _ in images if not 0 <= test_y[i] < num_classes]
+    if bad:
+        raise UsageError(f"labels of images {bad[:5]} are outside 0..{num_classes - 1}")
+    if settings.data.ids and settings.data.target_type & USER:
+        select_images(settings.data, len(test_x), num_classes)  # re-check the ids file's targets against the classes
+    for image_id, user_target in images:
+        if user_target is not None and user_target == test_y[image_id]:
+            raise UsageError(f"`ids` target {user_target} of image {image_id} equals its true class")
+
+
+def make_executor(settings: CollectSettings, estimator):
+    """The in-process executor, or the Ray one for a Ray address (the same run/close interface)."""
+    if not settings.ray:
+        return LocalExecutor(settings, estimator)
+    from cleverscore.running.cluster import RayExecutor
+
+    return RayExecutor(settings)
+
+
+def run_collection(settings: CollectSettings) -> int:
+    """Collect and save the maxima of every pending (image, target); the exit code (1 if any failed)."""
+    from cleverscore.sampling.estimator import EstimateLipschitz
+
+    remove_stale_segments()
+    test_x, test_y = load_inputs(settings)
+    sampling = settings.sampling
+    estimator = EstimateLipschitz(seed=sampling.seed, nthreads=sampling.nthreads, sampler=sampling.sampler)
+    load_classifier(settings, estimator, test_x.shape[1:])
+    images = select_images(settings.data, len(test_x), None)
+    logits = predict_inputs(estimator, test_x, images)
+    imagenet = settings.model.dataset == "imagenet"
+    check_outputs(logits, None if settings.model.model_path else (1000 if imagenet else 10), settings.model.output)
+    names = None
+    if imagenet:
+        from cleverscore.data.imagenet import class_names
+
+        names = class_names()
+    check_labels(settings, test_x, test_y, images, logits.shape[1])
+    folder = output_folder(settings)
+    for stale in remove_stale_temp_files(folder):
+        print(f"[WARNING] removed {stale}, left by a run that was killed mid-write", file=sys.stderr)
+    counters = {"total": 0, "start": time.time(), "failed": []}
+    try:
+        executor = make_executor(settings, estimator)
+        try:
+            for outcome in executor.run(plan_items(settings, test_x, test_y, images, logits, names, folder, counters)):
+                save_outcome(settings, estimator, outcome, counters)
+        finally:
+            executor.close()
+    finally:
+        estimator.close()
+    if counters["failed"]:
+        pairs = ", ".join(f"({i}, {'all' if t is None else t})" for i, t in counters["failed"])
+        print(f"[WARNING] {len(counters['failed'])} (image, target) pair(s) stopped on NaN/Inf logits or gradients: "
+              f"{pairs}", file=sys.stderr)
+        return 1
+    return 0

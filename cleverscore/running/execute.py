@@ -1,0 +1,56 @@
+"""Computing work items: in this process, one after another, or on Ray (running/cluster.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cleverscore.log_lines import ProgressBar
+from cleverscore.running.plan import WorkItem
+from cleverscore.sampling.collector import NonFiniteError
+from cleverscore.settings import CollectSettings, SamplingSettings
+
+
+@dataclass
+class ItemOutcome:
+    """A work item's results, one TargetResult (order 1) or HessianResult (order 2) per target."""
+
+    item: WorkItem
+    results: list = field(default_factory=list)
+    error: str | None = None  # NaN/Inf logits or gradients for the whole item: nothing to save
+
+
+def compute_item(estimator, sampling: SamplingSettings, item: WorkItem, progress=None) -> ItemOutcome:
+    """Collect one work item's maxima: the same call in-process and on a Ray worker."""
+    targets = [t for t, _, _ in item.todo]
+    try:
+        if sampling.order == 2:
+            results = [estimator.hessian_maxima(item.x0, item.true_label, t, sampling, item.image_id, progress)
+                       for t in targets]
+        else:
+            results = estimator.collect_maxima(item.x0, item.true_label, targets, sampling, item.image_id, progress)
+            if sampling.search_steps:
+                found = estimator.searched_maxima(item.x0, item.true_label, targets, sampling, item.image_id)
+                for result, row in zip(results, found):
+                    result.search_max = np.maximum(row, result.grad_max.max(0))
+    except NonFiniteError as err:
+        return ItemOutcome(item, error=str(err))
+    return ItemOutcome(item, results)
+
+
+class LocalExecutor:
+    """Runs work items one after another in this process, with a progress bar per item."""
+
+    def __init__(self, settings: CollectSettings, estimator):
+        self.settings, self.estimator = settings, estimator
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[ItemOutcome]:
+        for item in items:
+            label = f"image {item.image_id} ({len(item.todo)} target{'s' * (len(item.todo) > 1)})"
+            progress = None if self.settings.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
+            yield compute_item(self.estimator, self.settings.sampling, item, progress)
+
+    def close(self) -> None:
+        pass
