@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA, affine_model, run_script
+from conftest import shared_dataset, affine_model, run_script
 
 SHAPE = (28, 28, 1)
 
@@ -67,7 +67,7 @@ def test_attacks_on_the_shipped_model_stay_above_clever():
     from cleverscore.models.zoo import load_zoo_model
 
     model = load_zoo_model("mnist", "normal")
-    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    data = load_dataset("mnist", shared_dataset("mnist"))
     x = data.test_data[:3]
     logits = np.asarray(model(x))
     targets = np.argsort(logits, axis=1)[:, -2]
@@ -83,7 +83,7 @@ def test_attacks_on_the_shipped_model_stay_above_clever():
 def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     out = tmp_path / "a.csv"
     res = run_script("attacks.py", "-n", "2", "--target_type", "5", "--attacks", "ifgsm_li", "--ifgsm_steps", "20",
-                     "--data_dir", str(SHARED_DATA / "mnist"), "--csv", str(out))
+                     "--data_dir", str(shared_dataset("mnist")), "--csv", str(out))
     assert res.returncode == 0, res.stderr
     table = pd.read_csv(out)
     assert list(table.columns) == ["id", "true_label", "target_label", "info", "attack", "success", "l2", "linf"]
