@@ -117,6 +117,12 @@ def searched_above_line(path: str, label: str, found: float, estimate: float) ->
             f"{g5(estimate)}; the score is capped at g_x0 / {g5(found)}")
 
 
+def plateau_line(path: str, label: str, found: float, upper: float) -> str:
+    upper_text = "unbounded" if upper == float("inf") else f"at most the certified {g5(upper)}"
+    return (f"[WARNING] {path} {label}: the maxima repeat one value ({g5(found)}): the sampler saw one region, "
+            f"not the constant; the constant is at least {g5(found)} and {upper_text}")
+
+
 def counts_line(what: str, counts: dict[tuple[str, str], int]) -> str:
     """`[WARNING] 3 fit(s) fell back ...: top2/L2 = 2, least/Li = 1` (per info and norm)."""
     parts = ", ".join(f"{info}/{label} = {n}" for (info, label), n in counts.items())

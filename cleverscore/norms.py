@@ -42,6 +42,11 @@ class LpNorm:
         return self.grad_key.replace("_max", "_search")
 
     @property
+    def certified_key(self) -> str:
+        """The `.mat` key of the certified upper bound of the dual gradient norm over the sampled ball."""
+        return self.grad_key.replace("_max", "_certified")
+
+    @property
     def dual(self) -> float:
         """The dual norm order q with 1/p + 1/q = 1."""
         if self.p == 1:

@@ -23,6 +23,7 @@ from cleverscore.log_lines import (
     debug_fit_line,
     debug_maxsamp_line,
     fallback_line,
+    plateau_line,
     searched_above_line,
     stats_ci_line,
     stats_line,
@@ -30,6 +31,7 @@ from cleverscore.log_lines import (
 )
 from cleverscore.mat_files import load_mat, parse_mat_name, write_atomically, write_failures_reported
 from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
+from cleverscore.scoring.brackets import Bracket, consistent_interval
 from cleverscore.scoring.fit import (
     C_INIT,
     WeibullFit,
@@ -69,6 +71,7 @@ class FileScores:
     partial: bool = False
     lipschitz: list[float] = field(default_factory=list)  # the estimates behind the scores
     searched: list[float | None] = field(default_factory=list)  # norms found by --search_steps
+    brackets: list[Bracket] = field(default_factory=list)  # certain bounds beside each estimate (order 1)
 
     def beyond_ball(self, k: int) -> bool | None:
         radius = self.radii[k] if self.radii else None
@@ -84,8 +87,14 @@ class FileScores:
                  "shape": fit.shape, "loc": fit.loc, "scale": fit.scale, "ks": fit.ks, "pVal": fit.pval,
                  "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max",
                  "order": self.order, "supported_radius": self.radii[k] if self.radii else None,
-                 "beyond_ball": self.beyond_ball(k), "partial": self.partial}
+                 "beyond_ball": self.beyond_ball(k), "partial": self.partial, **self._bracket_columns(k)}
                 for k, (norm, fit) in enumerate(zip(self.norms, self.fits))]
+
+    def _bracket_columns(self, k: int) -> dict:
+        if not self.brackets:
+            return {"plateau": None, "lipschitz_found": None, "lipschitz_certified": None}
+        b = self.brackets[k]
+        return {"plateau": b.plateau, "lipschitz_found": b.found, "lipschitz_certified": b.certified}
 
 
 def find_mat_files(folder: Path) -> list[Path]:
@@ -138,6 +147,8 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         "ball": sampled_ball(mat),
         "searched": [float(np.squeeze(mat[n.search_key])) if n.search_key in mat and order == 1 and not use_slope
                      else None for n in NORMS],
+        "certified": [float(np.squeeze(mat[n.certified_key])) if n.certified_key in mat and order == 1 and not use_slope
+                      else None for n in NORMS],
     }
     return header, maxima
 
@@ -206,16 +217,22 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
         score_intervals = [(second_order_bound(g, header["grad_norm"], iv.hi) if iv.bounded else 0.0,
                             second_order_bound(g, header["grad_norm"], iv.lo))]
         lipschitz = [fits[0].estimate]
+        brackets = []
     else:
         norms = NORMS
         lipschitz, intervals = apply_search(fits, intervals, header["searched"], path, warnings, info)
+        brackets = [consistent_interval(lip, iv, m, max(float(m.max()), found or 0.0), cert)
+                    for lip, iv, m, found, cert in zip(lipschitz, intervals, maxima, header["searched"],
+                                                        header["certified"])]
+        lipschitz, intervals = [b.estimate for b in brackets], [b.interval for b in brackets]
         scores = [clever_score(g, lip) for lip in lipschitz]
         score_intervals = [iv.score_interval(g) for iv in intervals]
     ball = header["ball"]
     radii = [supported_radius(ball[0], ball[1], ball[2], n) for n in norms] if ball else []
     result = FileScores(header["id"], header["true_label"], header["target_label"], info, g, scores, fits, str(path),
                         norms, header["order"], intervals, score_intervals, radii, header["num_classes"],
-                        lipschitz=lipschitz, searched=header["searched"] if header["order"] == 1 else [])
+                        lipschitz=lipschitz, searched=header["searched"] if header["order"] == 1 else [],
+                        brackets=brackets)
     head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
     for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
         if settings.method == "maxsamp":
@@ -225,6 +242,9 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
             if not fit.fitted:
                 print(fallback_line(str(path), norm.label, fit.estimate), file=sys.stderr)
                 warnings["fallback"][(info, norm.label)] += 1
+        if brackets and brackets[k].plateau:
+            print(plateau_line(str(path), norm.label, brackets[k].found, brackets[k].interval.hi), file=sys.stderr)
+            warnings["plateau"][(info, norm.label)] += 1
         if result.beyond_ball(k):
             print(beyond_ball_line(str(path), norm.label, score, radii[k]), file=sys.stderr)
             warnings["beyond"][(info, norm.label)] += 1
@@ -332,7 +352,7 @@ def incomplete_images(results: list[FileScores]) -> dict[int, list[int]]:
 
 COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "score_lo", "score_hi",
            "lipschitz", "lipschitz_lo", "lipschitz_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
-           "supported_radius", "beyond_ball", "partial"]
+           "supported_radius", "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified"]
 
 
 def write_tables(results: list[FileScores], method: str, csv: Path | None, json_path: Path | None) -> None:
@@ -374,7 +394,8 @@ def score_files(files: list[Path], settings: ScoreSettings) -> tuple[list[FileSc
     Returns the scores, the skipped files and the warning counts (fallbacks, beyond-ball scores, search hits).
     """
     results, skipped = [], []
-    warnings: dict[str, dict] = {"fallback": defaultdict(int), "beyond": defaultdict(int), "searched": defaultdict(int)}
+    warnings: dict[str, dict] = {"fallback": defaultdict(int), "beyond": defaultdict(int), "searched": defaultdict(int),
+                                 "plateau": defaultdict(int)}
     workers = settings.nthreads or len(C_INIT) + 1
     executor = None
     if settings.method != "maxsamp" and workers > 1:
@@ -400,6 +421,8 @@ def print_warning_counts(warnings: dict[str, dict]) -> None:
         print(counts_line("score(s) beyond the sampled ball", warnings["beyond"]), file=sys.stderr)
     if warnings["searched"]:
         print(counts_line("estimate(s) below a norm found by search", warnings["searched"]), file=sys.stderr)
+    if warnings.get("plateau"):
+        print(counts_line("plateau(s): maxima repeating one value", warnings["plateau"]), file=sys.stderr)
 
 
 def handle_partial_images(results: list[FileScores], allow: bool) -> tuple[list[FileScores], int]:
