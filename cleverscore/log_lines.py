@@ -95,11 +95,12 @@ def stats_line(info: str, scores: Sequence[float], labels: Sequence[str] = ("L1"
 
 
 def stats_ci_line(info: str, scores: Sequence[float], intervals: Sequence[tuple[float, float]],
-                  labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
-    """`[STATS][CI]`: each summary score with its 95% interval (what other seeds would give)."""
+                  labels: Sequence[str] = ("L1", "L2", "Li"), kind: str = "end_point") -> str:
+    """`[STATS][CI]`: each summary score with a 95% interval; `interval = end_point` (where the sampled
+    law's end point may lie) or `interval = rerun` (where another seed's summary would fall), last."""
     parts = ", ".join(f"{info}_clever_{lab} = {g5(s)}, {lab}_lo = {g5(lo)}, {lab}_hi = {g5(hi)}"
                       for lab, s, (lo, hi) in zip(labels, scores, intervals))
-    return f"[STATS][CI] info = {info}, {parts}"
+    return f"[STATS][CI] info = {info}, {parts}, interval = {kind}"
 
 
 def fallback_line(path: str, label: str, estimate: float) -> str:

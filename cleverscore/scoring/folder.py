@@ -40,6 +40,7 @@ from cleverscore.scoring.fit import (
     second_order_bound,
 )
 from cleverscore.scoring.intervals import EndPointInterval, end_point_interval, mean_interval
+from cleverscore.scoring.rerun import rerun_interval, rerun_score_interval
 from cleverscore.settings import ScoreSettings
 
 INFO_ORDER = ("least", "random", "top2")
@@ -72,6 +73,12 @@ class FileScores:
     lipschitz: list[float] = field(default_factory=list)  # the estimates behind the scores
     searched: list[float | None] = field(default_factory=list)  # norms found by --search_steps
     brackets: list[Bracket] = field(default_factory=list)  # certain bounds beside each estimate (order 1)
+    rerun_intervals: list[tuple[float, float]] = field(default_factory=list)  # Lipschitz: another seed's (95%)
+    score_rerun_intervals: list[tuple[float, float]] = field(default_factory=list)  # the scores'
+
+    def intervals_of(self, kind: str) -> list[tuple[float, float]]:
+        """The scores' 95% intervals of one kind: 'end_point' or 'rerun'."""
+        return self.score_rerun_intervals if kind == "rerun" else self.score_intervals
 
     def beyond_ball(self, k: int) -> bool | None:
         radius = self.radii[k] if self.radii else None
@@ -84,6 +91,8 @@ class FileScores:
                  "score_lo": self.score_intervals[k][0], "score_hi": self.score_intervals[k][1],
                  "lipschitz": self.lipschitz[k], "lipschitz_lo": self.intervals[k].lo,
                  "lipschitz_hi": self.intervals[k].hi, "searched": self.searched[k] if self.searched else None,
+                 "score_rerun_lo": self.score_rerun_intervals[k][0], "score_rerun_hi": self.score_rerun_intervals[k][1],
+                 "lipschitz_rerun_lo": self.rerun_intervals[k][0], "lipschitz_rerun_hi": self.rerun_intervals[k][1],
                  "shape": fit.shape, "loc": fit.loc, "scale": fit.scale, "ks": fit.ks, "pVal": fit.pval,
                  "method": method if fit.fitted or method == "maxsamp" else f"{method}:fallback_max",
                  "order": self.order, "supported_radius": self.radii[k] if self.radii else None,
@@ -217,6 +226,9 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
         score_intervals = [(second_order_bound(g, header["grad_norm"], iv.hi) if iv.bounded else 0.0,
                             second_order_bound(g, header["grad_norm"], iv.lo))]
         lipschitz = [fits[0].estimate]
+        rerun = [rerun_interval(fits[0].estimate, fits[0], maxima[0])]
+        score_rerun = [(second_order_bound(g, header["grad_norm"], rerun[0][1]),
+                        second_order_bound(g, header["grad_norm"], max(rerun[0][0], 0.0)))]
         brackets = []
     else:
         norms = NORMS
@@ -227,12 +239,14 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
         lipschitz, intervals = [b.estimate for b in brackets], [b.interval for b in brackets]
         scores = [clever_score(g, lip) for lip in lipschitz]
         score_intervals = [iv.score_interval(g) for iv in intervals]
+        rerun = [rerun_interval(lip, fit, m) for lip, fit, m in zip(lipschitz, fits, maxima)]
+        score_rerun = [rerun_score_interval(g, iv) for iv in rerun]
     ball = header["ball"]
     radii = [supported_radius(ball[0], ball[1], ball[2], n) for n in norms] if ball else []
     result = FileScores(header["id"], header["true_label"], header["target_label"], info, g, scores, fits, str(path),
                         norms, header["order"], intervals, score_intervals, radii, header["num_classes"],
                         lipschitz=lipschitz, searched=header["searched"] if header["order"] == 1 else [],
-                        brackets=brackets)
+                        brackets=brackets, rerun_intervals=rerun, score_rerun_intervals=score_rerun)
     head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
     for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
         if settings.method == "maxsamp":
@@ -286,9 +300,9 @@ def summarise(results: list[FileScores], untargeted: bool, use_min: bool, cap: b
     return lines
 
 
-def _capped(r: FileScores, k: int, cap: bool) -> tuple[float, float, float]:
-    """(score, lo, hi) of norm k, capped at the supported radius when asked and known."""
-    score, (lo, hi) = r.scores[k], r.score_intervals[k]
+def _capped(r: FileScores, k: int, cap: bool, kind: str = "end_point") -> tuple[float, float, float]:
+    """(score, lo, hi) of norm k with its interval of `kind`, capped at the supported radius when asked and known."""
+    score, (lo, hi) = r.scores[k], r.intervals_of(kind)[k]
     radius = r.radii[k] if cap and r.radii else None
     if radius is None:
         return score, lo, hi
@@ -305,9 +319,15 @@ def _reduce(triples: list[tuple[float, float, float]], use_min: bool) -> tuple[f
     return sum(scores) / len(scores), lo, hi
 
 
-def _lines(info: str, reduced: list[tuple[float, float, float]], labels: tuple[str, ...]) -> list[str]:
-    return [stats_line(info, [r[0] for r in reduced], labels),
-            stats_ci_line(info, [r[0] for r in reduced], [(r[1], r[2]) for r in reduced], labels)]
+INTERVAL_KINDS = ("end_point", "rerun")
+
+
+def _lines(info: str, reduced: dict[str, list[tuple[float, float, float]]], labels: tuple[str, ...]) -> list[str]:
+    """The `[STATS][L0]` line and one `[STATS][CI]` line per interval kind."""
+    first = reduced[INTERVAL_KINDS[0]]
+    return [stats_line(info, [r[0] for r in first], labels),
+            *(stats_ci_line(info, [r[0] for r in reduced[kind]], [(r[1], r[2]) for r in reduced[kind]], labels, kind)
+              for kind in INTERVAL_KINDS)]
 
 
 def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool,
@@ -318,19 +338,23 @@ def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: boo
         per_image: dict[int, list[FileScores]] = defaultdict(list)
         for r in results:
             per_image[r.id].append(r)
-        image_scores = []
+        image_scores = {kind: [] for kind in INTERVAL_KINDS}
         for image, rs in per_image.items():
-            best = [_reduce([_capped(r, k, cap) for r in rs], use_min=True) for k in columns]
-            lines.append(untargeted_image_line(image, len(rs) + 1, [b[0] for b in best], labels))
-            image_scores.append(best)
-        reduced = [_reduce([s[k] for s in image_scores], use_min) for k in columns]
+            for kind in INTERVAL_KINDS:
+                image_scores[kind].append([_reduce([_capped(r, k, cap, kind) for r in rs], use_min=True)
+                                           for k in columns])
+            lines.append(untargeted_image_line(image, len(rs) + 1, [b[0] for b in image_scores["end_point"][-1]],
+                                               labels))
+        reduced = {kind: [_reduce([s[k] for s in image_scores[kind]], use_min) for k in columns]
+                   for kind in INTERVAL_KINDS}
         return lines + _lines("untargeted", reduced, labels)
     by_info: dict[str, list[FileScores]] = defaultdict(list)
     for r in results:
         by_info[r.info].append(r)
     order = [i for i in INFO_ORDER if i in by_info] + sorted(i for i in by_info if i not in INFO_ORDER)
     for info in order:
-        reduced = [_reduce([_capped(r, k, cap) for r in by_info[info]], use_min) for k in columns]
+        reduced = {kind: [_reduce([_capped(r, k, cap, kind) for r in by_info[info]], use_min) for k in columns]
+                   for kind in INTERVAL_KINDS}
         lines += _lines(info, reduced, labels)
     return lines
 
@@ -351,7 +375,8 @@ def incomplete_images(results: list[FileScores]) -> dict[int, list[int]]:
 
 
 COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "score_lo", "score_hi",
-           "lipschitz", "lipschitz_lo", "lipschitz_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
+           "lipschitz", "lipschitz_lo", "lipschitz_hi", "score_rerun_lo", "score_rerun_hi", "lipschitz_rerun_lo",
+           "lipschitz_rerun_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
            "supported_radius", "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified"]
 
 
