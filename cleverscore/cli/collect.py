@@ -13,7 +13,13 @@ import argparse
 from pathlib import Path
 
 from cleverscore.cli.common import flag_names, flags_named, quiet_tensorflow, run_cli
-from cleverscore.cli.flags import add_user_model_flags, check_user_model_flags, data_settings, model_settings
+from cleverscore.cli.flags import (
+    add_user_model_flags,
+    check_user_model_flags,
+    data_settings,
+    described_flags,
+    model_settings,
+)
 from cleverscore.errors import UsageError
 from cleverscore.mat_files import check_writable_folder
 from cleverscore.norms import by_flag
@@ -131,7 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> CollectSettings:
     return CollectSettings(
         model=model_settings(args), data=data_settings(args), sampling=sampling, save=Path(args.save),
         overwrite=args.overwrite, quiet=args.quiet, ray=args.ray or None, ray_workers=args.ray_workers,
-        flags={k: ("" if v is None else v) for k, v in vars(args).items()})
+        flags={k: ("" if v is None else v) for k, v in described_flags(args).items()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(args)
     from cleverscore.running.plan import output_folder
 
-    check_writable_folder(output_folder(settings))
+    with flags_named(flag_names(parser, **PARAMETER_FLAGS)):
+        check_writable_folder(output_folder(settings))  # a user's model is hashed for its folder name
     quiet_tensorflow()
     if settings.ray:
         from cleverscore.running.cluster import prepare_driver
 
         prepare_driver(settings.ray)  # before TensorFlow loads: ray installed? keep the driver off the GPUs
-    print(vars(args))
+    print(described_flags(args))
     from cleverscore.running.collect import run_collection
 
     with flags_named(flag_names(parser, **PARAMETER_FLAGS)):

@@ -15,6 +15,7 @@ from cleverscore.cli.common import flag_names, flags_named, run_cli
 from cleverscore.errors import UsageError
 from cleverscore.scoring.fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG
 from cleverscore.scoring.folder import (
+    check_one_model,
     folder_files,
     handle_partial_images,
     print_warning_counts,
@@ -71,6 +72,8 @@ def compare_folders(args, settings: ScoreSettings) -> int:
 
     folders = [Path(f) for f in args.compare]
     files = [folder_files(folder, args.num_images) for folder in folders]
+    for folder, side in zip(folders, files):
+        check_one_model(side, folder)
     compare.check_same_dataset(*(compare.folder_datasets(map(str, f)) for f in files))
     print(vars(args))
     scored = [score_files(side_files, settings) for side_files in files]
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 def score_folder(args, settings: ScoreSettings) -> int:
     """One folder: fit every file, print the summary, write the tables."""
     files = folder_files(Path(args.data_folder), args.num_images)
+    check_one_model(files, args.data_folder)
     print(vars(args))
     results, skipped, warnings = score_files(files, settings)
     partial_images = 0
