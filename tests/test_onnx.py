@@ -204,7 +204,7 @@ def test_cli_collect_and_attacks_on_an_onnx_model_with_normalisation(tmp_path):
     res = run_script("collect_gradients.py", *flags, "-n", "3", "-N", "32", "-i", "10", "--target_type", "1",
                      "-s", str(tmp_path / "out"), "--quiet", env=env)
     assert res.returncode == 0, res.stderr
-    assert len(list((tmp_path / "out" / "imgs_resnet").glob("*.mat"))) == 3
+    assert len(list((tmp_path / "out").glob("imgs_resnet_*/*.mat"))) == 3
     assert list((tmp_path / "cache" / "onnx").glob("*/saved_model"))
     res = run_script("attacks.py", *flags, "-n", "3", "--target_type", "1", "--attacks", "ifgsm_li",
                      "--ifgsm_steps", "10", "--csv", str(tmp_path / "att.csv"), env=env)
