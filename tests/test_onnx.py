@@ -223,7 +223,7 @@ def _save_with_external_data(proto, folder):
     return folder / "model.onnx"
 
 
-def test_external_data_loads_from_another_folder_and_new_weights_are_never_served_stale(cache, tmp_path):
+def test_external_data_loads_from_another_folder_and_new_weights_are_never_served_stale(cache, tmp_path, capsys):
     """torch's exporter writes model.onnx + model.onnx.data. The data are found beside the graph whatever the
     working folder, and the cache key covers them: a re-export with new weights and the same graph bytes
     gives the new model's margins (the cache used to serve the old one)."""
@@ -239,6 +239,8 @@ def test_external_data_loads_from_another_folder_and_new_weights_are_never_serve
     assert os.getcwd() != str(path.parent)
     first = load_onnx_model(str(path))
     np.testing.assert_allclose(first(x).numpy(), flat @ weights + bias, rtol=1e-5, atol=1e-5)
+    said = capsys.readouterr().err  # a first conversion takes seconds: it says so, in one line
+    assert said.count(f"[INFO] converting {path} to TensorFlow with onnx2tf") == 1
 
     graph_bytes = path.read_bytes()
     new_weights = weights[:, ::-1].copy()  # the classes' rows swapped: every margin changes sign or size
@@ -330,6 +332,8 @@ def test_cli_collect_and_attacks_on_an_onnx_model_with_normalisation(tmp_path):
 def test_readme_names_the_cache_folder_and_the_export_lines():
     text = (REPO / "README.md").read_text()
     section = text.split("## PyTorch models", 1)[1].split("\n## ", 1)[0]
-    for needle in ("torch.onnx.export", "dynamic_axes", "--input_mean", "--input_std", "--input_layout",
-                   "~/.cache/clever/onnx", "requirements-onnx.txt"):
-        assert needle in section
+    for needle in ("torch.onnx.export", "dynamic_axes", "dynamic_shapes", "dynamo=False", "external_data=False",
+                   "model.onnx.data", "--input_mean", "--input_std", "--input_layout", "~/.cache/clever/onnx",
+                   "requirements-onnx.txt", "pip install --no-deps -r requirements-onnx-nodeps.txt", "--save_adv",
+                   "nn.Module", ".pth"):
+        assert needle in section, needle
