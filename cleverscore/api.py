@@ -96,6 +96,11 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
         CleverResult with `scores` = the minimum over the targets of each norm's score.
     """
     x0 = np.asarray(image, np.float32)
+    from cleverscore.data.user import looks_nchw
+
+    if looks_nchw((1, *x0.shape)):  # a PyTorch user's image is (C, H, W)
+        raise UsageError(f"`image` has shape {x0.shape}, which looks like (C, H, W); images here are (H, W, C) "
+                         "whatever the model's layout: pass image.transpose(1, 2, 0)")
     model = _as_callable(model, x0.shape, input_mean, input_std, input_layout)
     est = EstimateLipschitz(seed=seed, log=None)
     est.load_model(model=model, batch_size=batch_size or min(nsamps, 1024), input_range=input_range)

@@ -173,3 +173,11 @@ def test_an_nn_module_is_exported_converted_and_scored_once(tmp_path, monkeypatc
         assert all(np.isfinite(v) and v > 0 for v in result.scores.values())
     assert len(list((tmp_path / "onnx").glob("*/meta.json"))) == 1  # the second call found the conversion
     assert not list((tmp_path / "onnx" / "torch_exports").iterdir())  # the exported file is not left behind
+
+
+def test_a_chw_image_is_refused_with_the_transpose_that_fixes_it():
+    from cleverscore.api import clever_scores
+    from cleverscore.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"looks like \(C, H, W\).*image\.transpose\(1, 2, 0\)"):
+        clever_scores(small_net(), np.zeros(CHW, np.float32), target=1)
