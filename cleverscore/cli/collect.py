@@ -3,8 +3,9 @@
 For every selected (image, target) this writes
 `<save>/<dataset>_<model_name>/<Nsamps>_<Niters>_<id>_<true>_<target>_<info>_<activation>_order<k>.mat`
 with the keys G1_max, G2_max, Gi_max, L1_max, L2_max, Li_max, g_x0, pred, id, true_label,
-target_label, info, args and path, and the ball actually sampled: sample_norm, sample_radius and
-input_dim. `clever.py` turns a folder of them into CLEVER scores.
+target_label, info, args and path, the ball actually sampled (sample_norm, sample_radius and
+input_dim) and the model's identity (model_id). A `--model_path` model's folder is
+`<data>_<model>_<first 8 digits of its model_id>`. `clever.py` turns a folder of them into CLEVER scores.
 """
 
 from __future__ import annotations

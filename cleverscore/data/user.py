@@ -1,7 +1,7 @@
 """A user's own classifier (`--model_path`) and inputs (`--data_path`), checked before any work.
 
 Models: a Keras file (`.keras`, `.h5`) loaded in safe mode unless `--unsafe_load`, a
-TensorFlow SavedModel folder (its serving signature), or an ONNX file (`onnx_model.py`).
+TensorFlow SavedModel folder (its serving signature), or an ONNX file (models/onnx_convert.py).
 `--input_mean/--input_std` normalise inside the model function, so that sampling radii and
 gradients stay in input units. Data: an `.npz` with `x` (N, H, W, C) and
 `y` (labels or one-hot), or a folder of images named `<label>.<anything>.<ext>`. Floating-point
