@@ -42,6 +42,20 @@ def _example_input(module, image_shape: tuple[int, int, int], layout: str):
     return torch.zeros(shape, dtype=torch.float32, device=device)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Errors only from a logger (torch.onnx logs a line per optional package it does not find)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export(module, x, path: Path, dynamo: bool) -> None:
     import torch
 
@@ -70,7 +84,8 @@ def export_module(module, image_shape: tuple[int, int, int], layout: str = "auto
     path = work / "model.onnx"
     try:
         log = io.StringIO()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+                _quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")  # the exporters' deprecation notes are about their own future
             _export(module, _example_input(module, image_shape, layout), path, dynamo)
         from cleverscore.models.onnx_source import import_optional
