@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -337,3 +339,27 @@ def test_readme_names_the_cache_folder_and_the_export_lines():
                    "requirements-onnx.txt", "pip install --no-deps -r requirements-onnx-nodeps.txt", "--save_adv",
                    "nn.Module", ".pth"):
         assert needle in section, needle
+
+
+def test_same_named_onnx_models_get_their_own_model_id_and_folder(tmp_path):
+    """runs/exp1/model.onnx and runs/exp2/model.onnx (same graph bytes, other weights in model.onnx.data) are two
+    models; a copy elsewhere is the same one; the normalisation around a model is part of what is scored."""
+    import shutil
+
+    from cleverscore.models.identity import model_id
+    from cleverscore.running.plan import output_folder
+    from cleverscore.settings import CollectSettings, DataSettings, ModelSettings
+
+    _, weights, bias = _affine()
+    first = _save_with_external_data(affine_nchw(weights, bias, (3, 4, 5)), tmp_path / "runs" / "exp1")
+    second = _save_with_external_data(affine_nchw(weights * 2, bias, (3, 4, 5)), tmp_path / "runs" / "exp2")
+    copy = tmp_path / "copy"
+    shutil.copytree(first.parent, copy)
+    ids = [model_id(ModelSettings(model_path=p)) for p in (first, second, copy / "model.onnx")]
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert model_id(ModelSettings(model_path=first, input_mean=(0.5,), input_std=(0.25,))) != ids[0]
+    folders = [output_folder(CollectSettings(model=ModelSettings(model_path=p), data=DataSettings(data_path=Path(
+        "data/images.npz")), save=Path("out"))) for p in (first, second)]
+    assert [f.name for f in folders] == [f"images_model_{i[:8]}" for i in ids[:2]]
+    zoo = CollectSettings(model=ModelSettings(dataset="cifar", model_name="brelu"))
+    assert output_folder(zoo) == Path("lipschitz_mat") / "cifar_brelu"  # the original's names for built-in models
