@@ -177,12 +177,16 @@ def test_bad_user_inputs_are_one_line_errors_with_nothing_written(user_files, tm
     assert not list(tmp_path.rglob("*"))
 
 
-def test_two_same_named_models_never_mix(user_files, tmp_path):
+def test_two_same_named_models_never_mix(user_files, tmp_path, capsys):
     """runs/exp1/model.keras and runs/exp2/model.keras on one data set: two folders, nothing skipped across them,
-    and a folder that holds both models' files is refused by clever.py (before, it averaged them, exit 0)."""
+    and a folder that holds both models' files is refused by clever.py (before, it averaged them, exit 0).
+    In-process (the command lines' `main`), to spare three TensorFlow start-ups."""
     import keras
     import scipy.io as sio
 
+    from cleverscore.cli.collect import main as collect_main
+    from cleverscore.cli.score import main as score_main
+    from cleverscore.errors import UsageError
     from cleverscore.models.identity import model_id
     from cleverscore.settings import ModelSettings
 
@@ -193,42 +197,53 @@ def test_two_same_named_models_never_mix(user_files, tmp_path):
     for exp, m in (("exp1", model), ("exp2", other)):
         (tmp_path / exp).mkdir()
         m.save(tmp_path / exp / "model.keras")
-    np.savez(tmp_path / "three.npz", x=x, y=y)
     save = tmp_path / "out"
-    runs = [collect(tmp_path, f"{exp}/model.keras", "--target_type", "1", save="out") for exp in ("exp1", "exp2")]
-    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
-    assert "already exists" not in runs[1].stdout  # the second model skips nothing of the first
+
+    def collect_in_process(exp: str) -> tuple[int, str, str]:
+        code = collect_main(["--model_path", str(tmp_path / exp / "model.keras"), "--data_path",
+                             str(root / "three.npz"), "-n", "3", "-N", "16", "-i", "4", "--target_type", "1",
+                             "-s", str(save), "--quiet"])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    runs = [collect_in_process(exp) for exp in ("exp1", "exp2")]
+    assert [r[0] for r in runs] == [0, 0], runs[1][2]
+    assert "already exists" not in runs[1][1]  # the second model skips nothing of the first
     ids = [model_id(ModelSettings(model_path=tmp_path / exp / "model.keras")) for exp in ("exp1", "exp2")]
     assert ids[0] != ids[1]
     folders = [save / f"three_model_{i[:8]}" for i in ids]
     for folder, identity in zip(folders, ids):
         files = sorted(folder.glob("*.mat"))
         assert len(files) == 3 and {str(sio.loadmat(f)["model_id"][0]) for f in files} == {identity}
-    printed = runs[0].stdout.splitlines()[0]  # the arguments line describes the user's model and data
+    printed = runs[0][1].splitlines()[0]  # the arguments line describes the user's model and data
     assert "'model_path'" in printed and "'model_name'" not in printed and "'dataset'" not in printed
 
-    # The old layout: both models' files in one folder. Collection recomputes the other model's file...
+    # The old layout: both models' files in one folder. clever.py refuses it...
     mixed = folders[0]
     victim = sorted(mixed.glob("*.mat"))[0]
     victim.write_bytes((folders[1] / victim.name).read_bytes())
-    score = run_script("clever.py", str(mixed))
-    assert score.returncode == 2 and not score.stdout.count("[STATS]")
-    last = score.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "2 different models" in last and ids[0] in last and ids[1] in last
-    rerun = collect(tmp_path, "exp1/model.keras", "--target_type", "1", save="out")
-    assert rerun.returncode == 0, rerun.stderr
-    assert rerun.stdout.count("already exists") == 2 and "collected from another model" in rerun.stderr
+    with pytest.raises(UsageError, match=r"holds the results of 2 different models") as refused:
+        score_main([str(mixed), "--nthreads", "1"])
+    assert ids[0] in str(refused.value) and ids[1] in str(refused.value) and refused.value.exit_code == 2
+    assert "[STATS]" not in capsys.readouterr().out
+    # ...and a collection recomputes the other model's file instead of skipping it
+    code, out, err = collect_in_process("exp1")
+    assert code == 0 and out.count("already exists") == 2 and "collected from another model" in err
     assert str(sio.loadmat(victim)["model_id"][0]) == ids[0]
-    assert run_script("clever.py", str(mixed)).returncode == 0  # ...and the folder is one model's again
+    assert score_main([str(mixed), "--nthreads", "1"]) == 0  # the folder is one model's again
 
 
-def test_every_image_misclassified_is_an_error_with_the_preprocessing_hint(user_files, tmp_path):
+def test_every_image_misclassified_is_an_error_with_the_preprocessing_hint(user_files, tmp_path, capsys):
+    from cleverscore.cli.collect import main as collect_main
+    from cleverscore.errors import CleverError
+
     root, model, x, y = user_files
     np.savez(tmp_path / "wrong.npz", x=x, y=(y + 1) % 6)
-    res = run_script("collect_gradients.py", "--model_path", str(root / "mycnn.keras"), "--data_path",
-                     str(tmp_path / "wrong.npz"), "-n", "3", "-N", "16", "-i", "3", "-s", str(tmp_path / "out"))
-    assert res.returncode == 1
-    last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: the model misclassifies every selected image (3; it predicts class")
-    assert "--input_range" in last and "--input_mean/--input_std" in last and "--input_layout" in last
-    assert not list(tmp_path.rglob("*.mat")) and "Traceback" not in res.stderr
+    with pytest.raises(CleverError) as stopped:
+        collect_main(["--model_path", str(root / "mycnn.keras"), "--data_path", str(tmp_path / "wrong.npz"),
+                      "-n", "3", "-N", "16", "-i", "3", "-s", str(tmp_path / "out")])
+    message = str(stopped.value)
+    assert stopped.value.exit_code == 1 and "\n" not in message
+    assert message.startswith("the model misclassifies every selected image (3; it predicts class")
+    assert "--input_range" in message and "--input_mean/--input_std" in message and "--input_layout" in message
+    assert not list(tmp_path.rglob("*.mat"))
