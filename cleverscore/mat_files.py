@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -67,6 +69,49 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "-s/--save") ->
     except OSError as err:
         raise UsageError(f"{flag}: cannot create or write the results folder {folder} "
                          f"({existing}: {err.strerror})") from None
+
+
+def check_writable_file(path: str | os.PathLike, flag: str) -> None:
+    """Refuse (UsageError) an output file that is a folder, lies under a file, or cannot be written.
+
+    Checked before any work, so that a run never ends in a traceback after its results were
+    computed. Nothing is created: an existing file is opened for appending (its contents stay),
+    and a new file's folder is probed as `check_writable_folder` does.
+    """
+    from cleverscore.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag}: {path} is a folder, not a file")
+    if path.exists():
+        try:
+            open(path, "ab").close()
+        except OSError as err:
+            raise UsageError(f"{flag}: cannot write {path} ({err.strerror})") from None
+        return
+    check_writable_folder(path.parent, flag)
+
+
+# Errors of a write that ran out of room or lost its device: reported in one line, never a traceback.
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS}
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """True for an OSError of a disk that is full, over quota, read-only or failing."""
+    return isinstance(err, OSError) and err.errno in WRITE_FAILURES
+
+
+@contextlib.contextmanager
+def write_failures_reported(what: str):
+    """Turn a full disk (or a failing one) while writing `what` into one CleverError line."""
+    from cleverscore.errors import CleverError
+
+    try:
+        yield
+    except OSError as err:
+        if not is_write_failure(err):
+            raise
+        raise CleverError(f"cannot write {what}: {err.strerror}; nothing partial was left") from None
 
 
 def save_mat_atomically(path: Path, contents: dict) -> None:

@@ -119,6 +119,7 @@ class CollectSettings:
         quiet: no progress bars.
         ray, ray_workers: run on Ray at this address ('local', 'auto', 'host:port') with this
             many workers (0: one per GPU, else one per machine); None: in this process.
+        ray_timeout: seconds to wait for a `host:port` cluster's head to answer.
         flags: the raw flag values, recorded in each `.mat` as its `args` key.
     """
 
@@ -130,6 +131,7 @@ class CollectSettings:
     quiet: bool = False
     ray: str | None = None
     ray_workers: int = 0
+    ray_timeout: float = 30.0
     flags: dict = field(default_factory=dict)
 
 

@@ -13,13 +13,28 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The real datasets: ../shared/data beside the checkout, or the folder CLEVER_DATA_DIR names (one
+# holding mnist/, cifar10/ and imagenet/). A test that needs files not shipped in data/ skips
+# without them, naming the files; where CLEVER_REQUIRE_DATA=1 (CI, which has them) it fails instead.
+SHARED_DATA = Path(os.environ.get("CLEVER_DATA_DIR") or REPO.parent / "shared" / "data")
+NEEDED_FILES = {
+    "mnist": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+              "t10k-labels-idx1-ubyte.gz"),
+    "cifar10": tuple(f"data_batch_{i}.bin.gz" for i in range(1, 6)) + ("test_batch.bin.gz",),
+    "imagenet": ("val_images", "val.txt"),
+}
 
 
 def shared_dataset(name: str) -> Path:
+    """The folder of a real dataset's files; skip (or, under CLEVER_REQUIRE_DATA=1, fail) without them."""
     path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(f"{path} is not available")
+    missing = [f for f in NEEDED_FILES.get(name, ()) if not (path / f).exists()] if path.is_dir() else ["all"]
+    if missing:
+        reason = (f"needs the {name} files {', '.join(NEEDED_FILES.get(name, (name,)))} in {path} "
+                  f"(missing: {', '.join(missing)}); set CLEVER_DATA_DIR to a folder holding {name}/")
+        if os.environ.get("CLEVER_REQUIRE_DATA") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     return path
 
 
@@ -34,7 +49,9 @@ def affine_model(weights: np.ndarray, bias: np.ndarray, image_shape=(28, 28, 1))
 
 def run_script(*args: str, env: dict | None = None, timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run one of the project's scripts with the current interpreter."""
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    # Without TF_CPP_MIN_LOG_LEVEL, as a user runs them: the scripts keep TensorFlow's start-up lines quiet.
+    full_env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    full_env.update(env or {})
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA, affine_model, run_script
+from conftest import shared_dataset, affine_model, run_script
 
 SHAPE = (28, 28, 1)
 
@@ -67,7 +67,7 @@ def test_attacks_on_the_shipped_model_stay_above_clever():
     from cleverscore.models.zoo import load_zoo_model
 
     model = load_zoo_model("mnist", "normal")
-    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    data = load_dataset("mnist", shared_dataset("mnist"))
     x = data.test_data[:3]
     logits = np.asarray(model(x))
     targets = np.argsort(logits, axis=1)[:, -2]
@@ -83,7 +83,8 @@ def test_attacks_on_the_shipped_model_stay_above_clever():
 def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     out = tmp_path / "a.csv"
     res = run_script("attacks.py", "-n", "2", "--target_type", "5", "--attacks", "ifgsm_li", "--ifgsm_steps", "20",
-                     "--data_dir", str(SHARED_DATA / "mnist"), "--csv", str(out), "--save_adv", str(tmp_path / "adv.npz"))
+                     "--data_dir", str(shared_dataset("mnist")), "--csv", str(out), "--save_adv",
+                     str(tmp_path / "adv.npz"))
     assert res.returncode == 0, res.stderr
     table = pd.read_csv(out)
     assert list(table.columns) == ["id", "true_label", "target_label", "info", "attack", "success", "l2", "linf"]
@@ -100,7 +101,7 @@ def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     assert adv["adv"].shape == (4, 28, 28, 1) and adv["adv"].dtype == np.float32
     for key in ("id", "true_label", "target_label", "info", "attack", "l2", "linf"):
         np.testing.assert_array_equal(adv[key], table[key].to_numpy())
-    x = load_dataset("mnist", SHARED_DATA / "mnist").test_data[adv["id"]]
+    x = load_dataset("mnist", shared_dataset("mnist")).test_data[adv["id"]]
     np.testing.assert_allclose(np.abs(adv["adv"] - x).reshape(4, -1).max(1), adv["linf"], rtol=1e-5)
     predicted = np.argmax(load_zoo_model("mnist", "normal")(adv["adv"]).numpy(), axis=1)
     np.testing.assert_array_equal(predicted, adv["target_label"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA, run_script
+from conftest import shared_dataset, run_script
 from cleverscore.errors import UsageError
 from cleverscore.models.imagenet import NO_KERAS_EQUIVALENT, REGISTRY, build_imagenet_model, registry_entry
 from cleverscore.data.imagenet import class_names, list_labelled_images, load_imagenet, resize_and_crop
@@ -116,10 +116,8 @@ def test_shipped_class_names_cover_1000_classes():
 
 
 def test_real_images_load_with_their_val_labels():
-    folder = SHARED_DATA / "imagenet" / "val_images"
-    if not folder.is_dir():
-        pytest.skip("no real ImageNet images in ../shared/data/imagenet")
-    x, y, names = load_imagenet(folder, 224, 20, labels_file=str(SHARED_DATA / "imagenet" / "val.txt"))
+    root = shared_dataset("imagenet")
+    x, y, names = load_imagenet(root / "val_images", 224, 20, labels_file=str(root / "val.txt"))
     labels = dict(zip(names, y.tolist()))
     assert labels["ILSVRC2012_val_00000001.JPEG"] == 65 and labels["ILSVRC2012_val_00000006.JPEG"] == 57
     assert x.shape == (20, 224, 224, 3)

@@ -146,3 +146,24 @@ def test_running_from_the_checkout_shadows_no_popular_package():
         name, origin, loaded = line.split()
         assert origin == "None" or not origin.startswith(str(REPO)), line
         assert loaded == "False", line
+
+
+def test_pip_install_gives_an_importable_package_from_another_folder(tmp_path):
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                            str(wheel_dir), str(REPO)], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    wheel = next(wheel_dir.glob("cleverscore-*.whl"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                              str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr
+    code = ("import sys, cleverscore\n"
+            "from cleverscore.sampling.estimator import EstimateLipschitz\n"
+            "print(cleverscore.__file__, callable(cleverscore.clever_scores), 'datasets' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    origin, is_callable, shadowed = out.stdout.split()
+    assert origin.startswith(str(site)) and is_callable == "True" and shadowed == "False"
+    assert {p.name for p in (site / "bin").iterdir()} >= {"clever-collect", "clever-score"}

@@ -9,11 +9,11 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, shared_dataset
 
 
 def run_driver(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, CLEVER_DATA_DIR=str(SHARED_DATA / "mnist"), TF_CPP_MIN_LOG_LEVEL="2",
+    env = dict(os.environ, PYTHON=sys.executable, CLEVER_DATA_DIR=str(shared_dataset("mnist")), TF_CPP_MIN_LOG_LEVEL="2",
                ATTACK_ARGS="--cw_binary_steps 5 --ifgsm_steps 20")
     return subprocess.run(["bash", "reproduce.sh", *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)

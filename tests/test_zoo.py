@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, shared_dataset
 
 ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>[\w,-]+) \| (?P<activation>\w+) "
                  r"\| (?P<epochs>\d+) \| (?P<accuracy>[\d.]+)% \|")
@@ -15,7 +15,7 @@ ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>[\w,-]
 
 def data_folder(dataset: str):
     """The shipped MNIST test files, or the shared CIFAR-10 files."""
-    return REPO / "data" / "mnist" if dataset == "mnist" else SHARED_DATA / "cifar10"
+    return REPO / "data" / "mnist" if dataset == "mnist" else shared_dataset("cifar10")
 
 
 def shipped_models() -> list[dict]:
@@ -64,7 +64,7 @@ def test_train_nlayer_writes_a_loadable_mlp_at_the_documented_path(tmp_path):
 
     res = run_script("train_nlayer.py", "--model", "mnist", "--modeltype", "mlp", "--activation", "tanh", "64", "64",
                      "--epochs", "1", "--lr", "0.1", "--train_subset", "2000", "--modelpath", str(tmp_path),
-                     "--data_dir", str(SHARED_DATA / "mnist"))
+                     "--data_dir", str(shared_dataset("mnist")))
     assert res.returncode == 0, res.stderr
     path = tmp_path / "mnist_3layer_tanh_64_trained.weights.h5"
     assert path.is_file() and f"saved = {path}" in res.stdout
@@ -74,7 +74,7 @@ def test_train_nlayer_writes_a_loadable_mlp_at_the_documented_path(tmp_path):
     from cleverscore.models.zoo import load_zoo_model
 
     model = load_zoo_model("mnist", "3,64,trained", "tanh", models_dir=str(tmp_path))
-    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    data = load_dataset("mnist", shared_dataset("mnist"))
     acc = np.mean(np.argmax(np.asarray(model(data.test_data[:1000])), 1) == np.argmax(data.test_labels[:1000], 1))
     assert acc > 0.6  # one epoch on 2000 images: far above chance (0.1)
 
@@ -91,7 +91,7 @@ def test_distilled_student_at_t1_is_sharper_than_the_teacher_at_t100():
     from cleverscore.data import load_dataset
     from cleverscore.models.training import TrainConfig, soft_labels, train
 
-    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    data = load_dataset("mnist", shared_dataset("mnist"))
     x, y = data.train_data[:3000], data.train_labels[:3000]
     config = TrainConfig(epochs=3, lr=0.01, optimizer="adam", temperature=100.0)
     teacher = train(_tiny_mlp(0), x, y, config, verbose=0)
@@ -114,7 +114,7 @@ def test_an_interrupted_training_resumes_from_its_last_finished_epoch(tmp_path):
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    data = load_dataset("mnist", shared_dataset("mnist"))
     x, y = data.train_data[:1000], data.train_labels[:1000]
     config = TrainConfig(epochs=4, lr=0.05)
     with pytest.raises(KeyboardInterrupt):
@@ -137,7 +137,7 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt
 
-    data = load_dataset("mnist", SHARED_DATA / "mnist")
+    data = load_dataset("mnist", shared_dataset("mnist"))
     x, y = data.train_data[:500], data.train_labels[:500]
     output = tmp_path / "m.weights.h5"
     backups = training_backup_folder(output)

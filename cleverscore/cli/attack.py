@@ -14,13 +14,14 @@ from collections.abc import Callable
 import numpy as np
 
 from cleverscore.attacks import ATTACKS, CW_BINARY_STEPS, CW_ITERATIONS, IFGSM_STEPS, run_attack
-from cleverscore.cli.common import flag_names, flags_named, quiet_tensorflow, run_cli
+from cleverscore.cli.common import Parser, flag_names, flags_named, quiet_tensorflow, run_cli
 from cleverscore.cli.flags import add_user_model_flags, check_user_model_flags, data_settings, model_settings
 from cleverscore.errors import UsageError
+from cleverscore.mat_files import check_writable_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="attacks.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", choices=["mnist", "cifar"], default="mnist")
     p.add_argument("-m", "--model_name", default="normal", help="2-layer, normal, distilled, brelu, or N,M,tag")
     p.add_argument("--activation", default="relu")
@@ -62,15 +63,12 @@ def validate(args: argparse.Namespace) -> list[str]:
             raise UsageError(f"--{flag} must be positive")
     if args.firstimg < 0:
         raise UsageError("--firstimg must be >= 0")
+    check_user_model_flags(args)
+    check_writable_file(args.csv, "--csv")
     if args.save_adv:
         if not args.save_adv.endswith(".npz"):
             raise UsageError(f"--save_adv must name an .npz file, got {args.save_adv!r}")
-        from pathlib import Path
-
-        from cleverscore.mat_files import check_writable_folder
-
-        check_writable_folder(Path(args.save_adv).resolve().parent, "--save_adv")
-    check_user_model_flags(args)
+        check_writable_file(args.save_adv, "--save_adv")
     return names
 
 
@@ -105,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     names = validate(args)
-    quiet_tensorflow()
+    quiet_tensorflow(args.debug)
     with flags_named(flag_names(parser)):
         return attack_images(args, names)
 
@@ -114,12 +112,14 @@ def attack_images(args: argparse.Namespace, names: list[str]) -> int:
     """Attack every (image, target) of the run with each named attack; write the CSV."""
     import pandas as pd
 
-    from cleverscore.mat_files import write_atomically
+    from cleverscore.mat_files import write_atomically, write_failures_reported
+    from cleverscore.models.user import check_image_shape
     from cleverscore.running.plan import require_some_correct, select_images
     from cleverscore.running.targets import choose_targets
 
     model_spec, data_spec = model_settings(args), data_settings(args)
     model, test_x, test_y = load_model_and_data(model_spec, data_spec)
+    check_image_shape(model, test_x.shape[1:])
     ids = [image_id for image_id, _ in select_images(data_spec, len(test_x), None)]
     x_all = test_x[ids]
     labels = test_y[ids]
@@ -147,10 +147,12 @@ def attack_images(args: argparse.Namespace, names: list[str]) -> int:
             print(f"[ATTACK] {name}: images {batch[0][1]}..{batch[-1][1]}, {done}/{len(batch)} succeeded, "
                   f"mean L2 {np.mean(res.l2[res.success]) if done else float('nan'):.5g}")
             sys.stdout.flush()
-    write_atomically(args.csv, lambda path: pd.DataFrame(rows).to_csv(path, index=False))
+    with write_failures_reported(args.csv):
+        write_atomically(args.csv, lambda path: pd.DataFrame(rows).to_csv(path, index=False))
     print(f"[ATTACK] wrote {len(rows)} rows to {args.csv}")
     if args.save_adv:
-        save_adversarial(args.save_adv, rows, adversarial, x_all.shape[1:])
+        with write_failures_reported(args.save_adv):
+            save_adversarial(args.save_adv, rows, adversarial, x_all.shape[1:])
         print(f"[ATTACK] wrote {len(rows)} adversarial images to {args.save_adv}")
     return 0
 

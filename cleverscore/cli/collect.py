@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cleverscore.cli.common import flag_names, flags_named, quiet_tensorflow, run_cli
+from cleverscore.cli.common import Parser, flag_names, flags_named, number, quiet_tensorflow, run_cli
 from cleverscore.cli.flags import (
     add_user_model_flags,
     check_user_model_flags,
@@ -33,7 +33,7 @@ PARAMETER_FLAGS = {"nsamps": "-N/--Nsamps", "niters": "-i/--Niters"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="collect_gradients.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-d", "--dataset", choices=["mnist", "cifar", "imagenet"], default="mnist")
     p.add_argument("-m", "--model_name", default="normal",
                    help="2-layer, normal, distilled, brelu, or N,M,tag for an N-layer MLP with M hidden units")
@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nthreads", type=int, default=0, help="sample worker processes for --sampler pool (0: half the cores)")
     p.add_argument("-s", "--save", default="./lipschitz_mat", help="results folder")
     p.add_argument("--seed", type=int, default=1215)
-    p.add_argument("--radius", type=float, default=0.0,
+    p.add_argument("--radius", type=number(minimum=0), default=0.0,
                    help="sample uniformly in the ball of this radius (0: the original random radius factor)")
-    p.add_argument("--rel_tol", type=float, default=0.0,
+    p.add_argument("--rel_tol", type=number(minimum=0, below=1), default=0.0,
                    help="stop each (image, target) once its L2 score's 95%% interval has a relative half-width <= this "
                         "(checked after 50 iterations, then every 10; -i is the cap); 0: always -i iterations")
     p.add_argument("--search_steps", type=int, default=0,
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_model_flags(p)
     p.add_argument("--ray", default="", metavar="ADDRESS",
                    help="run on Ray: local (a Ray instance on this machine), auto or host:port (a running cluster)")
+    p.add_argument("--ray_timeout", type=number(above=0), default=30.0,
+                   help="with --ray HOST:PORT: seconds to wait for the cluster's head to answer")
     p.add_argument("--ray_workers", type=int, default=0,
                    help="with --ray: worker actors (0: one per GPU in the cluster, else one per machine)")
     p.add_argument("--overwrite", action="store_true", help="recompute (image, target) pairs whose file exists")
@@ -99,10 +101,11 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--ray_workers must be >= 0, got {args.ray_workers}")
     if args.ray_workers and not args.ray:
         raise UsageError("--ray_workers needs --ray ADDRESS")
-    if args.radius < 0:
-        raise UsageError(f"--radius must be >= 0, got {args.radius}")
-    if not 0 <= args.rel_tol < 1:
-        raise UsageError(f"--rel_tol must be in [0, 1), got {args.rel_tol}")
+    if args.ray:
+        from cleverscore.running.cluster import head_endpoint
+
+        with flags_named({"ray": "--ray"}):
+            head_endpoint(args.ray)  # a malformed address is refused before anything loads
     if args.rel_tol and args.order == 2:
         raise UsageError("--rel_tol works with --order 1 only")
     if args.search_steps < 0:
@@ -119,9 +122,6 @@ def validate(args: argparse.Namespace) -> None:
         from cleverscore.models.imagenet import registry_entry
 
         registry_entry(args.model_name)  # refuse unknown names before anything loads
-    from cleverscore.cli.flags import parse_input_range
-
-    args.range = parse_input_range(args.input_range)
     check_user_model_flags(args)
     if args.order == 2 and (args.compute_slope or args.transform or args.sampler == "pool"):
         raise UsageError("--order 2 cannot be combined with --compute_slope, --transform or --sampler pool")
@@ -138,6 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> CollectSettings:
     return CollectSettings(
         model=model_settings(args), data=data_settings(args), sampling=sampling, save=Path(args.save),
         overwrite=args.overwrite, quiet=args.quiet, ray=args.ray or None, ray_workers=args.ray_workers,
+        ray_timeout=args.ray_timeout,
         flags={k: ("" if v is None else v) for k, v in described_flags(args).items()})
 
 
@@ -150,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with flags_named(flag_names(parser, **PARAMETER_FLAGS)):
         check_writable_folder(output_folder(settings))  # a user's model is hashed for its folder name
-    quiet_tensorflow()
+    quiet_tensorflow(args.debug)
     if settings.ray:
-        from cleverscore.running.cluster import prepare_driver
+        from cleverscore.running.cluster import prepare_driver, wait_for_head
 
         prepare_driver(settings.ray)  # before TensorFlow loads: ray installed? keep the driver off the GPUs
+        with flags_named({"ray_timeout": "--ray_timeout"}):
+            wait_for_head(settings.ray, settings.ray_timeout)  # an address where nothing answers fails now
     print(described_flags(args))
     from cleverscore.running.collect import run_collection
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 
-from cleverscore.errors import CleverError, named
+from cleverscore.errors import USAGE_ERROR, CleverError, named
 
 _received_signal: int | None = None
 
@@ -54,9 +56,36 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     sys.exit(code or 0)
 
 
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the user's logs (set before importing TF)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def quiet_tensorflow(debug: bool = False) -> None:
+    """Import TensorFlow with its C++ start-up chatter kept out of the user's terminal.
+
+    TF_CPP_MIN_LOG_LEVEL only takes effect once absl's logging is set up, so the lines printed
+    before that (`oneDNN custom operations are on`, `Could not find cuda drivers`, `All log
+    messages before absl::InitializeLog()`, a failed cuInit on a machine without a GPU) are
+    written straight to file descriptor 2: it is pointed at a temporary file while TensorFlow
+    loads and looks for devices. With `debug`, or a TF_CPP_MIN_LOG_LEVEL the user set, they show.
+    If the import fails, what it printed is shown with the error.
+    """
+    if debug or "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as chatter:
+        os.dup2(chatter.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the cuInit attempt, and its message, happen here
+        except BaseException:
+            os.dup2(saved, 2)
+            chatter.seek(0)
+            sys.stderr.write(chatter.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def flag_names(parser: argparse.ArgumentParser, **extra: str) -> dict[str, str]:
@@ -78,3 +107,34 @@ def flags_named(names: dict[str, str]):
         if renamed is None:
             raise
         raise renamed from err
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one `error: ...` line (exit 2), as every other bad input's."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def number(minimum: float | None = None, maximum: float | None = None, *, above: float | None = None,
+           below: float | None = None) -> Callable[[str], float]:
+    """An argparse `type` for a float flag: finite, and inside the given bounds, or one clear error.
+
+    NaN and infinities are refused whatever the bounds: no radius, tolerance or rate means them.
+    """
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        bounds = ((minimum, ">=", value >= (minimum or 0)), (maximum, "<=", value <= (maximum or 0)),
+                  (above, ">", value > (above or 0)), (below, "<", value < (below or 0)))
+        for bound, says, ok in bounds:
+            if bound is not None and not ok:
+                raise argparse.ArgumentTypeError(f"must be {says} {bound:g}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ def parse_input_range(text: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise UsageError(f"--input_range must be LO,HI (e.g. -0.5,0.5), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UsageError(f"--input_range must be two finite numbers, got {text!r}")
     if not lo < hi:
         raise UsageError(f"--input_range needs LO < HI, got {text!r}")
     return lo, hi

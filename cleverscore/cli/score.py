@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cleverscore.cli.common import flag_names, flags_named, run_cli
+from cleverscore.cli.common import Parser, flag_names, flags_named, number, run_cli
 from cleverscore.errors import UsageError
+from cleverscore.mat_files import check_writable_file, check_writable_folder, parse_mat_name, write_failures_reported
 from cleverscore.scoring.fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG
 from cleverscore.scoring.folder import (
     check_one_model,
@@ -27,7 +28,7 @@ from cleverscore.settings import ScoreSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="clever.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data_folder", nargs="?", default="", help="folder of .mat files (searched recursively)")
     p.add_argument("--min", dest="use_min", action="store_true", help="report the minimum over images, not the mean")
     p.add_argument("--user_type", default="", help="replace info 'user' by this string")
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--untargeted", action="store_true", help="per image, the minimum over its target classes")
     p.add_argument("--num_samples", type=int, default=0, help="use the first K maxima of each file (0: all)")
     p.add_argument("--num_images", type=int, default=0, help="use the first K files (0: all)")
-    p.add_argument("--shape_reg", type=float, default=SHAPE_REG, help="weight of the MLE regulariser")
+    p.add_argument("--shape_reg", type=number(minimum=0), default=SHAPE_REG, help="weight of the MLE regulariser")
     p.add_argument("--reg_param", choices=["scale", "shape"], default="scale",
                    help="parameter the regulariser penalises: scale (what the original code did) or shape")
     p.add_argument("--nthreads", type=int, default=0, help=f"fitting processes (0: {len(C_INIT) + 1})")
@@ -58,6 +59,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Every file and folder the run will write can be written: refused now, before any fit."""
+    from cleverscore.scoring.compare import summary_path
+
+    if args.plot and not args.compare:
+        raise UsageError("--plot draws a --compare; for one folder's fits use --plot_dir")
+    for flag, path in (("--csv", args.csv), ("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_writable_file(path, flag)
+    if args.compare and args.csv:
+        check_writable_file(summary_path(args.csv), "--csv (its summary file)")
+    if args.plot_dir:
+        check_writable_folder(args.plot_dir, "--plot_dir")
+
+
+def second_order_files(files: list[Path]) -> bool:
+    """Whether any of a folder's files was collected with --order 2 (by its name)."""
+    for path in files:
+        try:
+            if parse_mat_name(path).order == 2:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def score_settings(args: argparse.Namespace) -> ScoreSettings:
     """The fitting flags as the settings object the library takes."""
     return ScoreSettings(method=args.method, shape_reg=args.shape_reg, reg_param=args.reg_param,
@@ -72,8 +99,11 @@ def compare_folders(args, settings: ScoreSettings) -> int:
 
     folders = [Path(f) for f in args.compare]
     files = [folder_files(folder, args.num_images) for folder in folders]
-    for folder, side in zip(folders, files):
-        check_one_model(side, folder)
+    for folder, side_files in zip(folders, files):
+        if second_order_files(side_files):
+            raise UsageError(f"{folder} holds second-order files (collected with --order 2); --compare compares "
+                             "first-order folders")
+        check_one_model(side_files, folder)
     compare.check_same_dataset(*(compare.folder_datasets(map(str, f)) for f in files))
     print(vars(args))
     scored = [score_files(side_files, settings) for side_files in files]
@@ -95,9 +125,10 @@ def compare_folders(args, settings: ScoreSettings) -> int:
     for line in compare.report_lines(comparison):
         print(line)
     names = (folders[0].name, folders[1].name)
-    compare.write_tables(comparison, args.csv, args.json, names)
-    if args.plot:
-        compare.plot_pairs(comparison, args.plot, names)
+    with write_failures_reported(" or ".join(p for p in (args.csv, args.json, args.plot) if p)):
+        compare.write_tables(comparison, args.csv, args.json, names)
+        if args.plot:
+            compare.plot_pairs(comparison, args.plot, names)
     return 1 if any_skipped else 0  # as for one folder: skipped files and left-out images are failures to notice
 
 
@@ -111,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--num_samples must be 0 (all) or at least 3")
     if bool(args.compare) == bool(args.data_folder):
         raise UsageError("give one folder of .mat files, or --compare DIR_A DIR_B")
+    check_output_paths(args)
     if args.plot_dir:
         Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
     settings = score_settings(args)
@@ -131,7 +163,8 @@ def score_folder(args, settings: ScoreSettings) -> int:
         results, partial_images = handle_partial_images(results, args.allow_partial)
     for line in summarise(results, args.untargeted, args.use_min, args.cap_radius):
         print(line)
-    write_tables(results, args.method, Path(args.csv) if args.csv else None, Path(args.json) if args.json else None)
+    with write_failures_reported(" or ".join(p for p in (args.csv, args.json) if p)):
+        write_tables(results, args.method, Path(args.csv) if args.csv else None, Path(args.json) if args.json else None)
     print_warning_counts(warnings)
     if skipped:
         print(f"[WARNING] skipped {len(skipped)} of {len(files)} file(s)", file=sys.stderr)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cleverscore.cli.common import run_cli
+from cleverscore.cli.common import Parser, run_cli
 from cleverscore.errors import UsageError
+from cleverscore.mat_files import check_writable_file, write_atomically, write_failures_reported
 from cleverscore.scoring.tables import ATTACK_COLUMNS, CLEVER_COLUMNS, markdown, per_pair, read_table, scatter, summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="table2.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", nargs=3, action="append", required=True, metavar=("NAME", "ATTACKS_CSV", "CLEVER_CSV"),
                    help="a table row: its name, an attacks.py CSV and a clever.py --csv file (repeat per network)")
     p.add_argument("--markdown", default="", help="write the markdown tables here (they are always printed)")
@@ -27,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from cleverscore.mat_files import write_atomically
-
+    outputs = [(flag, path) for flag, path in (("--markdown", args.markdown), ("--csv", args.csv), ("--plot", args.plot))
+               if path]
+    for flag, path in outputs:
+        check_writable_file(path, flag)
     networks = []
     for name, attack_csv, clever_csv in args.network:
         pairs = per_pair(read_table(attack_csv, ATTACK_COLUMNS, "attacks"), read_table(clever_csv, CLEVER_COLUMNS, "clever"))
@@ -38,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     table = summary(networks)
     text = markdown(table)
     print(text, end="")
-    if args.markdown:
-        write_atomically(args.markdown, lambda tmp: Path(tmp).write_text(text))
-    if args.csv:
-        write_atomically(args.csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-    if args.plot:
-        scatter(networks, args.plot)
+    with write_failures_reported(" or ".join(path for _, path in outputs)):
+        if args.markdown:
+            write_atomically(args.markdown, lambda tmp: Path(tmp).write_text(text))
+        if args.csv:
+            write_atomically(args.csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+        if args.plot:
+            scatter(networks, args.plot)
     return 0
 
 

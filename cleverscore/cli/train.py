@@ -10,17 +10,17 @@ import argparse
 import time
 from pathlib import Path
 
-from cleverscore.cli.common import quiet_tensorflow, run_cli
+from cleverscore.cli.common import Parser, number, quiet_tensorflow, run_cli
 from cleverscore.errors import UsageError
 from cleverscore.models.training import CNN_LR, EPOCHS, TWO_LAYER_LR, default_config, train_named_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog="train_models.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-d", "--dataset", choices=["mnist", "cifar"], default="mnist")
     parser.add_argument("-m", "--model", choices=["normal", "distilled", "brelu", "2-layer"], default="normal")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS}")
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--lr", type=number(above=0), default=None,
                         help=f"initial learning rate (default {CNN_LR} for CNNs, {TWO_LAYER_LR} for 2-layer)")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                         help="sgd: Nesterov momentum 0.9, as the original; adam: its steps do not shrink with the "
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--epochs must be positive")
     if args.lr is not None and args.lr <= 0:
         raise UsageError("--lr must be positive")
-    quiet_tensorflow()
+    quiet_tensorflow(args.debug)
     import keras
 
     from cleverscore.data import load_dataset

@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from cleverscore.cli.common import quiet_tensorflow, run_cli
+from cleverscore.cli.common import Parser, number, quiet_tensorflow, run_cli
 from cleverscore.errors import UsageError
 from cleverscore.models.training import TrainConfig, accuracy, train_and_save
 from cleverscore.models.zoo import ACTIVATIONS, models_folder, parse_model_name
@@ -30,13 +30,13 @@ def default_file(dataset: str, modeltype: str, activation: str, hidden: list[int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="train_nlayer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["mnist", "cifar"], default="mnist", help="dataset")
     p.add_argument("--modeltype", choices=["mlp", "cnn"], default="mlp")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     p.add_argument("hidden", nargs="*", type=int, help="MLP hidden layer sizes")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--wd", type=float, default=0.0, help="weight decay")
+    p.add_argument("--lr", type=number(above=0), default=0.01)
+    p.add_argument("--wd", type=number(minimum=0), default=0.0, help="weight decay")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.modelpath) / name if args.modelpath else models_folder() / name
     if output.exists() and not args.overwrite:
         raise UsageError(f"{output} exists; pass --overwrite to replace it")
-    quiet_tensorflow()
+    quiet_tensorflow(args.debug)
     import keras
 
     from cleverscore.data import load_dataset

@@ -29,6 +29,8 @@ class SavedModelClassifier:
             raise UsageError(f"SavedModel {path} has no serving_default signature")
         self._fn = signatures["serving_default"]
         self._input = next(iter(self._fn.structured_input_signature[1]))
+        spec = self._fn.structured_input_signature[1][self._input]
+        self.image_shape = tuple(spec.shape)[1:] if spec.shape.rank == 4 else None
 
     def __call__(self, x):
         out = self._fn(**{self._input: x})
@@ -69,6 +71,7 @@ def load_user_model(path, unsafe: bool = False, layout: str = "auto", image_shap
         if not (p / "saved_model.pb").is_file():
             raise UsageError(f"{path} is a folder but not a TensorFlow SavedModel (no saved_model.pb)")
         return SavedModelClassifier(str(p))
+    check_keras_file(p)
     import keras
 
     try:
@@ -80,6 +83,20 @@ def load_user_model(path, unsafe: bool = False, layout: str = "auto", image_shap
                              "with `unsafe_load`") from None
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
         raise CleverError(f"cannot load model {path}: {type(err).__name__}: {first}") from None
+
+
+def check_keras_file(path: Path) -> None:
+    """A `.keras` file must be a zip archive and an `.h5` file HDF5: else say so (Keras says "File not found")."""
+    import zipfile
+
+    suffix = path.suffix.lower()
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise UsageError(f"{path} is not a Keras archive: a .keras file is a zip archive (save it with model.save)")
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise UsageError(f"{path} is not an HDF5 file: a Keras .h5 model is one (save it with model.save)")
 
 
 def normalized(model, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, channels: int):
@@ -100,6 +117,8 @@ def normalized(model, mean: tuple[float, ...] | None, std: tuple[float, ...] | N
         z = (x - shift) / scale
         return model(z, training=training) if hasattr(model, "layers") else model(z)
 
+    normalized_model.wrapped_model = model
+    normalized_model.input_mean, normalized_model.input_std = mean, std
     return normalized_model
 
 
@@ -114,7 +133,41 @@ def as_logits(model, output: str):
         return tf.math.log(tf.maximum(probs, 1e-30))
 
     print("[WARNING] --output probs: scores refer to margins of log-probabilities, not of logits", file=sys.stderr)
+    log_probs.wrapped_model = model
     return log_probs
+
+
+def unwrapped(model):
+    """The model under the normalisation and log-probability wrappers of this module."""
+    while hasattr(model, "wrapped_model"):
+        model = model.wrapped_model
+    return model
+
+
+def expected_image_shape(model) -> tuple | None:
+    """(H, W, C) a model takes, with None for a free dimension; None when the model does not say."""
+    inner = unwrapped(model)
+    shape = getattr(inner, "image_shape", None)  # ONNX and SavedModel classifiers record it
+    if shape is None:
+        try:
+            shape = tuple(inner.input_shape)[1:]  # a Keras model: (batch, H, W, C)
+        except (AttributeError, TypeError, ValueError):
+            return None
+    return tuple(None if d is None else int(d) for d in shape) or None
+
+
+def check_image_shape(model, image_shape: tuple[int, ...]) -> None:
+    """UsageError naming both shapes when the images do not fit the model's input."""
+    expected = expected_image_shape(model)
+    if expected is None:
+        return
+    fits = len(expected) == len(image_shape) and all(e is None or e == a for e, a in zip(expected, image_shape))
+    if not fits:
+        shown = lambda shape: "x".join("?" if d is None else str(d) for d in shape)  # noqa: E731
+        hint = ""
+        if len(image_shape) == 3 and image_shape[0] in (1, 3) and image_shape[-1] not in (1, 3):
+            hint = " (the images look channels-first, NCHW: the data must be NHWC)"
+        raise UsageError(f"images are {shown(image_shape)}, the model expects {shown(expected)}{hint}")
 
 
 def check_outputs(logits: np.ndarray, num_classes: int | None, output: str) -> None:

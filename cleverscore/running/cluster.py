@@ -18,8 +18,10 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tarfile
 import tempfile
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,6 +35,7 @@ REPO = CHECKOUT
 MAX_RESTARTS = 3  # a worker that dies more often than this fails the run instead of looping
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # work items and maxima are small
 CLOSE_WAIT_S = 2.0  # how long idle workers get to close their sample pools at the end
+CONNECT_TIMEOUT_S = 30.0  # how long a run waits for a cluster's head to answer before giving up
 WAIT_S = 1.0  # longest wait for a result, so Ctrl-C and SIGTERM are handled promptly
 CODE_EXCLUDES = [".git", ".venv", "data", "tests", "logs", "lipschitz_mat", "reproduction", "bench/results", "*.mat"]
 
@@ -60,11 +63,44 @@ def prepare_driver(address: str) -> None:
         pass
 
 
-def connect(address: str, save: str = "") -> bool:
+def head_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `host:port` (or `ray://host:port`) address; None for `local` and `auto`."""
+    if address in ("local", "auto"):
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"`ray` address {address!r} is not local, auto or HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_head(address: str, timeout_s: float) -> None:
+    """Return once the cluster's head accepts connections; a one-line error after `timeout_s`.
+
+    Ray itself retries an address where nothing listens for minutes, printing multi-line
+    warnings; a plain TCP connection says within seconds whether anything is there.
+    """
+    endpoint = head_endpoint(address)
+    if endpoint is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(endpoint, timeout=max(0.1, min(2.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise CleverError(f"no Ray cluster answers at {address} within {timeout_s:g} s "
+                                  f"({err.strerror or type(err).__name__}); start one there (ray start --head) or "
+                                  "check the address (`ray_timeout` sets how long to wait)") from None
+        time.sleep(0.5)
+
+
+def connect(address: str, save: str = "", timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
     """Start (`local`) or join (`auto`, `host:port`) Ray; True if this process started the instance."""
     ray = require_ray(address)
     if ray.is_initialized():  # a program embedding collect_gradients (or a test) is already connected
         return False
+    wait_for_head(address, timeout_s)
     sigterm = signal.getsignal(signal.SIGTERM)
     options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     try:
@@ -206,7 +242,7 @@ class RayExecutor:
         """Connect and start the actors: only once there is work, so a finished run resumes at no cost."""
         if self.actors:
             return
-        self.started = connect(self.settings.ray, str(self.settings.save))
+        self.started = connect(self.settings.ray, str(self.settings.save), self.settings.ray_timeout)
         from cleverscore.log_lines import ray_workers_line
 
         ray = self.ray

@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
-from cleverscore.mat_files import remove_stale_temp_files
+from cleverscore.mat_files import is_write_failure, remove_stale_temp_files
 from cleverscore.models.identity import model_id as identity
-from cleverscore.models.user import check_outputs
+from cleverscore.models.user import check_image_shape, check_outputs
 from cleverscore.running.execute import LocalExecutor
 from cleverscore.running.loading import load_classifier, load_inputs
 from cleverscore.running.plan import output_folder, plan_items, require_some_correct, select_images
@@ -63,6 +63,7 @@ def run_collection(settings: CollectSettings) -> int:
     sampling = settings.sampling
     estimator = EstimateLipschitz(seed=sampling.seed, nthreads=sampling.nthreads, sampler=sampling.sampler)
     load_classifier(settings, estimator, test_x.shape[1:])
+    check_image_shape(estimator.model, test_x.shape[1:])
     images = select_images(settings.data, len(test_x), None)
     logits = predict_inputs(estimator, test_x, images)
     imagenet = settings.model.dataset == "imagenet"
@@ -80,7 +81,7 @@ def run_collection(settings: CollectSettings) -> int:
         print(f"[INFO] results go to {folder} (model_id {model_id})", file=sys.stderr)
     for stale in remove_stale_temp_files(folder):
         print(f"[WARNING] removed {stale}, left by a run that was killed mid-write", file=sys.stderr)
-    counters = {"total": 0, "start": time.time(), "failed": []}
+    counters = {"total": 0, "saved": 0, "start": time.time(), "failed": []}
     try:
         executor = make_executor(settings, estimator)
         try:
@@ -89,6 +90,11 @@ def run_collection(settings: CollectSettings) -> int:
                 save_outcome(settings, estimator, outcome, counters, model_id)
         finally:
             executor.close()
+    except OSError as err:
+        if not is_write_failure(err):
+            raise
+        raise CleverError(f"cannot write to {folder} ({err.strerror}): {counters['saved']} (image, target) pair(s) "
+                          "were saved and no partial file was left; make room and rerun to resume") from None
     finally:
         estimator.close()
     if counters["failed"]:

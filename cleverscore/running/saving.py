@@ -80,5 +80,6 @@ def save_outcome(settings: CollectSettings, estimator, outcome, counters: dict, 
         print(collection_done_line(counters["total"], item.seq, item.image_id, time.time() - counters["start"],
                                    item.true_label, target, info))
         save_mat_atomically(path, contents)
+        counters["saved"] = counters.get("saved", 0) + 1
         print("saved to", path)
     sys.stdout.flush()

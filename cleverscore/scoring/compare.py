@@ -314,6 +314,12 @@ def report_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
+def summary_path(csv: str | Path) -> Path:
+    """Where --compare writes its summary table: `<stem>_summary.csv` beside the pairs' CSV."""
+    path = Path(csv)
+    return path.with_name(f"{path.stem}_summary{path.suffix or '.csv'}")
+
+
 def write_tables(comparison: Comparison, csv: str = "", json: str = "", names: tuple[str, str] = ("", "")) -> None:
     """--csv: the paired rows to CSV, the summary beside it (`<stem>_summary.csv`);
     --json: one object with the pairs, the summary and the left-out images. Written atomically;
@@ -332,8 +338,7 @@ def write_tables(comparison: Comparison, csv: str = "", json: str = "", names: t
     if csv:
         path = Path(csv)
         write_atomically(path, lambda tmp: pairs.to_csv(tmp, index=False))
-        write_atomically(path.with_name(f"{path.stem}_summary{path.suffix or '.csv'}"),
-                         lambda tmp: summary.to_csv(tmp, index=False))
+        write_atomically(summary_path(path), lambda tmp: summary.to_csv(tmp, index=False))
     if json:
         document = {
             "a": names[0], "b": names[1], "level": LEVEL, "replicates": REPLICATES, "seed": SEED,

@@ -28,7 +28,15 @@ from cleverscore.log_lines import (
     stats_line,
     untargeted_image_line,
 )
-from cleverscore.mat_files import MODEL_ID_KEY, load_mat, parse_mat_name, recorded_model_id, recorded_model_path
+from cleverscore.mat_files import (
+    MODEL_ID_KEY,
+    load_mat,
+    parse_mat_name,
+    recorded_model_id,
+    recorded_model_path,
+    write_atomically,
+    write_failures_reported,
+)
 from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
 from cleverscore.scoring.fit import (
     C_INIT,
@@ -186,7 +194,7 @@ def plot_fit(sample: np.ndarray, fit: WeibullFit, interval: EndPointInterval, no
     ax.set_title(f"c = {fit.shape:.2f}, loc = {fit.loc:.2f}, scale = {fit.scale:.2f}, "
                  f"ks = {fit.ks:.2f}, pVal = {fit.pval:.2f}\nend point {fit.estimate:.4g}, "
                  f"95% [{interval.lo:.4g}, {interval.hi:.4g}]", fontsize=9)
-    fig.savefig(path)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
@@ -230,7 +238,9 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
             warnings["beyond"][(info, norm.label)] += 1
         if settings.plot_dir:
             suffix = "_slope" if settings.use_slope else ""
-            plot_fit(sample, fit, intervals[k], norm, settings.plot_dir / f"{header['figname']}{suffix}_{norm.label}.png")
+            figure = settings.plot_dir / f"{header['figname']}{suffix}_{norm.label}.png"
+            with write_failures_reported(figure):
+                plot_fit(sample, fit, intervals[k], norm, figure)
     return result
 
 
