@@ -1,4 +1,4 @@
-"""CLEVER in one call, for notebooks: a Keras model and an image in, scores and fits out.
+"""CLEVER in one call, for notebooks: a Keras, ONNX or PyTorch model and an image in, scores and fits out.
 
     from cleverscore.api import clever_scores
     result = clever_scores(model, image, target=None, nsamps=1024, niters=100)
@@ -52,11 +52,16 @@ class CleverResult:
 
 
 def _as_callable(model, image_shape, input_mean, input_std, input_layout: str):
-    """A model file or onnx.ModelProto loaded; the normalisation wrapped around it."""
+    """A model file, onnx.ModelProto or torch.nn.Module loaded; the normalisation wrapped around it."""
     from cleverscore.models.onnx_convert import is_onnx
+    from cleverscore.models.torch_export import export_module, is_torch_module
     from cleverscore.models.user import load_user_model, normalized
 
-    if isinstance(model, (str, os.PathLike)) or is_onnx(model):
+    if is_torch_module(model):
+        layout = "nhwc" if input_layout == "nhwc" else "nchw"  # PyTorch modules take NCHW unless told
+        model = load_user_model(export_module(model, tuple(image_shape), layout), layout=layout,
+                                image_shape=tuple(image_shape))
+    elif isinstance(model, (str, os.PathLike)) or is_onnx(model):
         model = load_user_model(model, layout=input_layout, image_shape=tuple(image_shape))
     mean = None if input_mean is None else tuple(float(v) for v in input_mean)
     std = None if input_std is None else tuple(float(v) for v in input_std)
@@ -72,8 +77,9 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
     """CLEVER scores of `image` for a model that returns logits.
 
     Args:
-        model: a Keras model (or callable) mapping a batch in `input_range` to logits, or a
-            model file (`.keras`, `.h5`, a SavedModel folder, `.onnx`) or a loaded onnx.ModelProto.
+        model: a Keras model (or callable) mapping a batch in `input_range` to logits, a
+            model file (`.keras`, `.h5`, a SavedModel folder, `.onnx`), a loaded onnx.ModelProto,
+            or a torch.nn.Module (exported to ONNX in eval mode and converted; cached by content).
         image: one input (H, W, C) in `input_range`.
         target: a target class, a list of them, or None for every class but the true one
             (the untargeted score).
@@ -84,12 +90,17 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
         method, shape_reg: the fit (see clever_fit.fit_reverse_weibull).
         input_mean, input_std: per-channel normalisation the model expects, applied inside the
             model function ((x - mean) / std); `image`, `radius` and the scores stay in input units.
-        input_layout: for ONNX models, the model input's layout ('auto', 'nchw' or 'nhwc');
-            `image` is always (H, W, C).
+        input_layout: for ONNX models and torch modules, the model input's layout ('auto', 'nchw'
+            or 'nhwc'; a module is taken as NCHW unless 'nhwc'); `image` is always (H, W, C).
     Returns:
         CleverResult with `scores` = the minimum over the targets of each norm's score.
     """
     x0 = np.asarray(image, np.float32)
+    from cleverscore.data.user import looks_nchw
+
+    if looks_nchw((1, *x0.shape)):  # a PyTorch user's image is (C, H, W)
+        raise UsageError(f"`image` has shape {x0.shape}, which looks like (C, H, W); images here are (H, W, C) "
+                         "whatever the model's layout: pass image.transpose(1, 2, 0)")
     model = _as_callable(model, x0.shape, input_mean, input_std, input_layout)
     est = EstimateLipschitz(seed=seed, log=None)
     est.load_model(model=model, batch_size=batch_size or min(nsamps, 1024), input_range=input_range)

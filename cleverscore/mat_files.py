@@ -175,13 +175,48 @@ def load_mat(path: str | os.PathLike) -> dict:
     return sio.loadmat(str(path))
 
 
-def is_complete(path: Path, keys: tuple[str, ...] = ("G2_max", "g_x0")) -> bool:
-    """True if a result file exists, loads, and has its essential keys."""
+MODEL_ID_KEY = "model_id"  # the model's content hash (models/identity.py); older files lack it
+
+
+def mat_text(value) -> str:
+    """A string saved by scipy.io.savemat ('' comes back as an empty array)."""
+    import numpy as np
+
+    array = np.asarray(value)
+    return str(array.ravel()[0]).strip() if array.size else ""
+
+
+def recorded_model_id(mat: dict) -> str | None:
+    """The `model_id` a loaded result file records, or None for files written before it existed."""
+    return (mat_text(mat[MODEL_ID_KEY]) or None) if MODEL_ID_KEY in mat else None
+
+
+def recorded_model_path(mat: dict) -> str:
+    """The `--model_path` in a loaded result file's `args` ('' for a built-in model or no args)."""
+    args = mat.get("args")
+    if args is None or getattr(args, "dtype", None) is None or not args.dtype.names or "model_path" not in args.dtype.names:
+        return ""
+    return mat_text(args["model_path"][0, 0])
+
+
+def result_status(path: Path, model_id: str | None = None, keys: tuple[str, ...] = ("G2_max", "g_x0")) -> str:
+    """'missing', 'incomplete', 'complete', or 'other model' for a result file.
+
+    'other model': the file is complete but records a `model_id` other than `model_id` (given).
+    Files without the key (older versions) count as the model's own: nothing tells otherwise."""
     if not path.is_file():
-        return False
+        return "missing"
     try:
         mat = load_mat(path)
     except Exception:  # noqa: BLE001 - any unreadable file counts as incomplete
-        return False
-    return all(k in mat for k in keys) if "H2_max" not in mat else "g_x0" in mat
+        return "incomplete"
+    complete = all(k in mat for k in keys) if "H2_max" not in mat else "g_x0" in mat
+    if not complete:
+        return "incomplete"
+    recorded = recorded_model_id(mat)
+    return "other model" if model_id and recorded and recorded != model_id else "complete"
 
+
+def is_complete(path: Path, keys: tuple[str, ...] = ("G2_max", "g_x0"), model_id: str | None = None) -> bool:
+    """True if a result file exists, loads, has its essential keys and (given `model_id`) is that model's."""
+    return result_status(path, model_id, keys) == "complete"

@@ -11,13 +11,13 @@ import numpy as np
 OPSET = 17
 
 
-def _model(nodes, inputs, outputs, weights: dict[str, np.ndarray]):
+def _model(nodes, inputs, outputs, weights: dict[str, np.ndarray], opset: int = OPSET):
     import onnx
     from onnx import helper, numpy_helper
 
     graph = helper.make_graph(nodes, "clever_test", inputs, outputs,
                               [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="clever-tests")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="clever-tests")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -119,3 +119,61 @@ def residual_cnn(seed: int = 0, classes: int = 10):
     weights["fc_w"], weights["fc_b"] = rng.normal(0, 0.5, (classes, ch)), rng.normal(0, 0.1, classes)
     nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1))
     return _model(nodes, [_io("input", ["batch", 3, 32, 32])], [_io("logits", ["batch", classes])], weights)
+
+
+def _constant(name: str, values, dtype=np.int64):
+    """A Constant node, as PyTorch's older exporter writes shape arithmetic."""
+    from onnx import helper, numpy_helper
+
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(values, dtype), name))
+
+
+def view_flatten_affine(weights: np.ndarray, bias: np.ndarray, chw: tuple[int, int, int]):
+    """The affine model of `affine_nchw` with `x.view(x.size(0), -1)` as the older exporter writes it:
+    Shape, Gather(0), Unsqueeze, Concat with a constant -1 (all int64 in ONNX), Reshape."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Shape", ["input"], ["shape"]),
+             _constant("zero", 0),
+             helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+             _constant("axes", [0]),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             _constant("minus_one", [-1]),
+             helper.make_node("Concat", ["n1", "minus_one"], ["flat_shape"], axis=0),
+             helper.make_node("Reshape", ["input", "flat_shape"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)]
+    return _model(nodes, [_io("input", ["batch", *chw])], [_io("logits", ["batch", weights.shape[1]])],
+                  {"w": weights.T, "b": bias})
+
+
+def constant_reshape_affine(weights: np.ndarray, bias: np.ndarray, chw: tuple[int, int, int], batch: int,
+                            shape: list[int], through_identity: bool = False):
+    """The affine model with a fixed batch and its flatten a Reshape to the constant `shape`, as torch's
+    current exporter writes a fixed-batch export ([batch, C*H*W] or [batch, -1]). `through_identity`
+    hides the constant behind an Identity node, which no rewrite looks through."""
+    from onnx import helper
+
+    source = "shape_raw" if through_identity else "shape"
+    nodes = [_constant(source, shape)]
+    if through_identity:
+        nodes.append(helper.make_node("Identity", ["shape_raw"], ["shape"]))
+    nodes += [helper.make_node("Reshape", ["input", "shape"], ["flat"], allowzero=1),
+              helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)]
+    return _model(nodes, [_io("input", [batch, *chw])], [_io("logits", [batch, weights.shape[1]])],
+                  {"w": weights.T, "b": bias})
+
+
+def conv_mean_head(seed: int = 0, classes: int = 5):
+    """Conv, then ReduceMean over H and W with its axes from a Constant node (opset 18), then Gemm:
+    the global average pool `h.mean((2, 3))` of the older exporter. Input (batch, 3, 6, 8)."""
+    from onnx import helper
+
+    rng = np.random.default_rng(seed)
+    weights = {"cw": rng.normal(0, 0.5, (4, 3, 3, 3)), "cb": rng.normal(0, 0.1, 4),
+               "fw": rng.normal(0, 0.5, (classes, 4)), "fb": rng.normal(0, 0.1, classes)}
+    nodes = [helper.make_node("Conv", ["input", "cw", "cb"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             _constant("mean_axes", [2, 3]),
+             helper.make_node("ReduceMean", ["r", "mean_axes"], ["pooled"], keepdims=0),
+             helper.make_node("Gemm", ["pooled", "fw", "fb"], ["logits"], transB=1)]
+    return _model(nodes, [_io("input", ["batch", 3, 6, 8])], [_io("logits", ["batch", classes])], weights, opset=18)

@@ -83,13 +83,28 @@ def test_attacks_on_the_shipped_model_stay_above_clever():
 def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     out = tmp_path / "a.csv"
     res = run_script("attacks.py", "-n", "2", "--target_type", "5", "--attacks", "ifgsm_li", "--ifgsm_steps", "20",
-                     "--data_dir", str(shared_dataset("mnist")), "--csv", str(out))
+                     "--data_dir", str(shared_dataset("mnist")), "--csv", str(out), "--save_adv",
+                     str(tmp_path / "adv.npz"))
     assert res.returncode == 0, res.stderr
     table = pd.read_csv(out)
     assert list(table.columns) == ["id", "true_label", "target_label", "info", "attack", "success", "l2", "linf"]
     assert sorted(zip(table.id, table["info"])) == [(0, "least"), (0, "top2"), (1, "least"), (1, "top2")]
     assert table.success.all() and (table.linf <= table.l2).all() and (table.linf > 0).all()
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+    # --save_adv: the images behind the rows, which another framework can check on its own
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model
+
+    with np.load(tmp_path / "adv.npz", allow_pickle=False) as saved:
+        adv = {k: saved[k] for k in saved.files}
+    assert adv["adv"].shape == (4, 28, 28, 1) and adv["adv"].dtype == np.float32
+    for key in ("id", "true_label", "target_label", "info", "attack", "l2", "linf"):
+        np.testing.assert_array_equal(adv[key], table[key].to_numpy())
+    x = load_dataset("mnist", shared_dataset("mnist")).test_data[adv["id"]]
+    np.testing.assert_allclose(np.abs(adv["adv"] - x).reshape(4, -1).max(1), adv["linf"], rtol=1e-5)
+    predicted = np.argmax(load_zoo_model("mnist", "normal")(adv["adv"]).numpy(), axis=1)
+    np.testing.assert_array_equal(predicted, adv["target_label"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -97,6 +112,7 @@ def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     (["--target_type", "16"], "--target_type for attacks"),
     (["-n", "0"], "--numimg must be positive"),
     (["-f", "10000"], "--firstimg 10000 is past the end of the test set"),
+    (["--save_adv", "adv.txt"], "--save_adv must name an .npz file"),
 ])
 def test_attacks_cli_rejects_bad_flags_in_one_line(tmp_path, args, message):
     res = run_script("attacks.py", "--csv", str(tmp_path / "a.csv"), *args)

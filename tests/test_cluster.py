@@ -266,6 +266,23 @@ def test_shipped_model_files_and_folders_round_trip(tmp_path):
     assert Path(unpack_path(pack_path(str(tmp_path / "m.keras")), str(out))).read_bytes() == b"keras zip"
 
 
+def test_an_onnx_model_travels_with_its_external_data(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx_graphs import affine_nchw
+
+    from cleverscore.models.onnx_source import read_onnx
+    from cleverscore.running.cluster import pack_path, unpack_path
+
+    (tmp_path / "exp").mkdir()
+    model = affine_nchw(np.ones((60, 4)), np.zeros(4), (3, 4, 5))
+    onnx.save_model(model, tmp_path / "exp" / "model.onnx", save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=0)
+    (tmp_path / "out").mkdir()
+    got = Path(unpack_path(pack_path(str(tmp_path / "exp" / "model.onnx")), str(tmp_path / "out")))
+    assert got == tmp_path / "out" / "model.onnx" and (got.parent / "model.onnx.data").is_file()
+    assert read_onnx(got).key == read_onnx(tmp_path / "exp" / "model.onnx").key  # the same model, weights and all
+
+
 def test_run_sh_passes_the_ray_address_on(tmp_path):
     fake = tmp_path / "python"  # records the scripts' arguments instead of running them
     fake.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\n')

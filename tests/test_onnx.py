@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,14 @@ from conftest import REPO, run_script
 if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnx2tf")):
     pytest.skip("the packages of requirements-onnx.txt are not installed", allow_module_level=True)
 
-from onnx_graphs import affine_nchw, keras_cnn_as_onnx, residual_cnn  # noqa: E402
+from onnx_graphs import (  # noqa: E402
+    affine_nchw,
+    constant_reshape_affine,
+    conv_mean_head,
+    keras_cnn_as_onnx,
+    residual_cnn,
+    view_flatten_affine,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,19 +144,126 @@ def test_fixed_batch_export_takes_any_batch_size(cache):
     np.testing.assert_allclose(got, x.transpose(0, 3, 1, 2).reshape(7, -1) @ weights + bias, rtol=1e-5, atol=1e-5)
 
 
-def test_batch_fixed_inside_the_graph_says_how_to_export(cache):
-    from onnx import TensorProto, helper
+@pytest.mark.parametrize("shape", [[2, 60], [2, -1]], ids=["batch_and_size", "batch_and_minus_one"])
+def test_fixed_batch_export_whose_flatten_is_a_constant_reshape_takes_any_batch_size(cache, shape):
+    """torch's current exporter writes a fixed-batch flatten as Reshape(x, [2, 60]) (or [2, -1] for view)."""
+    from cleverscore.models.onnx_convert import load_onnx_model
 
+    _, weights, bias = _affine()
+    proto = constant_reshape_affine(weights, bias, (3, 4, 5), batch=2, shape=shape)
+    x = np.random.default_rng(8).uniform(-0.5, 0.5, (7, 4, 5, 3)).astype(np.float32)
+    got = load_onnx_model(proto)(x).numpy()
+    np.testing.assert_allclose(got, x.transpose(0, 3, 1, 2).reshape(7, -1) @ weights + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_fixed_where_no_rewrite_reaches_says_how_to_export(cache):
     from cleverscore.errors import UsageError
     from cleverscore.models.onnx_convert import load_onnx_model
 
-    proto, _, _ = _affine(batch=1)
-    flatten = proto.graph.node[0]
-    proto.graph.initializer.append(helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1]))
-    proto.graph.node.remove(flatten)
-    proto.graph.node.insert(0, helper.make_node("Reshape", ["input", "shape"], ["flat"]))
-    with pytest.raises(UsageError, match=r"fixed batch size.*dynamic_axes=\{'input': \{0: 'batch'\}"):
+    _, weights, bias = _affine()
+    proto = constant_reshape_affine(weights, bias, (3, 4, 5), batch=2, shape=[2, -1], through_identity=True)
+    with pytest.raises(UsageError, match=r"fixed batch size \(2\); export it with a dynamic batch axis: "
+                                         r"torch\.onnx\.export\(.*dynamic_shapes=\(\{0: torch\.export\.Dim"):
         load_onnx_model(proto)
+
+
+def test_view_flatten_subgraph_converts_despite_the_converters_int32_shapes(cache):
+    """Shape -> Gather -> Unsqueeze -> Concat(-1) -> Reshape: onnx2tf makes Shape int32 and the Concat with the
+    int64 -1 failed; the Cast to int64 after Shape makes it convert, with any batch size."""
+    from cleverscore.models.onnx_convert import load_onnx_model
+    from cleverscore.models.onnx_graph import shapes_to_int64
+
+    _, weights, bias = _affine()
+    proto = view_flatten_affine(weights, bias, (3, 4, 5))
+    probe = view_flatten_affine(weights, bias, (3, 4, 5))
+    assert shapes_to_int64(probe) == 1 and [n.op_type for n in probe.graph.node][:2] == ["Shape", "Cast"]
+    x = np.random.default_rng(10).uniform(-0.5, 0.5, (5, 4, 5, 3)).astype(np.float32)
+    got = load_onnx_model(proto)(x).numpy()
+    np.testing.assert_allclose(got, x.transpose(0, 3, 1, 2).reshape(5, -1) @ weights + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_reduce_mean_with_axes_from_a_constant_node_matches_onnxruntime(cache):
+    """The older exporter's `h.mean((2, 3))`: from a Constant node onnx2tf reduced the wrong (NHWC) axes."""
+    import onnxruntime as ort
+
+    from cleverscore.models.onnx_convert import load_onnx_model
+
+    proto = conv_mean_head()
+    x = np.random.default_rng(11).uniform(0, 1, (4, 6, 8, 3)).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"input": x.transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_allclose(load_onnx_model(proto)(x).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_conversion_failure_names_the_converters_own_cause():
+    """Keras wraps the failing op's message; the error shows the message, not the wrapper."""
+    from cleverscore.models.onnx_convert import converter_cause
+
+    inner = ValueError("Dimensions must be equal, but are 32 and 8 for '{{node MatMul}}' with input shapes: "
+                       "[?,32], [8,10].")
+    wrapped = ValueError('Exception encountered when calling layer "tf.linalg.matmul" (type TFOpLambda).\n\n'
+                         f"{inner}\n\nCall arguments received by layer \"tf.linalg.matmul\" (type TFOpLambda):\n"
+                         "  • a=tf.Tensor(shape=(None, 32), dtype=float32)")
+    assert converter_cause(wrapped) == f"ValueError: {inner}"
+    try:
+        try:
+            raise inner
+        except ValueError:
+            raise TypeError('Exception encountered when calling layer "tf.concat" (type TFOpLambda).') from None
+    except TypeError as outer:
+        outer.__cause__ = inner  # only the exception it came from holds the text
+        assert converter_cause(outer) == f"ValueError: {inner}"
+
+
+def _save_with_external_data(proto, folder):
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx.data").unlink(missing_ok=True)  # onnx appends to an existing data file; torch rewrites it
+    onnx.save_model(proto, folder / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    return folder / "model.onnx"
+
+
+def test_external_data_loads_from_another_folder_and_new_weights_are_never_served_stale(cache, tmp_path, capsys):
+    """torch's exporter writes model.onnx + model.onnx.data. The data are found beside the graph whatever the
+    working folder, and the cache key covers them: a re-export with new weights and the same graph bytes
+    gives the new model's margins (the cache used to serve the old one)."""
+    import os
+
+    from cleverscore.models.onnx_convert import load_onnx_model
+
+    _, weights, bias = _affine()
+    x = np.random.default_rng(12).uniform(-0.5, 0.5, (3, 4, 5, 3)).astype(np.float32)
+    flat = x.transpose(0, 3, 1, 2).reshape(3, -1)
+    path = _save_with_external_data(affine_nchw(weights, bias, (3, 4, 5)), tmp_path / "runs" / "exp")
+    assert (path.parent / "model.onnx.data").stat().st_size > weights.size * 4
+    assert os.getcwd() != str(path.parent)
+    first = load_onnx_model(str(path))
+    np.testing.assert_allclose(first(x).numpy(), flat @ weights + bias, rtol=1e-5, atol=1e-5)
+    said = capsys.readouterr().err  # a first conversion takes seconds: it says so, in one line
+    assert said.count(f"[INFO] converting {path} to TensorFlow with onnx2tf") == 1
+
+    graph_bytes = path.read_bytes()
+    new_weights = weights[:, ::-1].copy()  # the classes' rows swapped: every margin changes sign or size
+    _save_with_external_data(affine_nchw(new_weights, bias, (3, 4, 5)), path.parent)
+    assert path.read_bytes() == graph_bytes  # only the data file changed
+    second = load_onnx_model(str(path))
+    assert second.converted_now and second.cache_path != first.cache_path
+    assert second.content_key != first.content_key
+    np.testing.assert_allclose(second(x).numpy(), flat @ new_weights + bias, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(second(x).numpy(), first(x).numpy(), atol=1e-2)
+
+
+def test_missing_external_data_file_is_a_one_line_error_naming_it(tmp_path):
+    from cleverscore.errors import UsageError
+    from cleverscore.models.onnx_convert import load_onnx_model
+
+    path = _save_with_external_data(_affine()[0], tmp_path / "exp")
+    (path.parent / "model.onnx.data").rename(tmp_path / "elsewhere.data")
+    with pytest.raises(UsageError, match=r"keeps its weights in model\.onnx\.data, which is not in .*exp; keep the "
+                                         r"data file beside the \.onnx file"):
+        load_onnx_model(str(path), cache_dir=tmp_path / "c")
 
 
 def test_unsupported_operator_is_named_in_one_line(cache):
@@ -204,7 +320,7 @@ def test_cli_collect_and_attacks_on_an_onnx_model_with_normalisation(tmp_path):
     res = run_script("collect_gradients.py", *flags, "-n", "3", "-N", "32", "-i", "10", "--target_type", "1",
                      "-s", str(tmp_path / "out"), "--quiet", env=env)
     assert res.returncode == 0, res.stderr
-    assert len(list((tmp_path / "out" / "imgs_resnet").glob("*.mat"))) == 3
+    assert len(list((tmp_path / "out").glob("imgs_resnet_*/*.mat"))) == 3
     assert list((tmp_path / "cache" / "onnx").glob("*/saved_model"))
     res = run_script("attacks.py", *flags, "-n", "3", "--target_type", "1", "--attacks", "ifgsm_li",
                      "--ifgsm_steps", "10", "--csv", str(tmp_path / "att.csv"), env=env)
@@ -218,6 +334,32 @@ def test_cli_collect_and_attacks_on_an_onnx_model_with_normalisation(tmp_path):
 def test_readme_names_the_cache_folder_and_the_export_lines():
     text = (REPO / "README.md").read_text()
     section = text.split("## PyTorch models", 1)[1].split("\n## ", 1)[0]
-    for needle in ("torch.onnx.export", "dynamic_axes", "--input_mean", "--input_std", "--input_layout",
-                   "~/.cache/clever/onnx", "requirements-onnx.txt"):
-        assert needle in section
+    for needle in ("torch.onnx.export", "dynamic_axes", "dynamic_shapes", "dynamo=False", "external_data=False",
+                   "model.onnx.data", "--input_mean", "--input_std", "--input_layout", "~/.cache/clever/onnx",
+                   "requirements-onnx.txt", "pip install --no-deps -r requirements-onnx-nodeps.txt", "--save_adv",
+                   "nn.Module", ".pth"):
+        assert needle in section, needle
+
+
+def test_same_named_onnx_models_get_their_own_model_id_and_folder(tmp_path):
+    """runs/exp1/model.onnx and runs/exp2/model.onnx (same graph bytes, other weights in model.onnx.data) are two
+    models; a copy elsewhere is the same one; the normalisation around a model is part of what is scored."""
+    import shutil
+
+    from cleverscore.models.identity import model_id
+    from cleverscore.running.plan import output_folder
+    from cleverscore.settings import CollectSettings, DataSettings, ModelSettings
+
+    _, weights, bias = _affine()
+    first = _save_with_external_data(affine_nchw(weights, bias, (3, 4, 5)), tmp_path / "runs" / "exp1")
+    second = _save_with_external_data(affine_nchw(weights * 2, bias, (3, 4, 5)), tmp_path / "runs" / "exp2")
+    copy = tmp_path / "copy"
+    shutil.copytree(first.parent, copy)
+    ids = [model_id(ModelSettings(model_path=p)) for p in (first, second, copy / "model.onnx")]
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert model_id(ModelSettings(model_path=first, input_mean=(0.5,), input_std=(0.25,))) != ids[0]
+    folders = [output_folder(CollectSettings(model=ModelSettings(model_path=p), data=DataSettings(data_path=Path(
+        "data/images.npz")), save=Path("out"))) for p in (first, second)]
+    assert [f.name for f in folders] == [f"images_model_{i[:8]}" for i in ids[:2]]
+    zoo = CollectSettings(model=ModelSettings(dataset="cifar", model_name="brelu"))
+    assert output_folder(zoo) == Path("lipschitz_mat") / "cifar_brelu"  # the original's names for built-in models

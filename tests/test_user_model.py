@@ -49,6 +49,13 @@ def collect(root, model_file, *extra, save="out"):
                       "-s", str(root / save), "--quiet", *extra)
 
 
+def one_folder(save, prefix: str):
+    """The results folder of a user's model: `<data>_<model>_<8 digits of its model_id>`."""
+    found = list(save.glob(f"{prefix}_*"))
+    assert len(found) == 1 and re.fullmatch(rf"{prefix}_[0-9a-f]{{8}}", found[0].name), found
+    return found[0]
+
+
 def scores_of(stdout: str) -> list[float]:
     return [float(v) for v in re.findall(r"bnd = ([^,]+), ks", stdout)]
 
@@ -58,7 +65,7 @@ def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files,
     root, model, x, y = user_files
     res = collect(root, model_file, save=f"out_{model_file}")
     assert res.returncode == 0, res.stderr
-    folder = root / f"out_{model_file}" / f"three_{model_file.split('.')[0]}"
+    folder = one_folder(root / f"out_{model_file}", f"three_{model_file.split('.')[0]}")
     assert len(list(folder.glob("*.mat"))) == 3
     out = run_script("clever.py", str(folder), "--nthreads", "1").stdout
     cli = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"id = (\d+), .*bnd_norm = 2, bnd = ([^,]+),", out)}
@@ -79,7 +86,7 @@ def test_probability_model_needs_output_probs(user_files):
     res = collect(root, "probs.keras", "--output", "probs", save="p2")
     assert res.returncode == 0, res.stderr
     assert "log-probabilities" in res.stderr
-    out = run_script("clever.py", str(root / "p2" / "three_probs")).stdout
+    out = run_script("clever.py", str(one_folder(root / "p2", "three_probs"))).stdout
     values = [float(v) for v in STATS.search(out).groups()[1:]]
     assert all(np.isfinite(values)) and all(v > 0 for v in values)
 
@@ -88,7 +95,7 @@ def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(
     root, *_ = user_files
     res = collect(root, "mycnn.keras", save="tables")
     assert res.returncode == 0
-    folder = root / "tables" / "three_mycnn"
+    folder = one_folder(root / "tables", "three_mycnn")
     out = run_script("clever.py", str(folder), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json"))
     table = pd.read_csv(tmp_path / "s.csv")
     assert list(table.columns) == ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score",
@@ -114,7 +121,10 @@ def test_kill_9_mid_run_then_rerun_gives_the_files_of_an_uninterrupted_run(user_
 
     proc = subprocess.Popen(command(tmp_path / "killed"), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    folder = tmp_path / "killed" / "three_mycnn"
+    from cleverscore.models.identity import model_id
+    from cleverscore.settings import ModelSettings
+
+    folder = tmp_path / "killed" / f"three_mycnn_{model_id(ModelSettings(model_path=root / 'mycnn.keras'))[:8]}"
     deadline = time.time() + 120
     while time.time() < deadline and not list(folder.glob("*.mat")) and proc.poll() is None:
         time.sleep(0.05)
@@ -128,12 +138,12 @@ def test_kill_9_mid_run_then_rerun_gives_the_files_of_an_uninterrupted_run(user_
     whole = subprocess.run(command(tmp_path / "whole"), cwd=REPO, env=env, capture_output=True, text=True)
     assert whole.returncode == 0
     names = sorted(p.name for p in folder.glob("*.mat"))
-    assert names == sorted(p.name for p in (tmp_path / "whole" / "three_mycnn").glob("*.mat"))
+    assert names == sorted(p.name for p in (tmp_path / "whole" / folder.name).glob("*.mat"))
     assert len(names) == 9 and not list(folder.glob(".*"))
     import scipy.io as sio
 
     for name in names:  # same seed, same samples: the resumed files equal the uninterrupted ones
-        a, b = sio.loadmat(folder / name), sio.loadmat(tmp_path / "whole" / "three_mycnn" / name)
+        a, b = sio.loadmat(folder / name), sio.loadmat(tmp_path / "whole" / folder.name / name)
         np.testing.assert_array_equal(a["G2_max"], b["G2_max"])
 
 
@@ -148,14 +158,92 @@ def test_kill_9_mid_run_then_rerun_gives_the_files_of_an_uninterrupted_run(user_
      "outside 0..5"),
     ("outside input range", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "wide.npz")],
      "outside --input_range"),
+    ("NCHW data", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "nchw.npz")],
+     "looks like (N, C, H, W), PyTorch's layout; the data must be (N, H, W, C): save x.transpose(0, 2, 3, 1)"),
+    ("PyTorch checkpoint", lambda r: ["--model_path", str(r / "weights.pth"), "--data_path", str(r / "three.npz")],
+     "is a PyTorch file; export the model to ONNX first"),
 ])
 def test_bad_user_inputs_are_one_line_errors_with_nothing_written(user_files, tmp_path, case, make, message):
     root, _, x, y = user_files
     np.savez(root / "flat.npz", x=x.reshape(3, -1), y=y)
     np.savez(root / "badlab.npz", x=x, y=np.array([0, 1, 9]))
     np.savez(root / "wide.npz", x=x * 4, y=y)
+    np.savez(root / "nchw.npz", x=np.repeat(x, 3, axis=3).transpose(0, 3, 1, 2), y=y)
+    (root / "weights.pth").write_bytes(b"PK\x03\x04 not really a checkpoint")
     res = run_script("collect_gradients.py", *make(root), "-n", "3", "-N", "32", "-i", "3", "-s", str(tmp_path))
     assert res.returncode == 2, (case, res.stderr)
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, (case, last)
     assert not list(tmp_path.rglob("*"))
+
+
+def test_two_same_named_models_never_mix(user_files, tmp_path, capsys):
+    """runs/exp1/model.keras and runs/exp2/model.keras on one data set: two folders, nothing skipped across them,
+    and a folder that holds both models' files is refused by clever.py (before, it averaged them, exit 0).
+    In-process (the command lines' `main`), to spare three TensorFlow start-ups."""
+    import keras
+    import scipy.io as sio
+
+    from cleverscore.cli.collect import main as collect_main
+    from cleverscore.cli.score import main as score_main
+    from cleverscore.errors import UsageError
+    from cleverscore.models.identity import model_id
+    from cleverscore.settings import ModelSettings
+
+    root, model, x, y = user_files
+    other = keras.models.clone_model(model)  # same architecture and file name, other weights: logits x 2,
+    weights = model.get_weights()             # so the same classes and targets, and so the same file names
+    other.set_weights(weights[:-2] + [w * 2 for w in weights[-2:]])
+    for exp, m in (("exp1", model), ("exp2", other)):
+        (tmp_path / exp).mkdir()
+        m.save(tmp_path / exp / "model.keras")
+    save = tmp_path / "out"
+
+    def collect_in_process(exp: str) -> tuple[int, str, str]:
+        code = collect_main(["--model_path", str(tmp_path / exp / "model.keras"), "--data_path",
+                             str(root / "three.npz"), "-n", "3", "-N", "16", "-i", "4", "--target_type", "1",
+                             "-s", str(save), "--quiet"])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    runs = [collect_in_process(exp) for exp in ("exp1", "exp2")]
+    assert [r[0] for r in runs] == [0, 0], runs[1][2]
+    assert "already exists" not in runs[1][1]  # the second model skips nothing of the first
+    ids = [model_id(ModelSettings(model_path=tmp_path / exp / "model.keras")) for exp in ("exp1", "exp2")]
+    assert ids[0] != ids[1]
+    folders = [save / f"three_model_{i[:8]}" for i in ids]
+    for folder, identity in zip(folders, ids):
+        files = sorted(folder.glob("*.mat"))
+        assert len(files) == 3 and {str(sio.loadmat(f)["model_id"][0]) for f in files} == {identity}
+    printed = runs[0][1].splitlines()[0]  # the arguments line describes the user's model and data
+    assert "'model_path'" in printed and "'model_name'" not in printed and "'dataset'" not in printed
+
+    # The old layout: both models' files in one folder. clever.py refuses it...
+    mixed = folders[0]
+    victim = sorted(mixed.glob("*.mat"))[0]
+    victim.write_bytes((folders[1] / victim.name).read_bytes())
+    with pytest.raises(UsageError, match=r"holds the results of 2 different models") as refused:
+        score_main([str(mixed), "--nthreads", "1"])
+    assert ids[0] in str(refused.value) and ids[1] in str(refused.value) and refused.value.exit_code == 2
+    assert "[STATS]" not in capsys.readouterr().out
+    # ...and a collection recomputes the other model's file instead of skipping it
+    code, out, err = collect_in_process("exp1")
+    assert code == 0 and out.count("already exists") == 2 and "collected from another model" in err
+    assert str(sio.loadmat(victim)["model_id"][0]) == ids[0]
+    assert score_main([str(mixed), "--nthreads", "1"]) == 0  # the folder is one model's again
+
+
+def test_every_image_misclassified_is_an_error_with_the_preprocessing_hint(user_files, tmp_path, capsys):
+    from cleverscore.cli.collect import main as collect_main
+    from cleverscore.errors import CleverError
+
+    root, model, x, y = user_files
+    np.savez(tmp_path / "wrong.npz", x=x, y=(y + 1) % 6)
+    with pytest.raises(CleverError) as stopped:
+        collect_main(["--model_path", str(root / "mycnn.keras"), "--data_path", str(tmp_path / "wrong.npz"),
+                      "-n", "3", "-N", "16", "-i", "3", "-s", str(tmp_path / "out")])
+    message = str(stopped.value)
+    assert stopped.value.exit_code == 1 and "\n" not in message
+    assert message.startswith("the model misclassifies every selected image (3; it predicts class")
+    assert "--input_range" in message and "--input_mean/--input_std" in message and "--input_layout" in message
+    assert not list(tmp_path.rglob("*.mat"))

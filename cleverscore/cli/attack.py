@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target_type", type=int, default=7, help="bit mask: 1 top-2, 2 random, 4 least likely")
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma-separated, from {', '.join(ATTACKS)}")
     p.add_argument("--csv", required=True, help="output CSV (one row per image, target and attack)")
+    p.add_argument("--save_adv", default="", metavar="FILE.npz",
+                   help="also save the adversarial images, one per CSV row (adv, id, true_label, target_label, info, "
+                        "attack, success, l2, linf), NHWC in input units, to check them in another framework")
     p.add_argument("-b", "--batch_size", type=int, default=64, help="images attacked together")
     p.add_argument("--cw_binary_steps", type=int, default=CW_BINARY_STEPS)
     p.add_argument("--cw_iterations", type=int, default=CW_ITERATIONS)
@@ -62,6 +65,10 @@ def validate(args: argparse.Namespace) -> list[str]:
         raise UsageError("--firstimg must be >= 0")
     check_user_model_flags(args)
     check_writable_file(args.csv, "--csv")
+    if args.save_adv:
+        if not args.save_adv.endswith(".npz"):
+            raise UsageError(f"--save_adv must name an .npz file, got {args.save_adv!r}")
+        check_writable_file(args.save_adv, "--save_adv")
     return names
 
 
@@ -107,7 +114,7 @@ def attack_images(args: argparse.Namespace, names: list[str]) -> int:
 
     from cleverscore.mat_files import write_atomically, write_failures_reported
     from cleverscore.models.user import check_image_shape
-    from cleverscore.running.plan import select_images
+    from cleverscore.running.plan import require_some_correct, select_images
     from cleverscore.running.targets import choose_targets
 
     model_spec, data_spec = model_settings(args), data_settings(args)
@@ -117,6 +124,7 @@ def attack_images(args: argparse.Namespace, names: list[str]) -> int:
     x_all = test_x[ids]
     labels = test_y[ids]
     logits = predict(model, x_all)
+    require_some_correct(logits, labels, model_spec)
     pairs = []  # (row in x_all, image id, true label, target, info)
     for row, (image_id, pred, label) in enumerate(zip(ids, logits, labels)):
         if int(np.argmax(pred)) != label:
@@ -124,7 +132,7 @@ def attack_images(args: argparse.Namespace, names: list[str]) -> int:
             continue
         for target, info in choose_targets(pred, args.target_type, args.seed, image_id):
             pairs.append((row, image_id, int(label), target, info))
-    rows = []
+    rows, adversarial = [], []
     for name in names:
         for start in range(0, len(pairs), args.batch_size):
             batch = pairs[start:start + args.batch_size]
@@ -134,6 +142,7 @@ def attack_images(args: argparse.Namespace, names: list[str]) -> int:
             for (_, image_id, label, target, info), ok, l2, li in zip(batch, res.success, res.l2, res.linf):
                 rows.append({"id": image_id, "true_label": label, "target_label": target, "info": info,
                              "attack": name, "success": bool(ok), "l2": float(l2), "linf": float(li)})
+            adversarial.append(np.asarray(res.adversarial, np.float32))
             done = sum(res.success)
             print(f"[ATTACK] {name}: images {batch[0][1]}..{batch[-1][1]}, {done}/{len(batch)} succeeded, "
                   f"mean L2 {np.mean(res.l2[res.success]) if done else float('nan'):.5g}")
@@ -141,7 +150,29 @@ def attack_images(args: argparse.Namespace, names: list[str]) -> int:
     with write_failures_reported(args.csv):
         write_atomically(args.csv, lambda path: pd.DataFrame(rows).to_csv(path, index=False))
     print(f"[ATTACK] wrote {len(rows)} rows to {args.csv}")
+    if args.save_adv:
+        with write_failures_reported(args.save_adv):
+            save_adversarial(args.save_adv, rows, adversarial, x_all.shape[1:])
+        print(f"[ATTACK] wrote {len(rows)} adversarial images to {args.save_adv}")
     return 0
+
+
+def save_adversarial(path: str, rows: list[dict], images: list[np.ndarray], image_shape: tuple[int, ...]) -> None:
+    """--save_adv: the adversarial images with the CSV's columns, one entry per row, written atomically.
+
+    A failed attack's entry is the original image (success False, distortions inf), as in the CSV.
+    Strings are saved as unicode arrays, so `np.load` needs no pickles."""
+    from cleverscore.mat_files import write_atomically
+
+    adv = np.concatenate(images) if images else np.zeros((0, *image_shape), np.float32)
+    columns = {key: np.array([r[key] for r in rows]) for key in
+               ("id", "true_label", "target_label", "info", "attack", "success", "l2", "linf")} if rows else {}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to a temporary name
+            np.savez(f, adv=adv, **columns)
+
+    write_atomically(path, write)
 
 
 def console_main() -> None:

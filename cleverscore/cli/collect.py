@@ -3,8 +3,9 @@
 For every selected (image, target) this writes
 `<save>/<dataset>_<model_name>/<Nsamps>_<Niters>_<id>_<true>_<target>_<info>_<activation>_order<k>.mat`
 with the keys G1_max, G2_max, Gi_max, L1_max, L2_max, Li_max, g_x0, pred, id, true_label,
-target_label, info, args and path, and the ball actually sampled: sample_norm, sample_radius and
-input_dim. `clever.py` turns a folder of them into CLEVER scores.
+target_label, info, args and path, the ball actually sampled (sample_norm, sample_radius and
+input_dim) and the model's identity (model_id). A `--model_path` model's folder is
+`<data>_<model>_<first 8 digits of its model_id>`. `clever.py` turns a folder of them into CLEVER scores.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import argparse
 from pathlib import Path
 
 from cleverscore.cli.common import Parser, flag_names, flags_named, number, quiet_tensorflow, run_cli
-from cleverscore.cli.flags import add_user_model_flags, check_user_model_flags, data_settings, model_settings
+from cleverscore.cli.flags import (
+    add_user_model_flags,
+    check_user_model_flags,
+    data_settings,
+    described_flags,
+    model_settings,
+)
 from cleverscore.errors import UsageError
 from cleverscore.mat_files import check_writable_folder
 from cleverscore.norms import by_flag
@@ -132,7 +139,7 @@ def settings_from_args(args: argparse.Namespace) -> CollectSettings:
         model=model_settings(args), data=data_settings(args), sampling=sampling, save=Path(args.save),
         overwrite=args.overwrite, quiet=args.quiet, ray=args.ray or None, ray_workers=args.ray_workers,
         ray_timeout=args.ray_timeout,
-        flags={k: ("" if v is None else v) for k, v in vars(args).items()})
+        flags={k: ("" if v is None else v) for k, v in described_flags(args).items()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(args)
     from cleverscore.running.plan import output_folder
 
-    check_writable_folder(output_folder(settings))
+    with flags_named(flag_names(parser, **PARAMETER_FLAGS)):
+        check_writable_folder(output_folder(settings))  # a user's model is hashed for its folder name
     quiet_tensorflow(args.debug)
     if settings.ray:
         from cleverscore.running.cluster import prepare_driver, wait_for_head
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_driver(settings.ray)  # before TensorFlow loads: ray installed? keep the driver off the GPUs
         with flags_named({"ray_timeout": "--ray_timeout"}):
             wait_for_head(settings.ray, settings.ray_timeout)  # an address where nothing answers fails now
-    print(vars(args))
+    print(described_flags(args))
     from cleverscore.running.collect import run_collection
 
     with flags_named(flag_names(parser, **PARAMETER_FLAGS)):

@@ -70,6 +70,25 @@ def check_user_model_flags(args) -> None:
         raise UsageError("--input_mean/--input_std apply to your own model (--model_path)")
     if args.input_layout != "auto" and not str(args.model_path).lower().endswith(".onnx"):
         raise UsageError("--input_layout applies to ONNX models (--model_path model.onnx)")
+    if args.model_path:
+        from cleverscore.models.user import refuse_torch_file
+
+        refuse_torch_file(args.model_path)
+
+
+# Flags that only mean something for a built-in model or dataset: a user's model or data makes them noise.
+BUILTIN_MODEL_FLAGS = ("model_name", "activation", "weights")
+BUILTIN_DATA_FLAGS = ("dataset", "data_dir", "labels")
+
+
+def described_flags(args) -> dict:
+    """The flags as printed and recorded in each `.mat` (`args`): without the built-in defaults that
+    do not apply (`'dataset': 'mnist'` next to a CIFAR `--data_path`, `'model_name': 'normal'` next to
+    a `--model_path`)."""
+    flags = vars(args)
+    unused = ((BUILTIN_MODEL_FLAGS if flags.get("model_path") else ())
+              + (BUILTIN_DATA_FLAGS if flags.get("data_path") else ()))
+    return {k: v for k, v in flags.items() if k not in unused}
 
 
 def optional_path(text: str | None) -> Path | None:

@@ -16,6 +16,7 @@ from cleverscore.errors import UsageError
 from cleverscore.mat_files import check_writable_file, check_writable_folder, parse_mat_name, write_failures_reported
 from cleverscore.scoring.fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG
 from cleverscore.scoring.folder import (
+    check_one_model,
     folder_files,
     handle_partial_images,
     print_warning_counts,
@@ -102,6 +103,7 @@ def compare_folders(args, settings: ScoreSettings) -> int:
         if second_order_files(side_files):
             raise UsageError(f"{folder} holds second-order files (collected with --order 2); --compare compares "
                              "first-order folders")
+        check_one_model(side_files, folder)
     compare.check_same_dataset(*(compare.folder_datasets(map(str, f)) for f in files))
     print(vars(args))
     scored = [score_files(side_files, settings) for side_files in files]
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 def score_folder(args, settings: ScoreSettings) -> int:
     """One folder: fit every file, print the summary, write the tables."""
     files = folder_files(Path(args.data_folder), args.num_images)
+    check_one_model(files, args.data_folder)
     print(vars(args))
     results, skipped, warnings = score_files(files, settings)
     partial_images = 0

@@ -1,7 +1,7 @@
 """A user's own classifier (`--model_path`) and inputs (`--data_path`), checked before any work.
 
 Models: a Keras file (`.keras`, `.h5`) loaded in safe mode unless `--unsafe_load`, a
-TensorFlow SavedModel folder (its serving signature), or an ONNX file (`onnx_model.py`).
+TensorFlow SavedModel folder (its serving signature), or an ONNX file (models/onnx_convert.py).
 `--input_mean/--input_std` normalise inside the model function, so that sampling radii and
 gradients stay in input units. Data: an `.npz` with `x` (N, H, W, C) and
 `y` (labels or one-hot), or a folder of images named `<label>.<anything>.<ext>`. Floating-point
@@ -38,6 +38,11 @@ def _scale_uint8(x: np.ndarray, input_range: tuple[float, float]) -> np.ndarray:
     return (x.astype(np.float32) / 255.0 * (hi - lo) + lo).astype(np.float32)
 
 
+def looks_nchw(shape: tuple[int, ...]) -> bool:
+    """(N, C, H, W) with C in {1, 3} and a last axis too long to be channels: NCHW data given as NHWC."""
+    return len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 2, 3, 4) and shape[2] > 4
+
+
 def load_npz(path: Path, input_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -50,6 +55,10 @@ def load_npz(path: Path, input_range: tuple[float, float]) -> tuple[np.ndarray, 
         x = x[..., np.newaxis]
     if x.ndim != 4 or len(x) == 0:
         raise UsageError(f"{path}: x must have shape (N, H, W, C), got {x.shape}")
+    if looks_nchw(x.shape):
+        raise UsageError(f"{path}: x has shape {x.shape}, which looks like (N, C, H, W), PyTorch's layout; the data "
+                         f"must be (N, H, W, C): save x.transpose(0, 2, 3, 1) instead (an NCHW ONNX model is "
+                         "transposed for you, see `input_layout`)")
     if x.dtype == np.uint8:
         x = _scale_uint8(x, input_range)
     else:

@@ -1,13 +1,13 @@
 """ONNX classifiers (PyTorch or any framework's exports) as differentiable TensorFlow functions.
 
 `load_onnx_model(path_or_proto)` converts the graph once with onnx2tf, checks the result
-against onnxruntime, and caches it as a SavedModel keyed by the file's SHA-256, so later runs
-load in a second instead of importing the converter. The converted function takes NHWC input,
-the layout of our data files and image folders, whatever the ONNX input's layout: an NCHW
-(PyTorch) input is transposed inside the graph, so gradients and norms are those of the
-user's NHWC input. A fixed batch dimension is freed before conversion; if the graph itself
-fixes the batch size (a Reshape to a constant shape), the error says how to export it with a
-dynamic batch axis.
+against onnxruntime, and caches it as a SavedModel keyed by the model's content (the graph
+file and every external data file it names, onnx_source.py), so later runs load in a second
+instead of importing the converter. Before conversion the graph is rewritten into an
+equivalent one the converter handles (onnx_graph.py): it takes NHWC input, the layout of our
+data files and image folders, whatever the ONNX input's layout (an NCHW input is transposed
+inside the graph, so gradients and norms are those of the user's NHWC input), with a free
+batch axis. If the graph still fixes the batch size, the error says how to export it.
 
 Cache folder: `$CLEVER_CACHE_DIR/onnx`, else `$XDG_CACHE_HOME/clever/onnx`, else
 `~/.cache/clever/onnx`. Entries can be deleted at any time.
@@ -29,14 +29,20 @@ from pathlib import Path
 import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
+from cleverscore.models.onnx_graph import LAYOUTS, graph_input, prepare_graph
+from cleverscore.models.onnx_source import OnnxSource, first_line, import_optional, read_onnx
 
 CONVERTER_VERSION = "onnx2tf==1.28.8"
-CACHE_FORMAT = 1  # bump when the cached SavedModel or meta.json changes meaning
-LAYOUTS = ("auto", "nchw", "nhwc")
+CACHE_FORMAT = 2  # bump when the cache key, the graph rewrites, the SavedModel or meta.json change meaning
 VERIFY_RTOL = 1e-3  # converted vs onnxruntime logits, relative to the largest |logit|
-INSTALL_HINT = "pip install -r requirements-onnx.txt"
-EXPORT_HINT = ("export it with a dynamic batch axis: torch.onnx.export(model, x, 'model.onnx', input_names=['input'], "
-               "output_names=['logits'], dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}})")
+# The export lines the README shows (tests/test_torch.py runs both).
+EXPORT_LINE = ("torch.onnx.export(model.eval(), (x,), 'model.onnx', input_names=['input'], output_names=['logits'], "
+               "dynamic_shapes=({0: torch.export.Dim('batch')},), external_data=False)")
+LEGACY_EXPORT_LINE = ("torch.onnx.export(model.eval(), (x,), 'model.onnx', dynamo=False, input_names=['input'], "
+                      "output_names=['logits'], dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}})")
+EXPORT_HINT = f"export it with a dynamic batch axis: {EXPORT_LINE}"
+# Keras wraps a failing layer's error in these lines; the cause is the text between them.
+KERAS_WRAPPER = ("Exception encountered when calling layer", "Call arguments received by layer")
 
 
 def is_onnx(model) -> bool:
@@ -63,6 +69,7 @@ class OnnxClassifier:
         layout: the ONNX input's layout, 'nchw' or 'nhwc'.
         cache_path: the SavedModel folder it was loaded from.
         converted_now: True if this call converted the graph (False: loaded from the cache).
+        content_key: SHA-256 of the graph and its external data (onnx_source.py).
     """
 
     fn: object
@@ -70,6 +77,7 @@ class OnnxClassifier:
     layout: str
     cache_path: Path
     converted_now: bool
+    content_key: str = ""
     _module: object = None  # keeps the loaded SavedModel (and so its variables) alive
 
     def __call__(self, x):
@@ -81,7 +89,7 @@ def load_onnx_model(source, layout: str = "auto", image_shape: tuple[int, ...] |
     """Convert (or load from the cache) an ONNX classifier.
 
     Args:
-        source: a `.onnx` path or an onnx.ModelProto.
+        source: a `.onnx` path (its external data files beside it) or an onnx.ModelProto.
         layout: the ONNX input's layout: 'nchw', 'nhwc', or 'auto' (read from its shape, with
             `image_shape` breaking ties).
         image_shape: (H, W, C) of the images it will see; fills dynamic spatial dimensions.
@@ -89,26 +97,21 @@ def load_onnx_model(source, layout: str = "auto", image_shape: tuple[int, ...] |
     """
     if layout not in LAYOUTS:
         raise UsageError(f"`input_layout` must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    data, name = _read_bytes(source)
+    found = read_onnx(source)
     shape = tuple(int(v) for v in image_shape) if image_shape is not None else None
-    key = hashlib.sha256(data).hexdigest()[:32]
     request = f"{layout}-{'x'.join(map(str, shape)) if shape else 'any'}-{CONVERTER_VERSION}-{CACHE_FORMAT}"
     entry = Path(cache_dir) / "onnx" if cache_dir else cache_folder()
-    entry = entry / f"{key}-{hashlib.sha256(request.encode()).hexdigest()[:12]}"
+    entry = entry / f"{found.key[:32]}-{hashlib.sha256(request.encode()).hexdigest()[:12]}"
     converted = False
     if not (entry / "meta.json").is_file():
-        _convert_into(data, name, layout, shape, entry)
+        # up to half a minute, once per model: say so, or the run looks stuck before its first line
+        print(f"[INFO] converting {found.name} to TensorFlow with onnx2tf (once per model; cached in "
+              f"{entry.parent})", file=sys.stderr)
+        _convert_into(found, layout, shape, entry)
         converted = True
-    return _load_entry(entry, converted)
-
-
-def _read_bytes(source) -> tuple[bytes, str]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(f"`model_path` {source} does not exist")
-        return path.read_bytes(), str(source)
-    return source.SerializeToString(), "the ONNX model"
+    loaded = _load_entry(entry, converted)
+    loaded.content_key = found.key
+    return loaded
 
 
 def _load_entry(entry: Path, converted: bool) -> OnnxClassifier:
@@ -116,100 +119,8 @@ def _load_entry(entry: Path, converted: bool) -> OnnxClassifier:
 
     meta = json.loads((entry / "meta.json").read_text())
     module = tf.saved_model.load(str(entry / "saved_model"))
-    return OnnxClassifier(module.logits, tuple(meta["image_shape"]), meta["layout"], entry, converted, module)
-
-
-# ------------------------------------------------------------------------------------------------
-def _import(name: str):
-    """An optional package, or a one-line error saying how to install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError as err:
-        raise UsageError(f"ONNX models need the packages of requirements-onnx.txt ({err.name or name} is missing): "
-                         f"{INSTALL_HINT}") from None
-
-
-def _parse(onnx, data: bytes, name: str):
-    try:
-        model = onnx.load_model_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception as err:  # noqa: BLE001 - protobuf and the checker raise many types
-        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-        raise UsageError(f"{name} is not a valid ONNX model: {first}") from None
-    return model
-
-
-def _graph_input(model):
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise UsageError(f"the ONNX model must take one input (a batch of images), it takes {len(inputs)}")
-    tensor = inputs[0].type.tensor_type
-    if tensor.elem_type != 1:  # TensorProto.FLOAT
-        raise UsageError(f"the ONNX model's input {inputs[0].name!r} must be float32")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    if len(dims) != 4:
-        raise UsageError(f"the ONNX model's input must be an image batch (N, C, H, W) or (N, H, W, C), "
-                         f"got rank {len(dims)}")
-    return inputs[0], dims
-
-
-def _fits(dims, want) -> bool:
-    return all(d is None or d == w for d, w in zip(dims, want))
-
-
-def resolve_layout(dims: list, layout: str, image_shape: tuple[int, int, int] | None) -> tuple[str, tuple]:
-    """('nchw' or 'nhwc', (H, W, C)) for the ONNX input dims [N, a, b, c]."""
-    a, b, c = dims[1:]
-    if image_shape is not None:
-        h, w, ch = image_shape
-        fits = {"nchw": _fits((a, b, c), (ch, h, w)), "nhwc": _fits((a, b, c), (h, w, ch))}
-        if layout == "auto":
-            layout = "nchw" if fits["nchw"] else "nhwc" if fits["nhwc"] else ""
-        if not layout or not fits[layout]:
-            shown = ", ".join("?" if d is None else str(d) for d in dims[1:])
-            raise UsageError(f"the ONNX model takes ({shown}) per image but the images are {h}x{w}x{ch} (H, W, C)"
-                             f"{'' if layout else ' in either layout'}")
-        return layout, (h, w, ch)
-    if layout == "auto":
-        channels_last = c in (1, 3, 4) and a not in (1, 3, 4)
-        layout = "nhwc" if channels_last else "nchw"  # PyTorch exports are NCHW
-    shape = (b, c, a) if layout == "nchw" else (a, b, c)
-    if None in shape:
-        raise UsageError("the ONNX model's input has dynamic image dimensions; give the images (`data_path`) "
-                         "so that they can be fixed")
-    return layout, shape
-
-
-def _prepare(model, layout: str, image_shape):
-    """The graph as one taking NHWC input with a free batch axis; returns (model, layout, (H, W, C)).
-
-    An NCHW input gets a Transpose in front, so that the graph itself takes our layout: the
-    converter then never has to guess how to carry NCHW through (onnx2tf 1.28.8 fails on a
-    Flatten or Reshape applied directly to an NCHW input)."""
-    from onnx import TensorProto, helper
-
-    graph_input, dims = _graph_input(model)
-    layout, (h, w, ch) = resolve_layout(dims, layout, image_shape)
-    name = graph_input.name
-    if layout == "nchw":
-        name = f"{graph_input.name}_nhwc"
-        while any(name in (*n.input, *n.output) for n in model.graph.node):
-            name += "_"
-        model.graph.node.insert(0, helper.make_node("Transpose", [name], [graph_input.name], perm=[0, 3, 1, 2],
-                                                    name="clever_nhwc_to_nchw"))
-    position = list(model.graph.input).index(graph_input)
-    model.graph.input.remove(graph_input)
-    model.graph.input.insert(position, helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", h, w, ch]))
-    for out in model.graph.output:
-        out_dims = out.type.tensor_type.shape.dim
-        if len(out_dims):
-            out_dims[0].Clear()
-            out_dims[0].dim_param = "batch"
-    del model.graph.value_info[:]  # stale shapes with the old batch size would mislead the converter
-    return model, layout, (h, w, ch)
+    return OnnxClassifier(module.logits, tuple(meta["image_shape"]), meta["layout"], entry, converted,
+                          _module=module)
 
 
 def unsupported_ops(model) -> list[str]:
@@ -218,15 +129,34 @@ def unsupported_ops(model) -> list[str]:
 
     spec = importlib.util.find_spec("onnx2tf")  # without importing it (and TensorFlow)
     if spec is None or not spec.submodule_search_locations:
-        _import("onnx2tf")
+        import_optional("onnx2tf")
     known = {p.stem for p in (Path(next(iter(spec.submodule_search_locations))) / "ops").glob("*.py")}
     return sorted({n.op_type for n in model.graph.node if n.op_type not in known})
+
+
+def converter_cause(err: BaseException) -> str:
+    """`Type: first line` of what made the converter fail, past Keras's wrapper text.
+
+    A failing layer surfaces as 'Exception encountered when calling layer ...' with the real
+    message (e.g. 'Dimensions must be equal ...') a paragraph below, and sometimes only in the
+    exception it was raised from; the first line that is neither wrapper is the cause."""
+    seen = []
+    while err is not None and err not in seen and len(seen) < 8:
+        seen.append(err)
+        for line in str(err).splitlines():
+            line = line.strip()
+            if line.startswith(KERAS_WRAPPER[1]):
+                break
+            if line and not line.startswith(KERAS_WRAPPER[0]):
+                return f"{type(err).__name__}: {line}"
+        err = err.__cause__ or err.__context__
+    return type(seen[0]).__name__ if seen else "unknown error"
 
 
 def _run_converter(onnx2tf, model, input_name: str, workdir: str):
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log):
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()):
             return onnx2tf.convert(onnx_graph=model, output_folder_path=workdir, disable_model_save=True,
                                    non_verbose=True, not_use_onnxsim=True,
                                    keep_nwc_or_nhwc_or_ndhwc_input_names=[input_name])
@@ -234,8 +164,7 @@ def _run_converter(onnx2tf, model, input_name: str, workdir: str):
         node = getattr(err, "onnx_op_name", None)
         op = next((n.op_type for n in model.graph.node if n.name == node), None)
         where = f" at {op} node {node!r}" if op else ""
-        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-        raise CleverError(f"onnx2tf cannot convert the ONNX model{where}: {type(err).__name__}: {first}") from None
+        raise CleverError(f"onnx2tf cannot convert the ONNX model{where}: {converter_cause(err)}") from None
 
 
 def _wrap(tf_model, image_shape):
@@ -244,7 +173,7 @@ def _wrap(tf_model, image_shape):
 
     h, w, ch = image_shape
     got = tuple(tf_model.inputs[0].shape[1:])
-    if not _fits(got, (h, w, ch)):
+    if not all(d is None or d == e for d, e in zip(got, (h, w, ch))):
         raise CleverError(f"onnx2tf produced an input of shape {got}, expected {(h, w, ch)}")
 
     class Converted(tf.Module):
@@ -260,39 +189,66 @@ def _wrap(tf_model, image_shape):
     return Converted()
 
 
-def _check_batch(ort, model, input_name: str, image_shape) -> tuple[object, np.ndarray, np.ndarray]:
-    """Run onnxruntime on a batch of 3; the freed batch axis must hold. Returns (session, x, logits)."""
-    x = np.random.default_rng(0).uniform(0.0, 1.0, (3, *image_shape)).astype(np.float32)
+def _session(ort, model, what: str):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings (unused initializers, ...) are not the user's concern
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001
-        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-        raise CleverError(f"onnxruntime cannot load the ONNX model: {first}") from None
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
+        raise CleverError(f"onnxruntime cannot load {what}: {first_line(err)}") from None
+
+
+def _check_batch(ort, model, original, image_shape, layout: str, batch: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Run onnxruntime on the rewritten graph with a batch of 3: the freed batch axis must hold.
+
+    A fixed-batch export is also run as exported, on its own batch size: the rewritten graph
+    must give its numbers (this checks the rewrites of onnx_graph.py). Returns (x, logits)."""
+    rows = max(3, batch or 0)
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (rows, *image_shape)).astype(np.float32)
+    session = _session(ort, model, "the ONNX model")
+    input_name = graph_input(model)[0].name
     try:
-        out = session.run(None, {input_name: x})[0]
+        out = session.run(None, {input_name: x[:3]})[0]
     except Exception:  # noqa: BLE001 - a shape error inside the graph: the batch size may be baked in
         out = None
     if out is None or out.ndim != 2 or out.shape[0] != 3:
         try:
-            session.run(None, {input_name: x[:1]})
+            session.run(None, {input_name: x[: batch or 1]})
         except Exception as err:  # noqa: BLE001 - not a batch problem: the graph fails on any input
-            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
-            raise CleverError(f"onnxruntime cannot run the ONNX model: {first}") from None
-        raise UsageError(f"the ONNX model only runs with its fixed batch size; {EXPORT_HINT}")
-    return session, x, out
+            raise CleverError(f"onnxruntime cannot run the ONNX model: {first_line(err)}") from None
+        raise UsageError(f"the ONNX model only runs with its fixed batch size{f' ({batch})' if batch else ''}; "
+                         f"{EXPORT_HINT}")
+    if batch:
+        as_exported = x[:batch].transpose(0, 3, 1, 2) if layout == "nchw" else x[:batch]
+        want = _session(ort, original, "the ONNX model as exported").run(
+            None, {graph_input(original)[0].name: as_exported})[0]
+        got = session.run(None, {input_name: x[:batch]})[0]
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-5 * max(np.abs(want).max(), 1)):
+            raise UsageError(f"the ONNX model fixes its batch size ({batch}) in a way that cannot be undone; "
+                             f"{EXPORT_HINT}")
+    return x[:3], out
 
 
-def _convert_into(data: bytes, name: str, layout: str, image_shape, entry: Path) -> None:
+def _convert_into(found: OnnxSource, layout: str, image_shape, entry: Path) -> None:
     # onnx is light; the converter imports TensorFlow and takes seconds, so bad files fail first.
-    model, layout, shape = _prepare(_parse(_import("onnx"), data, name), layout, image_shape)
+    onnx = import_optional("onnx")
+    model = found.load_weights()
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:  # noqa: BLE001 - the checker raises many types
+        raise UsageError(f"{found.name} is not a valid ONNX model: {first_line(err)}") from None
+    original = type(model)()
+    original.CopyFrom(model)
+    layout, shape, batch = prepare_graph(model, layout, image_shape)
     missing = unsupported_ops(model)
     if missing:
         raise UsageError(f"the ONNX model uses {', '.join(missing)}, which the converter ({CONVERTER_VERSION}) "
                          "cannot translate")
-    ort = _import("onnxruntime")
-    onnx2tf = _import("onnx2tf")
-    input_name = _graph_input(model)[0].name
-    _, x, reference = _check_batch(ort, model, input_name, shape)
+    ort = import_optional("onnxruntime")
+    x, reference = _check_batch(ort, model, original, shape, layout, batch)
+    del original
+    onnx2tf = import_optional("onnx2tf")
+    import_optional("tf_keras")  # onnx2tf imports it; installed apart (requirements-onnx-nodeps.txt)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
@@ -300,7 +256,7 @@ def _convert_into(data: bytes, name: str, layout: str, image_shape, entry: Path)
         raise CleverError(f"cannot write the ONNX cache folder {entry.parent}: {err.strerror}; "
                           "point CLEVER_CACHE_DIR at a writable folder") from None
     try:
-        module = _wrap(_run_converter(onnx2tf, model, input_name, str(work / "onnx2tf")), shape)
+        module = _wrap(_run_converter(onnx2tf, model, graph_input(model)[0].name, str(work / "onnx2tf")), shape)
         got = module.logits(x).numpy()
         error = float(np.max(np.abs(got - reference)) / max(float(np.max(np.abs(reference))), 1e-6))
         if got.shape != reference.shape or not error <= VERIFY_RTOL:
@@ -310,7 +266,8 @@ def _convert_into(data: bytes, name: str, layout: str, image_shape, entry: Path)
 
         tf.saved_model.save(module, str(work / "saved_model"))
         meta = {"image_shape": list(shape), "layout": layout, "converter": CONVERTER_VERSION,
-                "verify_relative_error": error, "source": name}
+                "verify_relative_error": error, "source": found.name, "content_key": found.key,
+                "external_data": [p.name for p in found.external]}
         (work / "meta.json").write_text(json.dumps(meta, indent=1))
         shutil.rmtree(work / "onnx2tf", ignore_errors=True)
         _publish(work, entry)

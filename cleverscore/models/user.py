@@ -37,12 +37,31 @@ class SavedModelClassifier:
         return next(iter(out.values())) if isinstance(out, dict) else out
 
 
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def refuse_torch_file(path) -> None:
+    """UsageError for a PyTorch checkpoint: it holds weights (or pickled code), not a graph we can run.
+
+    Without this, Keras answers that it "only supports V3 .keras files", which says nothing
+    about what to do."""
+    if str(path).lower().endswith(TORCH_SUFFIXES):
+        from cleverscore.models.onnx_convert import EXPORT_LINE
+
+        raise UsageError(f"`model_path` {path} is a PyTorch file; export the model to ONNX first, with a "
+                         f"dynamic batch axis and the weights inside (pip install onnx onnxscript): {EXPORT_LINE} "
+                         "with x = torch.zeros(2, C, H, W); then pass model.onnx (from Python, clever_scores "
+                         "takes the nn.Module itself)")
+
+
 def load_user_model(path, unsafe: bool = False, layout: str = "auto", image_shape: tuple[int, ...] | None = None):
     """A Keras model file, a SavedModel folder or an ONNX file (or onnx.ModelProto), as a callable.
 
-    `layout` and `image_shape` (H, W, C) only matter for ONNX models (see onnx_model.py)."""
+    `layout` and `image_shape` (H, W, C) only matter for ONNX models (see onnx_convert.py)."""
     from cleverscore.models.onnx_convert import is_onnx, load_onnx_model
 
+    if isinstance(path, (str, os.PathLike)):
+        refuse_torch_file(path)
     if is_onnx(path):
         return load_onnx_model(path, layout, image_shape)
     p = Path(path)

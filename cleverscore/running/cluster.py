@@ -144,10 +144,18 @@ def _first_line(err: BaseException) -> str:
 
 
 def pack_path(path: str) -> bytes:
-    """A file or folder (SavedModel) as an in-memory tar, to ship through the object store."""
+    """A file or folder (SavedModel) as an in-memory tar, to ship through the object store.
+
+    An ONNX graph travels with the external data files it names (first the graph, so that
+    `unpack_path` returns it), laid out beside it as they were."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(path, arcname=Path(path).name)
+        if path.lower().endswith(".onnx"):
+            from cleverscore.models.onnx_source import external_locations, read_onnx
+
+            for location in external_locations(read_onnx(path).model):
+                tar.add(str(Path(path).parent / location), arcname=location)
     return buffer.getvalue()
 
 

@@ -13,10 +13,11 @@ import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
 from cleverscore.mat_files import is_write_failure, remove_stale_temp_files
+from cleverscore.models.identity import model_id as identity
 from cleverscore.models.user import check_image_shape, check_outputs
 from cleverscore.running.execute import LocalExecutor
 from cleverscore.running.loading import load_classifier, load_inputs
-from cleverscore.running.plan import output_folder, plan_items, select_images
+from cleverscore.running.plan import output_folder, plan_items, require_some_correct, select_images
 from cleverscore.running.saving import save_outcome
 from cleverscore.running.targets import USER
 from cleverscore.sampling.shared_memory import remove_stale_segments
@@ -73,15 +74,20 @@ def run_collection(settings: CollectSettings) -> int:
 
         names = class_names()
     check_labels(settings, test_x, test_y, images, logits.shape[1])
-    folder = output_folder(settings)
+    require_some_correct(logits, test_y[[i for i, _ in images]], settings.model)
+    model_id = identity(settings.model, sampling.seed)
+    folder = output_folder(settings, model_id)
+    if settings.model.model_path:
+        print(f"[INFO] results go to {folder} (model_id {model_id})", file=sys.stderr)
     for stale in remove_stale_temp_files(folder):
         print(f"[WARNING] removed {stale}, left by a run that was killed mid-write", file=sys.stderr)
     counters = {"total": 0, "saved": 0, "start": time.time(), "failed": []}
     try:
         executor = make_executor(settings, estimator)
         try:
-            for outcome in executor.run(plan_items(settings, test_x, test_y, images, logits, names, folder, counters)):
-                save_outcome(settings, estimator, outcome, counters)
+            for outcome in executor.run(plan_items(settings, test_x, test_y, images, logits, names, folder, counters,
+                                                model_id)):
+                save_outcome(settings, estimator, outcome, counters, model_id)
         finally:
             executor.close()
     except OSError as err:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cleverscore.errors import UsageError
+from cleverscore.errors import CleverError, UsageError
 from cleverscore.log_lines import datagen_line
-from cleverscore.mat_files import MatName, is_complete, result_folder
+from cleverscore.mat_files import MatName, result_folder, result_status
 from cleverscore.models.user import model_label
 from cleverscore.running.targets import USER, choose_targets, read_ids_file
-from cleverscore.settings import CollectSettings, DataSettings
+from cleverscore.settings import CollectSettings, DataSettings, ModelSettings
 
 
 @dataclass
@@ -28,11 +28,20 @@ class WorkItem:
     todo: list[tuple[int, str, Path]]  # (target, info, result file)
 
 
-def output_folder(settings: CollectSettings) -> Path:
-    """`<save>/<data name>_<model name>`, known before anything loads."""
+def output_folder(settings: CollectSettings, model_id: str | None = None) -> Path:
+    """`<save>/<data name>_<model name>`, known before anything loads.
+
+    A user's model (`model_path`) adds the first 8 digits of its `model_id` (computed here when
+    not given): `runs/a/model.onnx` and `runs/b/model.onnx` never share a folder, while a copy
+    of one file finds its results. Built-in models keep the original's `<dataset>_<model_name>`.
+    """
     data = model_label(str(settings.data.data_path)) if settings.data.data_path else settings.model.dataset
-    model = model_label(str(settings.model.model_path)) if settings.model.model_path else settings.model.model_name
-    return result_folder(settings.save, data, model)
+    if not settings.model.model_path:
+        return result_folder(settings.save, data, settings.model.model_name)
+    from cleverscore.models.identity import model_id as identity
+
+    digits = (model_id or identity(settings.model, settings.sampling.seed))[:8]
+    return result_folder(settings.save, data, f"{model_label(str(settings.model.model_path))}_{digits}")
 
 
 def select_images(data: DataSettings, num_test: int, num_classes: int | None) -> list[tuple[int, int | None]]:
@@ -52,22 +61,49 @@ def select_images(data: DataSettings, num_test: int, num_classes: int | None) ->
     return [(i, None) for i in range(data.firstimg, last)]
 
 
-def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true_label: int, chosen) -> list:
-    """(target, info, path) for the targets of an image whose result file is missing."""
+def require_some_correct(logits: np.ndarray, labels: np.ndarray, model: ModelSettings) -> None:
+    """CleverError when the model misclassifies every selected image: a preprocessing mistake, not robustness.
+
+    Each misclassified image is skipped, so without this check such a run ends with exit 0
+    and nothing written. The hint names the flags that set what the model sees."""
+    predicted = np.argmax(logits, axis=1)
+    if len(labels) == 0 or np.any(predicted == labels):
+        return
+    classes, counts = np.unique(predicted, return_counts=True)
+    common = f"it predicts class {classes[np.argmax(counts)]} for {counts.max()} of them"
+    if model.model_path:
+        hint = ("check what the model is given: `input_range` (the range it takes; uint8 data are mapped onto it), "
+                "`input_mean`/`input_std` (the normalisation it expects, if not inside the model) and, for ONNX, "
+                "`input_layout`")
+    else:
+        hint = "check that the data are the built-in model's (`dataset`, `data_dir`)"
+    raise CleverError(f"the model misclassifies every selected image ({len(labels)}; {common}), so none has a "
+                      f"score; {hint}")
+
+
+def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true_label: int, chosen,
+                    model_id: str | None = None) -> list:
+    """(target, info, path) for the targets of an image without a complete result file of this model.
+
+    A file that records another `model_id` is recomputed (and replaced), never skipped."""
     s = settings.sampling
     todo = []
     for target, info in chosen:
         name = MatName(s.nsamps, s.niters, image_id, true_label, target, info, settings.model.activation, s.order)
         path = folder / name.filename
-        if not settings.overwrite and is_complete(path):
+        status = "missing" if settings.overwrite else result_status(path, model_id)
+        if status == "complete":
             print(f"file {path} already exists. Skipping this sample...")
-        else:
-            todo.append((target, info, path))
+            continue
+        if status == "other model":
+            print(f"[WARNING] {path} was collected from another model (its model_id is not {model_id}); "
+                  "recomputing it", file=sys.stderr)
+        todo.append((target, info, path))
     return todo
 
 
 def plan_items(settings: CollectSettings, test_x, test_y, images, logits, names, folder,
-               counters) -> Iterator[WorkItem]:
+               counters, model_id: str | None = None) -> Iterator[WorkItem]:
     """Print each image's [DATAGEN] line and yield its pending targets as work items.
 
     A generator, so that a local run prints each image's lines next to its results.
@@ -86,7 +122,7 @@ def plan_items(settings: CollectSettings, test_x, test_y, images, logits, names,
         if not correct:
             print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); skipping")
             continue
-        todo = pending_targets(settings, folder, image_id, true_label, chosen)
+        todo = pending_targets(settings, folder, image_id, true_label, chosen, model_id)
         # Order 2 collects target by target (no shared samples), so each target is an item of its own.
         for group in ([[t] for t in todo] if settings.sampling.order == 2 else [todo] if todo else []):
             yield WorkItem(no - 1, image_id, true_label, test_x[image_id], group)

@@ -13,7 +13,7 @@ from cleverscore.log_lines import (
     hessian_iteration_line,
     hessian_summary_line,
 )
-from cleverscore.mat_files import save_mat_atomically
+from cleverscore.mat_files import MODEL_ID_KEY, save_mat_atomically
 from cleverscore.norms import GRAD_KEYS
 from cleverscore.settings import CollectSettings
 
@@ -46,9 +46,13 @@ def hessian_contents(result, image_id: int, true_label: int, info: str, args_dic
             "info": info, "args": args_dict, "path": path, **ball_contents(result.ball)}
 
 
-def save_outcome(settings: CollectSettings, estimator, outcome, counters: dict) -> None:
-    """Print a finished item's lines and write its files atomically (always in the driver)."""
+def save_outcome(settings: CollectSettings, estimator, outcome, counters: dict, model_id: str | None = None) -> None:
+    """Print a finished item's lines and write its files atomically (always in the driver).
+
+    `model_id` (models/identity.py) is recorded in every file, so that no later run or score
+    mistakes them for another model's."""
     item = outcome.item
+    identity = {MODEL_ID_KEY: model_id} if model_id else {}
     if outcome.error:
         print(f"[ERROR] {outcome.error}; skipping image {item.image_id}", file=sys.stderr)
         counters["failed"] += [(item.image_id, t) for t, _, _ in item.todo]
@@ -72,6 +76,7 @@ def save_outcome(settings: CollectSettings, estimator, outcome, counters: dict) 
                 print(line)
             contents = mat_contents(result, item.image_id, item.true_label, info, settings.flags,
                                     str(path.with_suffix("")))
+        contents.update(identity)
         print(collection_done_line(counters["total"], item.seq, item.image_id, time.time() - counters["start"],
                                    item.true_label, target, info))
         save_mat_atomically(path, contents)

@@ -29,7 +29,15 @@ from cleverscore.log_lines import (
     stats_line,
     untargeted_image_line,
 )
-from cleverscore.mat_files import load_mat, parse_mat_name, write_atomically, write_failures_reported
+from cleverscore.mat_files import (
+    MODEL_ID_KEY,
+    load_mat,
+    parse_mat_name,
+    recorded_model_id,
+    recorded_model_path,
+    write_atomically,
+    write_failures_reported,
+)
 from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
 from cleverscore.scoring.brackets import Bracket, consistent_interval
 from cleverscore.scoring.fit import (
@@ -411,6 +419,33 @@ def folder_files(folder: Path, num_images: int) -> list[Path]:
     if not files:
         raise UsageError(f"no .mat files found below {folder}")
     return files
+
+
+def check_one_model(files: list[Path], folder: Path | str) -> None:
+    """UsageError when the files record more than one `model_id`: a summary over two models means nothing.
+
+    Refused rather than split: a split would print two summaries that a script reading the
+    `[STATS]` lines cannot tell apart, and the usual cause (two runs of same-named models into
+    one `-s` folder, before folder names carried the id) is best fixed by moving the files.
+    Files without a `model_id` (older versions) agree with any model."""
+    import scipy.io as sio
+
+    models: dict[str, list[Path]] = defaultdict(list)
+    paths: dict[str, str] = {}
+    for path in files:
+        try:
+            mat = sio.loadmat(str(path), variable_names=[MODEL_ID_KEY, "args"])
+        except Exception:  # noqa: BLE001 - unreadable files are skipped with a reason when scored
+            continue
+        found = recorded_model_id(mat)
+        if found:
+            models[found].append(path)
+            paths.setdefault(found, recorded_model_path(mat))
+    if len(models) > 1:
+        shown = "; ".join(f"model_id {m} ({paths[m] or 'a built-in model'}): {len(fs)} file(s), e.g. {fs[0].name}"
+                          for m, fs in sorted(models.items(), key=lambda kv: -len(kv[1])))
+        raise UsageError(f"{folder} holds the results of {len(models)} different models ({shown}); scores of "
+                         "different models cannot be averaged: move each model's files into a folder of its own")
 
 
 def score_files(files: list[Path], settings: ScoreSettings) -> tuple[list[FileScores], list[Path], dict[str, dict]]:
