@@ -103,6 +103,15 @@ def stats_ci_line(info: str, scores: Sequence[float], intervals: Sequence[tuple[
     return f"[STATS][CI] info = {info}, {parts}, interval = {kind}"
 
 
+def stats_cert_line(info: str, certified: Sequence[float], scores: Sequence[float],
+                    labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
+    """`[STATS][CERT]`: per norm the certified radius (a proof: no adversarial example within it) beside
+    the CLEVER score (an estimate of the smallest adversarial distortion)."""
+    parts = ", ".join(f"{info}_certified_{lab} = {g5(c)}, {info}_clever_{lab} = {g5(s)}"
+                      for lab, c, s in zip(labels, certified, scores))
+    return f"[STATS][CERT] info = {info}, {parts}"
+
+
 def fallback_line(path: str, label: str, estimate: float) -> str:
     return (f"[WARNING] {path} {label}: ill-conditioned samples, no acceptable Weibull fit; using the largest "
             f"maximum {g5(estimate)} as the Lipschitz estimate")

@@ -110,6 +110,21 @@ class SamplingSettings:
 
 
 @dataclass(frozen=True)
+class BoundSettings:
+    """What is computed beside the sampled maxima (running/bounds.py).
+
+    Attributes:
+        certify: certified radii and certified Lipschitz upper bounds (linear bound propagation).
+        exact: exact minimal distortions and the exact local Lipschitz constant (MILP; small ReLU MLPs).
+        exact_time_limit: seconds per MILP problem; past it the solver's proven bounds are kept.
+    """
+
+    certify: bool = False
+    exact: bool = False
+    exact_time_limit: float = 60.0
+
+
+@dataclass(frozen=True)
 class CollectSettings:
     """Everything one collection run needs (collect_gradients.py).
 
@@ -126,6 +141,7 @@ class CollectSettings:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    bounds: BoundSettings = field(default_factory=BoundSettings)
     save: Path = Path("./lipschitz_mat")
     overwrite: bool = False
     quiet: bool = False

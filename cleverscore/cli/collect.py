@@ -26,7 +26,7 @@ from cleverscore.mat_files import check_writable_folder
 from cleverscore.norms import by_flag
 from cleverscore.running.targets import DEFAULT_TARGET_TYPE, USER
 from cleverscore.sampling.transforms import TRANSFORMS
-from cleverscore.settings import CollectSettings, SamplingSettings
+from cleverscore.settings import BoundSettings, CollectSettings, SamplingSettings
 
 # Library parameters whose names differ from the flags that set them.
 PARAMETER_FLAGS = {"nsamps": "-N/--Nsamps", "niters": "-i/--Niters"}
@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search_steps", type=int, default=0,
                    help="after sampling, this many steps of gradient ascent on each gradient norm from the best "
                         "samples; the norms found cap the score from above (0: off)")
+    p.add_argument("--certify", action="store_true",
+                   help="also certify each (image, target): the radius within which no adversarial example exists "
+                        "(L1, L2, Linf) and an upper bound of the Lipschitz constant over the sampled ball")
+    p.add_argument("--exact", action="store_true",
+                   help="also compute exact answers by MILP (small ReLU MLPs): the minimal Linf and L1 distortion "
+                        "and, with --sample_norm li, the exact Lipschitz constant over the sampled ball")
+    p.add_argument("--exact_time_limit", type=number(above=0), default=60.0,
+                   help="seconds per MILP problem; past it the solver's proven bounds are recorded")
     p.add_argument("--sampler", choices=["graph", "pool"], default="graph",
                    help="graph: samples drawn inside the compiled step; pool: NumPy worker processes")
     p.add_argument("--devices", type=int, default=0,
@@ -106,6 +114,8 @@ def validate(args: argparse.Namespace) -> None:
 
         with flags_named({"ray": "--ray"}):
             head_endpoint(args.ray)  # a malformed address is refused before anything loads
+    if (args.certify or args.exact) and args.order == 2:
+        raise UsageError("--certify and --exact work with --order 1")
     if args.rel_tol and args.order == 2:
         raise UsageError("--rel_tol works with --order 1 only")
     if args.search_steps < 0:
@@ -135,8 +145,9 @@ def settings_from_args(args: argparse.Namespace) -> CollectSettings:
         batch_size=args.batch_size or None, compute_slope=args.compute_slope, order=args.order,
         transform=args.transform or None, rel_tol=args.rel_tol or None, search_steps=args.search_steps,
         sampler=args.sampler, nthreads=args.nthreads, devices=args.devices, seed=args.seed)
+    bounds = BoundSettings(certify=args.certify, exact=args.exact, exact_time_limit=args.exact_time_limit)
     return CollectSettings(
-        model=model_settings(args), data=data_settings(args), sampling=sampling, save=Path(args.save),
+        model=model_settings(args), data=data_settings(args), sampling=sampling, bounds=bounds, save=Path(args.save),
         overwrite=args.overwrite, quiet=args.quiet, ray=args.ray or None, ray_workers=args.ray_workers,
         ray_timeout=args.ray_timeout,
         flags={k: ("" if v is None else v) for k, v in described_flags(args).items()})

@@ -199,7 +199,7 @@ class GradientWorker:
         remove_stale_segments(verbose=False)  # left on this machine by a worker killed mid-item (--sampler pool)
 
         sampling = settings.sampling
-        self.sampling = sampling
+        self.sampling, self.bounds = sampling, settings.bounds
         self.estimator = EstimateLipschitz(seed=sampling.seed, nthreads=sampling.nthreads, sampler=sampling.sampler,
                                            log=None)
         folder = tempfile.mkdtemp(prefix="clever_worker_")
@@ -219,7 +219,7 @@ class GradientWorker:
     def run(self, item):
         from cleverscore.running.execute import compute_item
 
-        return compute_item(self.estimator, self.sampling, item)
+        return compute_item(self.estimator, self.sampling, item, bounds=self.bounds)
 
     def close(self) -> None:
         self.estimator.close()  # the sample pool's processes and shared memory, if any

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cleverscore.log_lines import ProgressBar
+from cleverscore.running.bounds import bound_keys
 from cleverscore.running.plan import WorkItem
 from cleverscore.sampling.collector import NonFiniteError
-from cleverscore.settings import CollectSettings, SamplingSettings
+from cleverscore.settings import BoundSettings, CollectSettings, SamplingSettings
 
 
 @dataclass
@@ -22,8 +23,9 @@ class ItemOutcome:
     error: str | None = None  # NaN/Inf logits or gradients for the whole item: nothing to save
 
 
-def compute_item(estimator, sampling: SamplingSettings, item: WorkItem, progress=None) -> ItemOutcome:
-    """Collect one work item's maxima: the same call in-process and on a Ray worker."""
+def compute_item(estimator, sampling: SamplingSettings, item: WorkItem, progress=None,
+                 bounds: BoundSettings | None = None) -> ItemOutcome:
+    """Collect one work item's maxima (and the bounds asked for): the same call in-process and on a Ray worker."""
     targets = [t for t, _, _ in item.todo]
     try:
         if sampling.order == 2:
@@ -35,6 +37,11 @@ def compute_item(estimator, sampling: SamplingSettings, item: WorkItem, progress
                 found = estimator.searched_maxima(item.x0, item.true_label, targets, sampling, item.image_id)
                 for result, row in zip(results, found):
                     result.search_max = np.maximum(row, result.grad_max.max(0))
+            if bounds is not None and (bounds.certify or bounds.exact):
+                extra = bound_keys(estimator.model, item.x0, item.true_label, targets, sampling, bounds,
+                                   estimator.input_range)
+                for result, keys in zip(results, extra):
+                    result.bounds = keys
     except NonFiniteError as err:
         return ItemOutcome(item, error=str(err))
     return ItemOutcome(item, results)
@@ -50,7 +57,7 @@ class LocalExecutor:
         for item in items:
             label = f"image {item.image_id} ({len(item.todo)} target{'s' * (len(item.todo) > 1)})"
             progress = None if self.settings.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
-            yield compute_item(self.estimator, self.settings.sampling, item, progress)
+            yield compute_item(self.estimator, self.settings.sampling, item, progress, self.settings.bounds)
 
     def close(self) -> None:
         pass

@@ -36,6 +36,7 @@ def mat_contents(result, image_id: int, true_label: int, info: str, args_dict: d
         "target_label": result.target, "info": info, "args": args_dict, "path": path,
         "niters_used": result.niters_used, "stop_reason": result.stop_reason, **ball_contents(result.ball),
         **({} if result.search_max is None else dict(zip(SEARCH_KEYS, result.search_max))),
+        **result.bounds,
     }
 
 

@@ -64,6 +64,7 @@ class TargetResult:
     stop_reason: str = "max_iters"  # or "rel_tol": the score's interval became narrow enough
     search_max: np.ndarray | None = None  # (3,) G2, G1, Gi found by --search_steps ascent
     ball: SampledBall | None = None
+    bounds: dict = field(default_factory=dict)  # certified and exact answers beside the maxima (.mat keys)
 
     @property
     def niters_used(self) -> int:

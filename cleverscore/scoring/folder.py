@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import sys
 from collections import defaultdict
@@ -25,6 +26,7 @@ from cleverscore.log_lines import (
     fallback_line,
     plateau_line,
     searched_above_line,
+    stats_cert_line,
     stats_ci_line,
     stats_line,
     untargeted_image_line,
@@ -81,6 +83,9 @@ class FileScores:
     lipschitz: list[float] = field(default_factory=list)  # the estimates behind the scores
     searched: list[float | None] = field(default_factory=list)  # norms found by --search_steps
     brackets: list[Bracket] = field(default_factory=list)  # certain bounds beside each estimate (order 1)
+    certified_radii: list[float | None] = field(default_factory=list)  # per norm, --certify's radius
+    exact_lipschitz: list[float | None] = field(default_factory=list)  # per norm, --exact's constant (Li only)
+    exact_distortion: list[float | None] = field(default_factory=list)  # per norm, --exact's minimal distortion
     rerun_intervals: list[tuple[float, float]] = field(default_factory=list)  # Lipschitz: another seed's (95%)
     score_rerun_intervals: list[tuple[float, float]] = field(default_factory=list)  # the scores'
 
@@ -108,10 +113,13 @@ class FileScores:
                 for k, (norm, fit) in enumerate(zip(self.norms, self.fits))]
 
     def _bracket_columns(self, k: int) -> dict:
+        extra = {"certified_radius": self.certified_radii[k] if self.certified_radii else None,
+                 "lipschitz_exact": self.exact_lipschitz[k] if self.exact_lipschitz else None,
+                 "exact_distortion": self.exact_distortion[k] if self.exact_distortion else None}
         if not self.brackets:
-            return {"plateau": None, "lipschitz_found": None, "lipschitz_certified": None}
+            return {"plateau": None, "lipschitz_found": None, "lipschitz_certified": None, **extra}
         b = self.brackets[k]
-        return {"plateau": b.plateau, "lipschitz_found": b.found, "lipschitz_certified": b.certified}
+        return {"plateau": b.plateau, "lipschitz_found": b.found, "lipschitz_certified": b.certified, **extra}
 
 
 def find_mat_files(folder: Path) -> list[Path]:
@@ -164,10 +172,32 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         "ball": sampled_ball(mat),
         "searched": [float(np.squeeze(mat[n.search_key])) if n.search_key in mat and order == 1 and not use_slope
                      else None for n in NORMS],
-        "certified": [float(np.squeeze(mat[n.certified_key])) if n.certified_key in mat and order == 1 and not use_slope
-                      else None for n in NORMS],
+        "certified": [ceiling(mat, n) if order == 1 and not use_slope else None for n in NORMS],
+        "certified_radius": [_scalar(mat, f"certified_radius_{n.label}") if order == 1 else None for n in NORMS],
+        "exact_lipschitz": [_scalar(mat, n.grad_key.replace("_max", "_exact")) if order == 1 and not use_slope else None
+                            for n in NORMS],
+        "exact_distortion": [_scalar(mat, f"exact_distortion_{n.label}") if order == 1 else None for n in NORMS],
     }
     return header, maxima
+
+
+def _scalar(mat: dict, key: str) -> float | None:
+    """A scalar key of a `.mat` as a float, None when absent (files of older versions, flags not used)."""
+    return float(np.squeeze(mat[key])) if key in mat else None
+
+
+def ceiling(mat: dict, norm: LpNorm) -> float | None:
+    """The smallest proven upper bound of the Lipschitz constant behind `norm`'s score, if any.
+
+    Certified bounds (`--certify`) and the exact answer's proven upper end (`--exact`) both hold
+    with certainty; the smaller is the better ceiling.
+    """
+    bounds = [_scalar(mat, norm.certified_key)]
+    exact_key = norm.grad_key.replace("_max", "_exact_bounds")
+    if exact_key in mat:
+        bounds.append(float(np.ravel(mat[exact_key])[1]))
+    bounds = [b for b in bounds if b is not None and math.isfinite(b)]
+    return min(bounds) if bounds else None
 
 
 def check_physical(maxima: list[np.ndarray], keys: list[str], g_x0: float, use_slope: bool, path: Path) -> None:
@@ -254,7 +284,10 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
     result = FileScores(header["id"], header["true_label"], header["target_label"], info, g, scores, fits, str(path),
                         norms, header["order"], intervals, score_intervals, radii, header["num_classes"],
                         lipschitz=lipschitz, searched=header["searched"] if header["order"] == 1 else [],
-                        brackets=brackets, rerun_intervals=rerun, score_rerun_intervals=score_rerun)
+                        brackets=brackets, rerun_intervals=rerun, score_rerun_intervals=score_rerun,
+                        certified_radii=header["certified_radius"] if header["order"] == 1 else [],
+                        exact_lipschitz=header["exact_lipschitz"] if header["order"] == 1 else [],
+                        exact_distortion=header["exact_distortion"] if header["order"] == 1 else [])
     head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
     for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
         if settings.method == "maxsamp":
@@ -338,6 +371,20 @@ def _lines(info: str, reduced: dict[str, list[tuple[float, float, float]]], labe
               for kind in INTERVAL_KINDS)]
 
 
+def _certified_line(info: str, groups: list[list[FileScores]], labels: tuple[str, ...], use_min: bool) -> list[str]:
+    """`[STATS][CERT]`: the mean (or minimum) certified radius beside the CLEVER score, when every file has one.
+
+    `groups` holds one list of files per summarised unit (a file, or an image's classes, whose
+    smallest certified radius is the untargeted one).
+    """
+    if not groups or not all(r.certified_radii and None not in r.certified_radii for g in groups for r in g):
+        return []
+    reduce = min if use_min else (lambda xs: sum(xs) / len(xs))
+    certified = [reduce([min(r.certified_radii[k] for r in g) for g in groups]) for k in range(len(labels))]
+    scores = [reduce([min(r.scores[k] for r in g) for g in groups]) for k in range(len(labels))]
+    return [stats_cert_line(info, certified, scores, labels)]
+
+
 def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool,
              cap: bool) -> list[str]:
     columns = range(len(labels))
@@ -355,7 +402,8 @@ def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: boo
                                                labels))
         reduced = {kind: [_reduce([s[k] for s in image_scores[kind]], use_min) for k in columns]
                    for kind in INTERVAL_KINDS}
-        return lines + _lines("untargeted", reduced, labels)
+        certified = _certified_line("untargeted", list(per_image.values()), labels, use_min)
+        return lines + _lines("untargeted", reduced, labels) + certified
     by_info: dict[str, list[FileScores]] = defaultdict(list)
     for r in results:
         by_info[r.info].append(r)
@@ -363,7 +411,7 @@ def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: boo
     for info in order:
         reduced = {kind: [_reduce([_capped(r, k, cap, kind) for r in by_info[info]], use_min) for k in columns]
                    for kind in INTERVAL_KINDS}
-        lines += _lines(info, reduced, labels)
+        lines += _lines(info, reduced, labels) + _certified_line(info, [[r] for r in by_info[info]], labels, use_min)
     return lines
 
 
@@ -385,7 +433,8 @@ def incomplete_images(results: list[FileScores]) -> dict[int, list[int]]:
 COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score", "score_lo", "score_hi",
            "lipschitz", "lipschitz_lo", "lipschitz_hi", "score_rerun_lo", "score_rerun_hi", "lipschitz_rerun_lo",
            "lipschitz_rerun_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
-           "supported_radius", "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified"]
+           "supported_radius", "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified",
+           "certified_radius", "lipschitz_exact", "exact_distortion"]
 
 
 def write_tables(results: list[FileScores], method: str, csv: Path | None, json_path: Path | None) -> None:

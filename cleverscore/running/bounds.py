@@ -1,0 +1,110 @@
+"""Proofs and exact answers beside a work item's sampled maxima (`--certify`, `--exact`).
+
+For each (image, target) of an item this adds `.mat` keys:
+- `--certify` (any supported Keras model): the certified radius per perturbation norm
+  (`certified_radius_L1`, `_L2`, `_Li`: no adversarial example within it, by linear bound
+  propagation) and the certified upper bound of the local Lipschitz constant over the sampled
+  ball in each dual norm (`G2_certified`, `G1_certified`, `Gi_certified`), with how each layer's
+  bounds were obtained (`certify_layers`) and the time (`certify_seconds`);
+- `--exact` (small ReLU MLPs): the exact minimal distortion in Linf and L1
+  (`exact_distortion_Li`, `_L1`, NaN when the time limit left it open, with the proven
+  `_bounds` [lower, upper] and the `_status`), and with an Linf sampling ball the exact local
+  Lipschitz constant in the L1 gradient norm (`G1_exact`, `G1_exact_bounds`, `G1_exact_status`),
+  the quantity CLEVER's Linf score estimates; the time (`exact_seconds`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from cleverscore.errors import UsageError
+from cleverscore.models.user import unwrapped
+from cleverscore.norms import L1, LINF, NORMS
+from cleverscore.settings import BoundSettings, SamplingSettings
+
+
+def certifiable_model(model):
+    """(the Keras model under our wrappers, input_mean, input_std); a one-line refusal otherwise."""
+    import keras
+
+    if getattr(model, "__name__", "") == "log_probs":
+        raise UsageError("`certify` and `exact` bound logit margins; a model scored through --output probs "
+                         "(log-probabilities) cannot be certified")
+    inner = unwrapped(model)
+    if not isinstance(inner, keras.Model):
+        raise UsageError(f"`certify` and `exact` need a Keras model; this one is a {type(inner).__name__} "
+                         "(an ONNX or SavedModel file): convert it to Keras, or collect without them")
+    return inner, getattr(model, "input_mean", None), getattr(model, "input_std", None)
+
+
+def layer_report(layers) -> str:
+    """How each layer's bounds were obtained, as one line: `name:method refined/wanted; ...`."""
+    return "; ".join(f"{r.layer}:{r.method} {r.refined}/{r.wanted}" for r in layers)
+
+
+def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: SamplingSettings,
+                   box: tuple[float, float]) -> list[dict]:
+    """Per target, the `--certify` keys (see the module docstring)."""
+    from cleverscore.certify import Box, certified_radius, from_keras, lipschitz_upper_bounds
+
+    inner, mean, std = certifiable_model(model)
+    begin = time.perf_counter()
+    graph = from_keras(inner, input_mean=mean, input_std=std)
+    box_ = Box(*box)
+    radii = {norm: certified_radius(graph, x0, c, targets, norm, box_) for norm in NORMS}
+    lipschitz = lipschitz_upper_bounds(graph, x0, c, targets, sampling.scale[1], sampling.sample_norm, box_)
+    seconds = (time.perf_counter() - begin) / max(len(targets), 1)
+    report = layer_report(lipschitz.layers)
+    keys = []
+    for k, _ in enumerate(targets):
+        row = {f"certified_radius_{norm.label}": float(radii[norm].radii[k]) for norm in NORMS}
+        row.update({norm.certified_key: float(lipschitz.for_norm(norm)[k]) for norm in NORMS})
+        row.update(certify_layers=report, certify_seconds=seconds)
+        keys.append(row)
+    return keys
+
+
+def exact_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: SamplingSettings,
+               box: tuple[float, float], time_limit: float) -> list[dict]:
+    """Per target, the `--exact` keys (see the module docstring)."""
+    from cleverscore.certify.milp import local_lipschitz, minimal_distortion, relu_network_from_keras
+
+    inner, mean, std = certifiable_model(model)
+    if mean is not None or std is not None:
+        raise UsageError("`exact` answers take a model without input_mean/input_std normalisation")
+    net = relu_network_from_keras(inner)
+    keys = []
+    for j in targets:
+        begin = time.perf_counter()
+        row: dict = {}
+        for norm in (LINF, L1):
+            result = minimal_distortion(net, x0, c, int(j), norm, box, time_limit)
+            key = f"exact_distortion_{norm.label}"
+            row[key] = float(result.value) if result.exact and result.value is not None else math.nan
+            row[f"{key}_bounds"] = np.array([result.lower_bound, result.upper_bound], np.float64)
+            row[f"{key}_status"] = result.status
+        if sampling.sample_norm == LINF:
+            lip = local_lipschitz(net, x0, c, int(j), sampling.scale[1], box, time_limit)
+            row["G1_exact"] = float(lip.value) if lip.exact else math.nan
+            row["G1_exact_bounds"] = np.array([lip.lower_bound, lip.upper_bound], np.float64)
+            row["G1_exact_status"] = lip.status
+        row["exact_seconds"] = time.perf_counter() - begin
+        keys.append(row)
+    return keys
+
+
+def bound_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: SamplingSettings,
+               bounds: BoundSettings, box: tuple[float, float]) -> list[dict]:
+    """Per target, every key the bound settings ask for (an empty dict each when none)."""
+    keys = [{} for _ in targets]
+    if bounds.certify:
+        for row, extra in zip(keys, certified_keys(model, x0, c, targets, sampling, box)):
+            row.update(extra)
+    if bounds.exact:
+        for row, extra in zip(keys, exact_keys(model, x0, c, targets, sampling, box, bounds.exact_time_limit)):
+            row.update(extra)
+    return keys
