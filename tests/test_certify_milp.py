@@ -1,0 +1,267 @@
+"""Exact MILP answers for small ReLU networks, checked against brute force on tiny seeded networks.
+
+Minimal distortion: the returned point is adversarial and in the region, no grid point closer to
+x0 is adversarial, and on affine networks the value is the closed form g(x0) / ||w_true - w_target||_dual.
+Local Lipschitz constant: the value is the gradient norm at the returned point, dominates sampled
+gradients and equals the maximum over a fine grid on a 2-D input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cleverscore.certify.milp import (
+    MAX_HIDDEN_RELUS,
+    local_lipschitz,
+    minimal_distortion,
+    relu_network_from_keras,
+)
+from cleverscore.certify.milp_network import activation_pattern, input_gradient, logits
+from cleverscore.errors import UsageError
+from cleverscore.norms import L1, L2, LINF
+
+
+def random_net(sizes: list[int], seed: int, bias: float = 0.1) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=(out, inp)) / np.sqrt(inp), bias * rng.normal(size=out))
+            for inp, out in zip(sizes[:-1], sizes[1:])]
+
+
+def margin(net, x, true_label, target):
+    """g = f_true - f_target at one point or a batch of points."""
+    z = logits(net, np.reshape(x, (-1, net[0][0].shape[1])))
+    return z[:, true_label] - z[:, target]
+
+
+def grid_2d(center: np.ndarray, half_width: float, steps: int, box=(-0.5, 0.5)) -> np.ndarray:
+    axes = [np.clip(np.linspace(c - half_width, c + half_width, steps), *box) for c in center]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def distance(x, x0, norm):
+    diff = np.abs(np.reshape(x, (-1, np.size(x0))) - np.ravel(x0))
+    return diff.max(axis=1) if norm is LINF else diff.sum(axis=1)
+
+
+NET_2D = random_net([2, 8, 8, 3], seed=3)
+X0_2D = np.array([0.1, -0.05])
+
+
+def labels_2d():
+    z = logits(NET_2D, X0_2D)
+    true_label = int(np.argmax(z))
+    return true_label, int(np.argsort(z)[-2])
+
+
+# -- minimal distortion ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", [LINF, L1])
+def test_minimal_point_reaches_the_target_inside_the_ball_and_box(norm):
+    net = random_net([6, 8, 8, 4], seed=1)
+    x0 = np.random.default_rng(1).uniform(-0.3, 0.3, size=(2, 3, 1))
+    order = np.argsort(logits(net, x0.ravel()))
+    true_label, target = int(order[-1]), int(order[-2])
+    res = minimal_distortion(net, x0, true_label, target, norm=norm, eps_max=0.5)
+    assert res.status == "optimal" and res.exact
+    assert res.x.shape == x0.shape
+    assert margin(net, res.x, true_label, target)[0] <= 1e-6
+    assert np.all(res.x >= -0.5) and np.all(res.x <= 0.5)
+    assert np.abs(res.x - x0).max() <= 0.5 + 1e-9
+    assert distance(res.x, x0, norm)[0] == pytest.approx(res.value, abs=1e-9)
+    assert res.lower_bound <= res.value + 1e-12 and res.upper_bound == pytest.approx(res.value)
+
+
+def test_target_wins_makes_the_point_classified_as_the_target():
+    net = random_net([6, 8, 8, 4], seed=2)
+    x0 = np.random.default_rng(2).uniform(-0.3, 0.3, size=6)
+    z0 = logits(net, x0)
+    true_label, target = int(np.argmax(z0)), int(np.argmin(z0))
+    pairwise = minimal_distortion(net, x0, true_label, target, norm=LINF)
+    res = minimal_distortion(net, x0, true_label, target, norm=LINF, target_wins=True)
+    z = logits(net, res.x)
+    assert z[target] >= z.max() - 1e-6
+    # Beating every class is harder than beating the true one.
+    assert res.value >= pairwise.value - 1e-9
+
+
+@pytest.mark.parametrize("norm", [LINF, L1])
+def test_minimal_distortion_matches_a_grid_search_on_a_2d_input(norm):
+    true_label, target = labels_2d()
+    res = minimal_distortion(NET_2D, X0_2D, true_label, target, norm=norm)
+    assert res.status == "optimal" and 0.02 < res.value < 0.45
+    points = grid_2d(X0_2D, 0.5, 801)
+    step = 1.0 / 800
+    dist = distance(points, X0_2D, norm)
+    adversarial = margin(NET_2D, points, true_label, target) <= 0.0
+    # No grid point nearer than the MILP's minimum is adversarial, and the nearest adversarial grid
+    # point is within the grid's resolution of it.
+    assert not np.any(adversarial & (dist < res.value - 1e-9))
+    assert dist[adversarial].min() <= res.value + 2 * step
+
+
+def test_bound_tightening_keeps_the_answer_and_drops_binaries():
+    true_label, target = labels_2d()
+    loose = minimal_distortion(NET_2D, X0_2D, true_label, target, tighten="interval")
+    tight = minimal_distortion(NET_2D, X0_2D, true_label, target, tighten="lp")
+    assert tight.value == pytest.approx(loose.value, abs=1e-8)
+    assert tight.num_binaries <= loose.num_binaries
+
+
+def test_eps_max_keeps_the_answer_or_proves_it_larger():
+    true_label, target = labels_2d()
+    full = minimal_distortion(NET_2D, X0_2D, true_label, target)
+    inside = minimal_distortion(NET_2D, X0_2D, true_label, target, eps_max=1.5 * full.value)
+    assert inside.value == pytest.approx(full.value, abs=1e-8)
+    outside = minimal_distortion(NET_2D, X0_2D, true_label, target, eps_max=0.5 * full.value)
+    assert outside.status == "infeasible" and outside.value is None and outside.x is None
+    assert outside.lower_bound == pytest.approx(0.5 * full.value) and outside.upper_bound == np.inf
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_affine_network_distortion_is_the_closed_form(hidden):
+    rng = np.random.default_rng(4)
+    w, b = rng.normal(size=(3, 5)), rng.normal(size=3)
+    if hidden:
+        # A hidden layer whose units stay active over the whole box: the network is affine there.
+        w1, b1 = rng.normal(size=(4, 5)), np.full(4, 500.0)
+        w2 = rng.normal(size=(3, 4))
+        net = [(w1, b1), (w2, b - w2 @ b1)]
+        w_eff, b_eff = w2 @ w1, b
+    else:
+        net = [(w, b)]
+        w_eff, b_eff = w, b
+    x0 = rng.uniform(-0.1, 0.1, size=5)
+    z = w_eff @ x0 + b_eff
+    true_label, target = int(np.argmax(z)), int(np.argmin(z))
+    gap, direction = z[true_label] - z[target], w_eff[true_label] - w_eff[target]
+    box = (-50.0, 50.0)
+    for norm in (LINF, L1):
+        res = minimal_distortion(net, x0, true_label, target, norm=norm, box=box)
+        dual = np.abs(direction).sum() if norm is LINF else np.abs(direction).max()
+        assert res.value == pytest.approx(gap / dual, rel=1e-7)
+        assert res.num_binaries == 0
+    lip = local_lipschitz(net, x0, true_label, target, radius=0.1, box=box)
+    assert lip.value == pytest.approx(np.abs(direction).sum()) and lip.exact
+
+
+# -- local Lipschitz constant ---------------------------------------------------------------------
+
+
+LIP_NET = random_net([6, 8, 8, 4], seed=5)
+LIP_X0 = np.random.default_rng(5).uniform(-0.3, 0.3, size=(6,))
+
+
+@pytest.fixture(scope="module")
+def lipschitz():
+    return local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=0.15)
+
+
+def test_lipschitz_value_is_the_gradient_norm_at_the_returned_point(lipschitz):
+    res = lipschitz
+    assert res.status == "optimal" and res.num_binaries > 0
+    assert np.abs(res.x - LIP_X0).max() <= 0.15 + 1e-9 and np.all(np.abs(res.x) <= 0.5)
+    # The point is inside its activation region, so ReLU'(0) plays no part in its gradient.
+    assert res.region_margin > 0.0
+    grad = input_gradient(LIP_NET, res.x, 0, 2)
+    np.testing.assert_allclose(grad, res.gradient, atol=1e-12)
+    assert np.abs(grad).sum() == pytest.approx(res.value, rel=1e-12)
+    assert res.lower_bound <= res.value <= res.upper_bound + 1e-12
+
+
+def test_lipschitz_value_dominates_sampled_gradients(lipschitz):
+    rng = np.random.default_rng(6)
+    points = np.clip(LIP_X0 + rng.uniform(-0.15, 0.15, size=(5000, 6)), -0.5, 0.5)
+    norms = np.abs(input_gradient(LIP_NET, points, 0, 2)).sum(axis=1)
+    assert norms.max() <= lipschitz.value + 1e-9
+
+
+def test_lipschitz_equals_the_maximum_over_the_regions_of_a_2d_grid():
+    true_label, target = labels_2d()
+    for tighten in ("interval", "lp"):
+        res = local_lipschitz(NET_2D, X0_2D, true_label, target, radius=0.3, tighten=tighten)
+        points = grid_2d(X0_2D, 0.3, 601)
+        norms = np.abs(input_gradient(NET_2D, points, true_label, target)).sum(axis=1)
+        assert res.value == pytest.approx(norms.max(), rel=1e-9), tighten
+        # The grid meets several regions, so the answer is not the gradient at x0.
+        assert res.value > np.abs(input_gradient(NET_2D, X0_2D, true_label, target)).sum() + 1e-6
+
+
+def test_lipschitz_point_keeps_the_pattern_of_its_gradient(lipschitz):
+    pattern = activation_pattern(LIP_NET, lipschitz.x.ravel())
+    again = local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=0.15, tighten="interval")
+    assert again.value == pytest.approx(lipschitz.value, rel=1e-9)
+    assert sum(int(p.sum()) for p in pattern) > 0
+
+
+# -- time limit -----------------------------------------------------------------------------------
+
+
+def test_time_limit_reports_the_status_and_proven_bounds():
+    net = random_net([100, 64, 64, 10], seed=7, bias=0.0)
+    x0 = np.random.default_rng(7).uniform(-0.2, 0.2, size=100)
+    z = logits(net, x0)
+    true_label, target = int(np.argmax(z)), int(np.argmin(z))
+    lip = local_lipschitz(net, x0, true_label, target, radius=0.3, time_limit=0.3, tighten="interval")
+    assert lip.status == "time_limit" and not lip.exact
+    assert 0.0 < lip.lower_bound <= lip.upper_bound < np.inf
+    sampled = np.abs(input_gradient(net, x0, true_label, target)).sum()
+    assert lip.lower_bound >= sampled - 1e-9
+    dist = minimal_distortion(net, x0, true_label, target, norm=L1, time_limit=0.3, tighten="interval")
+    assert dist.status == "time_limit"
+    assert 0.0 <= dist.lower_bound <= dist.upper_bound
+
+
+# -- refusals and Keras import --------------------------------------------------------------------
+
+
+def one_line_usage_error(call, *words):
+    with pytest.raises(UsageError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_refusals_are_one_line_usage_errors():
+    net = random_net([4, 6, 3], seed=8)
+    x0 = np.zeros(4)
+    one_line_usage_error(lambda: minimal_distortion(net, x0, 0, 1, norm=L2), "L1 and Linf")
+    one_line_usage_error(lambda: minimal_distortion(net, x0, 1, 1), "differ")
+    one_line_usage_error(lambda: minimal_distortion(net, np.full(4, 0.7), 0, 1), "outside the input box")
+    one_line_usage_error(lambda: local_lipschitz(net, np.zeros(5), 0, 1, 0.1), "inputs")
+    big = random_net([4, MAX_HIDDEN_RELUS // 2 + 1, MAX_HIDDEN_RELUS // 2, 3], seed=9)
+    one_line_usage_error(lambda: local_lipschitz(big, x0, 0, 1, 0.1), str(MAX_HIDDEN_RELUS), "hidden ReLUs")
+    one_line_usage_error(lambda: minimal_distortion(net, x0, 0, 1, tighten="crown"), "tightening")
+
+
+@pytest.fixture(scope="module")
+def keras():
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    return keras
+
+
+def test_keras_relu_mlp_converts_to_the_same_function(keras):
+    from keras import layers
+
+    model = keras.Sequential([
+        keras.Input((2, 2, 2)), layers.Flatten(), layers.Dense(6, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(5), layers.ReLU(), layers.Dense(4, activation="linear"), layers.Dense(3),
+    ])
+    net = relu_network_from_keras(model)
+    assert [w.shape for w, _ in net] == [(6, 8), (5, 6), (3, 5)]
+    x = np.random.default_rng(10).uniform(-0.5, 0.5, size=(7, 2, 2, 2)).astype(np.float32)
+    expected = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(logits(net, x.reshape(7, -1)), expected, atol=1e-5)
+
+
+def test_keras_models_that_are_not_dense_relu_are_refused(keras):
+    from keras import layers
+
+    tanh = keras.Sequential([keras.Input((4,)), layers.Dense(5, activation="tanh"), layers.Dense(2)])
+    one_line_usage_error(lambda: relu_network_from_keras(tanh), "piecewise-linear", "Dense+ReLU", "tanh")
+    conv = keras.Sequential([keras.Input((6, 6, 1)), layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(2)])
+    one_line_usage_error(lambda: relu_network_from_keras(conv), "piecewise-linear", "Conv2D")
+    wide = keras.Sequential([keras.Input((3,)), layers.Dense(MAX_HIDDEN_RELUS + 1, activation="relu"), layers.Dense(2)])
+    one_line_usage_error(lambda: relu_network_from_keras(wide), str(MAX_HIDDEN_RELUS))
