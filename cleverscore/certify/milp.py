@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleverscore.certify.milp_bounds import Bound, affine_interval, preactivation_bounds
+from cleverscore.certify.milp_bounds import Bound, affine_interval, count_unstable, preactivation_bounds
 from cleverscore.certify.milp_model import Model, Outcome, add_relu_layer
 from cleverscore.certify.milp_network import (
     MAX_HIDDEN_RELUS,
@@ -152,18 +152,18 @@ def local_lipschitz(net: Layers, x0: np.ndarray, true_label: int, target: int, r
     bounds = preactivation_bounds(layers, lower, upper, tighten)
     bound_time = time.perf_counter() - start
 
-    model = Model()
-    x = model.add_vars(lower, upper, x0_flat.size)
-    _, switches = _encode_forward(model, layers, bounds, x)
-    grad, grad_bounds = _encode_backward(model, layers, bounds, switches, true_label, target)
-    objective = _l1_objective(model, grad, *grad_bounds)
-    if model.num_integers == 0:
+    if count_unstable(bounds) == 0:
         # Every unit is stable: g is affine on the region and its gradient is known.
         pattern = [lo >= 0.0 for lo, _ in bounds]
         gradient = margin_gradient(layers, pattern, true_label, target)
         value = float(np.abs(gradient).sum())
         return LipschitzResult(value, "optimal", value, value, x0.copy(), gradient.reshape(x0.shape),
                                _region_margin(layers, pattern, x0_flat), 0.0, bound_time, 0)
+    model = Model()
+    x = model.add_vars(lower, upper, x0_flat.size)
+    _, switches = _encode_forward(model, layers, bounds, x)
+    grad, grad_bounds = _encode_backward(model, layers, bounds, switches, true_label, target)
+    objective = _l1_objective(model, grad, *grad_bounds)
     outcome = model.solve(objective, time_limit=_check_time_limit(time_limit), mip_rel_gap=MIP_REL_GAP)
     return _lipschitz_result(outcome, layers, bounds, switches, x, x0, lower, upper, true_label, target,
                              float(np.maximum(np.abs(grad_bounds[0]), np.abs(grad_bounds[1])).sum()), bound_time,
@@ -258,12 +258,12 @@ def _encode_backward(model: Model, layers: Layers, bounds: list[Bound],
     """Variables y = grad g by the backward pass; returns their indices and interval bounds.
 
     Through hidden layer k, q = d * y is a product of a binary and a bounded continuous value,
-    encoded exactly by four big-M rows (LipMIP's "switch" units).
+    encoded exactly by four big-M rows (LipMIP's "switch" units). Through the last hidden layer
+    y is the constant w_true - w_target, so q = y * d is linear and needs no big-M.
     """
     w_last = layers[-1][0]
-    c = w_last[true_label] - w_last[target]
-    y = model.add_vars(c, c, c.size)
-    y_lo, y_hi = c.copy(), c.copy()
+    y: np.ndarray | None = None
+    y_lo = y_hi = w_last[true_label] - w_last[target]
     for k in range(len(layers) - 2, -1, -1):
         q, q_lo, q_hi = _encode_switch(model, y, y_lo, y_hi, bounds[k], switches[k])
         w = layers[k][0]
@@ -273,21 +273,29 @@ def _encode_backward(model: Model, layers: Layers, bounds: list[Bound],
     return y, (y_lo, y_hi)
 
 
-def _encode_switch(model: Model, y: np.ndarray, y_lo: np.ndarray, y_hi: np.ndarray, bound: Bound,
+def _encode_switch(model: Model, y: np.ndarray | None, y_lo: np.ndarray, y_hi: np.ndarray, bound: Bound,
                    switch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q = d * y through one hidden layer; `y` None means y is the constant y_lo (= y_hi)."""
     pre_lo, pre_hi = bound
     unstable, d = switch
     on = pre_lo >= 0.0
     off = pre_hi <= 0.0
     q_lo = np.where(on, y_lo, np.where(off, 0.0, np.minimum(y_lo, 0.0)))
     q_hi = np.where(on, y_hi, np.where(off, 0.0, np.maximum(y_hi, 0.0)))
-    q = model.add_vars(q_lo, q_hi, y.size)
+    q = model.add_vars(q_lo, q_hi, q_lo.size)
     active = np.flatnonzero(on)
+    ones = np.ones(unstable.size)
+    if y is None:
+        if active.size:
+            model.add_rows([(np.ones(active.size), q[active])], y_lo[active], y_lo[active])
+        if unstable.size:
+            model.add_rows([(ones, q[unstable]), (-y_lo[unstable], d)], 0.0, 0.0)
+        return q, q_lo, q_hi
     if active.size:
         model.add_rows([(np.ones(active.size), q[active]), (-np.ones(active.size), y[active])], 0.0, 0.0)
     if unstable.size:
         lo, hi = q_lo[unstable], q_hi[unstable]
-        qu, yu, ones = q[unstable], y[unstable], np.ones(unstable.size)
+        qu, yu = q[unstable], y[unstable]
         model.add_rows([(ones, qu), (-ones, yu), (-lo, d)], -np.inf, -lo)
         model.add_rows([(ones, qu), (-ones, yu), (-hi, d)], -hi, np.inf)
         model.add_rows([(ones, qu), (-lo, d)], 0.0, np.inf)

@@ -7,6 +7,7 @@ Rows are two-sided (`lb <= A v <= ub`) and are given as blocks: a term is `(coef
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,10 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from cleverscore.errors import CleverError
 
 Term = tuple[np.ndarray, np.ndarray]
+
+# Passed to HiGHS on top of scipy's own options (scipy forwards unknown keys verbatim, with a
+# warning that is silenced below).
+HIGHS_OPTIONS: dict[str, float | int | bool] = {}
 
 # scipy's milp status codes (HiGHS model status mapped by scipy).
 _STATUS = {0: "optimal", 1: "time_limit", 2: "infeasible", 3: "unbounded"}
@@ -101,7 +106,7 @@ class Model:
         self._matrix = None
 
     def solve(self, objective: Sequence[Term], constant: float = 0.0, time_limit: float | None = None,
-              mip_rel_gap: float | None = None) -> Outcome:
+              mip_rel_gap: float | None = None, seed: int | None = None) -> Outcome:
         """Minimise `sum of objective terms + constant` (each term a coefficient vector and its indices)."""
         c = np.zeros(self.num_vars)
         for coef, idx in objective:
@@ -112,8 +117,11 @@ class Model:
             options["time_limit"] = float(time_limit)
         if mip_rel_gap is not None and integrality.any():
             options["mip_rel_gap"] = float(mip_rel_gap)
+        extra = dict(HIGHS_OPTIONS, **({} if seed is None else {"random_seed": int(seed)}))
         start = time.perf_counter()
-        res = milp(c, integrality=integrality, bounds=bounds, constraints=constraint, options=options)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)
+            res = milp(c, integrality=integrality, bounds=bounds, constraints=constraint, options={**options, **extra})
         seconds = time.perf_counter() - start
         status = _STATUS.get(int(res.status))
         if status is None:
@@ -146,21 +154,21 @@ def add_relu_layer(model: Model, w: np.ndarray, b: np.ndarray, inputs: np.ndarra
     Big-M encoding (Tjeng et al. 2019): an unstable unit gets a binary d with d = 1 meaning it passes
     its input; stable units get none. Returns the indices of a, the unstable units' positions and
     their binaries. With the binaries relaxed to [0, 1] the same rows are the triangle relaxation.
+    The pre-activation gets no variable of its own: HiGHS 1.12 (scipy 1.17) returned wrong optima
+    and false infeasibility on Lipschitz MILPs that carried one, and never did without.
     """
     n = w.shape[0]
-    z = model.add_vars(lower, upper, n)
-    model.add_rows([(np.ones(n), z), (-w, inputs)], b, b)
     a = model.add_vars(np.maximum(lower, 0.0), np.maximum(upper, 0.0), n)
     active = np.flatnonzero(lower >= 0.0)
     if active.size:
-        model.add_rows([(np.ones(active.size), a[active]), (-np.ones(active.size), z[active])], 0.0, 0.0)
+        model.add_rows([(np.ones(active.size), a[active]), (-w[active], inputs)], b[active], b[active])
     unstable = np.flatnonzero((lower < 0.0) & (upper > 0.0))
     k = unstable.size
     d = model.add_vars(0.0, 1.0, k, integer=True)
     if k:
-        lo, hi = lower[unstable], upper[unstable]
+        lo, hi, wu, bu = lower[unstable], upper[unstable], w[unstable], b[unstable]
         ones = np.ones(k)
-        model.add_rows([(ones, a[unstable]), (-ones, z[unstable])], 0.0, np.inf)
-        model.add_rows([(ones, a[unstable]), (-ones, z[unstable]), (-lo, d)], -np.inf, -lo)
+        model.add_rows([(ones, a[unstable]), (-wu, inputs)], bu, np.inf)
+        model.add_rows([(ones, a[unstable]), (-wu, inputs), (-lo, d)], -np.inf, bu - lo)
         model.add_rows([(ones, a[unstable]), (-hi, d)], -np.inf, 0.0)
     return a, unstable, d
