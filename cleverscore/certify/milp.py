@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleverscore.certify.milp_bounds import Bound, affine_interval, count_unstable, preactivation_bounds
+from cleverscore.certify.milp_bounds import Bound, count_unstable, gradient_bounds, preactivation_bounds
 from cleverscore.certify.milp_model import Model, Outcome, add_relu_layer
 from cleverscore.certify.milp_network import (
     MAX_HIDDEN_RELUS,
@@ -255,26 +255,26 @@ def _distortion_objective(model: Model, x: np.ndarray, x0: np.ndarray, lower: np
 def _encode_backward(model: Model, layers: Layers, bounds: list[Bound],
                      switches: list[tuple[np.ndarray, np.ndarray]], true_label: int,
                      target: int) -> tuple[np.ndarray, Bound]:
-    """Variables y = grad g by the backward pass; returns their indices and interval bounds.
+    """Variables y = grad g by the backward pass; returns their indices and bounds.
 
     Through hidden layer k, q = d * y is a product of a binary and a bounded continuous value,
     encoded exactly by four big-M rows (LipMIP's "switch" units). Through the last hidden layer
     y is the constant w_true - w_target, so q = y * d is linear and needs no big-M.
     """
-    w_last = layers[-1][0]
+    y_bounds = gradient_bounds(layers, bounds, true_label, target)
     y: np.ndarray | None = None
-    y_lo = y_hi = w_last[true_label] - w_last[target]
-    for k in range(len(layers) - 2, -1, -1):
-        q, q_lo, q_hi = _encode_switch(model, y, y_lo, y_hi, bounds[k], switches[k])
+    for step, k in enumerate(range(len(layers) - 2, -1, -1)):
+        y_lo, y_hi = y_bounds[step]
+        q = _encode_switch(model, y, y_lo, y_hi, bounds[k], switches[k])
         w = layers[k][0]
-        y_lo, y_hi = affine_interval(w.T, np.zeros(w.shape[1]), q_lo, q_hi)
+        y_lo, y_hi = y_bounds[step + 1]
         y = model.add_vars(y_lo, y_hi, w.shape[1])
         model.add_rows([(np.ones(w.shape[1]), y), (-w.T, q)], 0.0, 0.0)
-    return y, (y_lo, y_hi)
+    return y, y_bounds[-1]
 
 
 def _encode_switch(model: Model, y: np.ndarray | None, y_lo: np.ndarray, y_hi: np.ndarray, bound: Bound,
-                   switch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   switch: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """q = d * y through one hidden layer; `y` None means y is the constant y_lo (= y_hi)."""
     pre_lo, pre_hi = bound
     unstable, d = switch
@@ -290,7 +290,7 @@ def _encode_switch(model: Model, y: np.ndarray | None, y_lo: np.ndarray, y_hi: n
             model.add_rows([(np.ones(active.size), q[active])], y_lo[active], y_lo[active])
         if unstable.size:
             model.add_rows([(ones, q[unstable]), (-y_lo[unstable], d)], 0.0, 0.0)
-        return q, q_lo, q_hi
+        return q
     if active.size:
         model.add_rows([(np.ones(active.size), q[active]), (-np.ones(active.size), y[active])], 0.0, 0.0)
     if unstable.size:
@@ -300,7 +300,7 @@ def _encode_switch(model: Model, y: np.ndarray | None, y_lo: np.ndarray, y_hi: n
         model.add_rows([(ones, qu), (-ones, yu), (-hi, d)], -hi, np.inf)
         model.add_rows([(ones, qu), (-lo, d)], 0.0, np.inf)
         model.add_rows([(ones, qu), (-hi, d)], -np.inf, 0.0)
-    return q, q_lo, q_hi
+    return q
 
 
 def _l1_objective(model: Model, y: np.ndarray, y_lo: np.ndarray, y_hi: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
