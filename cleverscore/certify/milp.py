@@ -15,7 +15,8 @@ linear. Both problems stop at a time limit and then report the solver's proven b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,7 +32,7 @@ from cleverscore.certify.milp_network import (
     margin_gradient,
     relu_network_from_keras,
 )
-from cleverscore.errors import UsageError
+from cleverscore.errors import CleverError, UsageError
 from cleverscore.norms import L1, LINF, LpNorm
 
 __all__ = [
@@ -47,6 +48,9 @@ DEFAULT_BOX = (-0.5, 0.5)
 DEFAULT_TIME_LIMIT = 60.0
 # HiGHS stops at a relative gap of 1e-4 by default; "exact" answers ask for a hundred times less.
 MIP_REL_GAP = 1e-6
+# A point counts as reaching the target when f_target - f_true >= -1e-6 * (the logits' scale).
+_TIE_TOLERANCE = 1e-6
+_RETRY_SEED = 7
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,7 +133,17 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
     a = _encode_forward(model, layers, bounds, x)[0]
     _require_target(model, layers[-1], a, true_label, target, target_wins)
     objective = _distortion_objective(model, x, x0_flat, lower, upper, norm)
-    outcome = model.solve(objective, time_limit=_check_time_limit(time_limit), mip_rel_gap=MIP_REL_GAP)
+    w_out, b_out = layers[-1]
+    direction, offset = w_out[true_label] - w_out[target], b_out[true_label] - b_out[target]
+
+    def adversarial(outcome: Outcome) -> bool:
+        # The MILP's point must really reach the target, up to the solver's feasibility tolerance.
+        if outcome.status != "optimal":
+            return True
+        last = _last_hidden(layers, outcome.x[x])
+        return float(direction @ last + offset) <= _TIE_TOLERANCE * (1.0 + np.abs(direction) @ np.abs(last))
+
+    outcome = _solve_checked(model, objective, _check_time_limit(time_limit), adversarial, "minimal distortion")
     return _distortion_result(outcome, x, x0, norm, eps_max, bound_time, model.num_integers)
 
 
@@ -164,10 +178,48 @@ def local_lipschitz(net: Layers, x0: np.ndarray, true_label: int, target: int, r
     _, switches = _encode_forward(model, layers, bounds, x)
     grad, grad_bounds = _encode_backward(model, layers, bounds, switches, true_label, target)
     objective = _l1_objective(model, grad, *grad_bounds)
-    outcome = model.solve(objective, time_limit=_check_time_limit(time_limit), mip_rel_gap=MIP_REL_GAP)
+    at_x0 = float(np.abs(input_gradient(layers, x0_flat, true_label, target)).sum())
+
+    def plausible(outcome: Outcome) -> bool:
+        # x0 satisfies every row, so 'infeasible' or an optimum below x0's own gradient norm is a solver fault.
+        if outcome.status == "infeasible":
+            return False
+        if outcome.status != "optimal":
+            return True
+        pattern = _solution_pattern(outcome.x, bounds, switches)
+        value = float(np.abs(margin_gradient(layers, pattern, true_label, target)).sum())
+        return value >= at_x0 * (1.0 - 1e-7)
+
+    outcome = _solve_checked(model, objective, _check_time_limit(time_limit), plausible, "local Lipschitz")
     return _lipschitz_result(outcome, layers, bounds, switches, x, x0, lower, upper, true_label, target,
                              float(np.maximum(np.abs(grad_bounds[0]), np.abs(grad_bounds[1])).sum()), bound_time,
                              model.num_integers)
+
+
+def _solve_checked(model: Model, objective: list[tuple[np.ndarray, np.ndarray]], time_limit: float,
+                   plausible: Callable[[Outcome], bool], problem: str) -> Outcome:
+    """Solve; if the answer fails a cheap check, solve once more with another random seed.
+
+    HiGHS 1.12 occasionally cuts off feasible points of these big-M models (wrong optima, false
+    infeasibility); a different seed takes another path through its heuristics and cuts.
+    """
+    outcome = model.solve(objective, time_limit=time_limit, mip_rel_gap=MIP_REL_GAP)
+    if plausible(outcome):
+        return outcome
+    left = time_limit - outcome.seconds
+    if left > 0.0:
+        retry = model.solve(objective, time_limit=left, mip_rel_gap=MIP_REL_GAP, seed=_RETRY_SEED)
+        if plausible(retry):
+            return replace(retry, seconds=outcome.seconds + retry.seconds)
+    raise CleverError(f"the MILP solver (HiGHS) returned an inconsistent {problem} answer ({outcome.status}) "
+                      "twice; try tighten='lp' or another time limit")
+
+
+def _last_hidden(layers: Layers, x: np.ndarray) -> np.ndarray:
+    a = x
+    for w, b in layers[:-1]:
+        a = np.maximum(w @ a + b, 0.0)
+    return a
 
 
 # -- checks and regions -------------------------------------------------------------------------
