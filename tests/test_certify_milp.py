@@ -8,17 +8,23 @@ gradients and equals the maximum over a fine grid on a 2-D input.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from cleverscore.certify.milp import (
     MAX_HIDDEN_RELUS,
+    PATTERN_MAX_UNSTABLE,
     local_lipschitz,
     minimal_distortion,
     relu_network_from_keras,
 )
-from cleverscore.certify.milp_network import activation_pattern, input_gradient, logits
-from cleverscore.errors import UsageError
+from cleverscore.certify import milp_bounds, milp_model
+from cleverscore.certify.milp_bounds import count_unstable, preactivation_bounds
+from cleverscore.certify.milp_network import input_gradient, logits, margin_gradient
+from cleverscore.certify.milp_patterns import pattern_norms, patterns_from_bits
+from cleverscore.errors import CleverError, UsageError
 from cleverscore.norms import L1, L2, LINF
 
 
@@ -151,17 +157,18 @@ def test_affine_network_distortion_is_the_closed_form(hidden):
 
 LIP_NET = random_net([6, 8, 8, 4], seed=5)
 LIP_X0 = np.random.default_rng(5).uniform(-0.3, 0.3, size=(6,))
+LIP_RADIUS = 0.15
 
 
-@pytest.fixture(scope="module")
-def lipschitz():
-    return local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=0.15)
+@pytest.fixture(scope="module", params=["patterns", "lipmip"])
+def lipschitz(request):
+    return local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS, formulation=request.param)
 
 
 def test_lipschitz_value_is_the_gradient_norm_at_the_returned_point(lipschitz):
     res = lipschitz
     assert res.status == "optimal" and res.num_binaries > 0
-    assert np.abs(res.x - LIP_X0).max() <= 0.15 + 1e-9 and np.all(np.abs(res.x) <= 0.5)
+    assert np.abs(res.x - LIP_X0).max() <= LIP_RADIUS + 1e-9 and np.all(np.abs(res.x) <= 0.5)
     # The point is inside its activation region, so ReLU'(0) plays no part in its gradient.
     assert res.region_margin > 0.0
     grad = input_gradient(LIP_NET, res.x, 0, 2)
@@ -172,27 +179,79 @@ def test_lipschitz_value_is_the_gradient_norm_at_the_returned_point(lipschitz):
 
 def test_lipschitz_value_dominates_sampled_gradients(lipschitz):
     rng = np.random.default_rng(6)
-    points = np.clip(LIP_X0 + rng.uniform(-0.15, 0.15, size=(5000, 6)), -0.5, 0.5)
+    points = np.clip(LIP_X0 + rng.uniform(-LIP_RADIUS, LIP_RADIUS, size=(5000, 6)), -0.5, 0.5)
     norms = np.abs(input_gradient(LIP_NET, points, 0, 2)).sum(axis=1)
     assert norms.max() <= lipschitz.value + 1e-9
+    # ... and the sampled maximum is not far below it on so small a network.
+    assert norms.max() >= 0.8 * lipschitz.value
 
 
-def test_lipschitz_equals_the_maximum_over_the_regions_of_a_2d_grid():
+@pytest.mark.parametrize("formulation", ["patterns", "lipmip"])
+def test_lipschitz_equals_the_maximum_over_the_regions_of_a_2d_grid(formulation):
     true_label, target = labels_2d()
+    points = grid_2d(X0_2D, 0.3, 601)
+    norms = np.abs(input_gradient(NET_2D, points, true_label, target)).sum(axis=1)
     for tighten in ("interval", "lp"):
-        res = local_lipschitz(NET_2D, X0_2D, true_label, target, radius=0.3, tighten=tighten)
-        points = grid_2d(X0_2D, 0.3, 601)
-        norms = np.abs(input_gradient(NET_2D, points, true_label, target)).sum(axis=1)
+        res = local_lipschitz(NET_2D, X0_2D, true_label, target, radius=0.3, tighten=tighten, formulation=formulation)
+        assert res.formulation == formulation
         assert res.value == pytest.approx(norms.max(), rel=1e-9), tighten
-        # The grid meets several regions, so the answer is not the gradient at x0.
-        assert res.value > np.abs(input_gradient(NET_2D, X0_2D, true_label, target)).sum() + 1e-6
+    # The grid meets several regions, so the answer is not the gradient at x0.
+    assert res.value > np.abs(input_gradient(NET_2D, X0_2D, true_label, target)).sum() + 1e-6
 
 
-def test_lipschitz_point_keeps_the_pattern_of_its_gradient(lipschitz):
-    pattern = activation_pattern(LIP_NET, lipschitz.x.ravel())
-    again = local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=0.15, tighten="interval")
-    assert again.value == pytest.approx(lipschitz.value, rel=1e-9)
-    assert sum(int(p.sum()) for p in pattern) > 0
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_both_lipschitz_formulations_agree(seed):
+    net = random_net([5, 7, 6, 3], seed=seed)
+    x0 = np.random.default_rng(seed).uniform(-0.2, 0.2, size=5)
+    both = [local_lipschitz(net, x0, 1, 0, radius=0.2, formulation=f) for f in ("patterns", "lipmip")]
+    assert all(r.exact for r in both)
+    assert both[0].value == pytest.approx(both[1].value, rel=1e-9)
+
+
+def test_listed_patterns_carry_their_gradient_norms():
+    net = random_net([4, 6, 5, 5, 3], seed=14)
+    x0 = np.zeros(4)
+    bounds = preactivation_bounds(net, x0 - 0.4, x0 + 0.4, "interval")
+    bits, norms = pattern_norms(net, bounds, 0, 1)
+    assert bits.shape == (2 ** count_unstable(bounds), count_unstable(bounds))
+    assert len({row.tobytes() for row in bits}) == bits.shape[0]
+    for row in np.random.default_rng(0).choice(bits.shape[0], size=20, replace=False):
+        grad = margin_gradient(net, patterns_from_bits(bounds, bits[row]), 0, 1)
+        assert np.abs(grad).sum() == pytest.approx(norms[row], rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("enumerate_max", [0, 64])
+def test_gradient_bounds_hold_sampled_gradients(monkeypatch, enumerate_max):
+    monkeypatch.setattr(milp_bounds, "ENUMERATE_MAX_UNSTABLE", enumerate_max)
+    net = random_net([6, 8, 8, 4], seed=15)
+    x0 = np.zeros(6)
+    bounds = preactivation_bounds(net, x0 - 0.3, x0 + 0.3, "interval")
+    grad_lo, grad_hi = milp_bounds.gradient_bounds(net, bounds, 0, 3)[-1]
+    points = np.random.default_rng(1).uniform(-0.3, 0.3, size=(3000, 6))
+    grads = input_gradient(net, points, 0, 3)
+    assert np.all(grads >= grad_lo - 1e-12) and np.all(grads <= grad_hi + 1e-12)
+
+
+def test_a_wrong_solver_answer_is_solved_again_with_another_seed(monkeypatch):
+    real_solve = milp_model.Model.solve
+    calls = []
+
+    def flaky(self, *args, **kwargs):
+        outcome = real_solve(self, *args, **kwargs)
+        if not self.num_integers:
+            return outcome
+        calls.append(kwargs.get("seed"))
+        if len(calls) == 1:
+            return replace(outcome, status="infeasible", x=None, objective=None)
+        return outcome
+
+    monkeypatch.setattr(milp_model.Model, "solve", flaky)
+    res = local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS, formulation="lipmip")
+    assert res.exact and calls == [None, 7]
+    monkeypatch.setattr(milp_model.Model, "solve", lambda self, *a, **k: replace(
+        real_solve(self, *a, **k), status="infeasible", x=None) if self.num_integers else real_solve(self, *a, **k))
+    with pytest.raises(CleverError, match="inconsistent local Lipschitz answer"):
+        local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS)
 
 
 # -- time limit -----------------------------------------------------------------------------------
@@ -233,6 +292,10 @@ def test_refusals_are_one_line_usage_errors():
     big = random_net([4, MAX_HIDDEN_RELUS // 2 + 1, MAX_HIDDEN_RELUS // 2, 3], seed=9)
     one_line_usage_error(lambda: local_lipschitz(big, x0, 0, 1, 0.1), str(MAX_HIDDEN_RELUS), "hidden ReLUs")
     one_line_usage_error(lambda: minimal_distortion(net, x0, 0, 1, tighten="crown"), "tightening")
+    one_line_usage_error(lambda: local_lipschitz(net, x0, 0, 1, 0.1, formulation="sdp"), "formulation")
+    wide = random_net([4, 40, 3], seed=9)
+    one_line_usage_error(lambda: local_lipschitz(wide, x0, 0, 1, 0.5, tighten="interval", formulation="patterns"),
+                         str(PATTERN_MAX_UNSTABLE), "lipmip")
 
 
 @pytest.fixture(scope="module")
