@@ -20,7 +20,7 @@ from cleverscore.certify.milp import (
     minimal_distortion,
     relu_network_from_keras,
 )
-from cleverscore.certify import milp_bounds, milp_model
+from cleverscore.certify import milp_bounds, milp_lipschitz, milp_model
 from cleverscore.certify.milp_bounds import count_unstable, preactivation_bounds
 from cleverscore.certify.milp_network import input_gradient, logits, margin_gradient
 from cleverscore.certify.milp_patterns import pattern_norms, patterns_from_bits
@@ -160,14 +160,21 @@ LIP_X0 = np.random.default_rng(5).uniform(-0.3, 0.3, size=(6,))
 LIP_RADIUS = 0.15
 
 
-@pytest.fixture(scope="module", params=["patterns", "lipmip"])
+@pytest.fixture(scope="module", params=["patterns", "patterns-milp", "lipmip"])
 def lipschitz(request):
-    return local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS, formulation=request.param)
+    formulation, _, milp_only = request.param.partition("-")
+    with pytest.MonkeyPatch.context() as patch:
+        if milp_only:
+            # No LP checks of the best patterns first: the pattern MILP itself answers.
+            patch.setattr(milp_lipschitz, "_PRECHECKS", 0)
+        res = local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS, formulation=formulation)
+    assert res.num_binaries > 0 or not milp_only
+    return res
 
 
 def test_lipschitz_value_is_the_gradient_norm_at_the_returned_point(lipschitz):
     res = lipschitz
-    assert res.status == "optimal" and res.num_binaries > 0
+    assert res.status == "optimal"
     assert np.abs(res.x - LIP_X0).max() <= LIP_RADIUS + 1e-9 and np.all(np.abs(res.x) <= 0.5)
     # The point is inside its activation region, so ReLU'(0) plays no part in its gradient.
     assert res.region_margin > 0.0
@@ -200,12 +207,15 @@ def test_lipschitz_equals_the_maximum_over_the_regions_of_a_2d_grid(formulation)
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
-def test_both_lipschitz_formulations_agree(seed):
+def test_both_lipschitz_formulations_agree(monkeypatch, seed):
     net = random_net([5, 7, 6, 3], seed=seed)
     x0 = np.random.default_rng(seed).uniform(-0.2, 0.2, size=5)
-    both = [local_lipschitz(net, x0, 1, 0, radius=0.2, formulation=f) for f in ("patterns", "lipmip")]
-    assert all(r.exact for r in both)
-    assert both[0].value == pytest.approx(both[1].value, rel=1e-9)
+    answers = [local_lipschitz(net, x0, 1, 0, radius=0.2, formulation=f) for f in ("patterns", "lipmip")]
+    monkeypatch.setattr(milp_lipschitz, "_PRECHECKS", 0)
+    answers.append(local_lipschitz(net, x0, 1, 0, radius=0.2, formulation="patterns"))
+    assert all(r.exact for r in answers)
+    assert answers[0].value == pytest.approx(answers[1].value, rel=1e-9)
+    assert answers[2].value == pytest.approx(answers[1].value, rel=1e-9)
 
 
 def test_listed_patterns_carry_their_gradient_norms():

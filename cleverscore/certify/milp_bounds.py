@@ -79,12 +79,15 @@ def _lp_layer(layers: Layers, lower: np.ndarray, upper: np.ndarray, bounds: list
     w, b = layers[k]
     new_lo, new_hi = zl.copy(), zu.copy()
     for j in todo:
-        low = model.solve([(w[j], a)], constant=b[j])
         high = model.solve([(-w[j], a)], constant=-b[j])
-        if low.objective is not None:
-            new_lo[j] = max(zl[j], low.objective - _LP_SLACK * (1.0 + abs(low.objective)))
         if high.objective is not None:
             new_hi[j] = min(zu[j], -high.objective + _LP_SLACK * (1.0 + abs(high.objective)))
+        if new_hi[j] <= 0.0:
+            # Proven inactive: its lower bound sets no big-M and bounds nothing downstream.
+            continue
+        low = model.solve([(w[j], a)], constant=b[j])
+        if low.objective is not None:
+            new_lo[j] = max(zl[j], low.objective - _LP_SLACK * (1.0 + abs(low.objective)))
     return new_lo, new_hi
 
 
