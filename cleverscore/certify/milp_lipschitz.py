@@ -50,20 +50,22 @@ _MET_TOLERANCE = 1e-9
 class LipschitzResult:
     """The local Lipschitz constant of g = f_true - f_target (Linf ball, L1 gradient norm).
 
-    status: 'optimal' or 'time_limit' (value is then the best region found, None if none, and the
-    constant lies in [lower_bound, upper_bound]). x is a point of the winning activation region
-    and gradient is grad g there, so value == ||gradient||_1. region_margin is the Linf distance
-    from x to the region's boundary: when it is > 0, g is differentiable at x and any autodiff
-    gradient there (whatever its ReLU'(0)) equals `gradient`. bound_time covers the bounds and
-    the listing of patterns, solve_time the solver; formulation is the one used.
+    status: 'optimal' or 'time_limit' (value is then the best region found, by the solver or
+    among x0 and random points of the ball, and the constant lies in [lower_bound, upper_bound]).
+    x is a point of the winning activation region and gradient is grad g there, so
+    value == ||gradient||_1. region_margin is the Linf distance from x to the region's boundary:
+    when it is > 0, g is differentiable at x and any autodiff gradient there (whatever its
+    ReLU'(0)) equals `gradient`. bound_time covers the bounds and the listing of patterns,
+    solve_time the solver (LP checks included); formulation is the one used ('affine' when no
+    unit is unstable).
     """
 
-    value: float | None
+    value: float
     status: str
     lower_bound: float
     upper_bound: float
-    x: np.ndarray | None
-    gradient: np.ndarray | None
+    x: np.ndarray
+    gradient: np.ndarray
     region_margin: float
     solve_time: float
     bound_time: float
@@ -143,22 +145,20 @@ def _solve_lipmip(problem: _Problem, time_limit: float, start: float) -> Lipschi
     grad, (grad_lo, grad_hi) = _encode_backward(model, layers, bounds, switches, problem.true_label, problem.target)
     objective = _l1_objective(model, grad, grad_lo, grad_hi)
     cap = float(np.maximum(np.abs(grad_lo), np.abs(grad_hi)).sum())
-    at_x0 = float(np.abs(input_gradient(layers, problem.x0, problem.true_label, problem.target)).sum())
+    witness = _best_sample(problem)
     bound_time = time.perf_counter() - start
 
     def plausible(outcome: Outcome) -> bool:
-        # x0 satisfies every row, so 'infeasible' or an optimum below x0's own gradient norm is a solver fault.
+        # Sampled points satisfy every row, so 'infeasible' or an optimum below their gradient norms is a solver fault.
         if outcome.status == "infeasible":
             return False
         if outcome.status != "optimal":
             return True
         value = float(np.abs(problem.gradient(_solution_pattern(outcome.x, bounds, switches))).sum())
-        return value >= at_x0 * (1.0 - 1e-7)
+        return value >= witness.norm * (1.0 - 1e-7)
 
     outcome = solve_checked(model, objective, time_limit, plausible, "local Lipschitz")
-    pattern = None if outcome.x is None else _solution_pattern(outcome.x, bounds, switches)
-    return _result(problem, outcome, pattern, None if outcome.x is None else outcome.x[x], at_x0, cap,
-                   bound_time, model.num_integers, "lipmip")
+    return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "lipmip")
 
 
 def _encode_backward(model: Model, layers: Layers, bounds: list[Bound], switches: Switches, true_label: int,
@@ -234,7 +234,8 @@ def _l1_objective(model: Model, y: np.ndarray, y_lo: np.ndarray, y_hi: np.ndarra
 def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> LipschitzResult:
     layers, bounds = problem.layers, problem.bounds
     bits, norms = pattern_norms(layers, bounds, problem.true_label, problem.target)
-    witness_x, witness_bits, floor = _best_sample(problem)
+    witness = _best_sample(problem)
+    witness_bits, floor = pattern_bits(bounds, witness.pattern), witness.norm
     order = np.argsort(-norms, kind="stable")
     bound_time = time.perf_counter() - start
     # The best listed patterns first, one LP each: the first one the region meets is the answer,
@@ -243,7 +244,7 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
     refuted = []
     for index in order[:_PRECHECKS]:
         if norms[index] <= floor:
-            return _known_answer(problem, witness_bits, witness_x, time.perf_counter() - check_start, bound_time)
+            return _known_answer(problem, witness_bits, witness.point, time.perf_counter() - check_start, bound_time)
         pattern = patterns_from_bits(bounds, bits[index])
         point, margin = _centre(layers, pattern, problem.lower, problem.upper)
         if point is not None and margin >= -_MET_TOLERANCE:
@@ -277,9 +278,7 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
 
     outcome = solve_checked(model, [(-values, weight)], time_limit, plausible, "local Lipschitz")
     outcome = replace(outcome, seconds=outcome.seconds + check_time)
-    pattern = None if outcome.x is None else _solution_pattern(outcome.x, bounds, switches)
-    return _result(problem, outcome, pattern, None if outcome.x is None else outcome.x[x], floor, cap,
-                   bound_time, model.num_integers, "patterns")
+    return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "patterns")
 
 
 def _known_answer(problem: _Problem, bits: np.ndarray, point: np.ndarray, solve_time: float,
@@ -294,8 +293,17 @@ def _known_answer(problem: _Problem, bits: np.ndarray, point: np.ndarray, solve_
                            solve_time, bound_time, 0, "patterns")
 
 
-def _best_sample(problem: _Problem) -> tuple[np.ndarray, np.ndarray, float]:
-    """The point, bits and norm of the best gradient among x0 and random points of the region (seeded)."""
+@dataclass(frozen=True, eq=False)
+class _Witness:
+    """A point of the region with its activation pattern and gradient norm: a realised lower bound."""
+
+    point: np.ndarray
+    pattern: list[np.ndarray]
+    norm: float
+
+
+def _best_sample(problem: _Problem) -> _Witness:
+    """The best gradient among x0 and random points of the region (seeded)."""
     rng = np.random.default_rng(0)
     points = np.vstack([problem.x0, rng.uniform(problem.lower, problem.upper, size=(_SAMPLES, problem.x0.size))])
     sampled = activation_pattern(problem.layers, points)
@@ -303,30 +311,37 @@ def _best_sample(problem: _Problem) -> tuple[np.ndarray, np.ndarray, float]:
     pattern = [np.where((lo >= 0.0) | (hi <= 0.0), lo >= 0.0, on) for on, (lo, hi) in zip(sampled, problem.bounds)]
     norms = np.abs(problem.gradient(pattern)).sum(axis=1)
     best = int(np.argmax(norms))
-    return points[best], pattern_bits(problem.bounds, [p[best] for p in pattern]), float(norms[best])
+    return _Witness(points[best], [p[best] for p in pattern], float(norms[best]))
 
 
 # -- answers --------------------------------------------------------------------------------------
 
 
-def _result(problem: _Problem, outcome: Outcome, pattern: list[np.ndarray] | None, solution_x: np.ndarray | None,
-            floor: float, cap: float, bound_time: float, num_binaries: int, formulation: str) -> LipschitzResult:
-    """The answer from the solver's pattern, with bounds: floor is realised, cap holds for every pattern."""
+def _result(problem: _Problem, outcome: Outcome, switches: Switches, x: np.ndarray, witness: _Witness, cap: float,
+            bound_time: float, num_binaries: int, formulation: str) -> LipschitzResult:
+    """The answer from the solver's pattern (the witness's when it found none), with proven bounds.
+
+    The witness's norm is realised; cap holds for every pattern, so [witness, min(cap, dual)] is
+    always a valid bracket.
+    """
     shape = problem.x0.shape
     upper = cap if outcome.dual_bound is None else min(cap, -outcome.dual_bound)
-    common = dict(solve_time=outcome.seconds, bound_time=bound_time, num_binaries=num_binaries, formulation=formulation)
-    if pattern is None:
-        return LipschitzResult(None, outcome.status, floor, upper, None, None, -np.inf, **common)
+    if outcome.x is None:
+        pattern, start = witness.pattern, witness.point
+    else:
+        pattern, start = _solution_pattern(outcome.x, problem.bounds, switches), outcome.x[x]
     gradient = problem.gradient(pattern)
     value = float(np.abs(gradient).sum())
-    point, margin = _recentre(problem.layers, pattern, solution_x, problem.lower, problem.upper)
+    if value < witness.norm:
+        pattern, start, gradient, value = witness.pattern, witness.point, problem.gradient(witness.pattern), witness.norm
+    point, margin = _recentre(problem.layers, pattern, start, problem.lower, problem.upper)
     if margin > 0.0:
-        proven = max(floor, value)
+        proven = value
     else:
         at_point = input_gradient(problem.layers, point, problem.true_label, problem.target)
-        proven = max(floor, float(np.abs(at_point).sum()))
+        proven = max(witness.norm, float(np.abs(at_point).sum()))
     return LipschitzResult(value, outcome.status, min(proven, upper), max(upper, value), point.reshape(shape),
-                           gradient.reshape(shape), margin, **common)
+                           gradient.reshape(shape), margin, outcome.seconds, bound_time, num_binaries, formulation)
 
 
 def _solution_pattern(solution: np.ndarray, bounds: list[Bound], switches: Switches) -> list[np.ndarray]:
