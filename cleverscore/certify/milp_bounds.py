@@ -8,6 +8,8 @@ units unstable (fewer binaries) and a tighter relaxation for the rest.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from cleverscore.certify.milp_model import Model, add_relu_layer
@@ -41,8 +43,13 @@ def interval_bounds(layers: Layers, lower: np.ndarray, upper: np.ndarray) -> lis
     return bounds
 
 
-def preactivation_bounds(layers: Layers, lower: np.ndarray, upper: np.ndarray, tighten: str = "lp") -> list[Bound]:
-    """Bounds on the pre-activations of every hidden layer over the input box, by `tighten` method."""
+def preactivation_bounds(layers: Layers, lower: np.ndarray, upper: np.ndarray, tighten: str = "lp",
+                         deadline: float | None = None) -> list[Bound]:
+    """Bounds on the pre-activations of every hidden layer over the input box, by `tighten` method.
+
+    Past `deadline` (a `time.perf_counter()` value) the LPs stop and the remaining units keep
+    their interval bounds, which are looser but just as sound.
+    """
     if tighten not in TIGHTENINGS:
         raise UsageError(f"unknown bound tightening {tighten!r}; choose one of {', '.join(TIGHTENINGS)}")
     bounds = interval_bounds(layers, lower, upper)
@@ -50,7 +57,7 @@ def preactivation_bounds(layers: Layers, lower: np.ndarray, upper: np.ndarray, t
         return bounds
     # The first layer's interval bounds are already exact over a box.
     for k in range(1, len(bounds)):
-        bounds[k] = _lp_layer(layers, lower, upper, bounds, k)
+        bounds[k] = _lp_layer(layers, lower, upper, bounds, k, deadline)
         lo, hi = np.maximum(bounds[k][0], 0.0), np.maximum(bounds[k][1], 0.0)
         for j in range(k + 1, len(bounds)):
             # Re-propagate from the tightened layer so the next LPs start from the better intervals.
@@ -65,7 +72,8 @@ def count_unstable(bounds: list[Bound]) -> int:
     return int(sum(int(np.count_nonzero((lo < 0.0) & (hi > 0.0))) for lo, hi in bounds))
 
 
-def _lp_layer(layers: Layers, lower: np.ndarray, upper: np.ndarray, bounds: list[Bound], k: int) -> Bound:
+def _lp_layer(layers: Layers, lower: np.ndarray, upper: np.ndarray, bounds: list[Bound], k: int,
+              deadline: float | None) -> Bound:
     """LP-relaxation bounds for hidden layer k, from the relaxation of layers 0..k-1."""
     zl, zu = bounds[k]
     todo = np.flatnonzero((zl < 0.0) & (zu > 0.0))
@@ -79,6 +87,8 @@ def _lp_layer(layers: Layers, lower: np.ndarray, upper: np.ndarray, bounds: list
     w, b = layers[k]
     new_lo, new_hi = zl.copy(), zu.copy()
     for j in todo:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         high = model.solve([(-w[j], a)], constant=-b[j])
         if high.objective is not None:
             new_hi[j] = min(zu[j], -high.objective + _LP_SLACK * (1.0 + abs(high.objective)))

@@ -11,6 +11,7 @@ from cleverscore.certify.milp_bounds import preactivation_bounds
 from cleverscore.certify.milp_model import Model, Outcome, Term
 from cleverscore.certify.milp_network import Layers
 from cleverscore.certify.milp_problem import (
+    BOUND_SHARE,
     DEFAULT_BOX,
     DEFAULT_TIME_LIMIT,
     check_problem,
@@ -19,6 +20,7 @@ from cleverscore.certify.milp_problem import (
     last_hidden,
     region,
     solve_checked,
+    time_left,
 )
 from cleverscore.errors import UsageError
 from cleverscore.norms import L1, LINF, LpNorm
@@ -64,6 +66,8 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
     whole box when None); a known adversarial distortion makes a good eps_max, since the big-M
     constants come from pre-activation bounds over that region (`tighten`: 'interval' or 'lp').
     With `target_wins` the target must reach every other logit, not only the true one.
+    `time_limit` (seconds) covers the whole call: LP tightening stops at half of it (the units
+    left keep interval bounds) and HiGHS gets the rest.
     """
     layers, x0_flat = check_problem(net, x0, true_label, target, box)
     if norm.p not in (L1.p, LINF.p):
@@ -71,9 +75,10 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
                          "(an L2 objective would make the problem a mixed-integer QP)")
     if eps_max is not None and not eps_max >= 0.0:
         raise UsageError(f"eps_max must be >= 0, got {eps_max}")
+    time_limit = check_time_limit(time_limit)
     lower, upper = region(x0_flat, box, eps_max)
     start = time.perf_counter()
-    bounds = preactivation_bounds(layers, lower, upper, tighten)
+    bounds = preactivation_bounds(layers, lower, upper, tighten, deadline=start + time_limit * BOUND_SHARE)
     bound_time = time.perf_counter() - start
 
     model = Model()
@@ -91,7 +96,7 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
         last = last_hidden(layers, outcome.x[x])
         return float(direction @ last + offset) <= _TIE_TOLERANCE * (1.0 + np.abs(direction) @ np.abs(last))
 
-    outcome = solve_checked(model, objective, check_time_limit(time_limit), adversarial, "minimal distortion")
+    outcome = solve_checked(model, objective, time_left(start, time_limit), adversarial, "minimal distortion")
     return _distortion_result(outcome, x, x0, norm, eps_max, bound_time, model.num_integers)
 
 

@@ -26,6 +26,7 @@ from cleverscore.certify.milp_model import Model, Outcome, Term
 from cleverscore.certify.milp_network import Layers, activation_pattern, input_gradient, margin_gradient
 from cleverscore.certify.milp_patterns import PATTERN_MAX_UNSTABLE, pattern_bits, pattern_norms, patterns_from_bits
 from cleverscore.certify.milp_problem import (
+    BOUND_SHARE,
     DEFAULT_BOX,
     DEFAULT_TIME_LIMIT,
     Switches,
@@ -34,6 +35,7 @@ from cleverscore.certify.milp_problem import (
     encode_forward,
     region,
     solve_checked,
+    time_left,
 )
 from cleverscore.errors import UsageError
 
@@ -87,6 +89,8 @@ def local_lipschitz(net: Layers, x0: np.ndarray, true_label: int, target: int, r
     for weights in general position (a pattern met only on a lower-dimensional set could exceed
     it, and `region_margin` <= 0 reports that case). The returned x is moved, by one LP, to the
     interior point of the winning pattern's region farthest from its boundaries.
+    `time_limit` (seconds) covers the whole call: LP tightening and the LP checks of listed
+    patterns stop at half of it, and HiGHS gets the rest.
     """
     layers, x0_flat = check_problem(net, x0, true_label, target, box)
     if not radius >= 0.0:
@@ -96,7 +100,7 @@ def local_lipschitz(net: Layers, x0: np.ndarray, true_label: int, target: int, r
     time_limit = check_time_limit(time_limit)
     lower, upper = region(x0_flat, box, radius)
     start = time.perf_counter()
-    bounds = preactivation_bounds(layers, lower, upper, tighten)
+    bounds = preactivation_bounds(layers, lower, upper, tighten, deadline=start + time_limit * BOUND_SHARE)
     unstable = count_unstable(bounds)
     if unstable == 0:
         return _affine_answer(layers, bounds, x0, true_label, target, time.perf_counter() - start)
@@ -157,7 +161,7 @@ def _solve_lipmip(problem: _Problem, time_limit: float, start: float) -> Lipschi
         value = float(np.abs(problem.gradient(_solution_pattern(outcome.x, bounds, switches))).sum())
         return value >= witness.norm * (1.0 - 1e-7)
 
-    outcome = solve_checked(model, objective, time_limit, plausible, "local Lipschitz")
+    outcome = solve_checked(model, objective, time_left(start, time_limit), plausible, "local Lipschitz")
     return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "lipmip")
 
 
@@ -243,6 +247,8 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
     check_start = time.perf_counter()
     refuted = []
     for index in order[:_PRECHECKS]:
+        if time.perf_counter() - start > BOUND_SHARE * time_limit:
+            break
         if norms[index] <= floor:
             return _known_answer(problem, witness_bits, witness.point, time.perf_counter() - check_start, bound_time)
         pattern = patterns_from_bits(bounds, bits[index])
@@ -251,7 +257,6 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
             return _known_answer(problem, bits[index], point, time.perf_counter() - check_start, bound_time)
         refuted.append(index)
     check_time = time.perf_counter() - check_start
-    time_limit = max(time_limit - check_time, 1e-3)
     cap = float(norms[order[len(refuted)]])
     keep = norms > floor
     keep[refuted] = False
@@ -276,7 +281,7 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
         value = float(np.abs(problem.gradient(_solution_pattern(outcome.x, bounds, switches))).sum())
         return value >= floor * (1.0 - 1e-7)
 
-    outcome = solve_checked(model, [(-values, weight)], time_limit, plausible, "local Lipschitz")
+    outcome = solve_checked(model, [(-values, weight)], time_left(start, time_limit), plausible, "local Lipschitz")
     outcome = replace(outcome, seconds=outcome.seconds + check_time)
     return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "patterns")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -17,6 +18,10 @@ DEFAULT_TIME_LIMIT = 60.0
 # HiGHS stops at a relative gap of 1e-4 by default; "exact" answers ask for a hundred times less.
 MIP_REL_GAP = 1e-6
 _RETRY_SEED = 7
+# The time limit covers the whole problem: bound tightening may use up to this share of it, and
+# the solver gets what is left (never less than 1% of the limit).
+BOUND_SHARE = 0.5
+_MIN_SOLVER_SHARE = 0.01
 
 Switches = list[tuple[np.ndarray, np.ndarray]]
 
@@ -61,6 +66,11 @@ def check_time_limit(time_limit: float) -> float:
     if not time_limit > 0.0:
         raise UsageError(f"the time limit must be > 0 seconds, got {time_limit}")
     return float(time_limit)
+
+
+def time_left(start: float, time_limit: float) -> float:
+    """Seconds left of `time_limit` since `start` (a `time.perf_counter()` value), for the solver."""
+    return max(time_limit - (time.perf_counter() - start), _MIN_SOLVER_SHARE * time_limit)
 
 
 def encode_forward(model: Model, layers: Layers, bounds: list[Bound], x: np.ndarray) -> tuple[np.ndarray, Switches]:
