@@ -242,7 +242,9 @@ def test_gradient_bounds_hold_sampled_gradients(monkeypatch, enumerate_max):
     assert np.all(grads >= grad_lo - 1e-12) and np.all(grads <= grad_hi + 1e-12)
 
 
-def test_a_wrong_solver_answer_is_solved_again_with_another_seed(monkeypatch):
+@pytest.mark.parametrize("formulation", ["lipmip", "patterns"])
+def test_a_wrong_solver_answer_is_solved_again_with_another_seed(monkeypatch, formulation):
+    monkeypatch.setattr(milp_lipschitz, "_PRECHECKS", 0)
     real_solve = milp_model.Model.solve
     calls = []
 
@@ -256,12 +258,12 @@ def test_a_wrong_solver_answer_is_solved_again_with_another_seed(monkeypatch):
         return outcome
 
     monkeypatch.setattr(milp_model.Model, "solve", flaky)
-    res = local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS, formulation="lipmip")
+    res = local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS, formulation=formulation)
     assert res.exact and calls == [None, 7]
     monkeypatch.setattr(milp_model.Model, "solve", lambda self, *a, **k: replace(
         real_solve(self, *a, **k), status="infeasible", x=None) if self.num_integers else real_solve(self, *a, **k))
     with pytest.raises(CleverError, match="inconsistent local Lipschitz answer"):
-        local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS)
+        local_lipschitz(LIP_NET, LIP_X0, 0, 2, radius=LIP_RADIUS, formulation=formulation)
 
 
 # -- time limit -----------------------------------------------------------------------------------
