@@ -125,6 +125,15 @@ def test_eps_max_keeps_the_answer_or_proves_it_larger():
     assert outside.lower_bound == pytest.approx(0.5 * full.value) and outside.upper_bound == np.inf
 
 
+def test_an_l1_optimum_beyond_eps_max_is_only_bracketed():
+    # f_0 - f_1 = 0.15 - x1 - x2: the Linf minimum 0.075 lies inside eps_max = 0.1, the L1 one (0.15) does not.
+    net = [(np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([0.15, 0.0]))]
+    res = minimal_distortion(net, np.zeros(2), 0, 1, norm=L1, eps_max=0.1)
+    assert res.status == "beyond_eps_max" and not res.exact
+    assert res.lower_bound == pytest.approx(0.1) and res.upper_bound == pytest.approx(0.15)
+    assert minimal_distortion(net, np.zeros(2), 0, 1, norm=LINF, eps_max=0.1).value == pytest.approx(0.075)
+
+
 @pytest.mark.parametrize("hidden", [False, True])
 def test_affine_network_distortion_is_the_closed_form(hidden):
     rng = np.random.default_rng(4)

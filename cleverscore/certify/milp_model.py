@@ -131,6 +131,9 @@ class Model:
         objective_value = None if x is None else float(res.fun) + constant
         dual = getattr(res, "mip_dual_bound", None)
         dual_bound = None if dual is None or not np.isfinite(dual) else float(dual) + constant
+        if dual_bound is None and status == "optimal":
+            # Pure LPs report no MIP dual bound; their optimum is its own bound.
+            dual_bound = objective_value
         return Outcome(status, x, objective_value, dual_bound, seconds, str(res.message))
 
     def _assemble(self) -> tuple[LinearConstraint | None, Bounds, np.ndarray]:
