@@ -15,9 +15,9 @@ import numpy as np
 from cleverscore.certify.milp_bounds import Bound
 from cleverscore.certify.milp_network import Layers
 
-# 2^16 patterns of a 784-64-64-10 MLP list in about a second; each extra unit doubles the time,
-# and the pattern MILP's columns with it.
-PATTERN_MAX_UNSTABLE = 16
+# 2^16 patterns of a 784-64-64-10 MLP list in about 2 s on a busy core; each extra unit doubles
+# the time (2^18: about 7 s), and the pattern MILP's columns with it.
+PATTERN_MAX_UNSTABLE = 18
 # Floats per block of gradients held at once (16 MiB).
 _BLOCK = 1 << 21
 
