@@ -106,12 +106,17 @@ class Model:
         self._matrix = None
 
     def solve(self, objective: Sequence[Term], constant: float = 0.0, time_limit: float | None = None,
-              mip_rel_gap: float | None = None, seed: int | None = None) -> Outcome:
-        """Minimise `sum of objective terms + constant` (each term a coefficient vector and its indices)."""
+              mip_rel_gap: float | None = None, seed: int | None = None, relaxed: bool = False) -> Outcome:
+        """Minimise `sum of objective terms + constant` (each term a coefficient vector and its indices).
+
+        `relaxed` solves the LP relaxation instead, whose optimum bounds the MILP's from below.
+        """
         c = np.zeros(self.num_vars)
         for coef, idx in objective:
             np.add.at(c, np.asarray(idx), np.asarray(coef, dtype=np.float64))
         constraint, bounds, integrality = self._assemble()
+        if relaxed:
+            integrality = np.zeros_like(integrality)
         options: dict[str, float | bool] = {"disp": False}
         if time_limit is not None:
             options["time_limit"] = float(time_limit)

@@ -22,6 +22,8 @@ _RETRY_SEED = 7
 # the solver gets what is left (never less than 1% of the limit).
 BOUND_SHARE = 0.5
 _MIN_SOLVER_SHARE = 0.01
+# The LP relaxation that stands in for a missing dual bound gets this share of the time limit.
+_RELAXATION_SHARE = 0.1
 
 Switches = list[tuple[np.ndarray, np.ndarray]]
 
@@ -101,11 +103,24 @@ def solve_checked(model: Model, objective: list[Term], time_limit: float, plausi
     """
     outcome = model.solve(objective, time_limit=time_limit, mip_rel_gap=MIP_REL_GAP)
     if plausible(outcome):
-        return outcome
+        return _with_dual_bound(model, objective, outcome, time_limit)
     left = time_limit - outcome.seconds
     if left > 0.0:
         retry = model.solve(objective, time_limit=left, mip_rel_gap=MIP_REL_GAP, seed=_RETRY_SEED)
         if plausible(retry):
-            return replace(retry, seconds=outcome.seconds + retry.seconds)
+            return _with_dual_bound(model, objective, replace(retry, seconds=outcome.seconds + retry.seconds), time_limit)
     raise CleverError(f"the MILP solver (HiGHS) returned an inconsistent {problem} answer ({outcome.status}) "
                       "twice; try tighten='lp' or another time limit")
+
+
+def _with_dual_bound(model: Model, objective: list[Term], outcome: Outcome, time_limit: float) -> Outcome:
+    """Fill in a dual bound from the LP relaxation when the solver stopped without one.
+
+    scipy's milp drops HiGHS' dual bound when the time limit comes before any incumbent; the LP
+    relaxation's optimum is a weaker bound but a proven one.
+    """
+    if outcome.status != "time_limit" or outcome.dual_bound is not None:
+        return outcome
+    relaxation = model.solve(objective, time_limit=_RELAXATION_SHARE * time_limit, relaxed=True)
+    dual = relaxation.objective if relaxation.status == "optimal" else None
+    return replace(outcome, dual_bound=dual, seconds=outcome.seconds + relaxation.seconds)
