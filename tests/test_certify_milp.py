@@ -20,7 +20,7 @@ from cleverscore.certify.milp import (
     minimal_distortion,
     relu_network_from_keras,
 )
-from cleverscore.certify import milp_bounds, milp_lipschitz, milp_model
+from cleverscore.certify import milp_bounds, milp_distortion, milp_lipschitz, milp_model
 from cleverscore.certify.milp_bounds import count_unstable, preactivation_bounds
 from cleverscore.certify.milp_network import input_gradient, logits, margin_gradient
 from cleverscore.certify.milp_patterns import pattern_norms, patterns_from_bits
@@ -123,6 +123,25 @@ def test_eps_max_keeps_the_answer_or_proves_it_larger():
     outside = minimal_distortion(NET_2D, X0_2D, true_label, target, eps_max=0.5 * full.value)
     assert outside.status == "infeasible" and outside.value is None and outside.x is None
     assert outside.lower_bound == pytest.approx(0.5 * full.value) and outside.upper_bound == np.inf
+
+
+def test_a_time_limited_round_shrinks_the_ball_to_its_incumbent(monkeypatch):
+    true_label, target = labels_2d()
+    direct = minimal_distortion(NET_2D, X0_2D, true_label, target)
+    real_round = milp_distortion._solve_round
+    radii = []
+
+    def first_round_stops(problem, radius, budget):
+        rnd = real_round(problem, radius, budget)
+        radii.append(radius)
+        if len(radii) == 1:
+            return replace(rnd, outcome=replace(rnd.outcome, status="time_limit", dual_bound=0.0))
+        return rnd
+
+    monkeypatch.setattr(milp_distortion, "_solve_round", first_round_stops)
+    res = minimal_distortion(NET_2D, X0_2D, true_label, target)
+    assert radii[0] is None and radii[1] == pytest.approx(direct.value) and len(radii) == 2
+    assert res.exact and res.value == pytest.approx(direct.value, abs=1e-9)
 
 
 def test_an_l1_optimum_beyond_eps_max_is_only_bracketed():

@@ -27,6 +27,12 @@ from cleverscore.norms import L1, LINF, LpNorm
 
 # A point counts as reaching the target when f_target - f_true >= -1e-6 * (the logits' scale).
 _TIE_TOLERANCE = 1e-6
+# Shares of the time left for up to three rounds: a first solve, then at most two re-solves in the
+# ball shrunk to the best distortion found (tighter bounds, fewer binaries). A round that would
+# shrink the ball by less than _SHRINK_AT_LEAST is not worth new bounds.
+_ROUND_SHARES = (1.0 / 3.0, 0.5, 1.0)
+_MIN_ROUND_SHARE = 0.01
+_SHRINK_AT_LEAST = 0.05
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,9 +71,12 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
     The search is over the box intersected with the Linf ball of radius `eps_max` around x0 (the
     whole box when None); a known adversarial distortion makes a good eps_max, since the big-M
     constants come from pre-activation bounds over that region (`tighten`: 'interval' or 'lp').
+    When a first solve stops at its share of the time with an adversarial point at distance v,
+    the ball shrinks to radius v (the minimum lies inside it, as ||.||_inf <= ||.||_1) and the
+    bounds and the MILP are redone there, up to three rounds.
     With `target_wins` the target must reach every other logit, not only the true one.
-    `time_limit` (seconds) covers the whole call: LP tightening stops at half of it (the units
-    left keep interval bounds) and HiGHS gets the rest.
+    `time_limit` (seconds) covers the whole call; in each round LP tightening stops at half of
+    the round's time (the units left keep interval bounds) and HiGHS gets the rest.
     """
     layers, x0_flat = check_problem(net, x0, true_label, target, box)
     if norm.p not in (L1.p, LINF.p):
@@ -76,18 +85,65 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
     if eps_max is not None and not eps_max >= 0.0:
         raise UsageError(f"eps_max must be >= 0, got {eps_max}")
     time_limit = check_time_limit(time_limit)
-    lower, upper = region(x0_flat, box, eps_max)
+    problem = _Problem(layers, x0_flat, box, norm, int(true_label), int(target), target_wins, tighten)
+    deadline = time.perf_counter() + time_limit
+    radius = eps_max
+    rounds: list[_Round] = []
+    for share in _ROUND_SHARES:
+        budget = max(share * (deadline - time.perf_counter()), _MIN_ROUND_SHARE * time_limit)
+        current = _solve_round(problem, radius, budget)
+        if rounds and current.outcome.status == "infeasible":
+            # The previous incumbent lies in this ball, so this is a solver fault: keep what we had.
+            break
+        rounds.append(current)
+        value = current.value
+        if current.outcome.status != "time_limit" or value is None:
+            break
+        if radius is not None and value >= radius * (1.0 - _SHRINK_AT_LEAST):
+            break
+        radius = value * (1.0 + 1e-9)
+    return _distortion_result(rounds, x0, norm, eps_max)
+
+
+@dataclass(frozen=True, eq=False)
+class _Problem:
+    layers: Layers
+    x0: np.ndarray
+    box: tuple[float, float]
+    norm: LpNorm
+    true_label: int
+    target: int
+    target_wins: bool
+    tighten: str
+
+
+@dataclass(frozen=True, eq=False)
+class _Round:
+    """One solve over the ball of `radius` (None: the whole box); value is the point's distortion."""
+
+    radius: float | None
+    outcome: Outcome
+    point: np.ndarray | None
+    value: float | None
+    bound_time: float
+    num_binaries: int
+
+
+def _solve_round(problem: _Problem, radius: float | None, budget: float) -> _Round:
+    layers, x0 = problem.layers, problem.x0
+    lower, upper = region(x0, problem.box, radius)
     start = time.perf_counter()
-    bounds = preactivation_bounds(layers, lower, upper, tighten, deadline=start + time_limit * BOUND_SHARE)
+    bounds = preactivation_bounds(layers, lower, upper, problem.tighten, deadline=start + budget * BOUND_SHARE)
     bound_time = time.perf_counter() - start
 
     model = Model()
-    x = model.add_vars(lower, upper, x0_flat.size)
+    x = model.add_vars(lower, upper, x0.size)
     a = encode_forward(model, layers, bounds, x)[0]
-    _require_target(model, layers[-1], a, true_label, target, target_wins)
-    objective = _distortion_objective(model, x, x0_flat, lower, upper, norm)
+    _require_target(model, layers[-1], a, problem.true_label, problem.target, problem.target_wins)
+    objective = _distortion_objective(model, x, x0, lower, upper, problem.norm)
     w_out, b_out = layers[-1]
-    direction, offset = w_out[true_label] - w_out[target], b_out[true_label] - b_out[target]
+    direction = w_out[problem.true_label] - w_out[problem.target]
+    offset = b_out[problem.true_label] - b_out[problem.target]
 
     def adversarial(outcome: Outcome) -> bool:
         # The MILP's point must really reach the target, up to the solver's feasibility tolerance.
@@ -96,8 +152,10 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
         last = last_hidden(layers, outcome.x[x])
         return float(direction @ last + offset) <= _TIE_TOLERANCE * (1.0 + np.abs(direction) @ np.abs(last))
 
-    outcome = solve_checked(model, objective, time_left(start, time_limit), adversarial, "minimal distortion")
-    return _distortion_result(outcome, x, x0, norm, eps_max, bound_time, model.num_integers)
+    outcome = solve_checked(model, objective, time_left(start, budget), adversarial, "minimal distortion")
+    point = None if outcome.x is None else outcome.x[x]
+    value = None if point is None else _distance(point, x0, problem.norm)
+    return _Round(radius, outcome, point, value, bound_time, model.num_integers)
 
 
 def _require_target(model: Model, last: tuple[np.ndarray, np.ndarray], a: np.ndarray, true_label: int,
@@ -126,22 +184,27 @@ def _distortion_objective(model: Model, x: np.ndarray, x0: np.ndarray, lower: np
     return [(ones, dist)]
 
 
-def _distortion_result(outcome: Outcome, x: np.ndarray, x0: np.ndarray, norm: LpNorm, eps_max: float | None,
-                       bound_time: float, num_binaries: int) -> DistortionResult:
+def _distortion_result(rounds: list[_Round], x0: np.ndarray, norm: LpNorm, eps_max: float | None) -> DistortionResult:
+    """The answer: the best point of all rounds, with the last round's proven lower bound."""
+    last = rounds[-1]
     beyond = np.inf if eps_max is None else float(eps_max)
-    common = dict(norm=norm, solve_time=outcome.seconds, bound_time=bound_time, num_binaries=num_binaries)
-    if outcome.status == "infeasible":
+    common = dict(norm=norm, solve_time=sum(r.outcome.seconds for r in rounds),
+                  bound_time=sum(r.bound_time for r in rounds), num_binaries=last.num_binaries)
+    if last.outcome.status == "infeasible":
         return DistortionResult(None, "infeasible", beyond, np.inf, None, **common)
-    point = None if outcome.x is None else outcome.x[x].reshape(np.shape(x0))
-    value = None if point is None else _distance(point, x0, norm)
-    dual = 0.0 if outcome.dual_bound is None else max(0.0, outcome.dual_bound)
-    lower = min(dual, beyond) if value is None else min(dual, value, beyond)
+    found = [r for r in rounds if r.point is not None]
+    best = min(found, key=lambda r: r.value) if found else None
+    value = None if best is None else best.value
+    point = None if best is None else best.point.reshape(np.shape(x0))
+    dual = 0.0 if last.outcome.dual_bound is None else max(0.0, last.outcome.dual_bound)
+    # Points outside the last ball are at least its radius away (in Linf, hence in L1 too).
+    outside = beyond if last.radius is None else float(last.radius)
+    lower = min(dual, outside) if value is None else min(dual, value, outside)
     upper = np.inf if value is None else value
-    status = outcome.status
-    if status == "optimal":
-        # Points outside the region are at least eps_max away, so the region's optimum is the
-        # global one only if it is no farther than that (always so in Linf).
-        status = "optimal" if value <= beyond else "beyond_eps_max"
+    status = last.outcome.status
+    if status == "optimal" and value > outside:
+        # The region's optimum is the global one only if no point outside can be closer (always so in Linf).
+        status = "beyond_eps_max"
     return DistortionResult(value, status, lower, upper, point, **common)
 
 
