@@ -125,23 +125,34 @@ def test_eps_max_keeps_the_answer_or_proves_it_larger():
     assert outside.lower_bound == pytest.approx(0.5 * full.value) and outside.upper_bound == np.inf
 
 
-def test_a_time_limited_round_shrinks_the_ball_to_its_incumbent(monkeypatch):
+def test_a_round_stopped_at_its_first_incumbent_shrinks_the_ball_to_it(monkeypatch):
     true_label, target = labels_2d()
-    direct = minimal_distortion(NET_2D, X0_2D, true_label, target)
+    monkeypatch.setattr(milp_distortion, "_SHRINKS", 0)
+    single = minimal_distortion(NET_2D, X0_2D, true_label, target)
+    monkeypatch.setattr(milp_distortion, "_SHRINKS", 2)
     real_round = milp_distortion._solve_round
     radii = []
 
-    def first_round_stops(problem, radius, budget):
-        rnd = real_round(problem, radius, budget)
+    def spy(problem, radius, budget, stop_at_first, bounds):
         radii.append(radius)
-        if len(radii) == 1:
-            return replace(rnd, outcome=replace(rnd.outcome, status="time_limit", dual_bound=0.0))
-        return rnd
+        return real_round(problem, radius, budget, stop_at_first, bounds)
 
-    monkeypatch.setattr(milp_distortion, "_solve_round", first_round_stops)
+    monkeypatch.setattr(milp_distortion, "_solve_round", spy)
     res = minimal_distortion(NET_2D, X0_2D, true_label, target)
-    assert radii[0] is None and radii[1] == pytest.approx(direct.value) and len(radii) == 2
-    assert res.exact and res.value == pytest.approx(direct.value, abs=1e-9)
+    assert res.exact and res.value == pytest.approx(single.value, abs=1e-9)
+    # Here the first incumbent is far from optimal, so the ball shrinks to it before the last solve.
+    assert radii[0] is None and len(radii) >= 2
+    assert all(r >= res.value for r in radii[1:]) and radii[1:] == sorted(radii[1:], reverse=True)
+
+
+def test_a_solve_stopped_at_its_first_incumbent_returns_it():
+    # A knapsack HiGHS does not solve at its root: a first incumbent comes before optimality.
+    rng = np.random.default_rng(0)
+    model = milp_model.Model()
+    v = model.add_vars(0.0, 3.0, 40, integer=True)
+    model.add_rows([(rng.random((20, 40)), v)], -np.inf, 5.0)
+    outcome = model.solve([(-rng.random(40), v)], stop_at_first=True)
+    assert outcome.status in ("solution_limit", "optimal") and outcome.x is not None
 
 
 def test_an_l1_optimum_beyond_eps_max_is_only_bracketed():

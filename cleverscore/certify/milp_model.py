@@ -1,4 +1,4 @@
-"""A small sparse model builder over `scipy.optimize.milp` (HiGHS), and the ReLU encodings it carries.
+"""A small sparse model builder over `scipy.optimize.milp` (HiGHS), and the big-M ReLU encoding.
 
 Rows are two-sided (`lb <= A v <= ub`) and are given as blocks: a term is `(coef, idx)` where
 `coef` is a (k, len(idx)) matrix, or a length-k vector meaning "row r uses coef[r] * v[idx[r]]".
@@ -19,12 +19,9 @@ from cleverscore.errors import CleverError
 
 Term = tuple[np.ndarray, np.ndarray]
 
-# Passed to HiGHS on top of scipy's own options (scipy forwards unknown keys verbatim, with a
-# warning that is silenced below).
-HIGHS_OPTIONS: dict[str, float | int | bool] = {}
-
 # scipy's milp status codes (HiGHS model status mapped by scipy).
 _STATUS = {0: "optimal", 1: "time_limit", 2: "infeasible", 3: "unbounded"}
+_SOLUTION_LIMIT = "Solution limit reached"
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,10 +103,12 @@ class Model:
         self._matrix = None
 
     def solve(self, objective: Sequence[Term], constant: float = 0.0, time_limit: float | None = None,
-              mip_rel_gap: float | None = None, seed: int | None = None, relaxed: bool = False) -> Outcome:
+              mip_rel_gap: float | None = None, seed: int | None = None, relaxed: bool = False,
+              stop_at_first: bool = False) -> Outcome:
         """Minimise `sum of objective terms + constant` (each term a coefficient vector and its indices).
 
-        `relaxed` solves the LP relaxation instead, whose optimum bounds the MILP's from below.
+        `relaxed` solves the LP relaxation instead, whose optimum bounds the MILP's from below;
+        `stop_at_first` stops at the first incumbent (status 'solution_limit').
         """
         c = np.zeros(self.num_vars)
         for coef, idx in objective:
@@ -122,13 +121,20 @@ class Model:
             options["time_limit"] = float(time_limit)
         if mip_rel_gap is not None and integrality.any():
             options["mip_rel_gap"] = float(mip_rel_gap)
-        extra = dict(HIGHS_OPTIONS, **({} if seed is None else {"random_seed": int(seed)}))
+        # scipy passes keys it does not know (random_seed, mip_max_improving_sols) to HiGHS
+        # verbatim, with a warning silenced below.
+        extra: dict[str, int] = {} if seed is None else {"random_seed": int(seed)}
+        if stop_at_first:
+            extra["mip_max_improving_sols"] = 1
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)
             res = milp(c, integrality=integrality, bounds=bounds, constraints=constraint, options={**options, **extra})
         seconds = time.perf_counter() - start
         status = _STATUS.get(int(res.status))
+        if status is None and res.x is not None and _SOLUTION_LIMIT in str(res.message):
+            # scipy 1.17 has no code for HiGHS' solution limit and reports it as 'other' (4).
+            status = "solution_limit"
         if status is None:
             message = " ".join(str(res.message).split())
             raise CleverError(f"the MILP solver (HiGHS) failed: {message}")
@@ -162,8 +168,9 @@ def add_relu_layer(model: Model, w: np.ndarray, b: np.ndarray, inputs: np.ndarra
     Big-M encoding (Tjeng et al. 2019): an unstable unit gets a binary d with d = 1 meaning it passes
     its input; stable units get none. Returns the indices of a, the unstable units' positions and
     their binaries. With the binaries relaxed to [0, 1] the same rows are the triangle relaxation.
-    The pre-activation gets no variable of its own: HiGHS 1.12 (scipy 1.17) returned wrong optima
-    and false infeasibility on Lipschitz MILPs that carried one, and never did without.
+    The pre-activation gets no variable of its own: on a Lipschitz MILP that carried one, HiGHS
+    1.12 (scipy 1.17) returned a wrong optimum or false infeasibility depending on its seed; the
+    same model without them solved right on every seed tried.
     """
     n = w.shape[0]
     a = model.add_vars(np.maximum(lower, 0.0), np.maximum(upper, 0.0), n)

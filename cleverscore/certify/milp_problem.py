@@ -95,18 +95,19 @@ def last_hidden(layers: Layers, x: np.ndarray) -> np.ndarray:
 
 
 def solve_checked(model: Model, objective: list[Term], time_limit: float, plausible: Callable[[Outcome], bool],
-                  problem: str) -> Outcome:
+                  problem: str, stop_at_first: bool = False) -> Outcome:
     """Solve; if the answer fails a cheap check, solve once more with another random seed.
 
     HiGHS 1.12 occasionally cuts off feasible points of these big-M models (wrong optima, false
     infeasibility); a different seed takes another path through its heuristics and cuts.
     """
-    outcome = model.solve(objective, time_limit=time_limit, mip_rel_gap=MIP_REL_GAP)
+    outcome = model.solve(objective, time_limit=time_limit, mip_rel_gap=MIP_REL_GAP, stop_at_first=stop_at_first)
     if plausible(outcome):
         return _with_dual_bound(model, objective, outcome, time_limit)
     left = time_limit - outcome.seconds
     if left > 0.0:
-        retry = model.solve(objective, time_limit=left, mip_rel_gap=MIP_REL_GAP, seed=_RETRY_SEED)
+        retry = model.solve(objective, time_limit=left, mip_rel_gap=MIP_REL_GAP, seed=_RETRY_SEED,
+                            stop_at_first=stop_at_first)
         if plausible(retry):
             return _with_dual_bound(model, objective, replace(retry, seconds=outcome.seconds + retry.seconds), time_limit)
     raise CleverError(f"the MILP solver (HiGHS) returned an inconsistent {problem} answer ({outcome.status}) "
