@@ -133,9 +133,10 @@ def test_a_round_stopped_at_its_first_incumbent_shrinks_the_ball_to_it(monkeypat
     real_round = milp_distortion._solve_round
     radii = []
 
-    def spy(problem, radius, budget, stop_at_first, bounds):
+    def spy(problem, radius, budget, stop_at_first, bounds, known_point):
         radii.append(radius)
-        return real_round(problem, radius, budget, stop_at_first, bounds)
+        assert known_point == (len(radii) > 1)
+        return real_round(problem, radius, budget, stop_at_first, bounds, known_point)
 
     monkeypatch.setattr(milp_distortion, "_solve_round", spy)
     res = minimal_distortion(NET_2D, X0_2D, true_label, target)

@@ -92,10 +92,8 @@ def minimal_distortion(net: Layers, x0: np.ndarray, true_label: int, target: int
     while True:
         budget = max(deadline - time.perf_counter(), _MIN_ROUND_SHARE * time_limit)
         reuse = rounds[-1].bounds if rounds and rounds[-1].radius == radius else None
-        current = _solve_round(problem, radius, budget, stop_at_first=shrinks_left > 0, bounds=reuse)
-        if rounds and current.outcome.status == "infeasible":
-            # The previous incumbent lies in this ball, so this is a solver fault: keep what we had.
-            break
+        current = _solve_round(problem, radius, budget, stop_at_first=shrinks_left > 0, bounds=reuse,
+                               known_point=bool(rounds))
         rounds.append(current)
         if current.outcome.status != "solution_limit":
             break
@@ -133,7 +131,8 @@ class _Round:
 
 
 def _solve_round(problem: _Problem, radius: float | None, budget: float, stop_at_first: bool,
-                 bounds: list[Bound] | None) -> _Round:
+                 bounds: list[Bound] | None, known_point: bool) -> _Round:
+    """Bounds (unless given) and one MILP over the ball; `known_point`: an earlier incumbent lies in it."""
     layers, x0 = problem.layers, problem.x0
     lower, upper = region(x0, problem.box, radius)
     start = time.perf_counter()
@@ -151,7 +150,10 @@ def _solve_round(problem: _Problem, radius: float | None, budget: float, stop_at
     offset = b_out[problem.true_label] - b_out[problem.target]
 
     def adversarial(outcome: Outcome) -> bool:
-        # The MILP's point must really reach the target, up to the solver's feasibility tolerance.
+        # The MILP's point must really reach the target, up to the solver's feasibility tolerance,
+        # and a ball shrunk around an earlier incumbent cannot be empty.
+        if outcome.status == "infeasible":
+            return not known_point
         if outcome.status not in ("optimal", "solution_limit"):
             return True
         last = last_hidden(layers, outcome.x[x])
