@@ -1,0 +1,1 @@
+"""Certified and exact robustness answers for small networks (MILP, bound propagation)."""
