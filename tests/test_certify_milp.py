@@ -20,10 +20,13 @@ from cleverscore.certify.milp import (
     minimal_distortion,
     relu_network_from_keras,
 )
-from cleverscore.certify import milp_bounds, milp_distortion, milp_lipschitz, milp_model
-from cleverscore.certify.milp_bounds import count_unstable, preactivation_bounds
-from cleverscore.certify.milp_network import input_gradient, logits, margin_gradient
-from cleverscore.certify.milp_patterns import pattern_norms, patterns_from_bits
+from cleverscore.certify.milp import bounds as milp_bounds
+from cleverscore.certify.milp import distortion as milp_distortion
+from cleverscore.certify.milp import lipschitz as milp_lipschitz
+from cleverscore.certify.milp import model as milp_model
+from cleverscore.certify.milp.bounds import count_unstable, preactivation_bounds
+from cleverscore.certify.milp.network import input_gradient, logits, margin_gradient
+from cleverscore.certify.milp.patterns import pattern_norms, patterns_from_bits
 from cleverscore.errors import CleverError, UsageError
 from cleverscore.norms import L1, L2, LINF
 

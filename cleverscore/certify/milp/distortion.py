@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleverscore.certify.milp_bounds import Bound, preactivation_bounds
-from cleverscore.certify.milp_model import Model, Outcome, Term
-from cleverscore.certify.milp_network import Layers
-from cleverscore.certify.milp_problem import (
+from cleverscore.certify.milp.bounds import Bound, preactivation_bounds
+from cleverscore.certify.milp.model import Model, Outcome, Term
+from cleverscore.certify.milp.network import Layers
+from cleverscore.certify.milp.problem import (
     BOUND_SHARE,
     DEFAULT_BOX,
     DEFAULT_TIME_LIMIT,

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from cleverscore.certify.milp_bounds import Bound
-from cleverscore.certify.milp_model import Model, Outcome, Term, add_relu_layer
-from cleverscore.certify.milp_network import Layers, check_network
+from cleverscore.certify.milp.bounds import Bound
+from cleverscore.certify.milp.model import Model, Outcome, Term, add_relu_layer
+from cleverscore.certify.milp.network import Layers, check_network
 from cleverscore.errors import CleverError, UsageError
 
 DEFAULT_BOX = (-0.5, 0.5)

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from cleverscore.certify.milp_model import Model, add_relu_layer
-from cleverscore.certify.milp_network import Layers
+from cleverscore.certify.milp.model import Model, add_relu_layer
+from cleverscore.certify.milp.network import Layers
 from cleverscore.errors import UsageError
 
 Bound = tuple[np.ndarray, np.ndarray]

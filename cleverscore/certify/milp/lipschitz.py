@@ -6,7 +6,7 @@ Two exact formulations, chosen by `formulation`:
   q = d * y by big-M rows, and the L1 norm by one sign binary per input coordinate whose
   gradient sign the bounds leave open;
 * 'patterns': with m <= PATTERN_MAX_UNSTABLE unstable ReLUs, every one of the 2^m gradients is
-  listed with its norm (`milp_patterns`). The best ones are checked in turn by an LP (does the
+  listed with its norm (`patterns.py`). The best ones are checked in turn by an LP (does the
   ball meet the pattern's region?); the first one met is the answer. If the checks run out of
   time, a MILP picks among the rest by a convex combination lambda tied to the ReLU binaries
   (d = sum_p lambda_p bits_p), maximising sum_p lambda_p norm_p over the patterns that beat the
@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cleverscore.certify.milp_bounds import Bound, count_unstable, gradient_bounds, preactivation_bounds
-from cleverscore.certify.milp_model import Model, Outcome, Term
-from cleverscore.certify.milp_network import Layers, activation_pattern, input_gradient, margin_gradient
-from cleverscore.certify.milp_patterns import PATTERN_MAX_UNSTABLE, pattern_bits, pattern_norms, patterns_from_bits
-from cleverscore.certify.milp_problem import (
+from cleverscore.certify.milp.bounds import Bound, count_unstable, gradient_bounds, preactivation_bounds
+from cleverscore.certify.milp.model import Model, Outcome, Term
+from cleverscore.certify.milp.network import Layers, activation_pattern, input_gradient, margin_gradient
+from cleverscore.certify.milp.patterns import PATTERN_MAX_UNSTABLE, pattern_bits, pattern_norms, patterns_from_bits
+from cleverscore.certify.milp.problem import (
     BOUND_SHARE,
     DEFAULT_BOX,
     DEFAULT_TIME_LIMIT,

@@ -2,7 +2,7 @@
 
 With m unstable units the gradient of g = f_true - f_target takes at most 2^m values, one per 0/1
 assignment of their binaries. Listing them lets the Lipschitz MILP choose a pattern directly
-(`milp_lipschitz`'s pattern formulation) instead of reconstructing the gradient's signs with one
+(`lipschitz.py`'s pattern formulation) instead of reconstructing the gradient's signs with one
 binary per input coordinate. Stable units keep the state their bounds prove.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cleverscore.certify.milp_bounds import Bound
-from cleverscore.certify.milp_network import Layers
+from cleverscore.certify.milp.bounds import Bound
+from cleverscore.certify.milp.network import Layers
 
 # 2^16 patterns of a 784-64-64-10 MLP list in about 2 s on a busy core; each extra unit doubles
 # the time (2^18: about 7 s), and the pattern MILP's columns with it.
