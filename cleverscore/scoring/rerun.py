@@ -9,8 +9,9 @@ From one file's maxima: the fit is location-scale equivariant, so the difference
 estimates, divided by the Weibull scale, has a distribution that depends only on the shape k
 and the number of maxima n. bench/rerun_table.py simulates it on a grid and stores its 2.5% and
 97.5% quantiles in rerun_table.json; here they are interpolated at the file's fitted (k, n) and
-scaled by its fitted scale. A rejected fit (the estimate is the largest maximum) or `maxsamp`
-gets the quantiles of the difference of two bootstrap maxima of the file's own maxima instead.
+scaled by its fitted scale, widened by SPREAD_FACTOR (below) for real maxima. A rejected fit (the
+estimate is the largest maximum) or `maxsamp` gets the quantiles of the difference of two
+bootstrap maxima of the file's own maxima instead.
 The interval is calibrated against real reruns in docs/validity.md.
 """
 
@@ -28,6 +29,11 @@ from cleverscore.scoring.fit import WeibullFit
 
 TABLE = Path(__file__).with_name("rerun_table.json")
 BOOTSTRAP = 2000  # replicate pairs for the largest-maximum case: cheap, and the 2.5% quantile moves < 1%
+# The table holds for maxima that follow the fitted reverse Weibull exactly. Real maxima do not, and
+# the fitted shape and scale vary between seeds: on the MNIST MLP (4 images, top-2, 3 norms,
+# 8 seeds, -N 256 -i 100) the table's quantiles held 83% of the other seeds' estimates. Widened
+# by this factor they held 95.7% there; the share on other networks is in docs/validity.md.
+SPREAD_FACTOR = 2.5
 
 
 @lru_cache(maxsize=1)
@@ -84,7 +90,8 @@ def rerun_interval(estimate: float, fit: WeibullFit, maxima: np.ndarray) -> tupl
     """Where another run's Lipschitz estimate falls (95%), from this file's fit and maxima."""
     if fit.fitted and fit.shape > 0 and fit.scale > 0:
         q_lo, q_hi = rerun_quantiles(fit.shape, int(np.size(maxima)))
-        return estimate + q_lo * fit.scale, estimate + q_hi * fit.scale
+        spread = SPREAD_FACTOR * fit.scale
+        return estimate + q_lo * spread, estimate + q_hi * spread
     q_lo, q_hi = bootstrap_max_quantiles(maxima)
     return estimate + q_lo, estimate + q_hi
 
