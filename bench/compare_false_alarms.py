@@ -11,6 +11,7 @@ points are divided by r (its true scores are r times A's) and the script counts 
 difference is found.
 
     python3 bench/compare_false_alarms.py --trials 20 --images 20 --maxima 100
+    python3 bench/compare_false_alarms.py --ratio 1.3 --images 8 --maxima 60 --bound end_point
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ratio", type=float, default=1.0,
                    help="true score ratio B/A (B's end points divided by it); above 1 the script measures power")
+    p.add_argument("--bound", choices=["rerun", "end_point"], default="rerun",
+                   help="the noise each score is redrawn from (clever.py --compare_bound)")
+    p.add_argument("--scaled", action="store_true",
+                   help="B's maxima are A's divided by --ratio (the same draws: every score exactly ratio x A's), "
+                        "instead of independent draws below B's end points")
     p.add_argument("--shapes", type=float, nargs=2, default=(2.0, 6.0),
                    help="Weibull shapes drawn uniformly in this range per image (real maxima fit 3 to 40)")
     args = p.parse_args()
@@ -77,9 +83,10 @@ def main() -> int:
             for k in range(2):
                 folder = Path(tmp) / f"run{k}"
                 run_ends = ends / args.ratio if k else ends
-                write_run(folder, run_ends, g_x0, shapes, args.maxima, seed=10_000 * args.seed + 2 * trial + k)
+                seed = 10_000 * args.seed + 2 * trial + (0 if args.scaled else k)
+                write_run(folder, run_ends, g_x0, shapes, args.maxima, seed=seed)
                 runs.append(score(folder))
-        result = compare.compare_rows(runs[0], runs[1])
+        result = compare.compare_rows(runs[0], runs[1], bound=args.bound)
         for s in result.summary:
             verdicts.append(s["verdict"])
             widths.append(s["ratio_hi"] - s["ratio_lo"])

@@ -151,10 +151,20 @@ def ray_workers_line(workers: int, nodes: int, gpus: int, address: str) -> str:
 
 
 def compare_line(info: str, norm: str, pairs: int, mean_a: float, mean_b: float, ratio_: float, lo: float, hi: float,
-                 verdict: str) -> str:
-    """`[COMPARE] info = top2, norm = L2, pairs = 20, A = 0.827, B = 1.049, B/A = 1.27 [1.12, 1.43]: <verdict>`."""
+                 verdict: str, bound: str = "rerun") -> str:
+    """`[COMPARE] info = top2, norm = L2, pairs = 20, A = 0.827, B = 1.049, B/A = 1.27 [1.12, 1.43], noise = rerun:
+    <verdict>` (`noise`: which interval each score was redrawn from)."""
     return (f"[COMPARE] info = {info}, norm = {norm}, pairs = {pairs}, A = {mean_a:.4g}, B = {mean_b:.4g}, "
-            f"B/A = {ratio_:.2f} [{lo:.2f}, {hi:.2f}]: {verdict}")
+            f"B/A = {ratio_:.2f} [{lo:.2f}, {hi:.2f}], noise = {bound}: {verdict}")
+
+
+def compare_evidence_line(s: dict) -> str:
+    """`[COMPARE] info = top2, norm = Li, certified B/A = 1.30 [1.10, 1.52], attack B/A = 1.25 [1.05, 1.49]:
+    CLEVER, certified and attack agree` (or `disagree`): the proof's and the found examples' side of a verdict."""
+    names = [name for name in ("certified", "attack") if f"{name}_ratio" in s]
+    parts = ", ".join(f"{name} B/A = {s[f'{name}_ratio']:.2f} [{s[f'{name}_lo']:.2f}, {s[f'{name}_hi']:.2f}]"
+                      for name in names)
+    return f"[COMPARE] info = {s['info']}, norm = {s['norm']}, {parts}: CLEVER, {' and '.join(names)} {s['agreement']}"
 
 
 def compare_left_out_line(reason: str, keys: Sequence[tuple[int, str]]) -> str:

@@ -11,10 +11,11 @@ from cleverscore.errors import UsageError
 
 
 def rows(scores, info="top2", norm="L2", rel_lo=0.1, rel_hi=0.05, labels=None, first_id=0):
-    """Synthetic clever.py rows: one per image, with an asymmetric 95% interval around each score."""
+    """Synthetic clever.py rows: one per image, with an asymmetric 95% interval around each score (end point
+    and rerun alike)."""
     return [{"file": f"{i}.mat", "id": i, "true_label": (labels or {}).get(i, i % 10), "target_label": 1,
              "info": info, "norm": norm, "score": s, "score_lo": s * (1 - rel_lo), "score_hi": s * (1 + rel_hi),
-             "order": 1}
+             "score_rerun_lo": s * (1 - rel_lo), "score_rerun_hi": s * (1 + rel_hi), "order": 1}
             for i, s in enumerate(scores, start=first_id)]
 
 
@@ -48,7 +49,7 @@ def test_b_exactly_1_3_times_a_is_more_robust_with_1_3_inside_the_interval():
 
 def test_rows_without_intervals_count_as_exact_and_the_bootstrap_is_over_images_only():
     a = np.array([1.0, 2.0, 3.0, 4.0])
-    plain = [{k: v for k, v in r.items() if k not in ("score_lo", "score_hi")} for r in rows(a)]
+    plain = [{k: v for k, v in r.items() if not k.startswith(("score_lo", "score_hi", "score_rerun"))} for r in rows(a)]
     result = compare_rows(plain, [dict(r, score=2 * r["score"]) for r in plain])
     assert result.pairs[0]["score_a_lo"] == result.pairs[0]["score_a_hi"] == 1.0
     # every pair has ratio 2, so every resample of images does too
@@ -116,7 +117,7 @@ def test_untargeted_folders_compare_the_per_image_minimum_with_its_interval():
 
     a = classes(0, [(2.0, 1.5, 2.2), (1.0, 0.5, 3.0)]) + classes(1, [(4.0, 3.0, 5.0)])
     b = classes(0, [(1.8, 1.7, 1.9), (2.5, 2.0, 2.6)]) + classes(1, [(5.0, 4.0, 6.0)])
-    result = pair_rows(a, b)
+    result = pair_rows(a, b, bound="end_point")
     first = result.pairs[0]
     assert (first["id"], first["info"], first["norm"]) == (0, "untargeted", "Li")
     # A: the minimum is class 1's score, its interval [min lo, min hi] = [0.5, 2.2]; B: class 0's
@@ -202,7 +203,7 @@ def test_cli_b_with_maxima_scaled_down_by_1_3_is_more_robust_by_1_3_and_lists_un
     assert lines[0] == "[COMPARE] left out, only in A: 2 (image, target type): id 0 least, id 0 top2"
     assert len(lines) == 7  # then (least, top2) x (L1, L2, Li)
     for line in lines[1:]:
-        assert "pairs = 2" in line and ", B/A = 1.30 [" in line and line.endswith("]: B is more robust")
+        assert "pairs = 2" in line and ", B/A = 1.30 [" in line and line.endswith("], noise = rerun: B is more robust")
     pairs = pd.read_csv(root / "pairs.csv")
     assert len(pairs) == 12 and np.allclose(pairs.score_b / pairs.score_a, 1.3)
     summary = pd.read_csv(root / "pairs_summary.csv")

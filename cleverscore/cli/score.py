@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of one folder, compare two (A before, B after) image by image: the ratio B/A of "
                         "the mean scores with its 95%% interval, per target type and norm (--csv/--json: the pairs)")
     p.add_argument("--plot", default="", help="with --compare: a PNG of A's score against B's per pair")
+    p.add_argument("--compare_bound", choices=["rerun", "end_point"], default="rerun",
+                   help="with --compare: redraw each score from its rerun interval (where another seed's score "
+                        "falls) or from its end-point interval (conservative: where the constant may lie)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -119,7 +122,7 @@ def compare_folders(args, settings: ScoreSettings) -> int:
             print(f"[WARNING] skipped {len(skipped)} file(s)", file=sys.stderr)
         any_skipped = any_skipped or bool(skipped) or left_out > 0
         rows.append([row for r in results for row in r.rows(args.method)])
-    comparison = compare.compare_rows(rows[0], rows[1], untargeted=untargeted)
+    comparison = compare.compare_rows(rows[0], rows[1], untargeted=untargeted, bound=args.compare_bound)
     if not comparison.pairs:
         raise UsageError(f"no (image, target type) was scored in both {folders[0]} and {folders[1]}")
     for line in compare.report_lines(comparison):

@@ -46,7 +46,9 @@ NO_DIFFERENCE = "no difference shown at this sample size"
 
 PAIR_COLUMNS = ["id", "info", "norm", "true_label", "target_a", "target_b", "score_a", "score_a_lo", "score_a_hi",
                 "score_b", "score_b_lo", "score_b_hi", "ratio", "file_a", "file_b"]
-SUMMARY_COLUMNS = ["info", "norm", "pairs", "mean_a", "mean_b", "ratio", "ratio_lo", "ratio_hi", "verdict"]
+SUMMARY_COLUMNS = ["info", "norm", "pairs", "mean_a", "mean_b", "ratio", "ratio_lo", "ratio_hi", "verdict", "bound",
+                   "certified_ratio", "certified_lo", "certified_hi", "certified_verdict", "attack_ratio", "attack_lo",
+                   "attack_hi", "attack_verdict", "agreement"]
 
 
 @dataclass
@@ -60,13 +62,36 @@ class Comparison:
     not_finite: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-def score_interval(row: dict) -> tuple[float, float]:
-    """A row's 95% score interval; [score, score] for rows written before intervals existed."""
+# Which noise a comparison redraws each score from (`--compare_bound`):
+RERUN = "rerun"  # where another seed's score falls: the question "would another run give this ordering?"
+END_POINT = "end_point"  # where the sampled law's end point may lie: conservative, often unbounded for CNNs
+BOUNDS = (RERUN, END_POINT)
+
+
+def score_interval(row: dict, bound: str = END_POINT) -> tuple[float, float]:
+    """The interval a score is redrawn from; [score, score] for rows written before such intervals existed.
+
+    For `rerun` it is the spread of this score's own estimator: the rerun interval says where
+    another run's score falls, and the difference of two runs has sqrt(2) times the spread of one.
+    """
     score = float(row["score"])
-    lo, hi = row.get("score_lo"), row.get("score_hi")
+    keys = ("score_rerun_lo", "score_rerun_hi") if bound == RERUN else ("score_lo", "score_hi")
+    lo, hi = row.get(keys[0]), row.get(keys[1])
     lo = score if lo is None or not math.isfinite(float(lo)) else float(lo)
     hi = score if hi is None or not math.isfinite(float(hi)) else float(hi)
-    return min(lo, score), max(hi, score)
+    lo, hi = min(lo, score), max(hi, score)
+    if bound == RERUN:
+        lo, hi = score - (score - lo) / math.sqrt(2.0), score + (hi - score) / math.sqrt(2.0)
+    return lo, hi
+
+
+def _finite_column(row: dict, key: str) -> float | None:
+    value = row.get(key)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def is_class_info(info: str) -> bool:
@@ -87,7 +112,7 @@ def first_order(rows: Iterable[dict]) -> list[dict]:
     return [r for r in rows if int(r.get("order", 1)) == 1]
 
 
-def reduce_untargeted(rows: Sequence[dict], everything: bool = False) -> list[dict]:
+def reduce_untargeted(rows: Sequence[dict], everything: bool = False, bound: str = END_POINT) -> list[dict]:
     """Replace the `class<j>` rows (all rows if `everything`) by one row per (image, norm).
 
     Its score is the minimum over the classes and its interval [min score_lo, min score_hi]: the
@@ -101,12 +126,22 @@ def reduce_untargeted(rows: Sequence[dict], everything: bool = False) -> list[di
             keep.append(row)
     for (image, norm), members in groups.items():
         best = min(members, key=lambda r: float(r["score"]))
-        intervals = [score_interval(r) for r in members]
+        intervals = [score_interval(r, bound) for r in members]
         keep.append({"id": image, "info": UNTARGETED, "norm": norm, "true_label": best.get("true_label", -1),
                      "target_label": best.get("target_label", -1), "score": float(best["score"]),
-                     "score_lo": min(lo for lo, _ in intervals), "score_hi": min(hi for _, hi in intervals),
+                     "draw_lo": min(lo for lo, _ in intervals), "draw_hi": min(hi for _, hi in intervals),
+                     **{key: _min_or_none([_finite_column(r, key) for r in members]) for key in EVIDENCE},
                      "file": best.get("file", "")})
     return keep
+
+
+# Columns that bound the minimal distortion from outside the statistics: a proof below, a found example above.
+EVIDENCE = ("certified_radius", "attack_distortion")
+
+
+def _min_or_none(values: list[float | None]) -> float | None:
+    """The untargeted value of an image: the minimum over its classes, when every class has one."""
+    return None if not values or any(v is None for v in values) else min(values)
 
 
 def _index(rows: Sequence[dict], side: str) -> dict[tuple[int, str, str], dict]:
@@ -122,15 +157,16 @@ def _index(rows: Sequence[dict], side: str) -> dict[tuple[int, str, str], dict]:
     return indexed
 
 
-def pair_rows(rows_a: Sequence[dict], rows_b: Sequence[dict], untargeted: bool = False) -> Comparison:
+def pair_rows(rows_a: Sequence[dict], rows_b: Sequence[dict], untargeted: bool = False,
+              bound: str = RERUN) -> Comparison:
     """Pair two folders' rows by (image id, info, norm); the summary is left empty (see `compare_rows`).
 
     Raises:
         UsageError: one image has different true labels in A and B (the folders hold different
             images), or a folder has two files for one (image, target type).
     """
-    a = _index(reduce_untargeted(first_order(rows_a), untargeted), "A")
-    b = _index(reduce_untargeted(first_order(rows_b), untargeted), "B")
+    a = _index(reduce_untargeted(first_order(rows_a), untargeted, bound), "A")
+    b = _index(reduce_untargeted(first_order(rows_b), untargeted, bound), "B")
     for key in sorted(a.keys() & b.keys()):
         label_a, label_b = int(a[key].get("true_label", -1)), int(b[key].get("true_label", -1))
         if label_a != label_b:
@@ -143,18 +179,27 @@ def pair_rows(rows_a: Sequence[dict], rows_b: Sequence[dict], untargeted: bool =
         if not (math.isfinite(sa) and math.isfinite(sb)):
             not_finite.append(key)
             continue
-        (a_lo, a_hi), (b_lo, b_hi) = score_interval(ra), score_interval(rb)
+        (a_lo, a_hi), (b_lo, b_hi) = _draw_interval(ra, bound), _draw_interval(rb, bound)
         pairs.append({"id": key[0], "info": key[1], "norm": key[2], "true_label": int(ra.get("true_label", -1)),
                       "target_a": int(ra.get("target_label", -1)), "target_b": int(rb.get("target_label", -1)),
                       "score_a": sa, "score_a_lo": a_lo, "score_a_hi": a_hi,
                       "score_b": sb, "score_b_lo": b_lo, "score_b_hi": b_hi,
                       "ratio": sb / sa if sa > 0 else math.inf,
-                      "file_a": str(ra.get("file", "")), "file_b": str(rb.get("file", ""))})
+                      "file_a": str(ra.get("file", "")), "file_b": str(rb.get("file", "")),
+                      **{f"{key}_{side}": _finite_column(row, key) for key in EVIDENCE
+                         for side, row in (("a", ra), ("b", rb))}})
 
     def images(side: dict, other: dict) -> list[tuple[int, str]]:
         return sorted({(k[0], k[1]) for k in side.keys() - other.keys()}, key=lambda k: (k[0], _info_order(k[1])))
 
     return Comparison(pairs, [], images(a, b), images(b, a), not_finite)
+
+
+def _draw_interval(row: dict, bound: str) -> tuple[float, float]:
+    """The interval a paired score is redrawn from (an untargeted row carries its reduced one)."""
+    if "draw_lo" in row:
+        return float(row["draw_lo"]), float(row["draw_hi"])
+    return score_interval(row, bound)
 
 
 def draw_scores(score: np.ndarray, lo: np.ndarray, hi: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -240,7 +285,30 @@ def group_seed(seed: int, info: str, norm: str) -> list[int]:
     return [seed, zlib.crc32(info.encode()), zlib.crc32(norm.encode())]
 
 
-def summarise(pairs: Sequence[dict], replicates: int = REPLICATES, seed: int = SEED) -> list[dict]:
+def evidence_ratio(pairs: Sequence[dict], key: str, replicates: int, seed) -> tuple[float, float, float] | None:
+    """B/A of the mean certified radius (or attack distortion) with its image-bootstrap interval.
+
+    None unless every pair has the value on both sides. These are no estimates: a certified
+    radius is a proof and an attack's distortion a found example, so only the images are redrawn.
+    """
+    a = [p.get(f"{key}_a") for p in pairs]
+    b = [p.get(f"{key}_b") for p in pairs]
+    if not pairs or any(v is None for v in a + b):
+        return None
+    return ratio_interval(a, a, a, b, b, b, replicates=replicates, seed=seed)
+
+
+def agreement(verdicts: Sequence[str]) -> str:
+    """Whether CLEVER, the certified radii and the attacks point the same way."""
+    if len(verdicts) < 2:
+        return ""
+    if len(set(verdicts)) == 1:
+        return "agree" if verdicts[0] != NO_DIFFERENCE else "agree: no difference shown"
+    return "disagree"
+
+
+def summarise(pairs: Sequence[dict], replicates: int = REPLICATES, seed: int = SEED,
+              bound: str = RERUN) -> list[dict]:
     """One summary row per (info, norm), in the printing order."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for p in pairs:
@@ -251,17 +319,28 @@ def summarise(pairs: Sequence[dict], replicates: int = REPLICATES, seed: int = S
         columns = [[p[c] for p in chosen] for c in ("score_a", "score_a_lo", "score_a_hi",
                                                      "score_b", "score_b_lo", "score_b_hi")]
         ratio, lo, hi = ratio_interval(*columns, replicates=replicates, seed=group_seed(seed, info, norm))
-        rows.append({"info": info, "norm": norm, "pairs": len(chosen), "mean_a": float(np.mean(columns[0])),
-                     "mean_b": float(np.mean(columns[3])), "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
-                     "verdict": verdict(lo, hi)})
+        row = {"info": info, "norm": norm, "pairs": len(chosen), "mean_a": float(np.mean(columns[0])),
+               "mean_b": float(np.mean(columns[3])), "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
+               "verdict": verdict(lo, hi), "bound": bound}
+        verdicts = [row["verdict"]]
+        for key, name in (("certified_radius", "certified"), ("attack_distortion", "attack")):
+            found = evidence_ratio(chosen, key, replicates, group_seed(seed, info, norm))
+            if found is not None:
+                row.update({f"{name}_ratio": found[0], f"{name}_lo": found[1], f"{name}_hi": found[2],
+                            f"{name}_verdict": verdict(found[1], found[2])})
+                verdicts.append(row[f"{name}_verdict"])
+        row["agreement"] = agreement(verdicts)
+        rows.append(row)
     return rows
 
 
 def compare_rows(rows_a: Sequence[dict], rows_b: Sequence[dict], untargeted: bool = False,
-                 replicates: int = REPLICATES, seed: int = SEED) -> Comparison:
-    """Pair two folders' rows and summarise them (see the module docstring)."""
-    comparison = pair_rows(rows_a, rows_b, untargeted)
-    comparison.summary = summarise(comparison.pairs, replicates, seed)
+                 replicates: int = REPLICATES, seed: int = SEED, bound: str = RERUN) -> Comparison:
+    """Pair two folders' rows and summarise them (see the module docstring); `bound` picks the redrawn noise."""
+    if bound not in BOUNDS:
+        raise UsageError(f"unknown `compare_bound` {bound!r}; choose one of {', '.join(BOUNDS)}")
+    comparison = pair_rows(rows_a, rows_b, untargeted, bound)
+    comparison.summary = summarise(comparison.pairs, replicates, seed, bound)
     return comparison
 
 
@@ -300,7 +379,7 @@ def check_same_dataset(datasets_a: set[str], datasets_b: set[str]) -> None:
 
 def report_lines(comparison: Comparison) -> list[str]:
     """The printed `[COMPARE]` lines: left-out images first, then one verdict line per (info, norm)."""
-    from cleverscore.log_lines import compare_left_out_line, compare_line
+    from cleverscore.log_lines import compare_evidence_line, compare_left_out_line, compare_line
 
     lines = []
     for side, keys in (("A", comparison.only_a), ("B", comparison.only_b)):
@@ -310,7 +389,9 @@ def report_lines(comparison: Comparison) -> list[str]:
         lines.append(compare_left_out_line("score not finite", sorted({(k[0], k[1]) for k in comparison.not_finite})))
     for s in comparison.summary:
         lines.append(compare_line(s["info"], s["norm"], s["pairs"], s["mean_a"], s["mean_b"], s["ratio"],
-                                  s["ratio_lo"], s["ratio_hi"], s["verdict"]))
+                                  s["ratio_lo"], s["ratio_hi"], s["verdict"], s["bound"]))
+        if "certified_ratio" in s or "attack_ratio" in s:
+            lines.append(compare_evidence_line(s))
     return lines
 
 

@@ -86,6 +86,7 @@ class FileScores:
     certified_radii: list[float | None] = field(default_factory=list)  # per norm, --certify's radius
     exact_lipschitz: list[float | None] = field(default_factory=list)  # per norm, --exact's constant (Li only)
     exact_distortion: list[float | None] = field(default_factory=list)  # per norm, --exact's minimal distortion
+    attack_distortion: list[float | None] = field(default_factory=list)  # per norm, a found example's distortion
     rerun_intervals: list[tuple[float, float]] = field(default_factory=list)  # Lipschitz: another seed's (95%)
     score_rerun_intervals: list[tuple[float, float]] = field(default_factory=list)  # the scores'
 
@@ -115,7 +116,8 @@ class FileScores:
     def _bracket_columns(self, k: int) -> dict:
         extra = {"certified_radius": self.certified_radii[k] if self.certified_radii else None,
                  "lipschitz_exact": self.exact_lipschitz[k] if self.exact_lipschitz else None,
-                 "exact_distortion": self.exact_distortion[k] if self.exact_distortion else None}
+                 "exact_distortion": self.exact_distortion[k] if self.exact_distortion else None,
+                 "attack_distortion": self.attack_distortion[k] if self.attack_distortion else None}
         if not self.brackets:
             return {"plateau": None, "lipschitz_found": None, "lipschitz_certified": None, **extra}
         b = self.brackets[k]
@@ -177,6 +179,7 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
         "exact_lipschitz": [_scalar(mat, n.grad_key.replace("_max", "_exact")) if order == 1 and not use_slope else None
                             for n in NORMS],
         "exact_distortion": [_scalar(mat, f"exact_distortion_{n.label}") if order == 1 else None for n in NORMS],
+        "attack_distortion": [_scalar(mat, f"attack_distortion_{n.label}") if order == 1 else None for n in NORMS],
     }
     return header, maxima
 
@@ -287,7 +290,8 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
                         brackets=brackets, rerun_intervals=rerun, score_rerun_intervals=score_rerun,
                         certified_radii=header["certified_radius"] if header["order"] == 1 else [],
                         exact_lipschitz=header["exact_lipschitz"] if header["order"] == 1 else [],
-                        exact_distortion=header["exact_distortion"] if header["order"] == 1 else [])
+                        exact_distortion=header["exact_distortion"] if header["order"] == 1 else [],
+                        attack_distortion=header["attack_distortion"] if header["order"] == 1 else [])
     head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
     for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
         if settings.method == "maxsamp":
@@ -434,7 +438,7 @@ COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "
            "lipschitz", "lipschitz_lo", "lipschitz_hi", "score_rerun_lo", "score_rerun_hi", "lipschitz_rerun_lo",
            "lipschitz_rerun_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
            "supported_radius", "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified",
-           "certified_radius", "lipschitz_exact", "exact_distortion"]
+           "certified_radius", "lipschitz_exact", "exact_distortion", "attack_distortion"]
 
 
 def write_tables(results: list[FileScores], method: str, csv: Path | None, json_path: Path | None) -> None:
