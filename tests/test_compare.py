@@ -223,3 +223,81 @@ def test_cli_refuses_folders_from_different_datasets_in_one_line(folders):
     assert res.stderr == ("error: the folders hold different images: A is from mnist, B from cifar; "
                           "compare needs the same images\n")
     assert "[DEBUG]" not in res.stdout  # refused before any fitting
+
+
+def synthetic_folder(folder, ends, g_x0, seed, maxima=60, scale_down=1.0, shape=4.0, scale=0.03):
+    """Result files whose maxima lie below known end points (the true Lipschitz constants).
+
+    A Weibull scale of 3% of the end point gives maxima as spread as the MNIST MLP's real ones
+    (sd 0.3-1.5% of the largest at -N 256)."""
+    import scipy.io as sio
+    from scipy.stats import weibull_min
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for image, (end, g) in enumerate(zip(ends, g_x0)):
+        draws = {key: (end - weibull_min.rvs(shape, scale=scale * end, size=maxima, random_state=rng)) / scale_down
+                 for key in ("G1_max", "G2_max", "Gi_max")}
+        sio.savemat(folder / f"256_{maxima}_{image}_0_1_top2_relu_order1.mat",
+                    {**draws, "g_x0": g, "id": image, "true_label": 0, "target_label": 1, "info": "top2",
+                     "args": {"dataset": "synthetic", "data_path": ""}})
+
+
+def folder_rows(folder):
+    import contextlib
+    import io
+
+    from cleverscore.scoring.folder import folder_files, score_files
+    from cleverscore.settings import ScoreSettings
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        results, _, _ = score_files(folder_files(folder, 0), ScoreSettings(nthreads=1))
+    return [row for r in results for row in r.rows("mle_reg")]
+
+
+def test_maxima_scaled_down_by_1_3_show_the_difference_on_rerun_noise_where_end_points_do_not(tmp_path):
+    # The issue's case: 8 images at -i 60, every maximum of B is A's divided by 1.3.
+    rng = np.random.default_rng(11)
+    ends, g_x0 = rng.uniform(1.0, 5.0, 8), rng.uniform(0.5, 3.0, 8)
+    synthetic_folder(tmp_path / "a", ends, g_x0, seed=3)
+    synthetic_folder(tmp_path / "b", ends, g_x0, seed=3, scale_down=1.3)
+    a, b = folder_rows(tmp_path / "a"), folder_rows(tmp_path / "b")
+    for s in compare_rows(a, b).summary:
+        assert s["ratio"] == pytest.approx(1.3, rel=1e-6) and s["ratio_lo"] > 1.0 and s["verdict"] == MORE_ROBUST_B
+        assert s["bound"] == "rerun"
+    conservative = compare_rows(a, b, bound="end_point").summary
+    assert all(s["ratio_hi"] - s["ratio_lo"] > 0.2 for s in conservative)  # end points: far wider
+
+
+def test_a_folder_against_its_rerun_with_another_seed_shows_no_difference(tmp_path):
+    rng = np.random.default_rng(12)
+    ends, g_x0 = rng.uniform(1.0, 5.0, 8), rng.uniform(0.5, 3.0, 8)
+    synthetic_folder(tmp_path / "a", ends, g_x0, seed=4)
+    synthetic_folder(tmp_path / "rerun", ends, g_x0, seed=5)
+    summary = compare_rows(folder_rows(tmp_path / "a"), folder_rows(tmp_path / "rerun")).summary
+    assert [s["verdict"] for s in summary] == [NO_DIFFERENCE] * 3
+    assert all(s["ratio_lo"] < 1.0 < s["ratio_hi"] for s in summary)
+
+
+def test_a_true_1_3_difference_between_independent_runs_is_found(tmp_path):
+    rng = np.random.default_rng(13)
+    ends, g_x0 = rng.uniform(1.0, 5.0, 20), rng.uniform(0.5, 3.0, 20)
+    synthetic_folder(tmp_path / "a", ends, g_x0, seed=6, maxima=100)
+    synthetic_folder(tmp_path / "b", ends, g_x0, seed=7, maxima=100, scale_down=1.3)
+    summary = compare_rows(folder_rows(tmp_path / "a"), folder_rows(tmp_path / "b")).summary
+    assert all(s["verdict"] == MORE_ROBUST_B and s["ratio_lo"] < 1.3 < s["ratio_hi"] for s in summary)
+
+
+def test_certified_radii_and_attacks_are_compared_beside_and_their_agreement_said():
+    a = np.random.default_rng(3).uniform(0.5, 2.0, 12)
+    rows_a, rows_b = rows(a), rows(1.3 * a)
+    for r in rows_a:
+        r.update(certified_radius=0.3 * r["score"], attack_distortion=2.0 * r["score"])
+    for r in rows_b:
+        r.update(certified_radius=0.3 * r["score"], attack_distortion=1.0 * r["score"] / 1.3 * 2.0)  # attacks: same
+    (s,) = compare_rows(rows_a, rows_b).summary
+    assert s["certified_ratio"] == pytest.approx(1.3) and s["certified_verdict"] == MORE_ROBUST_B
+    assert s["attack_ratio"] == pytest.approx(1.0) and s["attack_verdict"] == NO_DIFFERENCE
+    assert s["agreement"] == "disagree"
+    lines = report_lines(compare_rows(rows_a, rows_b))
+    assert any("certified B/A = 1.30" in ln and "attack B/A = 1.00" in ln and ln.endswith("disagree") for ln in lines)
