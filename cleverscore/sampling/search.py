@@ -3,8 +3,10 @@
 A gradient norm found anywhere in the ball is a certain lower bound on the ball's Lipschitz
 constant, so g(x0) / (that norm) is a certain upper bound on the CLEVER score. Random samples of
 a high-dimensional ball rarely land where ||grad g|| peaks; projected gradient ascent on
-||grad g||_q, started from the best random samples, climbs there when g is twice differentiable
-(on a ReLU network grad g is piecewise constant and the ascent stays put: search adds nothing).
+||grad g||_q, started from the best random samples, climbs there when g is twice differentiable.
+On a ReLU network grad g is piecewise constant and that ascent stays put: the search then
+follows a smoothed copy of the network instead (smoothed.py), scoring every iterate on the
+true network.
 
 The ascent runs inside one compiled function, batched over the start points, with one
 Hessian-vector product per step (the gradient of ||grad g||_q).
@@ -13,11 +15,13 @@ Hessian-vector product per step (the gradient of ||grad g||_q).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
 from cleverscore.norms import L1, L2, LINF, LpNorm
 from cleverscore.sampling.balls import tf_norms
+from cleverscore.sampling.smoothed import BETA_SCHEDULE, build_smoothed_search, smoothed_copy, smoothed_search
 from cleverscore.sampling.steps import CompiledSteps, sample_batch
 
 STARTS = 32  # best random samples the ascent starts from, per target and norm
@@ -95,8 +99,17 @@ def search_maxima(steps: CompiledSteps, x0: np.ndarray, c: int, targets: Sequenc
     import tensorflow as tf
 
     model = steps.model
-    search = steps.cached(("search", x0.shape, norm, scale[1], num_steps, model.input_range),
-                          lambda: build_search(model.logits, norm, scale[1], model.input_range, num_steps))
+    smoothed = steps.cached(("smoothed copy",), lambda: smoothed_copy(model.model))
+    if smoothed is not None:
+        smooth, beta = smoothed
+        phase = steps.cached(("smoothed search", x0.shape, norm, scale[1], num_steps, model.input_range),
+                             lambda: build_smoothed_search(model.logits, lambda x: smooth(x, training=False), norm,
+                                                           scale[1], model.input_range,
+                                                           max(1, num_steps // len(BETA_SCHEDULE))))
+        search = partial(smoothed_search, phase, beta)
+    else:
+        search = steps.cached(("search", x0.shape, norm, scale[1], num_steps, model.input_range),
+                              lambda: build_search(model.logits, norm, scale[1], model.input_range, num_steps))
     points = tf.constant(sample_batch(x0, seed_key, SEARCH_ITERATION, 0, model.batch_size, norm, scale,
                                       model.input_range))
     x0_t, c_t = tf.constant(np.asarray(x0, np.float32)), tf.constant(int(c))
@@ -106,5 +119,5 @@ def search_maxima(steps: CompiledSteps, x0: np.ndarray, c: int, targets: Sequenc
     for k, j in enumerate(targets):
         for col in range(3):
             best = tf.argsort(norms[:, k, col], direction="DESCENDING")[:STARTS]
-            found[k, col] = search(x0_t, tf.gather(points, best), c_t, tf.constant(j), tf.constant(col)).numpy()
+            found[k, col] = float(search(x0_t, tf.gather(points, best), c_t, tf.constant(j), tf.constant(col)))
     return found
