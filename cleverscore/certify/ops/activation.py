@@ -146,7 +146,8 @@ class BoundedReLU(Activation):
 
     def derivative_range(self, lo, hi):
         one, zero = tf.ones_like(lo), tf.zeros_like(lo)
-        flat = (hi <= 0) | (lo >= self.cap)
+        # Strict comparisons: at the kinks 0 and cap either slope may be reported.
+        flat = (hi < 0) | (lo > self.cap)
         inside = (lo > 0) & (hi < self.cap)
         return Interval(tf.where(inside, one, zero), tf.where(flat, zero, one))
 
