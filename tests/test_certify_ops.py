@@ -234,6 +234,17 @@ def test_input_normalisation_is_part_of_the_graph():
     assert_node_bounds_hold(graph, random_input(rng, graph.input_shape), 0.05, LINF, rng, crown=True)
 
 
+@pytest.mark.parametrize("name", ["conv_valid", "conv_same_stride2", "dense_relu", "reshape_dense_on_axis"])
+def test_rows_of_a_linear_layer_built_directly_equal_one_hot_rows_pushed_through_its_transpose(name):
+    graph = from_keras(build(name), dtype=tf.float64)
+    node = next(n for n in graph.nodes if isinstance(n.op, (ops.Conv2D, ops.Dense)))
+    rows = np.random.default_rng(1).choice(node.size, min(9, node.size), replace=False).astype(np.int32)
+    unit, offset = node.op.unit_rows(rows, node.shape, tf.float64)
+    eye = tf.reshape(tf.one_hot(rows, node.size, dtype=tf.float64), (1, len(rows), *node.shape))
+    np.testing.assert_allclose(unit.numpy(), node.op.transpose(eye)[0].numpy(), atol=1e-12)
+    np.testing.assert_allclose(offset.numpy(), node.op.bias_term(eye)[0].numpy(), atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Concretisation over the ball intersected with the box: the exact optimum of a small program.
 

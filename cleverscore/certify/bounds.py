@@ -20,8 +20,8 @@ from cleverscore.norms import LpNorm
 
 from .concretize import concretize_lower, feasible_offsets
 from .graph import Graph
-from .ops import Interval, LinearOperator
-from .results import CROWN, INTERVAL, LayerReport
+from .ops import Activation, Interval, LinearOperator
+from .results import CROWN, ELEMENTWISE, INTERVAL, LayerReport
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
 # Live coefficient tensors during a backward pass, in units of the largest one: the incoming A,
@@ -66,21 +66,39 @@ class BoundPropagation:
             if self.graph.needs_bounds(i):
                 self._refine(i)
 
+    def _wanted(self, i: int, bounds: Interval) -> tf.Tensor:
+        """Which neurons of node i (B, *shape) some nonlinear operator downstream wants tight bounds on.
+
+        An elementwise activation passes on its consumers' wishes position by position, since its
+        output bounds are its input bounds mapped through it.
+        """
+        wanted = tf.zeros_like(bounds.lo, dtype=tf.bool)
+        for j in self.graph.consumers[i]:
+            op = self.graph.nodes[j].op
+            if op.nonlinear:
+                wanted |= op.refine_mask(bounds)
+            if isinstance(op, Activation) and self.graph.needs_bounds(j):
+                wanted |= self._wanted(j, op.interval(bounds))
+        return wanted
+
     def _rows_to_refine(self, i: int) -> np.ndarray:
-        """Flat indices of the neurons of node i that some nonlinear consumer needs tighter, in any problem."""
-        masks = [self.graph.nodes[j].op.refine_mask(self.bounds[i]) for j in self.graph.consumers[i]
-                 if self.graph.nodes[j].op.nonlinear]
-        wanted = tf.reduce_any(tf.reshape(tf.reduce_any(tf.stack(masks), axis=0), (self.batch, -1)), axis=0)
+        """Flat indices of the neurons of node i that need refining in any of the B problems."""
+        wanted = tf.reduce_any(tf.reshape(self._wanted(i, self.bounds[i]), (self.batch, -1)), axis=0)
         return np.flatnonzero(wanted.numpy()).astype(np.int32)
 
     def crown_bytes(self, i: int, rows: int) -> int:
         """Estimated peak memory of a CROWN pass from node i with `rows` neurons (two spec rows each)."""
-        widest = max(node.size for node in self.graph.nodes[1:i + 1])
+        widest = max(node.size for node in self.graph.nodes[1:i]) if i > 1 else 0
         per_row = max(_BACKWARD_COPIES * widest, _CONCRETIZE_COPIES * self.graph.nodes[0].size)
         return self.batch * 2 * rows * per_row * self.graph.dtype.size
 
     def _refine(self, i: int) -> None:
         node = self.graph.nodes[i]
+        if isinstance(node.op, Activation):
+            # f(l) <= f(x) <= f(u) is exact for a monotone activation of refined inputs; the
+            # relaxation CROWN would push through cannot do better.
+            self.reports.append(LayerReport(node.name, ELEMENTWISE, 0, node.size, 0))
+            return
         rows = self._rows_to_refine(i)
         need = self.crown_bytes(i, len(rows))
         if not self.crown or need > self.memory_budget:
@@ -89,11 +107,25 @@ class BoundPropagation:
         self.reports.append(LayerReport(node.name, CROWN, len(rows), node.size, need))
         if len(rows) == 0:
             return
-        eye = tf.reshape(tf.one_hot(rows, node.size, dtype=self.graph.dtype), (len(rows), *node.shape))
-        spec = tf.broadcast_to(tf.concat([eye, -eye], 0), (self.batch, 2 * len(rows), *node.shape))
-        lower = self.backward_lower(i, spec)
+        start, unit, offset = self._unit_rows(i, rows)
+        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (self.batch, 2 * len(rows), *unit.shape[1:]))
+        constant = tf.broadcast_to(tf.concat([offset, -offset], 0), (self.batch, 2 * len(rows)))
+        lower = self.backward_lower(start, spec, constant)
         self.bounds[i] = Interval(self._tighten(self.bounds[i].lo, rows, lower[:, :len(rows)], tf.maximum),
                                   self._tighten(self.bounds[i].hi, rows, -lower[:, len(rows):], tf.minimum))
+
+    def _unit_rows(self, i: int, rows: np.ndarray) -> tuple[int, tf.Tensor, tf.Tensor]:
+        """The objective e_r . y_i for each row r, as coefficients on some node and a constant.
+
+        A linear node hands over its rows of W directly, which saves the one tensor of rows
+        times its own size that a one-hot start would need.
+        """
+        node = self.graph.nodes[i]
+        if isinstance(node.op, LinearOperator):
+            unit, offset = node.op.unit_rows(rows, node.shape, self.graph.dtype)
+            return node.inputs[0], unit, offset
+        unit = tf.reshape(tf.one_hot(rows, node.size, dtype=self.graph.dtype), (len(rows), *node.shape))
+        return i, unit, tf.zeros((len(rows),), self.graph.dtype)
 
     def _tighten(self, old: tf.Tensor, rows: np.ndarray, new: tf.Tensor, pick) -> tf.Tensor:
         flat = tf.transpose(tf.reshape(old, (self.batch, -1)))
@@ -108,10 +140,10 @@ class BoundPropagation:
             self._relaxations[i] = node.op.relax(*[self.bounds[j] for j in node.inputs])
         return self._relaxations[i]
 
-    def backward_lower(self, start: int, a: tf.Tensor) -> tf.Tensor:
-        """Lower bounds (B, S) of a . y_start over each ball, for a of shape (B, S, *shape of node start)."""
+    def backward_lower(self, start: int, a: tf.Tensor, constant: tf.Tensor | None = None) -> tf.Tensor:
+        """Lower bounds (B, S) of a . y_start + constant over each ball, for a of shape (B, S, *shape of node start)."""
         pending: dict[int, tf.Tensor] = {start: a}
-        total = tf.zeros(tf.shape(a)[:2], a.dtype)
+        total = tf.zeros(tf.shape(a)[:2], a.dtype) if constant is None else constant
         for m in range(start, 0, -1):
             if m not in pending:
                 continue

@@ -142,30 +142,68 @@ def covering_radius(problem: Problem, norm: LpNorm) -> float:
 
 
 class _Search:
-    """Per-target brackets lo (certified) < root <= hi (not certified), shrunk together in batches."""
+    """Per-target brackets lo (certified) < root <= hi (not certified), shrunk together in batches.
+
+    The margin bound falls with the radius, nearly linearly for small radii, so the next probe
+    is the secant root of the bound values at the bracket's ends (Illinois variant: an end kept
+    twice in a row has its value halved, so both ends move). The probe stays at least rel_tol/2
+    inside the bracket, so a good estimate closes it at the next step; a bracket that stops
+    halving in log scale gets a geometric bisection step. Before a failing radius is known the
+    search extrapolates upward from the first-order estimate.
+    """
 
     def __init__(self, first_probe: np.ndarray, top: float, margins: np.ndarray, rel_tol: float):
         self.first = first_probe
         self.top = top
         self.rel_tol = rel_tol
-        self.lo = np.zeros_like(first_probe)
-        self.hi = np.full_like(first_probe, np.inf)
+        self.g0 = margins
+        self.lo, self.hi = np.zeros_like(first_probe), np.full_like(first_probe, np.inf)
         self.lower = margins.copy()
+        self.w_lo, self.w_hi = margins.copy(), np.full_like(first_probe, -np.inf)
+        self.last = np.zeros(first_probe.shape, dtype=int)
+        self.stalls = np.zeros(first_probe.shape, dtype=int)
         self.active = margins > 0
 
+    def _upward(self) -> np.ndarray:
+        lo, b_lo = self.lo, self.lower
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = (self.g0 - b_lo) / lo
+            root = np.where(slope > 0, lo + b_lo / slope, np.inf)
+        grown = np.where(np.isfinite(root), np.maximum(2 * lo, 1.5 * root), _SHRINK * lo)
+        return np.minimum(self.top, np.where(lo > 0, grown, self.first))
+
+    def _inward(self) -> np.ndarray:
+        lo, hi = self.lo, np.where(np.isfinite(self.hi), self.hi, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            secant = lo + (hi - lo) * self.w_lo / (self.w_lo - self.w_hi)
+        margin = 1 + self.rel_tol / 2
+        floor = np.where(lo > 0, lo * margin, hi * 1e-9)
+        probe = np.clip(secant, floor, hi / margin)
+        bisect = np.where(lo > 0, np.sqrt(lo * hi), hi / _SHRINK)
+        return np.where(np.isfinite(probe) & (self.stalls < 2), probe, bisect)
+
     def probes(self) -> np.ndarray:
-        lo, hi = self.lo, self.hi
-        upward = np.minimum(self.top, np.where(lo > 0, _SHRINK * lo, self.first))
-        downward = np.where(lo > 0, np.sqrt(lo * np.where(np.isfinite(hi), hi, 1.0)), hi / _SHRINK)
-        return np.where(np.isinf(hi), upward, downward)
+        return np.where(np.isinf(self.hi), self._upward(), self._inward())
 
     def update(self, which: np.ndarray, probes: np.ndarray, bounds: np.ndarray) -> None:
         certified = bounds > 0
-        self.lo[which] = np.where(certified, probes, self.lo[which])
-        self.lower[which] = np.where(certified, bounds, self.lower[which])
-        self.hi[which] = np.where(certified, self.hi[which], probes)
+        before = self._log_width(which)
+        up, down = which[certified], which[~certified]
+        self.w_hi[up] = np.where(self.last[up] == 1, self.w_hi[up] / 2, self.w_hi[up])
+        self.w_lo[down] = np.where(self.last[down] == -1, self.w_lo[down] / 2, self.w_lo[down])
+        self.lo[up], self.lower[up], self.w_lo[up], self.last[up] = probes[certified], bounds[certified], \
+            bounds[certified], 1
+        self.hi[down], self.w_hi[down], self.last[down] = probes[~certified], bounds[~certified], -1
+        after = self._log_width(which)
+        slow = np.isfinite(before) & (after > before / 2)
+        self.stalls[which] = np.where(slow, self.stalls[which] + 1, 0)
         converged = self.hi <= self.lo * (1 + self.rel_tol)
         self.active &= ~(converged | (self.lo >= self.top) | (self.hi <= _SMALLEST_RADIUS * self.top))
+
+    def _log_width(self, which: np.ndarray) -> np.ndarray:
+        lo, hi = self.lo[which], self.hi[which]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where((lo > 0) & np.isfinite(hi), np.log(hi / lo), np.inf)
 
 
 def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int], norm: LpNorm,
@@ -173,9 +211,10 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> CertifiedRadii:
     """Per target, the largest radius whose ball (intersected with the box) CROWN certifies.
 
-    The search brackets each target's radius, then bisects geometrically until the bracket's
-    relative width is at most `rel_tol`; all targets still searching are evaluated in one batch.
-    The first probe is the first-order estimate g(x0) / ||grad g(x0)||_dual.
+    The search brackets each target's radius and shrinks the bracket (secant steps on the bound,
+    safeguarded by bisection) until its relative width is at most `rel_tol`; all targets still
+    searching are evaluated in one batch. The first probe is the first-order estimate
+    g(x0) / ||grad g(x0)||_dual.
 
     Args:
         r_max: the largest radius to consider (default: the radius of a ball holding the whole box).

@@ -11,6 +11,7 @@ from cleverscore.norms import L1, L2, LINF, LpNorm
 
 CROWN = "crown"
 INTERVAL = "interval"
+ELEMENTWISE = "elementwise"
 MIXED = "mixed"
 
 
@@ -21,8 +22,9 @@ class LayerReport:
     Attributes:
         layer: the node's name (the Keras layer, e.g. `dense_1` for its pre-activation output).
         method: `crown` (backward linear bounds, intersected with interval bounds), `interval`
-            (the CROWN pass was estimated to exceed the memory budget), or `mixed` when several
-            evaluations (bisection steps) chose differently.
+            (the CROWN pass was estimated to exceed the memory budget), `elementwise` (the output
+            of a monotone activation: the activation of its input's bounds, which CROWN cannot
+            tighten), or `mixed` when several evaluations (search steps) chose differently.
         refined: how many neurons were bounded by CROWN (the most in any evaluation); only
             neurons whose interval bounds leave the relaxation loose are refined.
         neurons: the node's size.

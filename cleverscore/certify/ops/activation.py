@@ -65,10 +65,11 @@ class Activation(Operator):
 
     def backward(self, a: tf.Tensor, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[tf.Tensor], tf.Tensor]:
         a_l, b_l, a_u, b_u = relaxation
-        pos = tf.nn.relu(a)
-        neg = a - pos
         # A lower bound of A . f(x) takes the lower relaxation where A > 0 and the upper where A < 0.
-        return [pos * a_l + neg * a_u], sum_spec(pos * b_l + neg * b_u)
+        # Written with `where` so that no more than two tensors of A's size are alive at once.
+        positive = a >= 0
+        constant = sum_spec(a * tf.where(positive, b_l, b_u))
+        return [a * tf.where(positive, a_l, a_u)], constant
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         d = self.derivative_range(bounds.lo, bounds.hi)

@@ -45,6 +45,21 @@ class LinearOperator(Operator):
             return tf.zeros(tf.shape(a)[:2], a.dtype)
         return sum_spec(a * b)
 
+    def unit_rows(self, rows: np.ndarray, out_shape: tuple[int, ...], dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+        """For the output neurons `rows` (flat indices): their rows of W (R, *in_shape) and of b (R,).
+
+        The generic version pushes one-hot rows through `transpose`; subclasses build them directly,
+        which avoids a tensor of R times the output size.
+        """
+        eye = tf.reshape(tf.one_hot(rows, int(np.prod(out_shape)), dtype=dtype), (len(rows), 1, *out_shape))
+        return self.transpose(eye)[:, 0], self.row_offsets(rows, out_shape, dtype)
+
+    def row_offsets(self, rows: np.ndarray, out_shape: tuple[int, ...], dtype: tf.DType) -> tf.Tensor:
+        b = self.offset()
+        if isinstance(b, float):
+            return tf.zeros((len(rows),), dtype)
+        return tf.gather(tf.reshape(tf.broadcast_to(b, out_shape), (-1,)), rows)
+
     def interval(self, bounds: Interval) -> Interval:
         mid = (bounds.hi + bounds.lo) / 2
         rad = (bounds.hi - bounds.lo) / 2
@@ -72,6 +87,11 @@ class Dense(LinearOperator):
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (*shape[:-1], int(self.kernel.shape[1]))
+
+    def unit_rows(self, rows: np.ndarray, out_shape: tuple[int, ...], dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+        if len(out_shape) != 1:
+            return super().unit_rows(rows, out_shape, dtype)
+        return tf.gather(tf.transpose(self.kernel), rows), self.row_offsets(rows, out_shape, dtype)
 
     def apply(self, x: tf.Tensor) -> tf.Tensor:
         return tf.einsum("...i,io->...o", x, self.kernel)
@@ -109,6 +129,23 @@ class Conv2D(LinearOperator):
         if self.padding == "SAME":
             return (-(-h // sh), -(-w // sw), int(self.kernel.shape[3]))
         return ((h - kh) // sh + 1, (w - kw) // sw + 1, int(self.kernel.shape[3]))
+
+    def unit_rows(self, rows: np.ndarray, out_shape: tuple[int, ...], dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
+        """Each output neuron's row of the convolution matrix: its filter placed over its receptive field."""
+        (ho, wo, co), (h, w, ci) = out_shape, self.in_shape
+        kh, kw = int(self.kernel.shape[0]), int(self.kernel.shape[1])
+        sh, sw = self.strides[1:3]
+        top = max((ho - 1) * sh + kh - h, 0) // 2 if self.padding == "SAME" else 0
+        left = max((wo - 1) * sw + kw - w, 0) // 2 if self.padding == "SAME" else 0
+        r, i, j = np.meshgrid(np.arange(len(rows)), np.arange(kh), np.arange(kw), indexing="ij")
+        y = (rows[r] // (wo * co)) * sh - top + i
+        x = (rows[r] // co % wo) * sw - left + j
+        inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        filters = tf.gather(tf.transpose(self.kernel, (3, 0, 1, 2)), rows % co)      # (R, kh, kw, ci)
+        updates = tf.boolean_mask(filters, inside)
+        index = np.stack([r[inside], y[inside], x[inside]], axis=1)
+        placed = tf.scatter_nd(index, updates, (len(rows), h, w, ci))
+        return placed, self.row_offsets(rows, out_shape, dtype)
 
     def apply(self, x: tf.Tensor) -> tf.Tensor:
         return tf.nn.conv2d(x, self.kernel, self.strides, self.padding)

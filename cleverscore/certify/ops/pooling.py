@@ -80,11 +80,11 @@ class MaxPooling2D(Operator):
 
     def backward(self, a: tf.Tensor, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[tf.Tensor], tf.Tensor]:
         chosen, stable, constant = relaxation
-        pos = tf.nn.relu(a)
-        neg = a - pos
-        coef = tf.expand_dims(pos + neg * stable, -1) * chosen
+        constant = sum_spec(tf.minimum(a, 0) * constant)
+        # Both relaxations select x_s, except the upper one of an unstable window (a constant).
+        coef = tf.expand_dims(tf.where((a >= 0) | (stable > 0), a, 0), -1) * chosen
         flat, lead = fold_spec(coef, 4)
-        return [unfold_spec(self._unwindow(flat), lead)], sum_spec(neg * constant)
+        return [unfold_spec(self._unwindow(flat), lead)], constant
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
