@@ -25,8 +25,8 @@ from .results import CROWN, ELEMENTWISE, INTERVAL, LayerReport
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
 # Live coefficient tensors during a backward pass, in units of the largest one: the incoming A,
-# its positive and negative parts and the outgoing A (more at a merge).
-_BACKWARD_COPIES = 4
+# a selected relaxation, the outgoing A and TF's workspace (measured on the zoo's CNNs).
+_BACKWARD_COPIES = 5
 # The L1/L2 concretisation sorts the input coefficients and gathers several copies of them.
 _CONCRETIZE_COPIES = 8
 

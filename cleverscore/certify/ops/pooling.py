@@ -73,6 +73,17 @@ class MaxPooling2D(Operator):
         hi_others = tf.reduce_max(tf.where(chosen > 0, tf.cast(float("-inf"), hi_w.dtype), hi_w), axis=-1)
         return chosen, lo_chosen, lo_chosen >= hi_others, hi_w
 
+    def refine_mask(self, bounds: Interval) -> tf.Tensor:
+        """Entries that may be the maximum of a window that is not stable: only their bounds shape the relaxation.
+
+        In a stable window the relaxation is exact, and an entry whose upper bound is below the
+        chosen entry's lower bound never matters; tighter bounds keep both facts true.
+        """
+        _, lo_chosen, stable, hi_w = self._window_facts(bounds)
+        matters = (hi_w >= tf.expand_dims(lo_chosen, -1)) & ~tf.expand_dims(stable, -1)
+        flat = tf.reshape(tf.cast(matters, bounds.lo.dtype), (-1, *matters.shape[1:]))
+        return self._unwindow(flat) > 0
+
     def relax(self, bounds: Interval) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         chosen, _, stable, hi_w = self._window_facts(bounds)
         constant = tf.where(stable, tf.zeros_like(hi_w[..., 0]), tf.reduce_max(hi_w, axis=-1))
