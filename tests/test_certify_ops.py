@@ -299,3 +299,20 @@ def test_an_unsupported_layer_is_a_one_line_usage_error_naming_it(stack, needle)
         from_keras(model)
     message = str(err.value)
     assert "\n" not in message and needle in message and message.startswith("cannot certify layer")
+
+
+@pytest.mark.parametrize("name", ["conv_valid", "conv_same_stride2", "maxpool_valid_odd", "maxpool_same", "batch_norm",
+                                  "add_residual", "gap"])
+def test_windowed_coefficients_give_the_same_bounds_as_dense_ones(name):
+    graph = from_keras(build(name), dtype=tf.float64)
+    rng = np.random.default_rng(2)
+    x0 = random_input(rng, graph.input_shape)
+    problem = prepare(graph, x0, 0, [1, 2])
+    for norm in NORMS:
+        radius = np.array([0.05, 0.2])
+        windowed = problem.propagate(radius, norm, 1 << 30)
+        dense = problem.propagate(radius, norm, 1 << 30, patches=False)
+        assert all(w.crown_bytes <= d.crown_bytes for w, d in zip(windowed.reports, dense.reports))
+        for a, b in zip(windowed.bounds, dense.bounds):
+            np.testing.assert_allclose(a.lo.numpy(), b.lo.numpy(), atol=1e-10)
+            np.testing.assert_allclose(a.hi.numpy(), b.hi.numpy(), atol=1e-10)

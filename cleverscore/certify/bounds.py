@@ -21,6 +21,7 @@ from cleverscore.norms import LpNorm
 from .concretize import concretize_lower, feasible_offsets
 from .graph import Graph
 from .ops import Activation, Interval, LinearOperator
+from .patches import Patches, negate_and_stack, unit_patches
 from .results import CROWN, ELEMENTWISE, INTERVAL, LayerReport
 
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -42,10 +43,11 @@ class BoundPropagation:
         box: the input box (lo, hi) as tensors broadcastable to the input shape.
         memory_budget: bytes a CROWN pass for one node may use; nodes over it keep interval bounds.
         crown: False gives pure interval bounds for every node.
+        patches: False keeps all backward coefficients dense (the same bounds, for testing).
     """
 
     def __init__(self, graph: Graph, x0: tf.Tensor, radius: tf.Tensor, norm: LpNorm, box: Interval,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True):
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True, patches: bool = True):
         self.graph = graph
         self.x0 = x0
         self.radius = radius
@@ -54,6 +56,7 @@ class BoundPropagation:
         self.offsets = feasible_offsets(x0, radius, box)
         self.memory_budget = memory_budget
         self.crown = crown
+        self.patches = patches
         self.bounds: list[Interval | None] = [None] * len(graph.nodes)
         self._relaxations: dict[int, object] = {}
         self.reports: list[LayerReport] = []
@@ -88,9 +91,41 @@ class BoundPropagation:
 
     def crown_bytes(self, i: int, rows: int) -> int:
         """Estimated peak memory of a CROWN pass from node i with `rows` neurons (two spec rows each)."""
-        widest = max(node.size for node in self.graph.nodes[1:i]) if i > 1 else 0
-        per_row = max(_BACKWARD_COPIES * widest, _CONCRETIZE_COPIES * self.graph.nodes[0].size)
+        widest, at_input = self._row_sizes(i)
+        per_row = max(_BACKWARD_COPIES * widest, _CONCRETIZE_COPIES * at_input)
         return self.batch * 2 * rows * per_row * self.graph.dtype.size
+
+    def _row_sizes(self, i: int) -> tuple[int, int]:
+        """Coefficients per spec row: the most on any node a pass from node i visits, and on the input.
+
+        This replays `backward_lower` on window sizes alone (None: dense coefficients).
+        """
+        nodes = self.graph.nodes
+        pending: dict[int, tuple[int, int] | None] = {i: (1, 1) if self._windowed(i) else None}
+        widest = 0
+        for m in range(i, 0, -1):
+            if m not in pending:
+                continue
+            window = self._keep_window(m, pending.pop(m))
+            widest = max(widest, nodes[m].size if window is None else window[0] * window[1] * nodes[m].shape[-1])
+            grown = None if window is None else nodes[m].op.patch_window(*window)
+            for j in nodes[m].inputs:
+                shared = j in pending or len(self.graph.consumers[j]) > 1
+                pending[j] = None if shared or grown is None else grown
+        window = pending.get(0)
+        at_input = nodes[0].size if window is None else window[0] * window[1] * nodes[0].shape[-1]
+        return widest, at_input
+
+    def _windowed(self, i: int) -> bool:
+        return self.patches and len(self.graph.nodes[i].shape) == 3
+
+    def _keep_window(self, m: int, window: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The window, if coefficients on node m stay windowed: its operator supports it and it is smaller than the map."""
+        if window is None:
+            return None
+        node = self.graph.nodes[m]
+        covers = window[0] >= node.shape[0] and window[1] >= node.shape[1]
+        return None if covers or node.op.patch_window(*window) is None else window
 
     def _refine(self, i: int) -> None:
         node = self.graph.nodes[i]
@@ -107,25 +142,29 @@ class BoundPropagation:
         self.reports.append(LayerReport(node.name, CROWN, len(rows), node.size, need))
         if len(rows) == 0:
             return
-        start, unit, offset = self._unit_rows(i, rows)
-        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (self.batch, 2 * len(rows), *unit.shape[1:]))
-        constant = tf.broadcast_to(tf.concat([offset, -offset], 0), (self.batch, 2 * len(rows)))
+        start, spec, constant = self._unit_rows(i, rows)
         lower = self.backward_lower(start, spec, constant)
         self.bounds[i] = Interval(self._tighten(self.bounds[i].lo, rows, lower[:, :len(rows)], tf.maximum),
                                   self._tighten(self.bounds[i].hi, rows, -lower[:, len(rows):], tf.minimum))
 
-    def _unit_rows(self, i: int, rows: np.ndarray) -> tuple[int, tf.Tensor, tf.Tensor]:
-        """The objective e_r . y_i for each row r, as coefficients on some node and a constant.
+    def _unit_rows(self, i: int, rows: np.ndarray) -> tuple[int, tf.Tensor | Patches, tf.Tensor]:
+        """The objectives +e_r . y_i and -e_r . y_i for each row r, as coefficients on some node and constants.
 
-        A linear node hands over its rows of W directly, which saves the one tensor of rows
-        times its own size that a one-hot start would need.
+        A feature map starts 1x1 windows (patches); a dense linear node hands over its rows of W
+        directly, saving the tensor of rows times its own size that a one-hot start would need.
         """
-        node = self.graph.nodes[i]
+        node, dtype, count = self.graph.nodes[i], self.graph.dtype, 2 * len(rows)
+        zeros = tf.zeros((self.batch, count), dtype)
+        if self._windowed(i):
+            return i, negate_and_stack(unit_patches(rows, node.shape, dtype, self.batch)), zeros
         if isinstance(node.op, LinearOperator):
-            unit, offset = node.op.unit_rows(rows, node.shape, self.graph.dtype)
-            return node.inputs[0], unit, offset
-        unit = tf.reshape(tf.one_hot(rows, node.size, dtype=self.graph.dtype), (len(rows), *node.shape))
-        return i, unit, tf.zeros((len(rows),), self.graph.dtype)
+            unit, offset = node.op.unit_rows(rows, node.shape, dtype)
+            start = node.inputs[0]
+        else:
+            unit = tf.reshape(tf.one_hot(rows, node.size, dtype=dtype), (len(rows), *node.shape))
+            offset, start = tf.zeros((len(rows),), dtype), i
+        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (self.batch, count, *unit.shape[1:]))
+        return start, spec, tf.broadcast_to(tf.concat([offset, -offset], 0), (self.batch, count))
 
     def _tighten(self, old: tf.Tensor, rows: np.ndarray, new: tf.Tensor, pick) -> tf.Tensor:
         flat = tf.transpose(tf.reshape(old, (self.batch, -1)))
@@ -140,21 +179,36 @@ class BoundPropagation:
             self._relaxations[i] = node.op.relax(*[self.bounds[j] for j in node.inputs])
         return self._relaxations[i]
 
-    def backward_lower(self, start: int, a: tf.Tensor, constant: tf.Tensor | None = None) -> tf.Tensor:
+    def backward_lower(self, start: int, a: tf.Tensor | Patches, constant: tf.Tensor | None = None) -> tf.Tensor:
         """Lower bounds (B, S) of a . y_start + constant over each ball, for a of shape (B, S, *shape of node start)."""
-        pending: dict[int, tf.Tensor] = {start: a}
-        total = tf.zeros(tf.shape(a)[:2], a.dtype) if constant is None else constant
+        pending: dict[int, tf.Tensor | Patches] = {start: a}
+        total = constant if constant is not None else tf.zeros(tf.shape(_values(a))[:2], self.graph.dtype)
         for m in range(start, 0, -1):
             if m not in pending:
                 continue
             node = self.graph.nodes[m]
-            coefficients, constant = node.op.backward(pending.pop(m), self.relaxation(m))
+            coefficients = pending.pop(m)
+            if isinstance(coefficients, Patches) and self._keep_window(m, coefficients.window) is None:
+                coefficients = coefficients.dense()
+            step = node.op.patch_backward if isinstance(coefficients, Patches) else node.op.backward
+            upstream, constant = step(coefficients, self.relaxation(m))
             total += constant
-            for j, c in zip(node.inputs, coefficients):
-                pending[j] = pending[j] + c if j in pending else c
+            for j, c in zip(node.inputs, upstream):
+                self._accumulate(pending, j, c)
         if 0 in pending:
             total += concretize_lower(pending[0], self.x0, self.offsets, self.radius, self.norm)
         return total
+
+    def _accumulate(self, pending: dict, j: int, c: tf.Tensor | Patches) -> None:
+        """Add coefficients for node j; windows are made dense where several consumers meet."""
+        if j not in pending and len(self.graph.consumers[j]) == 1:
+            pending[j] = c
+            return
+        dense = c.dense() if isinstance(c, Patches) else c
+        if j in pending:
+            old = pending[j]
+            dense = dense + (old.dense() if isinstance(old, Patches) else old)
+        pending[j] = dense
 
     def interval_lower(self, start: int, a: tf.Tensor) -> tf.Tensor:
         """Interval lower bounds (B, S) of a . y_start, merging the objective into a linear last layer."""
@@ -167,3 +221,7 @@ class BoundPropagation:
         lo, hi = (tf.expand_dims(t, 1) for t in self.bounds[start])
         pos = tf.nn.relu(a)
         return constant + tf.reduce_sum(tf.reshape(pos * lo + (a - pos) * hi, tf.concat([tf.shape(a)[:2], [-1]], 0)), -1)
+
+
+def _values(a: tf.Tensor | Patches) -> tf.Tensor:
+    return a.a if isinstance(a, Patches) else a

@@ -26,6 +26,7 @@ from cleverscore.errors import UsageError
 from cleverscore.norms import LpNorm
 
 from .ops.base import Interval
+from .patches import Patches
 
 
 def feasible_offsets(x0: tf.Tensor, radius: tf.Tensor, box: Interval) -> Interval:
@@ -77,18 +78,36 @@ _BY_ORDER = {1.0: _min_l1, 2.0: _min_l2, float(np.inf): _min_linf}
 
 
 def min_linear(a: tf.Tensor, offsets: Interval, radius: tf.Tensor, norm: LpNorm) -> tf.Tensor:
-    """min over delta of a . delta, for a (B, S, d), feasible offsets (B, d) and radius (B,): shape (B, S)."""
+    """min over delta of a . delta, for a (B, S, d), radius (B,) and feasible offsets (B, d) or, per row, (B, S, d).
+
+    Returns shape (B, S).
+    """
     solver = _BY_ORDER.get(float(norm.p))
     if solver is None:
         raise UsageError(f"certified bounds support the L1, L2 and Linf norms, not p = {norm.p}")
-    lo, hi = (tf.expand_dims(t, 1) for t in offsets)
+    lo, hi = (tf.expand_dims(t, 1) if t.shape.rank == 2 else t for t in offsets)
     r = tf.reshape(tf.cast(radius, a.dtype), (-1, 1, 1))
     room = tf.clip_by_value(tf.where(a > 0, -lo, hi), 0, r)
     return solver(tf.abs(a), room, r)
 
 
-def concretize_lower(a: tf.Tensor, x0: tf.Tensor, offsets: Interval, radius: tf.Tensor, norm: LpNorm) -> tf.Tensor:
+def concretize_patches(p: Patches, x0: tf.Tensor, offsets: Interval, radius: tf.Tensor, norm: LpNorm) -> tf.Tensor:
+    """concretize_lower for coefficients held on windows: only the window's coordinates matter."""
+    lead = tf.shape(p.a)[:2]
+
+    def flat(t):
+        return tf.reshape(t, tf.concat([tf.shape(t)[:2], [-1]], 0))
+
+    centre = tf.reduce_sum(flat(p.a * p.gather(x0[None])), axis=-1)
+    window = Interval(*(flat(p.gather(t)) for t in offsets))
+    return centre + tf.reshape(min_linear(flat(p.a), window, radius, norm), lead)
+
+
+def concretize_lower(a: tf.Tensor | Patches, x0: tf.Tensor, offsets: Interval, radius: tf.Tensor,
+                     norm: LpNorm) -> tf.Tensor:
     """The lower bound (B, S) of a . x over the ball intersected with the box, for a of shape (B, S, *input_shape)."""
+    if isinstance(a, Patches):
+        return concretize_patches(a, x0, offsets, radius, norm)
     lead = tf.shape(a)[:2]
     flat = tf.reshape(a, tf.concat([lead, [-1]], 0))
     flat_offsets = Interval(*(tf.reshape(t, (tf.shape(t)[0], -1)) for t in offsets))

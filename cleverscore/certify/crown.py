@@ -40,9 +40,10 @@ class Problem:
     spec: tf.Tensor          # (T, *output_shape): rows e_c - e_j
     box: Interval            # broadcast to the input shape
 
-    def propagate(self, radii: np.ndarray, norm: LpNorm, memory_budget: int, crown: bool = True) -> BoundPropagation:
+    def propagate(self, radii: np.ndarray, norm: LpNorm, memory_budget: int, crown: bool = True,
+                  patches: bool = True) -> BoundPropagation:
         radius = tf.constant(np.asarray(radii, dtype=self.graph.dtype.as_numpy_dtype).reshape(-1))
-        return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown)
+        return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches)
 
     def margins_at_x0(self) -> np.ndarray:
         logits = self.graph.forward(self.x0[None])[0].numpy()

@@ -21,9 +21,12 @@ Every activation here is monotone non-decreasing, so interval propagation is exa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import tensorflow as tf
 
+from ..patches import Patches, patch_sum
 from .base import Interval, Operator, expand_spec, interval_product, sum_spec
 
 _BISECTION_STEPS = 30
@@ -70,6 +73,15 @@ class Activation(Operator):
         positive = a >= 0
         constant = sum_spec(a * tf.where(positive, b_l, b_u))
         return [a * tf.where(positive, a_l, a_u)], constant
+
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int]:
+        return ph, pw
+
+    def patch_backward(self, p: Patches, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[Patches], tf.Tensor]:
+        a_l, b_l, a_u, b_u = (p.gather(t) for t in relaxation)
+        positive = p.a >= 0
+        constant = patch_sum(p, tf.where(positive, b_l, b_u))
+        return [replace(p, a=p.a * tf.where(positive, a_l, a_u))], constant
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         d = self.derivative_range(bounds.lo, bounds.hi)

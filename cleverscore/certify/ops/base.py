@@ -88,6 +88,14 @@ class Operator:
         """Coefficients A_i on each input and a (B, S) constant c with A . y >= sum_i A_i . x_i + c."""
         raise NotImplementedError
 
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int] | None:
+        """The window on the input that a (ph, pw) window on the output needs, or None without patch support."""
+        return None
+
+    def patch_backward(self, p: Any, relaxation: Any) -> tuple[list[Any], tf.Tensor]:
+        """`backward` for coefficients held as `patches.Patches` (only where `patch_window` is not None)."""
+        raise NotImplementedError
+
     def gradient_backward(self, g: Interval, *bounds: Interval) -> list[Interval]:
         """Intervals of d(objective)/d(input) from an interval of d(objective)/d(output)."""
         raise NotImplementedError

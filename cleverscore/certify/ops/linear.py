@@ -7,9 +7,12 @@ A b. Gradient intervals go backward the same way (mid through W^T, radius throug
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import tensorflow as tf
 
+from ..patches import Patches, patch_sum
 from .base import Interval, Operator, fold_spec, sum_spec, unfold_spec
 
 
@@ -121,6 +124,25 @@ class Conv2D(LinearOperator):
         self.strides = (1, *strides, 1)
         self.padding = padding.upper()
         self.in_shape = tuple(input_shape)
+        (ho, wo, _), (h, w, _) = self.output_shape(self.in_shape), self.in_shape
+        kh, kw = int(self.kernel.shape[0]), int(self.kernel.shape[1])
+        same = self.padding == "SAME"
+        # TF's 'same' padding: the odd row/column goes to the bottom/right.
+        self.top = max((ho - 1) * strides[0] + kh - h, 0) // 2 if same else 0
+        self.left = max((wo - 1) * strides[1] + kw - w, 0) // 2 if same else 0
+
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int]:
+        (sh, sw), kh, kw = self.strides[1:3], int(self.kernel.shape[0]), int(self.kernel.shape[1])
+        return (ph - 1) * sh + kh, (pw - 1) * sw + kw
+
+    def patch_backward(self, p: Patches, relaxation: None) -> tuple[list[Patches], tf.Tensor]:
+        constant = tf.zeros(tf.shape(p.a)[:2], p.a.dtype) if self.bias is None else patch_sum(p, self.bias)
+        flat, lead = fold_spec(p.a, 3)
+        nh, nw = self.patch_window(*p.window)
+        out_shape = tf.stack([tf.shape(flat)[0], nh, nw, self.in_shape[-1]])
+        back = unfold_spec(tf.nn.conv2d_transpose(flat, self.kernel, out_shape, self.strides, "VALID"), lead)
+        sh, sw = self.strides[1:3]
+        return [p.moved(back, p.top * sh - self.top, p.left * sw - self.left, self.in_shape)], constant
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         h, w, _ = shape
@@ -132,11 +154,10 @@ class Conv2D(LinearOperator):
 
     def unit_rows(self, rows: np.ndarray, out_shape: tuple[int, ...], dtype: tf.DType) -> tuple[tf.Tensor, tf.Tensor]:
         """Each output neuron's row of the convolution matrix: its filter placed over its receptive field."""
-        (ho, wo, co), (h, w, ci) = out_shape, self.in_shape
+        (_, wo, co), (h, w, ci) = out_shape, self.in_shape
         kh, kw = int(self.kernel.shape[0]), int(self.kernel.shape[1])
         sh, sw = self.strides[1:3]
-        top = max((ho - 1) * sh + kh - h, 0) // 2 if self.padding == "SAME" else 0
-        left = max((wo - 1) * sw + kw - w, 0) // 2 if self.padding == "SAME" else 0
+        top, left = self.top, self.left
         r, i, j = np.meshgrid(np.arange(len(rows)), np.arange(kh), np.arange(kw), indexing="ij")
         y = (rows[r] // (wo * co)) * sh - top + i
         x = (rows[r] // co % wo) * sw - left + j
@@ -177,6 +198,12 @@ class ChannelAffine(LinearOperator):
         self.scale = tf.constant(scale, dtype)
         self.abs_scale = tf.abs(self.scale)
         self.shift = tf.constant(shift, dtype)
+
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int]:
+        return ph, pw
+
+    def patch_backward(self, p: Patches, relaxation: None) -> tuple[list[Patches], tf.Tensor]:
+        return [replace(p, a=p.a * self.scale)], patch_sum(p, self.shift)
 
     def apply(self, x: tf.Tensor) -> tf.Tensor:
         return x * self.scale
@@ -227,6 +254,12 @@ class Add(Operator):
 
     def backward(self, a: tf.Tensor, relaxation: None) -> tuple[list[tf.Tensor], tf.Tensor]:
         return [a] * self.arity, tf.zeros(tf.shape(a)[:2], a.dtype)
+
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int]:
+        return ph, pw
+
+    def patch_backward(self, p: Patches, relaxation: None) -> tuple[list[Patches], tf.Tensor]:
+        return [p] * self.arity, tf.zeros(tf.shape(p.a)[:2], p.a.dtype)
 
     def gradient_backward(self, g: Interval, *bounds: Interval) -> list[Interval]:
         return [g] * len(bounds)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ..patches import Patches, patch_sum
 from .base import Interval, Operator, expand_spec, fold_spec, sum_spec, unfold_spec
 from .linear import LinearOperator
 
@@ -96,6 +97,24 @@ class MaxPooling2D(Operator):
         coef = tf.expand_dims(tf.where((a >= 0) | (stable > 0), a, 0), -1) * chosen
         flat, lead = fold_spec(coef, 4)
         return [unfold_spec(self._unwindow(flat), lead)], constant
+
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int]:
+        return ph * self.pool[0], pw * self.pool[1]
+
+    def patch_backward(self, p: Patches, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[Patches], tf.Tensor]:
+        chosen, stable, constant = relaxation
+        k = chosen.shape[-1]
+        chosen = p.gather(tf.reshape(chosen, (-1, *chosen.shape[2:4], chosen.shape[4] * k)))
+        chosen = tf.reshape(chosen, tf.concat([tf.shape(chosen)[:4], [self.in_shape[-1], *self.pool]], 0))
+        stable, constant = p.gather(stable), p.gather(constant)
+        total = patch_sum(Patches(tf.minimum(p.a, 0), p.top, p.left, p.map_shape), constant)
+        coef = tf.where((p.a >= 0) | (stable > 0), p.a, 0)[..., None, None] * chosen
+        coef = tf.transpose(coef, (0, 1, 2, 5, 3, 6, 4))                 # (B, S, ph, p1, pw, p2, C)
+        ph, pw = self.patch_window(*p.window)
+        coef = tf.reshape(coef, tf.concat([tf.shape(coef)[:2], [ph, pw, self.in_shape[-1]]], 0))
+        top = p.top * self.pool[0] - self.pads[0][0]
+        left = p.left * self.pool[1] - self.pads[1][0]
+        return [p.moved(coef, top, left, self.in_shape)], total
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
