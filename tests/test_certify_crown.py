@@ -299,19 +299,36 @@ def test_radius_is_zero_for_a_target_above_the_label_and_infinite_when_the_box_i
     np.testing.assert_array_equal(capped.radii, [0.25, 0.25])
 
 
-def test_layers_over_the_memory_budget_fall_back_to_interval_bounds(cnn):
+def test_the_memory_budget_decides_how_many_neurons_get_crown_bounds(cnn):
     _, graph, x0, label, targets = cnn
     full = margin_lower_bounds(graph, x0, label, targets, 0.05, L2)
     starved = margin_lower_bounds(graph, x0, label, targets, 0.05, L2, memory_budget=0)
+    plain = interval_margin_lower_bounds(graph, x0, label, targets, 0.05, L2)
     names = [r.layer for r in full.layers]
     assert names == [graph.nodes[i].name for i in range(len(graph.nodes)) if graph.needs_bounds(i)]
     # The ReLU output feeding the max pooling keeps the ReLU of its refined input bounds.
-    by_method = {m: [r.layer for r in full.layers if r.method == m] for m in ("crown", "elementwise")}
-    assert by_method["elementwise"] == ["merge_relu"] and len(by_method["crown"]) == len(names) - 1
-    assert {r.method for r in starved.layers} == {"interval", "elementwise"}
-    assert np.all(full.lower >= starved.lower - TOL)
-    costs = sorted(r.crown_bytes for r in full.layers if r.method == "crown")
-    budget = costs[len(costs) // 2]
-    mixed = margin_lower_bounds(graph, x0, label, targets, 0.05, L2, memory_budget=budget)
-    assert {r.method for r in mixed.layers} == {"crown", "interval", "elementwise"}
-    assert all((r.method == "crown") == (r.crown_bytes <= budget) for r in mixed.layers if r.method != "elementwise")
+    assert [r.layer for r in full.layers if r.method == "elementwise"] == ["merge_relu"]
+    refined = [r for r in full.layers if r.method != "elementwise"]
+    assert all(r.method == "crown" and r.refined == r.wanted > 0 for r in refined)
+    assert all(r.method == "interval" and r.refined == 0 for r in starved.layers if r.method != "elementwise")
+    largest = max(refined, key=lambda r: r.crown_bytes)
+    budget = largest.crown_bytes // 2
+    partial = margin_lower_bounds(graph, x0, label, targets, 0.05, L2, memory_budget=budget)
+    report = next(r for r in partial.layers if r.layer == largest.layer)
+    assert report.method == "partial" and report.refined == budget // (largest.crown_bytes // largest.wanted)
+    for result in (full, starved, partial):
+        assert np.all(result.lower >= plain.lower - TOL)
+    assert np.all(full.lower > starved.lower)
+
+
+def test_problems_share_a_pass_only_as_far_as_the_budget_allows_with_the_same_bounds(cnn):
+    _, graph, x0, label, targets = cnn
+    problem = prepare(graph, x0, label, targets)
+    radii = np.array([0.05, 0.1])
+    together = problem.propagate(radii, L2, 1 << 30)
+    single = max(r.crown_bytes for r in together.reports) // 2
+    apart = problem.propagate(radii, L2, single)
+    assert [r.method for r in apart.reports] == [r.method for r in together.reports]
+    for a, b in zip(apart.bounds, together.bounds):
+        np.testing.assert_allclose(a.lo.numpy(), b.lo.numpy(), atol=1e-12)
+        np.testing.assert_allclose(a.hi.numpy(), b.hi.numpy(), atol=1e-12)

@@ -7,8 +7,11 @@ to the input and concretised over the ball, and the result is intersected with t
 bounds. Because later interval bounds start from these refined bounds and interval propagation
 is monotone, bounds with CROWN are never looser than pure interval bounds, layer by layer.
 
-The CROWN pass for a node holds coefficient tensors of shape (B, 2 * rows, *shape) for every
-node it passes; when its memory estimate exceeds the budget, the node keeps its interval bounds.
+The CROWN pass for a node holds coefficient tensors of shape (B, 2 * rows, ...) for every node
+it passes: dense, or on each row's receptive field in feature maps (`patches.py`). A memory
+estimate decides per node how many of the wanted neurons one problem's pass can refine (all,
+some, or none: then the node keeps its interval bounds); problems are grouped into passes that
+fit the budget.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from .concretize import concretize_lower, feasible_offsets
 from .graph import Graph
 from .ops import Activation, Interval, LinearOperator
 from .patches import Patches, negate_and_stack, unit_patches
-from .results import CROWN, ELEMENTWISE, INTERVAL, LayerReport
+from .results import CROWN, ELEMENTWISE, INTERVAL, PARTIAL, LayerReport
 
-DEFAULT_MEMORY_BUDGET = 1 << 30
+DEFAULT_MEMORY_BUDGET = 2 << 30
 # Live coefficient tensors during a backward pass, in units of the largest one: the incoming A,
-# a selected relaxation, the outgoing A and TF's workspace (measured on the zoo's CNNs).
+# a selected relaxation, the outgoing A and TF's workspace; windowed coefficients also read
+# four relaxation tensors on every window (both measured on the zoo's CNNs).
 _BACKWARD_COPIES = 5
+_WINDOWED_COPIES = 7
 # The L1/L2 concretisation sorts the input coefficients and gathers several copies of them.
 _CONCRETIZE_COPIES = 8
 
@@ -69,52 +74,65 @@ class BoundPropagation:
             if self.graph.needs_bounds(i):
                 self._refine(i)
 
-    def _wanted(self, i: int, bounds: Interval) -> tf.Tensor:
-        """Which neurons of node i (B, *shape) some nonlinear operator downstream wants tight bounds on.
+    def _wanted(self, i: int, bounds: Interval) -> tuple[tf.Tensor, tf.Tensor]:
+        """Which neurons of node i (B, *shape) nonlinear operators downstream want tight bounds on.
 
-        An elementwise activation passes on its consumers' wishes position by position, since its
-        output bounds are its input bounds mapped through it.
+        Returns the wishes of node i's own nonlinear consumers and those passed on through
+        elementwise activations (position by position: an activation's output bounds are its
+        input bounds mapped through it).
         """
-        wanted = tf.zeros_like(bounds.lo, dtype=tf.bool)
+        own = tf.zeros_like(bounds.lo, dtype=tf.bool)
+        passed = tf.zeros_like(own)
         for j in self.graph.consumers[i]:
             op = self.graph.nodes[j].op
             if op.nonlinear:
-                wanted |= op.refine_mask(bounds)
+                own |= op.refine_mask(bounds)
             if isinstance(op, Activation) and self.graph.needs_bounds(j):
-                wanted |= self._wanted(j, op.interval(bounds))
-        return wanted
+                passed |= tf.reduce_any(tf.stack(self._wanted(j, op.interval(bounds))), axis=0)
+        return own, passed
 
     def _rows_to_refine(self, i: int) -> np.ndarray:
-        """Flat indices of the neurons of node i that need refining in any of the B problems."""
-        wanted = tf.reduce_any(tf.reshape(self._wanted(i, self.bounds[i]), (self.batch, -1)), axis=0)
-        return np.flatnonzero(wanted.numpy()).astype(np.int32)
+        """Flat indices of the neurons of node i to refine, most useful first.
+
+        First the neurons node i's own consumers want (such as unstable ReLU inputs), then those
+        wanted further on (such as max-pooling candidates); widest intervals first within each.
+        """
+        own, passed = (tf.reduce_any(tf.reshape(m, (self.batch, -1)), axis=0).numpy()
+                       for m in self._wanted(i, self.bounds[i]))
+        lo, hi = self.bounds[i]
+        width = tf.reduce_max(tf.reshape(hi - lo, (self.batch, -1)), axis=0).numpy()
+        order = np.lexsort((-width, ~own))
+        return order[(own | passed)[order]].astype(np.int32)
 
     def crown_bytes(self, i: int, rows: int) -> int:
-        """Estimated peak memory of a CROWN pass from node i with `rows` neurons (two spec rows each)."""
-        widest, at_input = self._row_sizes(i)
-        per_row = max(_BACKWARD_COPIES * widest, _CONCRETIZE_COPIES * at_input)
-        return self.batch * 2 * rows * per_row * self.graph.dtype.size
+        """Estimated peak memory of a CROWN pass from node i with `rows` neurons (two spec rows each), per problem."""
+        dense, windowed, at_input = self._row_sizes(i)
+        per_row = max(_BACKWARD_COPIES * dense, _WINDOWED_COPIES * windowed, _CONCRETIZE_COPIES * at_input)
+        return 2 * rows * per_row * self.graph.dtype.size
 
-    def _row_sizes(self, i: int) -> tuple[int, int]:
-        """Coefficients per spec row: the most on any node a pass from node i visits, and on the input.
+    def _row_sizes(self, i: int) -> tuple[int, int, int]:
+        """Coefficients per spec row: the most on any node a pass from node i visits, dense and windowed, and on the input.
 
         This replays `backward_lower` on window sizes alone (None: dense coefficients).
         """
         nodes = self.graph.nodes
         pending: dict[int, tuple[int, int] | None] = {i: (1, 1) if self._windowed(i) else None}
-        widest = 0
+        dense = windowed = 0
         for m in range(i, 0, -1):
             if m not in pending:
                 continue
             window = self._keep_window(m, pending.pop(m))
-            widest = max(widest, nodes[m].size if window is None else window[0] * window[1] * nodes[m].shape[-1])
+            if window is None:
+                dense = max(dense, nodes[m].size)
+            else:
+                windowed = max(windowed, window[0] * window[1] * nodes[m].shape[-1])
             grown = None if window is None else nodes[m].op.patch_window(*window)
             for j in nodes[m].inputs:
                 shared = j in pending or len(self.graph.consumers[j]) > 1
                 pending[j] = None if shared or grown is None else grown
         window = pending.get(0)
         at_input = nodes[0].size if window is None else window[0] * window[1] * nodes[0].shape[-1]
-        return widest, at_input
+        return dense, windowed, at_input
 
     def _windowed(self, i: int) -> bool:
         return self.patches and len(self.graph.nodes[i].shape) == 3
@@ -132,39 +150,47 @@ class BoundPropagation:
         if isinstance(node.op, Activation):
             # f(l) <= f(x) <= f(u) is exact for a monotone activation of refined inputs; the
             # relaxation CROWN would push through cannot do better.
-            self.reports.append(LayerReport(node.name, ELEMENTWISE, 0, node.size, 0))
+            self.reports.append(LayerReport(node.name, ELEMENTWISE, 0, 0, node.size, 0))
             return
-        rows = self._rows_to_refine(i)
-        need = self.crown_bytes(i, len(rows))
-        if not self.crown or need > self.memory_budget:
-            self.reports.append(LayerReport(node.name, INTERVAL, 0, node.size, need))
-            return
-        self.reports.append(LayerReport(node.name, CROWN, len(rows), node.size, need))
+        wanted = self._rows_to_refine(i)
+        per_row = self.crown_bytes(i, 1)
+        # Refine as many of the wanted neurons as one problem's pass can afford.
+        rows = wanted[:int(self.memory_budget // per_row)] if self.crown else wanted[:0]
+        need = per_row * len(rows)
+        method = CROWN if len(rows) == len(wanted) else PARTIAL if len(rows) else INTERVAL
+        # Problems share a pass as far as the budget allows; the cost per problem is the same.
+        group = int(min(self.batch, max(1, self.memory_budget // max(need, 1))))
+        self.reports.append(LayerReport(node.name, method, len(rows), len(wanted), node.size,
+                                        max(need, 1) * group if len(rows) else per_row * len(wanted)))
         if len(rows) == 0:
             return
-        start, spec, constant = self._unit_rows(i, rows)
-        lower = self.backward_lower(start, spec, constant)
+        parts = []
+        for first in range(0, self.batch, group):
+            problems = slice(first, min(self.batch, first + group))
+            start, spec, constant = self._unit_rows(i, rows, problems.stop - problems.start)
+            parts.append(self.backward_lower(start, spec, constant, problems))
+        lower = tf.concat(parts, axis=0)
         self.bounds[i] = Interval(self._tighten(self.bounds[i].lo, rows, lower[:, :len(rows)], tf.maximum),
                                   self._tighten(self.bounds[i].hi, rows, -lower[:, len(rows):], tf.minimum))
 
-    def _unit_rows(self, i: int, rows: np.ndarray) -> tuple[int, tf.Tensor | Patches, tf.Tensor]:
+    def _unit_rows(self, i: int, rows: np.ndarray, batch: int) -> tuple[int, tf.Tensor | Patches, tf.Tensor]:
         """The objectives +e_r . y_i and -e_r . y_i for each row r, as coefficients on some node and constants.
 
         A feature map starts 1x1 windows (patches); a dense linear node hands over its rows of W
         directly, saving the tensor of rows times its own size that a one-hot start would need.
         """
         node, dtype, count = self.graph.nodes[i], self.graph.dtype, 2 * len(rows)
-        zeros = tf.zeros((self.batch, count), dtype)
+        zeros = tf.zeros((batch, count), dtype)
         if self._windowed(i):
-            return i, negate_and_stack(unit_patches(rows, node.shape, dtype, self.batch)), zeros
+            return i, negate_and_stack(unit_patches(rows, node.shape, dtype, batch)), zeros
         if isinstance(node.op, LinearOperator):
             unit, offset = node.op.unit_rows(rows, node.shape, dtype)
             start = node.inputs[0]
         else:
             unit = tf.reshape(tf.one_hot(rows, node.size, dtype=dtype), (len(rows), *node.shape))
             offset, start = tf.zeros((len(rows),), dtype), i
-        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (self.batch, count, *unit.shape[1:]))
-        return start, spec, tf.broadcast_to(tf.concat([offset, -offset], 0), (self.batch, count))
+        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (batch, count, *unit.shape[1:]))
+        return start, spec, tf.broadcast_to(tf.concat([offset, -offset], 0), (batch, count))
 
     def _tighten(self, old: tf.Tensor, rows: np.ndarray, new: tf.Tensor, pick) -> tf.Tensor:
         flat = tf.transpose(tf.reshape(old, (self.batch, -1)))
@@ -172,15 +198,22 @@ class BoundPropagation:
         merged = tf.tensor_scatter_nd_update(flat, index, pick(tf.gather(flat, rows), tf.transpose(new)))
         return tf.reshape(tf.transpose(merged), tf.shape(old))
 
-    def relaxation(self, i: int) -> object:
-        """The linear relaxation of node i on its (final) input bounds, computed once."""
+    def relaxation(self, i: int, problems: slice = slice(None)) -> object:
+        """The linear relaxation of node i on its (final) input bounds, computed once; for some of the problems."""
         if i not in self._relaxations:
             node = self.graph.nodes[i]
             self._relaxations[i] = node.op.relax(*[self.bounds[j] for j in node.inputs])
-        return self._relaxations[i]
+        relaxation = self._relaxations[i]
+        if relaxation is None or problems == slice(None):
+            return relaxation
+        return tf.nest.map_structure(lambda t: t[problems], relaxation)
 
-    def backward_lower(self, start: int, a: tf.Tensor | Patches, constant: tf.Tensor | None = None) -> tf.Tensor:
-        """Lower bounds (B, S) of a . y_start + constant over each ball, for a of shape (B, S, *shape of node start)."""
+    def backward_lower(self, start: int, a: tf.Tensor | Patches, constant: tf.Tensor | None = None,
+                       problems: slice = slice(None)) -> tf.Tensor:
+        """Lower bounds (b, S) of a . y_start + constant over the balls of `problems` (b of them; default all).
+
+        `a` has shape (b, S, *shape of node start).
+        """
         pending: dict[int, tf.Tensor | Patches] = {start: a}
         total = constant if constant is not None else tf.zeros(tf.shape(_values(a))[:2], self.graph.dtype)
         for m in range(start, 0, -1):
@@ -191,12 +224,13 @@ class BoundPropagation:
             if isinstance(coefficients, Patches) and self._keep_window(m, coefficients.window) is None:
                 coefficients = coefficients.dense()
             step = node.op.patch_backward if isinstance(coefficients, Patches) else node.op.backward
-            upstream, constant = step(coefficients, self.relaxation(m))
+            upstream, constant = step(coefficients, self.relaxation(m, problems))
             total += constant
             for j, c in zip(node.inputs, upstream):
                 self._accumulate(pending, j, c)
         if 0 in pending:
-            total += concretize_lower(pending[0], self.x0, self.offsets, self.radius, self.norm)
+            offsets = Interval(self.offsets.lo[problems], self.offsets.hi[problems])
+            total += concretize_lower(pending[0], self.x0, offsets, self.radius[problems], self.norm)
         return total
 
     def _accumulate(self, pending: dict, j: int, c: tf.Tensor | Patches) -> None:

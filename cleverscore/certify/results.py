@@ -10,6 +10,7 @@ import numpy as np
 from cleverscore.norms import L1, L2, LINF, LpNorm
 
 CROWN = "crown"
+PARTIAL = "partial"
 INTERVAL = "interval"
 ELEMENTWISE = "elementwise"
 MIXED = "mixed"
@@ -21,19 +22,24 @@ class LayerReport:
 
     Attributes:
         layer: the node's name (the Keras layer, e.g. `dense_1` for its pre-activation output).
-        method: `crown` (backward linear bounds, intersected with interval bounds), `interval`
-            (the CROWN pass was estimated to exceed the memory budget), `elementwise` (the output
-            of a monotone activation: the activation of its input's bounds, which CROWN cannot
-            tighten), or `mixed` when several evaluations (search steps) chose differently.
-        refined: how many neurons were bounded by CROWN (the most in any evaluation); only
-            neurons whose interval bounds leave the relaxation loose are refined.
+        method: `crown` (backward linear bounds, intersected with interval bounds, for every
+            neuron that needed them), `partial` (the memory budget allowed CROWN for only some of
+            them, the loosest first), `interval` (for none of them), `elementwise` (the output of a
+            monotone activation: the activation of its input's bounds, which CROWN cannot
+            tighten), or `mixed` when several evaluations (search steps) differed.
+        refined: how many neurons were bounded by CROWN (the most in any evaluation).
+        wanted: how many neurons would profit from CROWN (unstable ReLU inputs, candidates of
+            undecided max-pooling windows, every input of a smooth activation); the rest keep
+            interval bounds, which already make their relaxation exact.
         neurons: the node's size.
-        crown_bytes: the memory estimate of the CROWN pass (the largest in any evaluation).
+        crown_bytes: the memory estimate of one CROWN pass (for all wanted neurons of one
+            problem when they did not fit the budget; the largest in any evaluation).
     """
 
     layer: str
     method: str
     refined: int
+    wanted: int
     neurons: int
     crown_bytes: int
 
@@ -48,7 +54,8 @@ def merge_reports(runs: Iterable[tuple[LayerReport, ...]]) -> tuple[LayerReport,
                 merged[rep.layer] = rep
                 continue
             method = old.method if old.method == rep.method else MIXED
-            merged[rep.layer] = LayerReport(rep.layer, method, max(old.refined, rep.refined), rep.neurons,
+            merged[rep.layer] = LayerReport(rep.layer, method, max(old.refined, rep.refined),
+                                            max(old.wanted, rep.wanted), rep.neurons,
                                             max(old.crown_bytes, rep.crown_bytes))
     return tuple(merged.values())
 

@@ -78,10 +78,14 @@ class Activation(Operator):
         return ph, pw
 
     def patch_backward(self, p: Patches, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[Patches], tf.Tensor]:
-        a_l, b_l, a_u, b_u = (p.gather(t) for t in relaxation)
-        positive = p.a >= 0
-        constant = patch_sum(p, tf.where(positive, b_l, b_u))
-        return [replace(p, a=p.a * tf.where(positive, a_l, a_u))], constant
+        a_l, b_l, a_u, b_u = relaxation
+        # A . relaxation = A a_u + relu(A) (a_l - a_u), read window by window; one window-sized
+        # gather at a time keeps the peak memory low.
+        pos = Patches(tf.nn.relu(p.a), p.top, p.left, p.map_shape)
+        constant = patch_sum(p, p.gather(b_u)) + patch_sum(pos, p.gather(b_l - b_u))
+        coef = p.a * p.gather(a_u)
+        coef += pos.a * p.gather(a_l - a_u)
+        return [replace(p, a=coef)], constant
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         d = self.derivative_range(bounds.lo, bounds.hi)
