@@ -311,12 +311,15 @@ def test_the_memory_budget_decides_how_many_neurons_get_crown_bounds(cnn):
     refined = [r for r in full.layers if r.method != "elementwise"]
     assert all(r.method == "crown" and r.refined == r.wanted > 0 for r in refined)
     assert all(r.method == "interval" and r.refined == 0 for r in starved.layers if r.method != "elementwise")
-    largest = max(refined, key=lambda r: r.crown_bytes)
-    budget = largest.crown_bytes // 2
-    partial = margin_lower_bounds(graph, x0, label, targets, 0.05, L2, memory_budget=budget)
-    report = next(r for r in partial.layers if r.layer == largest.layer)
-    assert report.method == "partial" and report.refined == budget // (largest.crown_bytes // largest.wanted)
-    for result in (full, starved, partial):
+    assert all(r.stop == "input" for r in refined)
+    # Just under what the last convolution's pass to the input needs: it stops at an earlier node.
+    last = refined[-1]
+    budget = last.crown_bytes - 1
+    truncated = margin_lower_bounds(graph, x0, label, targets, 0.05, L2, memory_budget=budget)
+    report = next(r for r in truncated.layers if r.layer == last.layer)
+    assert report.method == "truncated" and report.refined == report.wanted and report.crown_bytes <= budget
+    assert report.stop in names[:-1]
+    for result in (full, starved, truncated):
         assert np.all(result.lower >= plain.lower - TOL)
     assert np.all(full.lower > starved.lower)
 

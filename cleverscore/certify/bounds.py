@@ -9,9 +9,10 @@ is monotone, bounds with CROWN are never looser than pure interval bounds, layer
 
 The CROWN pass for a node holds coefficient tensors of shape (B, 2 * rows, ...) for every node
 it passes: dense, or on each row's receptive field in feature maps (`patches.py`). A memory
-estimate decides per node how many of the wanted neurons one problem's pass can refine (all,
-some, or none: then the node keeps its interval bounds); problems are grouped into passes that
-fit the budget.
+estimate decides per node how deep the pass may go: to the input, or, where that does not fit
+the budget, to an earlier node whose (refined) bounds then bound the rest (truncated CROWN);
+when not even the shallowest pass fits, the node keeps its interval bounds. Problems are
+grouped into passes that fit the budget.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from cleverscore.norms import LpNorm
 from .concretize import concretize_lower, feasible_offsets
 from .graph import Graph
 from .ops import Activation, Interval, LinearOperator
-from .patches import Patches, negate_and_stack, unit_patches
-from .results import CROWN, ELEMENTWISE, INTERVAL, PARTIAL, LayerReport
+from .ops.base import expand_spec, sum_spec
+from .patches import Patches, negate_and_stack, patch_sum, unit_patches
+from .results import CROWN, ELEMENTWISE, INTERVAL, TRUNCATED, LayerReport
 
 DEFAULT_MEMORY_BUDGET = 2 << 30
 # Live coefficient tensors during a backward pass, in units of the largest one: the incoming A,
@@ -92,25 +94,20 @@ class BoundPropagation:
         return own, passed
 
     def _rows_to_refine(self, i: int) -> np.ndarray:
-        """Flat indices of the neurons of node i to refine, most useful first.
+        """Flat indices of the neurons of node i that some problem wants refined."""
+        wanted = tf.reduce_any(tf.stack(self._wanted(i, self.bounds[i])), axis=0)
+        return np.flatnonzero(tf.reduce_any(tf.reshape(wanted, (self.batch, -1)), axis=0).numpy()).astype(np.int32)
 
-        First the neurons node i's own consumers want (such as unstable ReLU inputs), then those
-        wanted further on (such as max-pooling candidates); widest intervals first within each.
+    def crown_bytes(self, i: int, rows: int, floor: int = 1) -> int:
+        """Estimated peak memory of one problem's CROWN pass from node i for `rows` neurons (two spec rows each).
+
+        `floor` as for `backward_lower`.
         """
-        own, passed = (tf.reduce_any(tf.reshape(m, (self.batch, -1)), axis=0).numpy()
-                       for m in self._wanted(i, self.bounds[i]))
-        lo, hi = self.bounds[i]
-        width = tf.reduce_max(tf.reshape(hi - lo, (self.batch, -1)), axis=0).numpy()
-        order = np.lexsort((-width, ~own))
-        return order[(own | passed)[order]].astype(np.int32)
-
-    def crown_bytes(self, i: int, rows: int) -> int:
-        """Estimated peak memory of a CROWN pass from node i with `rows` neurons (two spec rows each), per problem."""
-        dense, windowed, at_input = self._row_sizes(i)
+        dense, windowed, at_input = self._row_sizes(i, floor)
         per_row = max(_BACKWARD_COPIES * dense, _WINDOWED_COPIES * windowed, _CONCRETIZE_COPIES * at_input)
         return 2 * rows * per_row * self.graph.dtype.size
 
-    def _row_sizes(self, i: int) -> tuple[int, int, int]:
+    def _row_sizes(self, i: int, floor: int) -> tuple[int, int, int]:
         """Coefficients per spec row: the most on any node a pass from node i visits, dense and windowed, and on the input.
 
         This replays `backward_lower` on window sizes alone (None: dense coefficients).
@@ -126,13 +123,23 @@ class BoundPropagation:
                 dense = max(dense, nodes[m].size)
             else:
                 windowed = max(windowed, window[0] * window[1] * nodes[m].shape[-1])
+            if m < floor:
+                continue
             grown = None if window is None else nodes[m].op.patch_window(*window)
             for j in nodes[m].inputs:
                 shared = j in pending or len(self.graph.consumers[j]) > 1
                 pending[j] = None if shared or grown is None else grown
-        window = pending.get(0)
-        at_input = nodes[0].size if window is None else window[0] * window[1] * nodes[0].shape[-1]
-        return dense, windowed, at_input
+        if 0 not in pending:
+            return dense, windowed, 0
+        window = pending[0]
+        return dense, windowed, nodes[0].size if window is None else window[0] * window[1] * nodes[0].shape[-1]
+
+    def _floors(self, i: int) -> list[int]:
+        """Where a pass from node i may stop, deepest first: at the input (1), else below node k (floor k + 1).
+
+        Stopping right below node i would give its interval bounds again, so that is left out.
+        """
+        return [1] + [k + 1 for k in range(1, i - 1)]
 
     def _windowed(self, i: int) -> bool:
         return self.patches and len(self.graph.nodes[i].shape) == 3
@@ -150,25 +157,29 @@ class BoundPropagation:
         if isinstance(node.op, Activation):
             # f(l) <= f(x) <= f(u) is exact for a monotone activation of refined inputs; the
             # relaxation CROWN would push through cannot do better.
-            self.reports.append(LayerReport(node.name, ELEMENTWISE, 0, 0, node.size, 0))
+            self.reports.append(LayerReport(node.name, ELEMENTWISE, 0, 0, node.size, 0, ""))
             return
-        wanted = self._rows_to_refine(i)
-        per_row = self.crown_bytes(i, 1)
-        # Refine as many of the wanted neurons as one problem's pass can afford.
-        rows = wanted[:int(self.memory_budget // per_row)] if self.crown else wanted[:0]
-        need = per_row * len(rows)
-        method = CROWN if len(rows) == len(wanted) else PARTIAL if len(rows) else INTERVAL
+        rows = self._rows_to_refine(i)
+        # The deepest pass whose estimate fits the budget: through to the input if possible,
+        # else stopping at an earlier node, whose bounds then stand in for what lies below.
+        fitting = [f for f in self._floors(i) if self.crown_bytes(i, len(rows), f) <= self.memory_budget]
+        floor = fitting[0] if self.crown and fitting and len(rows) else None
+        need = self.crown_bytes(i, len(rows), 1 if floor is None else floor)
+        if floor is None:
+            method, stop = (CROWN, "input") if self.crown and len(rows) == 0 else (INTERVAL, "")
+        else:
+            method, stop = (CROWN, "input") if floor == 1 else (TRUNCATED, self.graph.nodes[floor - 1].name)
         # Problems share a pass as far as the budget allows; the cost per problem is the same.
         group = int(min(self.batch, max(1, self.memory_budget // max(need, 1))))
-        self.reports.append(LayerReport(node.name, method, len(rows), len(wanted), node.size,
-                                        max(need, 1) * group if len(rows) else per_row * len(wanted)))
-        if len(rows) == 0:
+        self.reports.append(LayerReport(node.name, method, len(rows) if floor else 0, len(rows), node.size,
+                                        need * (group if floor else 1), stop))
+        if floor is None:
             return
         parts = []
         for first in range(0, self.batch, group):
             problems = slice(first, min(self.batch, first + group))
             start, spec, constant = self._unit_rows(i, rows, problems.stop - problems.start)
-            parts.append(self.backward_lower(start, spec, constant, problems))
+            parts.append(self.backward_lower(start, spec, constant, problems, floor))
         lower = tf.concat(parts, axis=0)
         self.bounds[i] = Interval(self._tighten(self.bounds[i].lo, rows, lower[:, :len(rows)], tf.maximum),
                                   self._tighten(self.bounds[i].hi, rows, -lower[:, len(rows):], tf.minimum))
@@ -209,10 +220,12 @@ class BoundPropagation:
         return tf.nest.map_structure(lambda t: t[problems], relaxation)
 
     def backward_lower(self, start: int, a: tf.Tensor | Patches, constant: tf.Tensor | None = None,
-                       problems: slice = slice(None)) -> tf.Tensor:
+                       problems: slice = slice(None), floor: int = 1) -> tf.Tensor:
         """Lower bounds (b, S) of a . y_start + constant over the balls of `problems` (b of them; default all).
 
-        `a` has shape (b, S, *shape of node start).
+        `a` has shape (b, S, *shape of node start). Coefficients reaching a node below `floor`
+        are bounded by that node's interval bounds instead of being propagated further (sound
+        for any floor; 1 propagates all the way to the input).
         """
         pending: dict[int, tf.Tensor | Patches] = {start: a}
         total = constant if constant is not None else tf.zeros(tf.shape(_values(a))[:2], self.graph.dtype)
@@ -221,6 +234,9 @@ class BoundPropagation:
                 continue
             node = self.graph.nodes[m]
             coefficients = pending.pop(m)
+            if m < floor:
+                total += self._interval_concretize(coefficients, m, problems)
+                continue
             if isinstance(coefficients, Patches) and self._keep_window(m, coefficients.window) is None:
                 coefficients = coefficients.dense()
             step = node.op.patch_backward if isinstance(coefficients, Patches) else node.op.backward
@@ -232,6 +248,14 @@ class BoundPropagation:
             offsets = Interval(self.offsets.lo[problems], self.offsets.hi[problems])
             total += concretize_lower(pending[0], self.x0, offsets, self.radius[problems], self.norm)
         return total
+
+    def _interval_concretize(self, a: tf.Tensor | Patches, m: int, problems: slice) -> tf.Tensor:
+        """The lower bound (b, S) of a . y_m from node m's interval bounds."""
+        lo, hi = (t[problems] for t in self.bounds[m])
+        if isinstance(a, Patches):
+            return patch_sum(Patches(tf.nn.relu(a.a), a.top, a.left, a.map_shape), a.gather(lo)) + \
+                patch_sum(Patches(tf.minimum(a.a, 0), a.top, a.left, a.map_shape), a.gather(hi))
+        return sum_spec(tf.nn.relu(a) * expand_spec(lo) + tf.minimum(a, 0) * expand_spec(hi))
 
     def _accumulate(self, pending: dict, j: int, c: tf.Tensor | Patches) -> None:
         """Add coefficients for node j; windows are made dense where several consumers meet."""

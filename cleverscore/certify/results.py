@@ -10,7 +10,7 @@ import numpy as np
 from cleverscore.norms import L1, L2, LINF, LpNorm
 
 CROWN = "crown"
-PARTIAL = "partial"
+TRUNCATED = "truncated"
 INTERVAL = "interval"
 ELEMENTWISE = "elementwise"
 MIXED = "mixed"
@@ -22,18 +22,19 @@ class LayerReport:
 
     Attributes:
         layer: the node's name (the Keras layer, e.g. `dense_1` for its pre-activation output).
-        method: `crown` (backward linear bounds, intersected with interval bounds, for every
-            neuron that needed them), `partial` (the memory budget allowed CROWN for only some of
-            them, the loosest first), `interval` (for none of them), `elementwise` (the output of a
-            monotone activation: the activation of its input's bounds, which CROWN cannot
-            tighten), or `mixed` when several evaluations (search steps) differed.
+        method: `crown` (backward linear bounds to the input, intersected with interval bounds),
+            `truncated` (the budget did not allow a pass to the input: it stopped at the node
+            `stop`, whose bounds bound the rest), `interval` (not even that fitted), `elementwise`
+            (the output of a monotone activation: the activation of its input's bounds, which
+            CROWN cannot tighten), or `mixed` when several evaluations (search steps) differed.
         refined: how many neurons were bounded by CROWN (the most in any evaluation).
         wanted: how many neurons would profit from CROWN (unstable ReLU inputs, candidates of
             undecided max-pooling windows, every input of a smooth activation); the rest keep
             interval bounds, which already make their relaxation exact.
         neurons: the node's size.
-        crown_bytes: the memory estimate of one CROWN pass (for all wanted neurons of one
-            problem when they did not fit the budget; the largest in any evaluation).
+        crown_bytes: the memory estimate of one CROWN pass (for one problem when nothing fitted
+            the budget; the largest in any evaluation).
+        stop: where the CROWN pass stopped: `input`, a node's name, or empty (no pass).
     """
 
     layer: str
@@ -42,6 +43,7 @@ class LayerReport:
     wanted: int
     neurons: int
     crown_bytes: int
+    stop: str
 
 
 def merge_reports(runs: Iterable[tuple[LayerReport, ...]]) -> tuple[LayerReport, ...]:
@@ -54,9 +56,10 @@ def merge_reports(runs: Iterable[tuple[LayerReport, ...]]) -> tuple[LayerReport,
                 merged[rep.layer] = rep
                 continue
             method = old.method if old.method == rep.method else MIXED
+            stop = old.stop if old.stop == rep.stop else MIXED
             merged[rep.layer] = LayerReport(rep.layer, method, max(old.refined, rep.refined),
                                             max(old.wanted, rep.wanted), rep.neurons,
-                                            max(old.crown_bytes, rep.crown_bytes))
+                                            max(old.crown_bytes, rep.crown_bytes), stop)
     return tuple(merged.values())
 
 
