@@ -48,7 +48,7 @@ class BoundPropagation:
         radius: (B,) radii, one bound problem each.
         norm: the norm of the balls.
         box: the input box (lo, hi) as tensors broadcastable to the input shape.
-        memory_budget: bytes a CROWN pass for one node may use; nodes over it keep interval bounds.
+        memory_budget: bytes a CROWN pass for one node may use (see the module docstring).
         crown: False gives pure interval bounds for every node.
         patches: False keeps all backward coefficients dense (the same bounds, for testing).
     """
@@ -160,29 +160,33 @@ class BoundPropagation:
             self.reports.append(LayerReport(node.name, ELEMENTWISE, 0, 0, node.size, 0, ""))
             return
         rows = self._rows_to_refine(i)
-        # The deepest pass whose estimate fits the budget: through to the input if possible,
-        # else stopping at an earlier node, whose bounds then stand in for what lies below.
-        fitting = [f for f in self._floors(i) if self.crown_bytes(i, len(rows), f) <= self.memory_budget]
-        floor = fitting[0] if self.crown and fitting and len(rows) else None
-        need = self.crown_bytes(i, len(rows), 1 if floor is None else floor)
+        floor = self._deepest_fitting_floor(i, len(rows))
         if floor is None:
-            method, stop = (CROWN, "input") if self.crown and len(rows) == 0 else (INTERVAL, "")
-        else:
-            method, stop = (CROWN, "input") if floor == 1 else (TRUNCATED, self.graph.nodes[floor - 1].name)
-        # Problems share a pass as far as the budget allows; the cost per problem is the same.
-        group = int(min(self.batch, max(1, self.memory_budget // max(need, 1))))
-        self.reports.append(LayerReport(node.name, method, len(rows) if floor else 0, len(rows), node.size,
-                                        need * (group if floor else 1), stop))
-        if floor is None:
+            method = CROWN if self.crown and len(rows) == 0 else INTERVAL
+            self.reports.append(LayerReport(node.name, method, 0, len(rows), node.size,
+                                            self.crown_bytes(i, len(rows)), "input" if method == CROWN else ""))
             return
-        parts = []
-        for first in range(0, self.batch, group):
-            problems = slice(first, min(self.batch, first + group))
-            start, spec, constant = self._unit_rows(i, rows, problems.stop - problems.start)
-            parts.append(self.backward_lower(start, spec, constant, problems, floor))
-        lower = tf.concat(parts, axis=0)
+        need = self.crown_bytes(i, len(rows), floor)
+        # Problems share a pass as far as the budget allows; the cost per problem is the same.
+        group = int(min(self.batch, max(1, self.memory_budget // need)))
+        stop = "input" if floor == 1 else self.graph.nodes[floor - 1].name
+        self.reports.append(LayerReport(node.name, CROWN if floor == 1 else TRUNCATED, len(rows), len(rows),
+                                        node.size, need * group, stop))
+        lower = tf.concat([self._crown_rows(i, rows, slice(first, min(self.batch, first + group)), floor)
+                           for first in range(0, self.batch, group)], axis=0)
         self.bounds[i] = Interval(self._tighten(self.bounds[i].lo, rows, lower[:, :len(rows)], tf.maximum),
                                   self._tighten(self.bounds[i].hi, rows, -lower[:, len(rows):], tf.minimum))
+
+    def _deepest_fitting_floor(self, i: int, rows: int) -> int | None:
+        """The deepest pass whose estimate fits the budget (see `_floors`); None for none or nothing to do."""
+        if not self.crown or rows == 0:
+            return None
+        return next((f for f in self._floors(i) if self.crown_bytes(i, rows, f) <= self.memory_budget), None)
+
+    def _crown_rows(self, i: int, rows: np.ndarray, problems: slice, floor: int) -> tf.Tensor:
+        """CROWN lower bounds (b, 2 * rows) of +y_i[r] and -y_i[r] for the given problems."""
+        start, spec, constant = self._unit_rows(i, rows, problems.stop - problems.start)
+        return self.backward_lower(start, spec, constant, problems, floor)
 
     def _unit_rows(self, i: int, rows: np.ndarray, batch: int) -> tuple[int, tf.Tensor | Patches, tf.Tensor]:
         """The objectives +e_r . y_i and -e_r . y_i for each row r, as coefficients on some node and constants.

@@ -117,8 +117,10 @@ def margin_lower_bounds(graph: Graph, x0: np.ndarray, true_label: int, targets: 
         radius: the ball's radius in `norm`.
         norm: cleverscore.norms.L1, L2 or LINF.
         box: (lo, hi) input bounds, scalars or arrays broadcastable to the input shape.
-        memory_budget: bytes one CROWN pass for intermediate bounds may use; layers over it get
-            interval bounds (see the `layers` report of the result).
+        memory_budget: bytes one CROWN pass for a layer's intermediate bounds may use, by estimate.
+            A layer whose pass to the input would need more gets a pass that stops at an earlier
+            layer (truncated), or interval bounds if even that does not fit; see the `layers`
+            report of the result. Larger budgets give tighter bounds for deep CNNs.
     """
     problem = prepare(graph, x0, true_label, targets, box)
     bp = problem.propagate(np.array([_check_radius(radius)]), norm, memory_budget)
