@@ -151,6 +151,14 @@ def _residual(shape):
     return keras.Model(inp, layers.Dense(3)(layers.Flatten()(z)))
 
 
+def _nested(shape):
+    inner = keras.Sequential([keras.Input((18,)), layers.Dense(5, activation="tanh"), layers.Dense(4)])
+    inp = keras.Input(shape)
+    x = layers.Flatten()(inp)
+    z = layers.Add()([inner(x), layers.Dense(4)(x)])
+    return keras.Model(inp, layers.Dense(3)(layers.ReLU()(z)))
+
+
 LAYER_MODELS = {
     **{f"dense_{a}": (lambda a=a: _seq((3, 3, 2), layers.Flatten(), layers.Dense(6, activation=a), layers.Dense(3)))
        for a in ("relu", "tanh", "sigmoid", "softplus", "elu")},
@@ -183,6 +191,7 @@ LAYER_MODELS = {
     "dropout": lambda: _seq((3, 3, 2), layers.Flatten(), layers.Dense(6, activation="relu"), layers.Dropout(0.5),
                             layers.Dense(3)),
     "add_residual": lambda: _residual((4, 4, 2)),
+    "nested_model": lambda: _nested((3, 3, 2)),
 }
 
 
