@@ -335,3 +335,17 @@ def test_problems_share_a_pass_only_as_far_as_the_budget_allows_with_the_same_bo
     for a, b in zip(apart.bounds, together.bounds):
         np.testing.assert_allclose(a.lo.numpy(), b.lo.numpy(), atol=1e-12)
         np.testing.assert_allclose(a.hi.numpy(), b.hi.numpy(), atol=1e-12)
+
+
+def test_the_default_float32_bounds_hold_on_samples_too():
+    model = tiny_cnn()
+    graph = from_keras(model)   # float32, as the library runs by default
+    x0, label, targets = centre(model, seed=4)
+    rng = np.random.default_rng(21)
+    for norm, radius in ((LINF, 0.06), (L2, 0.3)):
+        samples = sample_ball(rng, x0, radius, norm, 2000)
+        observed = margins(graph, samples.astype(np.float32), label, targets).min(0)
+        assert np.all(margin_lower_bounds(graph, x0, label, targets, radius, norm).lower <= observed + 1e-4)
+        grads = sampled_gradient_norms(from_keras(model, dtype=tf.float64), samples, label, targets)
+        bound = lipschitz_upper_bounds(graph, x0, label, targets, radius, norm).values
+        assert np.all(bound >= grads * (1 - 1e-4))
