@@ -150,9 +150,9 @@ class _Search:
     The margin bound falls with the radius, nearly linearly for small radii, so the next probe
     is the secant root of the bound values at the bracket's ends (Illinois variant: an end kept
     twice in a row has its value halved, so both ends move). The probe stays at least rel_tol/2
-    inside the bracket, so a good estimate closes it at the next step; a bracket that stops
-    halving in log scale gets a geometric bisection step. Before a failing radius is known the
-    search extrapolates upward from the first-order estimate.
+    inside the bracket, so a good estimate closes it at the next step; once two steps in a row
+    fail to halve the bracket in log scale, that target continues by geometric bisection. Before a failing
+    radius is known the search extrapolates upward from the first-order estimate.
     """
 
     def __init__(self, first_probe: np.ndarray, top: float, margins: np.ndarray, rel_tol: float):
@@ -164,7 +164,8 @@ class _Search:
         self.lower = margins.copy()
         self.w_lo, self.w_hi = margins.copy(), np.full_like(first_probe, -np.inf)
         self.last = np.zeros(first_probe.shape, dtype=int)
-        self.stalls = np.zeros(first_probe.shape, dtype=int)
+        self.slow_steps = np.zeros(first_probe.shape, dtype=int)
+        self.bisecting = np.zeros(first_probe.shape, dtype=bool)
         self.active = margins > 0
 
     def _upward(self) -> np.ndarray:
@@ -183,7 +184,7 @@ class _Search:
         floor = np.where(lo > 0, lo * margin, hi * 1e-9)
         probe = np.clip(secant, floor, hi / margin)
         bisect = np.where(lo > 0, np.sqrt(lo * hi), hi / _SHRINK)
-        return np.where(np.isfinite(probe) & (self.stalls < 2), probe, bisect)
+        return np.where(np.isfinite(probe) & ~self.bisecting, probe, bisect)
 
     def probes(self) -> np.ndarray:
         return np.where(np.isinf(self.hi), self._upward(), self._inward())
@@ -198,8 +199,11 @@ class _Search:
             bounds[certified], 1
         self.hi[down], self.w_hi[down], self.last[down] = probes[~certified], bounds[~certified], -1
         after = self._log_width(which)
+        # Two steps in a row that did not halve the bracket (in log scale) mean the bound is far
+        # from linear there, a jump where a layer's method changes for instance: bisect from then on.
         slow = np.isfinite(before) & (after > before / 2)
-        self.stalls[which] = np.where(slow, self.stalls[which] + 1, 0)
+        self.slow_steps[which] = np.where(slow, self.slow_steps[which] + 1, 0)
+        self.bisecting |= self.slow_steps >= 2
         converged = self.hi <= self.lo * (1 + self.rel_tol)
         self.active &= ~(converged | (self.lo >= self.top) | (self.hi <= _SMALLEST_RADIUS * self.top))
 
