@@ -22,7 +22,9 @@ from .graph import Graph, from_keras
 from .ops import Interval
 from .results import CertifiedRadii, MarginBounds, merge_reports
 
-DEFAULT_BOX = (-0.5, 0.5)
+# (lo, hi): scalars or arrays broadcastable to the input shape.
+Box = tuple[float | np.ndarray, float | np.ndarray]
+DEFAULT_BOX: Box = (-0.5, 0.5)
 # A target's search stops once its bracket is below this fraction of the largest radius searched.
 _SMALLEST_RADIUS = 1e-12
 _MAX_EVALUATIONS = 200
@@ -63,7 +65,7 @@ def as_graph(model) -> Graph:
     return model if isinstance(model, Graph) else from_keras(model)
 
 
-def prepare(model, x0, true_label: int, targets: Sequence[int], box=DEFAULT_BOX) -> Problem:
+def prepare(model, x0, true_label: int, targets: Sequence[int], box: Box = DEFAULT_BOX) -> Problem:
     """Check the arguments shared by all public functions and put them in the graph's precision."""
     graph = as_graph(model)
     x = np.asarray(x0, dtype=np.float64)
@@ -93,7 +95,7 @@ def prepare(model, x0, true_label: int, targets: Sequence[int], box=DEFAULT_BOX)
                    Interval(tf.constant(lo, graph.dtype), tf.constant(hi, graph.dtype)))
 
 
-def _check_radius(radius: float) -> float:
+def check_radius(radius: float) -> float:
     r = float(radius)
     if not np.isfinite(r) or r < 0:
         raise UsageError(f"the radius must be finite and non-negative, got {radius}")
@@ -106,7 +108,7 @@ def _margin_lower(bp: BoundPropagation, spec: tf.Tensor) -> np.ndarray:
 
 
 def margin_lower_bounds(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int], radius: float,
-                        norm: LpNorm, box=DEFAULT_BOX, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> MarginBounds:
+                        norm: LpNorm, box: Box = DEFAULT_BOX, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> MarginBounds:
     """Lower bounds of f_c(x) - f_j(x) over {||x - x0||_p <= radius} intersected with the box, per target j.
 
     Args:
@@ -123,16 +125,16 @@ def margin_lower_bounds(graph: Graph, x0: np.ndarray, true_label: int, targets: 
             report of the result. Larger budgets give tighter bounds for deep CNNs.
     """
     problem = prepare(graph, x0, true_label, targets, box)
-    bp = problem.propagate(np.array([_check_radius(radius)]), norm, memory_budget)
+    bp = problem.propagate(np.array([check_radius(radius)]), norm, memory_budget)
     lower = _margin_lower(bp, problem.spec[None])[0]
     return MarginBounds(problem.targets, lower, tuple(bp.reports))
 
 
 def interval_margin_lower_bounds(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int],
-                                 radius: float, norm: LpNorm, box=DEFAULT_BOX) -> MarginBounds:
+                                 radius: float, norm: LpNorm, box: Box = DEFAULT_BOX) -> MarginBounds:
     """The same bounds by interval propagation alone (the baseline CROWN is never looser than)."""
     problem = prepare(graph, x0, true_label, targets, box)
-    bp = problem.propagate(np.array([_check_radius(radius)]), norm, 0, crown=False)
+    bp = problem.propagate(np.array([check_radius(radius)]), norm, 0, crown=False)
     lower = bp.interval_lower(len(bp.graph.nodes) - 1, problem.spec[None]).numpy()[0]
     return MarginBounds(problem.targets, lower, tuple(bp.reports))
 
@@ -214,7 +216,7 @@ class _Search:
 
 
 def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int], norm: LpNorm,
-                     box=DEFAULT_BOX, rel_tol: float = 1e-3, r_max: float | None = None,
+                     box: Box = DEFAULT_BOX, rel_tol: float = 1e-3, r_max: float | None = None,
                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> CertifiedRadii:
     """Per target, the largest radius whose ball (intersected with the box) CROWN certifies.
 
@@ -230,7 +232,7 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
     problem = prepare(graph, x0, true_label, targets, box)
     if not 0 < rel_tol < 1:
         raise UsageError(f"rel_tol must lie in (0, 1), got {rel_tol}")
-    top = covering_radius(problem, norm) if r_max is None else _check_radius(r_max)
+    top = covering_radius(problem, norm) if r_max is None else check_radius(r_max)
     margins = problem.margins_at_x0()
     grad_norm = np.linalg.norm(problem.margin_gradients(), ord=norm.dual, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):

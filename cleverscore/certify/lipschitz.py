@@ -18,7 +18,7 @@ import tensorflow as tf
 from cleverscore.norms import LpNorm
 
 from .bounds import DEFAULT_MEMORY_BUDGET, BoundPropagation
-from .crown import DEFAULT_BOX, _check_radius, prepare
+from .crown import DEFAULT_BOX, Box, check_radius, prepare
 from .graph import Graph
 from .ops import Interval
 from .results import PERTURBATION_NORMS, LipschitzBounds
@@ -50,7 +50,7 @@ def dual_norms(g: Interval) -> np.ndarray:
 
 
 def lipschitz_upper_bounds(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int], radius: float,
-                           sample_norm: LpNorm, box=DEFAULT_BOX,
+                           sample_norm: LpNorm, box: Box = DEFAULT_BOX,
                            memory_budget: int = DEFAULT_MEMORY_BUDGET) -> LipschitzBounds:
     """Certified bounds of max ||grad (f_c - f_j)(x)||_q over {||x - x0||_p <= radius} intersected with the box.
 
@@ -58,6 +58,6 @@ def lipschitz_upper_bounds(graph: Graph, x0: np.ndarray, true_label: int, target
     L2 and Linf (`LipschitzBounds.for_norm`). Other arguments as for `margin_lower_bounds`.
     """
     problem = prepare(graph, x0, true_label, targets, box)
-    bp = problem.propagate(np.array([_check_radius(radius)]), sample_norm, memory_budget)
+    bp = problem.propagate(np.array([check_radius(radius)]), sample_norm, memory_budget)
     values = dual_norms(gradient_interval(bp, problem.spec[None]))[0]
     return LipschitzBounds(problem.targets, values, tuple(bp.reports))
