@@ -18,7 +18,7 @@ from cleverscore.certify import (
 )
 from cleverscore.certify.crown import prepare
 from cleverscore.norms import L1, L2, LINF
-from test_certify_ops import NORMS, TOL, _reference_min, sample_ball, scale_weights
+from test_certify_ops import NORMS, TOL, reference_min, sample_ball, scale_weights
 
 # ---------------------------------------------------------------------------------------------
 # Models
@@ -114,7 +114,7 @@ def test_affine_margin_bound_where_the_box_binds_is_the_exact_minimum(norm):
     logits0 = graph.forward(x0[None]).numpy()[0]
     for k, j in enumerate([1, 2, 3]):
         a = w[:, 0] - w[:, j]
-        exact = logits0[0] - logits0[j] + _reference_min(a, -0.5 - x0.ravel(), 0.5 - x0.ravel(), radius, norm)
+        exact = logits0[0] - logits0[j] + reference_min(a, -0.5 - x0.ravel(), 0.5 - x0.ravel(), radius, norm)
         ball_only = logits0[0] - logits0[j] - radius * np.linalg.norm(a, ord=norm.dual)
         assert lower[k] == pytest.approx(exact, abs=1e-9)
         assert lower[k] > ball_only + 1e-3   # the box made it tighter than the dual-norm formula

@@ -257,7 +257,7 @@ def test_rows_of_a_linear_layer_built_directly_equal_one_hot_rows_pushed_through
 # ---------------------------------------------------------------------------------------------
 # Concretisation over the ball intersected with the box: the exact optimum of a small program.
 
-def _reference_min(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, r: float, norm) -> float:
+def reference_min(a: np.ndarray, lo: np.ndarray, hi: np.ndarray, r: float, norm) -> float:
     """The optimum by other means: a linear program for L1, bisection on the KKT multiplier for L2."""
     from scipy.optimize import linprog
 
@@ -287,7 +287,7 @@ def test_ball_and_box_minimum_is_the_exact_optimum(norm):
     lo[1, :2] = 0.0                        # x0 on the box's face, as for MNIST's black pixels
     r = np.array([0.1, 0.5, 3.0])          # the ball binds, both bind, the box binds
     got = min_linear(tf.constant(a), Interval(tf.constant(lo), tf.constant(hi)), tf.constant(r), norm).numpy()
-    ref = np.array([[_reference_min(a[i, j], lo[i], hi[i], r[i], norm) for j in range(s)] for i in range(b)])
+    ref = np.array([[reference_min(a[i, j], lo[i], hi[i], r[i], norm) for j in range(s)] for i in range(b)])
     assert np.all(got <= ref + 1e-12)      # sound: never above the value at a feasible point
     np.testing.assert_allclose(got, ref, atol=1e-9)   # and exact
 
