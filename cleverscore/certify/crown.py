@@ -27,7 +27,8 @@ Box = tuple[float | np.ndarray, float | np.ndarray]
 DEFAULT_BOX: Box = (-0.5, 0.5)
 # A target's search stops once its bracket is below this fraction of the largest radius searched.
 _SMALLEST_RADIUS = 1e-12
-_MAX_EVALUATIONS = 200
+_EVALUATIONS_PER_TARGET = 60
+_SECANT_STEPS = 6
 _SHRINK = 4.0
 
 
@@ -147,14 +148,18 @@ def covering_radius(problem: Problem, norm: LpNorm) -> float:
 
 
 class _Search:
-    """Per-target brackets lo (certified) < root <= hi (not certified), shrunk together in batches.
+    """Per-target brackets lo (certified) < root <= hi (not certified), shrunk by probes shared by all targets.
 
-    The margin bound falls with the radius, nearly linearly for small radii, so the next probe
-    is the secant root of the bound values at the bracket's ends (Illinois variant: an end kept
-    twice in a row has its value halved, so both ends move). The probe stays at least rel_tol/2
-    inside the bracket, so a good estimate closes it at the next step; once two steps in a row
-    fail to halve the bracket in log scale, that target continues by geometric bisection. Before a failing
-    radius is known the search extrapolates upward from the first-order estimate.
+    Each probe radius is evaluated for every target in one pass (the intermediate bounds, which
+    cost the most, depend on the radius only), and updates every target whose bracket holds it.
+    The next probe is the one the target with the widest bracket asks for. The margin bound
+    falls with the radius, nearly linearly for small radii, so a target asks for the secant root
+    of the bound values at its bracket's ends (Illinois variant: an end kept twice in a row has
+    its value halved, so both ends move), kept at least rel_tol/2 inside the bracket so that a
+    good estimate closes it at the next step; after two of its probes in a row that hardly
+    narrowed its bracket (in log scale), or a few that did not close it, it asks for geometric
+    midpoints instead. Before a failing radius is
+    known it extrapolates upward from the first-order estimate.
     """
 
     def __init__(self, first_probe: np.ndarray, top: float, margins: np.ndarray, rel_tol: float):
@@ -167,6 +172,7 @@ class _Search:
         self.w_lo, self.w_hi = margins.copy(), np.full_like(first_probe, -np.inf)
         self.last = np.zeros(first_probe.shape, dtype=int)
         self.slow_steps = np.zeros(first_probe.shape, dtype=int)
+        self.own_steps = np.zeros(first_probe.shape, dtype=int)
         self.bisecting = np.zeros(first_probe.shape, dtype=bool)
         self.active = margins > 0
 
@@ -191,23 +197,48 @@ class _Search:
     def probes(self) -> np.ndarray:
         return np.where(np.isinf(self.hi), self._upward(), self._inward())
 
-    def update(self, which: np.ndarray, probes: np.ndarray, bounds: np.ndarray) -> None:
+    def update(self, which: np.ndarray, probe: float, bounds: np.ndarray, own: int) -> None:
+        """Move the brackets of targets `which` to `probe`, given their bounds there; `own` asked for it.
+
+        Only the target that asked for the probe keeps the Illinois and slow-step books: a probe
+        that another target asked for says nothing about how well its own steps work.
+        """
         certified = bounds > 0
-        before = self._log_width(which)
+        mine = which == own
+        before = self._log_width(which[mine])
         up, down = which[certified], which[~certified]
-        self.w_hi[up] = np.where(self.last[up] == 1, self.w_hi[up] / 2, self.w_hi[up])
-        self.w_lo[down] = np.where(self.last[down] == -1, self.w_lo[down] / 2, self.w_lo[down])
-        self.lo[up], self.lower[up], self.w_lo[up], self.last[up] = probes[certified], bounds[certified], \
-            bounds[certified], 1
-        self.hi[down], self.w_hi[down], self.last[down] = probes[~certified], bounds[~certified], -1
-        after = self._log_width(which)
-        # Two steps in a row that did not halve the bracket (in log scale) mean the bound is far
-        # from linear there, a jump where a layer's method changes for instance: bisect from then on.
-        slow = np.isfinite(before) & (after > before / 2)
-        self.slow_steps[which] = np.where(slow, self.slow_steps[which] + 1, 0)
-        self.bisecting |= self.slow_steps >= 2
+        self.lo[up], self.lower[up], self.w_lo[up] = probe, bounds[certified], bounds[certified]
+        self.hi[down], self.w_hi[down] = probe, bounds[~certified]
+        if mine.any():
+            side = 1 if certified[mine][0] else -1
+            if self.last[own] == side:
+                # Kept the same end twice: halve the value of the other, stale end.
+                if side == 1:
+                    self.w_hi[own] /= 2
+                else:
+                    self.w_lo[own] /= 2
+            self.last[own] = side
+            # Two own steps in a row that hardly narrowed the bracket (in log scale) mean the bound
+            # is far from linear there, a jump where a layer's method changes for instance; and
+            # secant steps that have not closed the bracket after a few tries are no better.
+            slow = np.isfinite(before) & (self._log_width(which[mine]) > 0.9 * before)
+            self.slow_steps[own] = self.slow_steps[own] + 1 if slow[0] else 0
+            self.own_steps[own] += np.isfinite(before[0])
+            self.bisecting[own] |= (self.slow_steps[own] >= 2) | (self.own_steps[own] > _SECANT_STEPS)
         converged = self.hi <= self.lo * (1 + self.rel_tol)
         self.active &= ~(converged | (self.lo >= self.top) | (self.hi <= _SMALLEST_RADIUS * self.top))
+
+    def next_probe(self) -> tuple[float, int]:
+        """The probe of the active target with the widest bracket (the smallest among unbracketed ones), and that target."""
+        active = np.flatnonzero(self.active)
+        width, probes = self._log_width(active), self.probes()[active]
+        pick = np.lexsort((probes, -width))[0]
+        return float(probes[pick]), int(active[pick])
+
+    def record(self, probe: float, bounds: np.ndarray, own: int) -> None:
+        """The bounds (T,) of all targets at `probe`, for the targets whose bracket holds it."""
+        which = np.flatnonzero(self.active & (self.lo < probe) & (probe < self.hi))
+        self.update(which, probe, bounds[which], own)
 
     def _log_width(self, which: np.ndarray) -> np.ndarray:
         lo, hi = self.lo[which], self.hi[which]
@@ -221,9 +252,9 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
     """Per target, the largest radius whose ball (intersected with the box) CROWN certifies.
 
     The search brackets each target's radius and shrinks the bracket (secant steps on the bound,
-    safeguarded by bisection) until its relative width is at most `rel_tol`; all targets still
-    searching are evaluated in one batch. The first probe is the first-order estimate
-    g(x0) / ||grad g(x0)||_dual.
+    safeguarded by bisection) until its relative width is at most `rel_tol`. Each probe radius is
+    evaluated for all targets in one pass and serves every target whose bracket holds it. The
+    first probe is the first-order estimate g(x0) / ||grad g(x0)||_dual.
 
     Args:
         r_max: the largest radius to consider (default: the radius of a ball holding the whole box).
@@ -239,12 +270,10 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
         first = np.where(grad_norm > 0, margins / grad_norm, top)
     search = _Search(np.clip(np.nan_to_num(first, nan=top), 1e-9 * top, top), top, margins, rel_tol)
     runs, evaluations = [], 0
-    while search.active.any() and evaluations < _MAX_EVALUATIONS and top > 0:
-        which = np.flatnonzero(search.active)
-        probes = search.probes()[which]
-        bp = problem.propagate(probes, norm, memory_budget)
-        bounds = _margin_lower(bp, tf.gather(problem.spec, which)[:, None])[:, 0]
-        search.update(which, probes, bounds)
+    while search.active.any() and evaluations < _EVALUATIONS_PER_TARGET * len(margins) and top > 0:
+        probe, own = search.next_probe()
+        bp = problem.propagate(np.array([probe]), norm, memory_budget)
+        search.record(probe, _margin_lower(bp, problem.spec[None])[0], own)
         runs.append(tuple(bp.reports))
         evaluations += 1
     radii = search.lo.copy()

@@ -88,7 +88,7 @@ class CertifiedRadii:
             ball of radius r; 0 where x0 itself is not classified above the target; inf where the
             whole input box is certified (the search had no `r_max`).
         lower: the margin lower bound at the returned radius (the margin at x0 for radius 0).
-        evaluations: how many batched bound evaluations the search took.
+        evaluations: how many bound evaluations (one radius, all targets) the search took.
         layers: the per-layer method report, merged over all evaluations.
     """
 
