@@ -124,7 +124,7 @@ def test_affine_margin_bound_where_the_box_binds_is_the_exact_minimum(norm):
 # CROWN versus intervals, and monotonicity in the radius.
 
 
-RADII = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+RADII = (0.0, 0.01, 0.03, 0.08, 0.16)
 
 
 @pytest.mark.parametrize("which", ["mlp", "cnn"])
@@ -208,11 +208,11 @@ def test_certified_radius_is_below_the_distance_of_every_adversarial_point_found
     assert found >= 3   # the certified radii are within a factor 8 of attacks, not vacuous
 
 
-@pytest.mark.parametrize("which", ["mlp", "cnn"])
-def test_no_sample_within_the_certified_radius_is_misclassified(which, request):
+@pytest.mark.parametrize("which,norms", [("mlp", NORMS), ("cnn", (L2,))])
+def test_no_sample_within_the_certified_radius_is_misclassified(which, norms, request):
     _, graph, x0, label, targets = request.getfixturevalue(which)
     rng = np.random.default_rng(9)
-    for norm in NORMS:
+    for norm in norms:
         result = certified_radius(graph, x0, label, targets, norm)
         for k, j in enumerate(targets):
             assert 0 < result.radii[k] < np.inf
