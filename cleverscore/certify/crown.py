@@ -1,0 +1,282 @@
+"""Certified margins and radii by linear bound propagation (CROWN).
+
+For an input x0 with label c and targets j, the objective specification has one row
+e_c - e_j per target, so all targets share one backward pass. The returned lower bound of
+f_c(x) - f_j(x) over {||x - x0||_p <= r} intersected with the input box is the better of the
+CROWN bound and the interval bound (both are sound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from cleverscore.errors import UsageError
+from cleverscore.norms import LpNorm
+
+from .bounds import DEFAULT_MEMORY_BUDGET, BoundPropagation
+from .graph import Graph, from_keras
+from .ops import Interval
+from .results import CertifiedRadii, MarginBounds, merge_reports
+
+# (lo, hi): scalars or arrays broadcastable to the input shape.
+Box = tuple[float | np.ndarray, float | np.ndarray]
+DEFAULT_BOX: Box = (-0.5, 0.5)
+# A target's search stops once its bracket is below this fraction of the largest radius searched.
+_SMALLEST_RADIUS = 1e-12
+_EVALUATIONS_PER_TARGET = 60
+_SECANT_STEPS = 6
+_SHRINK = 4.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One input, its label and targets, checked and converted to the graph's precision."""
+
+    graph: Graph
+    x0: tf.Tensor
+    true_label: int
+    targets: np.ndarray
+    spec: tf.Tensor          # (T, *output_shape): rows e_c - e_j
+    box: Interval            # broadcast to the input shape
+
+    def propagate(self, radii: np.ndarray, norm: LpNorm, memory_budget: int, crown: bool = True,
+                  patches: bool = True) -> BoundPropagation:
+        radius = tf.constant(np.asarray(radii, dtype=self.graph.dtype.as_numpy_dtype).reshape(-1))
+        return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches)
+
+    def margins_at_x0(self) -> np.ndarray:
+        logits = self.graph.forward(self.x0[None])[0].numpy()
+        return logits[self.true_label] - logits[self.targets]
+
+    def margin_gradients(self) -> np.ndarray:
+        """Gradients (T, d) of f_c - f_j at x0, for the first probe of the radius search."""
+        x = tf.Variable(tf.broadcast_to(self.x0[None], (len(self.targets), *self.x0.shape)))
+        with tf.GradientTape() as tape:
+            logits = self.graph.forward(x)
+            margins = tf.reduce_sum(logits * tf.reshape(self.spec, (len(self.targets), -1)), axis=1)
+        return tape.gradient(margins, x).numpy().reshape(len(self.targets), -1)
+
+
+def as_graph(model) -> Graph:
+    """A Graph as is, or a Keras model converted with `from_keras`."""
+    return model if isinstance(model, Graph) else from_keras(model)
+
+
+def prepare(model, x0, true_label: int, targets: Sequence[int], box: Box = DEFAULT_BOX) -> Problem:
+    """Check the arguments shared by all public functions and put them in the graph's precision."""
+    graph = as_graph(model)
+    x = np.asarray(x0, dtype=np.float64)
+    if x.shape != graph.input_shape and x.shape != (1, *graph.input_shape):
+        raise UsageError(f"x0 has shape {x.shape}; the model takes inputs of shape {graph.input_shape}")
+    x = x.reshape(graph.input_shape)
+    n_out = graph.num_outputs
+    t = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if not 0 <= int(true_label) < n_out:
+        raise UsageError(f"true_label {true_label} is not a class of a {n_out}-class model")
+    if t.size == 0 or np.any((t < 0) | (t >= n_out)) or np.any(t == int(true_label)):
+        raise UsageError(f"targets must be classes other than the true label {true_label}, got {t.tolist()}")
+    lo = np.broadcast_to(np.asarray(box[0], np.float64), graph.input_shape)
+    hi = np.broadcast_to(np.asarray(box[1], np.float64), graph.input_shape)
+    if np.any(lo > hi):
+        raise UsageError("the input box needs lo <= hi")
+    slack = 1e-6 * max(1.0, float(np.max(np.abs(np.concatenate([lo.ravel(), hi.ravel()])))))
+    if np.any(x < lo - slack) or np.any(x > hi + slack):
+        raise UsageError("x0 lies outside the input box")
+    x = np.clip(x, lo, hi)
+    spec = np.zeros((t.size, n_out))
+    spec[:, int(true_label)] += 1.0
+    spec[np.arange(t.size), t] -= 1.0
+    out_shape = graph.nodes[-1].shape
+    return Problem(graph, tf.constant(x, graph.dtype), int(true_label), t,
+                   tf.constant(spec.reshape(t.size, *out_shape), graph.dtype),
+                   Interval(tf.constant(lo, graph.dtype), tf.constant(hi, graph.dtype)))
+
+
+def check_radius(radius: float) -> float:
+    r = float(radius)
+    if not np.isfinite(r) or r < 0:
+        raise UsageError(f"the radius must be finite and non-negative, got {radius}")
+    return r
+
+
+def _margin_lower(bp: BoundPropagation, spec: tf.Tensor) -> np.ndarray:
+    last = len(bp.graph.nodes) - 1
+    return tf.maximum(bp.backward_lower(last, spec), bp.interval_lower(last, spec)).numpy()
+
+
+def margin_lower_bounds(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int], radius: float,
+                        norm: LpNorm, box: Box = DEFAULT_BOX, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> MarginBounds:
+    """Lower bounds of f_c(x) - f_j(x) over {||x - x0||_p <= radius} intersected with the box, per target j.
+
+    Args:
+        graph: from `from_keras` (a Keras model is converted on the fly).
+        x0: the input, shape graph.input_shape (a leading batch axis of 1 is allowed).
+        true_label: the class c.
+        targets: the classes j != c.
+        radius: the ball's radius in `norm`.
+        norm: cleverscore.norms.L1, L2 or LINF.
+        box: (lo, hi) input bounds, scalars or arrays broadcastable to the input shape.
+        memory_budget: bytes one CROWN pass for a layer's intermediate bounds may use, by estimate.
+            A layer whose pass to the input would need more gets a pass that stops at an earlier
+            layer (truncated), or interval bounds if even that does not fit; see the `layers`
+            report of the result. Larger budgets give tighter bounds for deep CNNs.
+    """
+    problem = prepare(graph, x0, true_label, targets, box)
+    bp = problem.propagate(np.array([check_radius(radius)]), norm, memory_budget)
+    lower = _margin_lower(bp, problem.spec[None])[0]
+    return MarginBounds(problem.targets, lower, tuple(bp.reports))
+
+
+def interval_margin_lower_bounds(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int],
+                                 radius: float, norm: LpNorm, box: Box = DEFAULT_BOX) -> MarginBounds:
+    """The same bounds by interval propagation alone (the baseline CROWN is never looser than)."""
+    problem = prepare(graph, x0, true_label, targets, box)
+    bp = problem.propagate(np.array([check_radius(radius)]), norm, 0, crown=False)
+    lower = bp.interval_lower(len(bp.graph.nodes) - 1, problem.spec[None]).numpy()[0]
+    return MarginBounds(problem.targets, lower, tuple(bp.reports))
+
+
+def covering_radius(problem: Problem, norm: LpNorm) -> float:
+    """The radius from which on the ball contains the whole box, so larger radii certify nothing new."""
+    x0 = problem.x0.numpy().astype(np.float64)
+    reach = np.maximum(x0 - problem.box.lo.numpy(), problem.box.hi.numpy() - x0)
+    return float(np.linalg.norm(reach.ravel(), ord=norm.p))
+
+
+class _Search:
+    """Per-target brackets lo (certified) < root <= hi (not certified), shrunk by probes shared by all targets.
+
+    Each probe radius is evaluated for every target in one pass (the intermediate bounds, which
+    cost the most, depend on the radius only), and updates every target whose bracket holds it.
+    The next probe is the one the target with the widest bracket asks for. The margin bound
+    falls with the radius, nearly linearly for small radii, so a target asks for the secant root
+    of the bound values at its bracket's ends (Illinois variant: an end kept twice in a row has
+    its value halved, so both ends move), kept at least rel_tol/2 inside the bracket so that a
+    good estimate closes it at the next step; after two of its probes in a row that hardly
+    narrowed its bracket (in log scale), or a few that did not close it, it asks for geometric
+    midpoints instead. Before a failing radius is
+    known it extrapolates upward from the first-order estimate.
+    """
+
+    def __init__(self, first_probe: np.ndarray, top: float, margins: np.ndarray, rel_tol: float):
+        self.first = first_probe
+        self.top = top
+        self.rel_tol = rel_tol
+        self.g0 = margins
+        self.lo, self.hi = np.zeros_like(first_probe), np.full_like(first_probe, np.inf)
+        self.lower = margins.copy()
+        self.w_lo, self.w_hi = margins.copy(), np.full_like(first_probe, -np.inf)
+        self.last = np.zeros(first_probe.shape, dtype=int)
+        self.slow_steps = np.zeros(first_probe.shape, dtype=int)
+        self.own_steps = np.zeros(first_probe.shape, dtype=int)
+        self.bisecting = np.zeros(first_probe.shape, dtype=bool)
+        self.active = margins > 0
+
+    def _upward(self) -> np.ndarray:
+        lo, b_lo = self.lo, self.lower
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = (self.g0 - b_lo) / lo
+            root = np.where(slope > 0, lo + b_lo / slope, np.inf)
+        grown = np.where(np.isfinite(root), np.maximum(2 * lo, 1.5 * root), _SHRINK * lo)
+        return np.minimum(self.top, np.where(lo > 0, grown, self.first))
+
+    def _inward(self) -> np.ndarray:
+        lo, hi = self.lo, np.where(np.isfinite(self.hi), self.hi, 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            secant = lo + (hi - lo) * self.w_lo / (self.w_lo - self.w_hi)
+        margin = 1 + self.rel_tol / 2
+        floor = np.where(lo > 0, lo * margin, hi * 1e-9)
+        probe = np.clip(secant, floor, hi / margin)
+        bisect = np.where(lo > 0, np.sqrt(lo * hi), hi / _SHRINK)
+        return np.where(np.isfinite(probe) & ~self.bisecting, probe, bisect)
+
+    def probes(self) -> np.ndarray:
+        return np.where(np.isinf(self.hi), self._upward(), self._inward())
+
+    def update(self, which: np.ndarray, probe: float, bounds: np.ndarray, own: int) -> None:
+        """Move the brackets of targets `which` to `probe`, given their bounds there; `own` asked for it.
+
+        Only the target that asked for the probe keeps the Illinois and slow-step books: a probe
+        that another target asked for says nothing about how well its own steps work.
+        """
+        certified = bounds > 0
+        mine = which == own
+        before = self._log_width(which[mine])
+        up, down = which[certified], which[~certified]
+        self.lo[up], self.lower[up], self.w_lo[up] = probe, bounds[certified], bounds[certified]
+        self.hi[down], self.w_hi[down] = probe, bounds[~certified]
+        if mine.any():
+            side = 1 if certified[mine][0] else -1
+            if self.last[own] == side:
+                # Kept the same end twice: halve the value of the other, stale end.
+                if side == 1:
+                    self.w_hi[own] /= 2
+                else:
+                    self.w_lo[own] /= 2
+            self.last[own] = side
+            # Two own steps in a row that hardly narrowed the bracket (in log scale) mean the bound
+            # is far from linear there, a jump where a layer's method changes for instance; and
+            # secant steps that have not closed the bracket after a few tries are no better.
+            slow = np.isfinite(before) & (self._log_width(which[mine]) > 0.9 * before)
+            self.slow_steps[own] = self.slow_steps[own] + 1 if slow[0] else 0
+            self.own_steps[own] += np.isfinite(before[0])
+            self.bisecting[own] |= (self.slow_steps[own] >= 2) | (self.own_steps[own] > _SECANT_STEPS)
+        converged = self.hi <= self.lo * (1 + self.rel_tol)
+        self.active &= ~(converged | (self.lo >= self.top) | (self.hi <= _SMALLEST_RADIUS * self.top))
+
+    def next_probe(self) -> tuple[float, int]:
+        """The probe of the active target with the widest bracket (the smallest among unbracketed ones), and that target."""
+        active = np.flatnonzero(self.active)
+        width, probes = self._log_width(active), self.probes()[active]
+        pick = np.lexsort((probes, -width))[0]
+        return float(probes[pick]), int(active[pick])
+
+    def record(self, probe: float, bounds: np.ndarray, own: int) -> None:
+        """The bounds (T,) of all targets at `probe`, for the targets whose bracket holds it."""
+        which = np.flatnonzero(self.active & (self.lo < probe) & (probe < self.hi))
+        self.update(which, probe, bounds[which], own)
+
+    def _log_width(self, which: np.ndarray) -> np.ndarray:
+        lo, hi = self.lo[which], self.hi[which]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where((lo > 0) & np.isfinite(hi), np.log(hi / lo), np.inf)
+
+
+def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int], norm: LpNorm,
+                     box: Box = DEFAULT_BOX, rel_tol: float = 1e-3, r_max: float | None = None,
+                     memory_budget: int = DEFAULT_MEMORY_BUDGET) -> CertifiedRadii:
+    """Per target, the largest radius whose ball (intersected with the box) CROWN certifies.
+
+    The search brackets each target's radius and shrinks the bracket (secant steps on the bound,
+    safeguarded by bisection) until its relative width is at most `rel_tol`. Each probe radius is
+    evaluated for all targets in one pass and serves every target whose bracket holds it. The
+    first probe is the first-order estimate g(x0) / ||grad g(x0)||_dual.
+
+    Args:
+        r_max: the largest radius to consider (default: the radius of a ball holding the whole box).
+        Other arguments as for `margin_lower_bounds`.
+    """
+    problem = prepare(graph, x0, true_label, targets, box)
+    if not 0 < rel_tol < 1:
+        raise UsageError(f"rel_tol must lie in (0, 1), got {rel_tol}")
+    top = covering_radius(problem, norm) if r_max is None else check_radius(r_max)
+    margins = problem.margins_at_x0()
+    grad_norm = np.linalg.norm(problem.margin_gradients(), ord=norm.dual, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(grad_norm > 0, margins / grad_norm, top)
+    search = _Search(np.clip(np.nan_to_num(first, nan=top), 1e-9 * top, top), top, margins, rel_tol)
+    runs, evaluations = [], 0
+    while search.active.any() and evaluations < _EVALUATIONS_PER_TARGET * len(margins) and top > 0:
+        probe, own = search.next_probe()
+        bp = problem.propagate(np.array([probe]), norm, memory_budget)
+        search.record(probe, _margin_lower(bp, problem.spec[None])[0], own)
+        runs.append(tuple(bp.reports))
+        evaluations += 1
+    radii = search.lo.copy()
+    if r_max is None:
+        radii[(radii >= top) & (margins > 0)] = np.inf
+    return CertifiedRadii(problem.targets, radii, search.lower, evaluations, merge_reports(runs))

@@ -1,0 +1,108 @@
+"""The operator interface every IR node implements, and the helpers the operator families share.
+
+Shapes: a value or a bound has shape (B, *node_shape), where B counts bound problems (one
+ball each). A linear-bound coefficient tensor `A` has shape (B, S, *node_shape): S rows of the
+objective specification per problem. Backward propagation always asks for the LOWER bound of
+A . y; an upper bound is the negated lower bound of (-A) . y, so each operator needs only one
+backward rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+
+class Interval(NamedTuple):
+    """Elementwise bounds lo <= y <= hi."""
+
+    lo: tf.Tensor
+    hi: tf.Tensor
+
+
+def expand_spec(t: tf.Tensor) -> tf.Tensor:
+    """(B, *shape) -> (B, 1, *shape), to broadcast per-problem tensors over the S spec rows."""
+    return tf.expand_dims(t, 1)
+
+
+def sum_spec(t: tf.Tensor) -> tf.Tensor:
+    """Sum a (B, S, *shape) tensor over its node axes, giving (B, S)."""
+    return tf.reduce_sum(tf.reshape(t, tf.concat([tf.shape(t)[:2], [-1]], 0)), axis=-1)
+
+
+def fold_spec(a: tf.Tensor, rank: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B, S, *shape) -> (B*S, *shape) for TF kernels that take one batch axis; returns the (B, S) shape too."""
+    lead = tf.shape(a)[:2]
+    return tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:2 + rank]], 0)), lead
+
+
+def unfold_spec(a: tf.Tensor, lead: tf.Tensor) -> tf.Tensor:
+    """Inverse of fold_spec."""
+    return tf.reshape(a, tf.concat([lead, tf.shape(a)[1:]], 0))
+
+
+def interval_product(g: Interval, d: Interval) -> Interval:
+    """The elementwise interval of g * d for g in [g.lo, g.hi] and d in [d.lo, d.hi]."""
+    candidates = tf.stack([g.lo * d.lo, g.lo * d.hi, g.hi * d.lo, g.hi * d.hi])
+    return Interval(tf.reduce_min(candidates, 0), tf.reduce_max(candidates, 0))
+
+
+class Operator:
+    """One node of the bound-propagation graph.
+
+    Subclasses implement the forward value, interval propagation, the backward linear
+    relaxation (CROWN) and the backward propagation of gradient intervals (Fast-Lip). Adding a
+    layer type means adding one subclass and one converter in `graph.py`.
+
+    Backward propagation runs many times over the same input bounds (once per later layer
+    whose bounds are refined), so a nonlinear operator computes its relaxation once in `relax`
+    and `backward` receives that object.
+
+    Attributes:
+        name: the Keras layer this node came from, for reports and error messages.
+        nonlinear: whether `relax` needs the bounds of the node's input.
+    """
+
+    nonlinear = False
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
+        """The node's output shape (without batch axis) for the given input shapes."""
+        return input_shapes[0]
+
+    def forward(self, *xs: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def interval(self, *bounds: Interval) -> Interval:
+        """Elementwise bounds of the output from elementwise bounds of the inputs."""
+        raise NotImplementedError
+
+    def relax(self, *bounds: Interval) -> Any:
+        """The linear relaxation on the given input bounds (None for linear operators)."""
+        return None
+
+    def backward(self, a: tf.Tensor, relaxation: Any) -> tuple[list[tf.Tensor], tf.Tensor]:
+        """Coefficients A_i on each input and a (B, S) constant c with A . y >= sum_i A_i . x_i + c."""
+        raise NotImplementedError
+
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int] | None:
+        """The window on the input that a (ph, pw) window on the output needs, or None without patch support."""
+        return None
+
+    def patch_backward(self, p: Any, relaxation: Any) -> tuple[list[Any], tf.Tensor]:
+        """`backward` for coefficients held as `patches.Patches` (only where `patch_window` is not None)."""
+        raise NotImplementedError
+
+    def gradient_backward(self, g: Interval, *bounds: Interval) -> list[Interval]:
+        """Intervals of d(objective)/d(input) from an interval of d(objective)/d(output)."""
+        raise NotImplementedError
+
+    def refine_mask(self, bounds: Interval) -> tf.Tensor:
+        """Which input neurons (B, *shape) the relaxation would profit from tighter bounds on."""
+        return tf.ones_like(bounds.lo, dtype=tf.bool)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

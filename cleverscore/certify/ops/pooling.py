@@ -1,0 +1,180 @@
+"""Pooling: max pooling (nonlinear), average and global average pooling (linear).
+
+Max pooling over non-overlapping windows (strides equal to the pool size, as in the zoo and
+in auto_LiRPA's relaxation). In each window with input bounds [l_i, u_i], let s be the entry
+with the largest lower bound. Then y = max_i x_i >= x_s always; and y <= x_s when l_s is at
+least every other entry's upper bound (the window is stable: s is always the maximum), else
+y <= max_i u_i, a constant. For gradients, a stable window routes the gradient to s; otherwise
+any entry whose upper bound reaches l_s may be the maximum and receives an interval that holds
+both 0 and the incoming gradient.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ..patches import Patches, patch_sum
+from .base import Interval, Operator, expand_spec, fold_spec, sum_spec, unfold_spec
+from .linear import LinearOperator
+
+
+class MaxPooling2D(Operator):
+    nonlinear = True
+
+    def __init__(self, name: str, pool_size: tuple[int, int], padding: str, input_shape: tuple[int, ...]):
+        super().__init__(name)
+        self.pool = tuple(pool_size)
+        self.padding = padding.upper()
+        self.in_shape = tuple(input_shape)
+        h, w, _ = self.in_shape
+        ph, pw = self.pool
+        if self.padding == "SAME":
+            self.out_hw = (-(-h // ph), -(-w // pw))
+        else:
+            self.out_hw = ((h - ph) // ph + 1, (w - pw) // pw + 1)
+        extra_h, extra_w = self.out_hw[0] * ph - h, self.out_hw[1] * pw - w
+        # TF's 'same' padding puts the odd row/column at the bottom/right.
+        self.pads = ((extra_h // 2, extra_h - extra_h // 2), (extra_w // 2, extra_w - extra_w // 2))
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*self.out_hw, shape[-1])
+
+    def forward(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.max_pool2d(x, self.pool, self.pool, self.padding)
+
+    def interval(self, bounds: Interval) -> Interval:
+        return Interval(self.forward(bounds.lo), self.forward(bounds.hi))
+
+    def _windows(self, t: tf.Tensor, fill: float) -> tf.Tensor:
+        """(N, H, W, C) -> (N, Ho, Wo, C, ph*pw); 'same' padding entries hold `fill`, 'valid' drops the rest."""
+        (ho, wo), (ph, pw) = self.out_hw, self.pool
+        if self.padding == "SAME":
+            t = tf.pad(t, [[0, 0], list(self.pads[0]), list(self.pads[1]), [0, 0]], constant_values=fill)
+        else:
+            t = t[:, :ho * ph, :wo * pw, :]
+        t = tf.reshape(t, (-1, ho, ph, wo, pw, self.in_shape[-1]))
+        return tf.reshape(tf.transpose(t, (0, 1, 3, 5, 2, 4)), (-1, ho, wo, self.in_shape[-1], ph * pw))
+
+    def _unwindow(self, t: tf.Tensor) -> tf.Tensor:
+        """Inverse of _windows, with zeros where 'valid' pooling dropped entries."""
+        (ho, wo), (ph, pw) = self.out_hw, self.pool
+        h, w, c = self.in_shape
+        t = tf.transpose(tf.reshape(t, (-1, ho, wo, c, ph, pw)), (0, 1, 4, 2, 5, 3))
+        t = tf.reshape(t, (-1, ho * ph, wo * pw, c))
+        if self.padding == "SAME":
+            return t[:, self.pads[0][0]:self.pads[0][0] + h, self.pads[1][0]:self.pads[1][0] + w, :]
+        return tf.pad(t, [[0, 0], [0, h - ho * ph], [0, w - wo * pw], [0, 0]])
+
+    def _window_facts(self, bounds: Interval) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Per window: one-hot of the entry s with the largest lower bound, l_s, stability, max upper bound."""
+        lo_w = self._windows(bounds.lo, float("-inf"))
+        hi_w = self._windows(bounds.hi, float("-inf"))
+        chosen = tf.one_hot(tf.argmax(lo_w, axis=-1), lo_w.shape[-1], dtype=lo_w.dtype)
+        lo_chosen = tf.reduce_max(lo_w, axis=-1)
+        hi_others = tf.reduce_max(tf.where(chosen > 0, tf.cast(float("-inf"), hi_w.dtype), hi_w), axis=-1)
+        return chosen, lo_chosen, lo_chosen >= hi_others, hi_w
+
+    def refine_mask(self, bounds: Interval) -> tf.Tensor:
+        """Entries that may be the maximum of a window that is not stable: only their bounds shape the relaxation.
+
+        In a stable window the relaxation is exact, and an entry whose upper bound is below the
+        chosen entry's lower bound never matters; tighter bounds keep both facts true.
+        """
+        _, lo_chosen, stable, hi_w = self._window_facts(bounds)
+        matters = (hi_w >= tf.expand_dims(lo_chosen, -1)) & ~tf.expand_dims(stable, -1)
+        flat = tf.reshape(tf.cast(matters, bounds.lo.dtype), (-1, *matters.shape[1:]))
+        return self._unwindow(flat) > 0
+
+    def relax(self, bounds: Interval) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        chosen, _, stable, hi_w = self._window_facts(bounds)
+        constant = tf.where(stable, tf.zeros_like(hi_w[..., 0]), tf.reduce_max(hi_w, axis=-1))
+        return expand_spec(chosen), expand_spec(tf.cast(stable, chosen.dtype)), expand_spec(constant)
+
+    def backward(self, a: tf.Tensor, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[tf.Tensor], tf.Tensor]:
+        chosen, stable, constant = relaxation
+        constant = sum_spec(tf.minimum(a, 0) * constant)
+        # Both relaxations select x_s, except the upper one of an unstable window (a constant).
+        coef = tf.expand_dims(tf.where((a >= 0) | (stable > 0), a, 0), -1) * chosen
+        flat, lead = fold_spec(coef, 4)
+        return [unfold_spec(self._unwindow(flat), lead)], constant
+
+    def patch_window(self, ph: int, pw: int) -> tuple[int, int]:
+        return ph * self.pool[0], pw * self.pool[1]
+
+    def patch_backward(self, p: Patches, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[Patches], tf.Tensor]:
+        chosen, stable, constant = relaxation
+        k = chosen.shape[-1]
+        chosen = p.gather(tf.reshape(chosen, (-1, *chosen.shape[2:4], chosen.shape[4] * k)))
+        chosen = tf.reshape(chosen, tf.concat([tf.shape(chosen)[:4], [self.in_shape[-1], *self.pool]], 0))
+        stable, constant = p.gather(stable), p.gather(constant)
+        total = patch_sum(Patches(tf.minimum(p.a, 0), p.top, p.left, p.map_shape), constant)
+        coef = tf.where((p.a >= 0) | (stable > 0), p.a, 0)[..., None, None] * chosen
+        coef = tf.transpose(coef, (0, 1, 2, 5, 3, 6, 4))                 # (B, S, ph, p1, pw, p2, C)
+        ph, pw = self.patch_window(*p.window)
+        coef = tf.reshape(coef, tf.concat([tf.shape(coef)[:2], [ph, pw, self.in_shape[-1]]], 0))
+        top = p.top * self.pool[0] - self.pads[0][0]
+        left = p.left * self.pool[1] - self.pads[1][0]
+        return [p.moved(coef, top, left, self.in_shape)], total
+
+    def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
+        chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
+        maybe_max = tf.cast(hi_w >= tf.expand_dims(lo_chosen, -1), hi_w.dtype)
+        chosen, maybe_max = expand_spec(chosen), expand_spec(maybe_max)
+        stable = expand_spec(tf.expand_dims(stable, -1))
+        g_lo, g_hi = tf.expand_dims(g.lo, -1), tf.expand_dims(g.hi, -1)
+        lo_w = tf.where(stable, chosen * g_lo, maybe_max * tf.minimum(g_lo, 0))
+        hi_w = tf.where(stable, chosen * g_hi, maybe_max * tf.maximum(g_hi, 0))
+        out = []
+        for w in (lo_w, hi_w):
+            flat, lead = fold_spec(w, 4)
+            out.append(unfold_spec(self._unwindow(flat), lead))
+        return [Interval(*out)]
+
+
+class AveragePooling2D(LinearOperator):
+    """Average pooling; with 'same' padding TF divides by the number of real entries, as Keras does."""
+
+    def __init__(self, name: str, pool_size: tuple[int, int], strides: tuple[int, int], padding: str,
+                 input_shape: tuple[int, ...]):
+        super().__init__(name)
+        self.ksize = (1, *pool_size, 1)
+        self.strides = (1, *strides, 1)
+        self.padding = padding.upper()
+        self.in_shape = tuple(input_shape)
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        h, w, c = shape
+        (ph, pw), (sh, sw) = self.ksize[1:3], self.strides[1:3]
+        if self.padding == "SAME":
+            return (-(-h // sh), -(-w // sw), c)
+        return ((h - ph) // sh + 1, (w - pw) // sw + 1, c)
+
+    def apply(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.nn.avg_pool2d(x, self.ksize, self.strides, self.padding)
+
+    def transpose(self, a: tf.Tensor) -> tf.Tensor:
+        flat, lead = fold_spec(a, 3)
+        in_shape = tf.concat([tf.shape(flat)[:1], self.in_shape], 0)
+        back = tf.raw_ops.AvgPoolGrad(orig_input_shape=in_shape, grad=flat, ksize=self.ksize,
+                                      strides=self.strides, padding=self.padding)
+        return unfold_spec(back, lead)
+
+
+class GlobalAveragePooling2D(LinearOperator):
+    """The mean over the spatial axes, optionally keeping them as size 1."""
+
+    def __init__(self, name: str, input_shape: tuple[int, ...], keepdims: bool):
+        super().__init__(name)
+        self.in_shape = tuple(input_shape)
+        self.keepdims = keepdims
+
+    def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (1, 1, shape[-1]) if self.keepdims else (shape[-1],)
+
+    def apply(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(x, axis=(1, 2), keepdims=self.keepdims)
+
+    def transpose(self, a: tf.Tensor) -> tf.Tensor:
+        h, w, c = self.in_shape
+        per_channel = tf.reshape(a, tf.concat([tf.shape(a)[:2], [1, 1, c]], 0)) / (h * w)
+        return tf.broadcast_to(per_channel, tf.concat([tf.shape(a)[:2], self.in_shape], 0))
