@@ -127,9 +127,9 @@ def searched_above_line(path: str, label: str, found: float, estimate: float) ->
             f"{g5(estimate)}; the score is capped at g_x0 / {g5(found)}")
 
 
-def plateau_line(path: str, label: str, found: float, upper: float) -> str:
-    upper_text = "unbounded" if upper == float("inf") else f"at most the certified {g5(upper)}"
-    return (f"[WARNING] {path} {label}: the maxima repeat one value ({g5(found)}): the sampler saw one region, "
+def plateau_line(path: str, label: str, repeated: float, found: float, upper: float) -> str:
+    upper_text = "unbounded" if upper == float("inf") else f"at most the proven {g5(upper)}"
+    return (f"[WARNING] {path} {label}: the maxima repeat one value ({g5(repeated)}): the sampler saw one region, "
             f"not the constant; the constant is at least {g5(found)} and {upper_text}")
 
 

@@ -302,7 +302,8 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
                 print(fallback_line(str(path), norm.label, fit.estimate), file=sys.stderr)
                 warnings["fallback"][(info, norm.label)] += 1
         if brackets and brackets[k].plateau:
-            print(plateau_line(str(path), norm.label, brackets[k].found, brackets[k].interval.hi), file=sys.stderr)
+            print(plateau_line(str(path), norm.label, float(sample.max()), brackets[k].found, brackets[k].interval.hi),
+                  file=sys.stderr)
             warnings["plateau"][(info, norm.label)] += 1
         if result.beyond_ball(k):
             print(beyond_ball_line(str(path), norm.label, score, radii[k]), file=sys.stderr)
