@@ -279,6 +279,7 @@ def test_a_folder_against_its_rerun_with_another_seed_shows_no_difference(tmp_pa
     assert all(s["ratio_lo"] < 1.0 < s["ratio_hi"] for s in summary)
 
 
+@pytest.mark.slow  # 12 s; CI time budget (8 minutes on 2 cores); the synthetic-folder power tests stay
 def test_a_true_1_3_difference_between_independent_runs_is_found(tmp_path):
     rng = np.random.default_rng(13)
     ends, g_x0 = rng.uniform(1.0, 5.0, 20), rng.uniform(0.5, 3.0, 20)

@@ -264,6 +264,7 @@ def test_progress_line_clears_what_a_longer_previous_line_left(monkeypatch):
 # 6 and 7 end to end: run from another folder, with the ball recorded in the .mat
 
 
+@pytest.mark.slow  # 9 s; CI time budget (8 minutes on 2 cores)
 def test_run_from_another_folder_finds_shipped_data_and_models_and_records_the_ball(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CLEVER_DATA_DIR", "CLEVER_MODELS_DIR")}
     import subprocess

@@ -31,7 +31,7 @@ positive_samples = st.lists(st.floats(1e-6, 1e6, allow_nan=False), min_size=3, m
 
 
 @given(sample=positive_samples, select=st.sampled_from(["ks", "likelihood"]))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 def test_estimate_is_never_below_the_largest_maximum(sample, select):
     assert fit_reverse_weibull(sample, select=select).estimate >= sample.max()
 

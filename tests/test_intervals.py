@@ -95,10 +95,10 @@ def test_csv_json_columns_and_the_ci_line(tmp_path):
     assert {"score_lo", "score_hi", "lipschitz_lo", "lipschitz_hi"} <= set(header)
     l0 = [ln for ln in res.stdout.splitlines() if ln.startswith("[STATS][L0]")]
     ci = [ln for ln in res.stdout.splitlines() if ln.startswith("[STATS][CI]")]
-    assert len(l0) == len(ci) == 1
+    assert len(l0) == 1 and [ln.rsplit(" = ", 1)[1] for ln in ci] == ["end_point", "rerun"]
     m = re.match(r"^\[STATS\]\[CI\] info = top2, top2_clever_L1 = (\S+), L1_lo = (\S+), L1_hi = (\S+), "
                  r"top2_clever_L2 = (\S+), L2_lo = (\S+), L2_hi = (\S+), top2_clever_Li = (\S+), Li_lo = (\S+), "
-                 r"Li_hi = (\S+)$", ci[0])
+                 r"Li_hi = (\S+), interval = end_point$", ci[0])
     assert m, ci[0]
     values = [float(v.rstrip(",")) for v in m.groups()]
     for score, lo, hi in zip(values[0::3], values[1::3], values[2::3]):

@@ -49,6 +49,7 @@ def mnist():
     return load_zoo_model("mnist", "normal"), data.test_data[:2], np.argmax(data.test_labels[:2], 1)
 
 
+@pytest.mark.slow  # 19 s; CI time budget (8 minutes on 2 cores); the residual-block ONNX test stays
 def test_mnist_cnn_as_nchw_onnx_gives_the_keras_maxima_and_scores(cache, mnist):
     from cleverscore.api import clever_scores
     from cleverscore.models.onnx_convert import load_onnx_model

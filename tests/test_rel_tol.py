@@ -54,6 +54,7 @@ def test_the_same_seed_stops_at_the_same_point_with_the_same_maxima(mlp_runs):
         np.testing.assert_allclose(a.grad_max, f.grad_max[: a.niters_used], rtol=1e-6)
 
 
+@pytest.mark.slow  # 30 s; CI time budget (8 minutes on 2 cores); the library-level --rel_tol tests stay
 def test_cli_records_why_it_stopped_keeps_the_requested_name_and_resumes(tmp_path):
     args = ("collect_gradients.py", "-m", "2-layer", "-n", "1", "-N", "64", "-i", "70", "--rel_tol", "0.5",
             "--target_type", "5", "-s", str(tmp_path), "--quiet")

@@ -90,6 +90,7 @@ def tanh_mlp(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # 33 s; CI time budget (8 minutes on 2 cores); test_second_order's unit tests stay
 def test_order2_bound_is_positive_and_close_to_first_order(tanh_mlp, tmp_path):
     common = ["--model_path", str(tanh_mlp), "--data_path", str(tanh_mlp.parent / "imgs.npz"), "-n", "3",
               "-N", "64", "-i", "8", "--target_type", "1", "--quiet"]

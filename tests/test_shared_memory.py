@@ -46,7 +46,8 @@ def test_pool_run_to_completion_leaves_nothing(tmp_path):
     assert not our_segments()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM],
+                         ids=["SIGINT", "SIGTERM"])  # SIGINT: 22 s, CI time budget
 def test_signal_mid_run_leaves_no_segment_and_no_partial_file(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "collect_gradients.py", "-n", "3", "-N", "2048", "-i", "500", "--sampler", "pool",

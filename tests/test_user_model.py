@@ -60,7 +60,7 @@ def scores_of(stdout: str) -> list[float]:
     return [float(v) for v in re.findall(r"bnd = ([^,]+), ks", stdout)]
 
 
-@pytest.mark.parametrize("model_file", ["mycnn.keras", "mycnn_savedmodel"])
+@pytest.mark.parametrize("model_file", ["mycnn.keras", pytest.param("mycnn_savedmodel", marks=pytest.mark.slow)])
 def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files, model_file):
     root, model, x, y = user_files
     res = collect(root, model_file, save=f"out_{model_file}")
@@ -79,6 +79,7 @@ def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files,
         assert api.scores["L2"] == pytest.approx(cli[i], rel=1e-4)
 
 
+@pytest.mark.slow  # 21 s; CI time budget (8 minutes on 2 cores)
 def test_probability_model_needs_output_probs(user_files):
     root, *_ = user_files
     plain = collect(root, "probs.keras", save="p1")
@@ -99,9 +100,11 @@ def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(
     out = run_script("clever.py", str(folder), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json"))
     table = pd.read_csv(tmp_path / "s.csv")
     assert list(table.columns) == ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score",
-                                   "score_lo", "score_hi", "lipschitz", "lipschitz_lo", "lipschitz_hi", "searched",
+                                   "score_lo", "score_hi", "lipschitz", "lipschitz_lo", "lipschitz_hi", "score_rerun_lo",
+                                   "score_rerun_hi", "lipschitz_rerun_lo", "lipschitz_rerun_hi", "searched",
                                    "shape", "loc", "scale", "ks", "pVal", "method", "order", "supported_radius",
-                                   "beyond_ball", "partial"]
+                                   "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified",
+                                   "certified_radius", "lipschitz_exact", "exact_distortion", "attack_distortion"]
     assert len(table) == 3 * 3 and set(table["norm"]) == {"L1", "L2", "Li"}
     printed = scores_of(out.stdout)
     np.testing.assert_allclose(sorted(table["score"]), sorted(printed), rtol=1e-4)
@@ -154,10 +157,12 @@ def test_kill_9_mid_run_then_rerun_gives_the_files_of_an_uninterrupted_run(user_
      "does not exist"),
     ("wrong shape", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "flat.npz")],
      "x must have shape (N, H, W, C)"),
-    ("labels out of range", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "badlab.npz")],
-     "outside 0..5"),
-    ("outside input range", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "wide.npz")],
-     "outside --input_range"),
+    pytest.param("labels out of range",
+                 lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "badlab.npz")],
+     "outside 0..5", marks=pytest.mark.slow),  # 5-6 s each, like "wrong shape": CI time budget
+    pytest.param("outside input range",
+                 lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "wide.npz")],
+     "outside --input_range", marks=pytest.mark.slow),  # 5-6 s each, like "wrong shape": CI time budget
     ("NCHW data", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "nchw.npz")],
      "looks like (N, C, H, W), PyTorch's layout; the data must be (N, H, W, C): save x.transpose(0, 2, 3, 1)"),
     ("PyTorch checkpoint", lambda r: ["--model_path", str(r / "weights.pth"), "--data_path", str(r / "three.npz")],
