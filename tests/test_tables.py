@@ -112,3 +112,11 @@ def test_certified_radii_add_columns_and_the_order_lines_flag_violations(tmp_pat
     assert "[WARNING] Cert Linf: the certified radius exceeds the CW distortion on 1 pair(s)" in res.stderr
     assert "[WARNING] Cert L2" not in res.stderr and "[WARNING] Plain" not in res.stderr
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_certified_radius_that_is_not_a_number_is_a_one_line_error(tmp_path):
+    (tmp_path / "a.csv").write_text(ATTACKS)
+    (tmp_path / "c.csv").write_text(with_radii(CLEVER, {("a.mat", "L2"): 0.25}).replace("0.25\n", "big\n"))
+    res = run_script("table2.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
+    assert res.returncode == 2
+    assert "certified_radius column holds a non-number ('big')" in res.stderr and "Traceback" not in res.stderr

@@ -74,7 +74,11 @@ def certified_radii(clever: pd.DataFrame) -> pd.DataFrame:
     """
     if "certified_radius" not in clever.columns:
         return pd.DataFrame()
-    known = clever.dropna(subset=["certified_radius"])
+    radii = pd.to_numeric(clever["certified_radius"], errors="coerce")
+    bad = clever["certified_radius"][radii.isna() & clever["certified_radius"].notna()]
+    if len(bad):
+        raise UsageError(f"the clever CSV's certified_radius column holds a non-number ({bad.iloc[0]!r})")
+    known = clever.assign(certified_radius=radii).dropna(subset=["certified_radius"])
     return known.groupby(["id", "info", "norm"])["certified_radius"].min().unstack("norm")
 
 
