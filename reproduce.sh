@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the paper's Table 2 (CW and I-FGSM distortions next to CLEVER scores) for the shipped
 # MNIST and CIFAR models:
-#   ./reproduce.sh [-k K] [-N nsamp] [-i niters] [-o folder] [-r ray_address] [dataset:model ...]
+#   ./reproduce.sh [-k K] [-N nsamp] [-i niters] [-o folder] [-r ray_address] [-c|-C] [dataset:model ...]
 # K test images per network (the paper used 500), with least-likely, random and top-2 targets.
 # Networks default to every one of mnist:2-layer mnist:normal mnist:distilled mnist:brelu and the
 # same for cifar whose weights are in models/ (missing ones are skipped with a note).
@@ -11,19 +11,28 @@
 # The interpreter is $PYTHON (default python3); CLEVER_DATA_DIR names the data folder; extra
 # attacks.py flags (e.g. --cw_iterations 200 for a quick look) go in ATTACK_ARGS.
 # -r ADDRESS collects the gradients on Ray (collect_gradients.py --ray ADDRESS: local, auto or host:port).
+# -c also certifies the MNIST networks (collect_gradients.py --certify: Certified L2/Linf columns in
+# the table, radii in the plot); -C certifies the CIFAR ones too. Off by default, for the cost: about
+# 15 s per target and norm on the MNIST CNN and 150 s on the CIFAR CNN (2 CPU cores), so -k 20 with
+# 3 targets and 3 norms adds some 45 minutes per MNIST CNN and 7.5 hours per CIFAR CNN. Certified
+# runs keep their .mat files in lipschitz_mat_certified/, apart from the uncertified ones: a rerun
+# reuses finished files, and an uncertified one would be reused without radii.
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 [-k images] [-N nsamp] [-i niters] [-o folder] [-r ray_address] [dataset:model ...]" >&2
+  echo "usage: $0 [-k images] [-N nsamp] [-i niters] [-o folder] [-r ray_address] [-c|-C] [dataset:model ...]" >&2
   echo "  dataset: mnist|cifar  model: 2-layer|normal|distilled|brelu" >&2
+  echo "  -c: certify the MNIST networks (--certify); -C: the CIFAR ones too (hours)" >&2
   exit 2
 }
 
 K=20 NSAMP=256 NITERS=100 OUT=reproduction
 ray_args=()
-while getopts "k:N:i:o:r:h" opt; do
+CERTIFY=""  # the datasets to certify: "", "mnist" (-c) or "mnist cifar" (-C)
+while getopts "k:N:i:o:r:cCh" opt; do
   case $opt in
     k) K=$OPTARG ;; N) NSAMP=$OPTARG ;; i) NITERS=$OPTARG ;; o) OUT=$OPTARG ;; r) ray_args=(--ray "$OPTARG") ;;
+    c) CERTIFY=mnist ;; C) CERTIFY="mnist cifar" ;;
     *) usage ;;
   esac
 done
@@ -58,10 +67,15 @@ print(models_folder() / p(sys.argv[1], sys.argv[2]).weights_file)" "$dataset" "$
   fi
   tag="${dataset}_${model}"
   name="$(echo "$dataset" | tr a-z A-Z)-${LABEL[$model]}"
-  echo "[REPRO] $name: CLEVER (-N $NSAMP -i $NITERS) and attacks on $K images" >&2
+  mats="$OUT/lipschitz_mat" certify_args=()
+  if [[ " $CERTIFY " == *" $dataset "* ]]; then
+    mats="$OUT/lipschitz_mat_certified" certify_args=(--certify)
+  fi
+  echo "[REPRO] $name: CLEVER (-N $NSAMP -i $NITERS${certify_args[*]+, certified}) and attacks on $K images" >&2
   "$PY" collect_gradients.py -d "$dataset" -m "$model" -n "$K" --target_type 7 -N "$NSAMP" -i "$NITERS" \
-    -s "$OUT/lipschitz_mat" --quiet ${ray_args[@]+"${ray_args[@]}"} > "$OUT/collect_$tag.log" 2>&1
-  "$PY" clever.py "$OUT/lipschitz_mat/$tag" --csv "$OUT/clever_$tag.csv" > "$OUT/clever_$tag.log" 2>&1
+    -s "$mats" --quiet ${ray_args[@]+"${ray_args[@]}"} ${certify_args[@]+"${certify_args[@]}"} \
+    > "$OUT/collect_$tag.log" 2>&1
+  "$PY" clever.py "$mats/$tag" --csv "$OUT/clever_$tag.csv" > "$OUT/clever_$tag.log" 2>&1
   if [ ! -f "$OUT/attacks_$tag.csv" ]; then  # a rerun reuses finished attacks (and .mat files)
     # shellcheck disable=SC2086
     "$PY" attacks.py -d "$dataset" -m "$model" -n "$K" --target_type 7 --csv "$OUT/attacks_$tag.csv" \

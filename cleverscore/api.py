@@ -5,7 +5,8 @@
     print(result.scores)   # {'L1': .., 'L2': .., 'Li': ..}: untargeted (minimum over classes)
 
 It runs the same sampler and fit as `collect_gradients.py` + `clever.py`; with the same seed
-and `image_id` (the image's index in the CLI's data) it gives the same numbers.
+and `image_id` (the image's index in the CLI's data) it gives the same numbers. `certify=True`
+adds the proofs `collect_gradients.py --certify` writes (the same code, running/bounds.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cleverscore.norms import NORMS, grad_column
 from cleverscore.sampling.estimator import EstimateLipschitz
 from cleverscore.scoring.fit import SHAPE_REG, WeibullFit, clever_score, fit_many
 from cleverscore.scoring.intervals import end_point_interval
+from cleverscore.settings import SamplingSettings
 
 
 @dataclass
@@ -28,6 +30,10 @@ class TargetScores:
     """Scores against one target class, with the fit behind each norm's Lipschitz estimate.
 
     `intervals[label]` is the score's 95% interval (score_lo, score_hi) from clever_interval.py.
+    With `certify=True`: `certified_radius[label]`, no adversarial example within this distance in
+    that norm (a proof; `.mat` key `certified_radius_<label>`), and `lipschitz_certified[label]`,
+    a proven upper bound of the Lipschitz constant behind that norm's score over the sampled ball
+    (`G2_certified` for L2, `G1_certified` for Li, `Gi_certified` for L1); empty dicts otherwise.
     """
 
     target: int
@@ -35,16 +41,23 @@ class TargetScores:
     scores: dict[str, float]
     fits: dict[str, WeibullFit]
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    certified_radius: dict[str, float] = field(default_factory=dict)
+    lipschitz_certified: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class CleverResult:
-    """The scores of one image: per target, and the minimum over targets (`scores`)."""
+    """The scores of one image: per target, and the minimum over targets (`scores`).
+
+    `certified_radius` (with `certify=True`, else empty): per norm the minimum over the targets,
+    the radius within which no target is reached (untargeted: no misclassification at all).
+    """
 
     true_label: int
     predicted: int
     scores: dict[str, float]
     targets: list[TargetScores] = field(default_factory=list)
+    certified_radius: dict[str, float] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v:.5g}" for k, v in self.scores.items())
@@ -73,7 +86,8 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
                   image_id: int = 0, batch_size: int = 0, radius: float | None = None,
                   input_range: tuple[float, float] = (-0.5, 0.5), method: str = "mle_reg",
                   shape_reg: float = SHAPE_REG, input_mean: Sequence[float] | None = None,
-                  input_std: Sequence[float] | None = None, input_layout: str = "auto") -> CleverResult:
+                  input_std: Sequence[float] | None = None, input_layout: str = "auto",
+                  certify: bool = False) -> CleverResult:
     """CLEVER scores of `image` for a model that returns logits.
 
     Args:
@@ -92,8 +106,12 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
             model function ((x - mean) / std); `image`, `radius` and the scores stay in input units.
         input_layout: for ONNX models and torch modules, the model input's layout ('auto', 'nchw'
             or 'nhwc'; a module is taken as NCHW unless 'nhwc'); `image` is always (H, W, C).
+        certify: also prove a radius per target and norm and bound the Lipschitz constants over
+            the sampled ball, as `collect_gradients.py --certify` (Keras models only; seconds to
+            minutes per target on a CNN).
     Returns:
-        CleverResult with `scores` = the minimum over the targets of each norm's score.
+        CleverResult with `scores` = the minimum over the targets of each norm's score, and with
+        `certify`, `certified_radius` = the minimum over the targets of each norm's radius.
     """
     x0 = np.asarray(image, np.float32)
     from cleverscore.data.user import looks_nchw
@@ -104,6 +122,10 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
     model = _as_callable(model, x0.shape, input_mean, input_std, input_layout)
     est = EstimateLipschitz(seed=seed, log=None)
     est.load_model(model=model, batch_size=batch_size or min(nsamps, 1024), input_range=input_range)
+    if certify:  # refuse a model the bounds cannot take before any sampling, not after it
+        from cleverscore.running.bounds import certifiable_model
+
+        certifiable_model(est.model)
     logits = est.predict(x0[None])[0]
     predicted = int(np.argmax(logits))
     c = predicted if true_label is None else int(true_label)
@@ -113,15 +135,34 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
         targets = [int(t) for t in np.atleast_1d(target)]
     if not targets or any(t == c or not 0 <= t < len(logits) for t in targets):
         raise UsageError(f"targets {targets} must be classes other than {c} in 0..{len(logits) - 1}")
-    results = est.estimate_targets(x0, c, targets, nsamps, niters, sample_norm, image_id=image_id, radius=radius)
-    per_target = []
-    for res in results:
-        maxima = [res.grad_max[:, grad_column(n)] for n in NORMS]
-        fits = fit_many(maxima, method, shape_reg)
-        per_target.append(TargetScores(
-            res.target, res.g_x0,
-            {n.label: clever_score(res.g_x0, f.estimate) for n, f in zip(NORMS, fits)},
-            {n.label: f for n, f in zip(NORMS, fits)},
-            {n.label: end_point_interval(m).score_interval(res.g_x0) for n, m in zip(NORMS, maxima)}))
-    best = {n.label: min(t.scores[n.label] for t in per_target) for n in NORMS}
-    return CleverResult(c, predicted, best, per_target)
+    sampling = est.sampling_settings(nsamps, niters, sample_norm, radius)
+    results = est.collect_maxima(x0, c, targets, sampling, image_id=image_id)
+    per_target = [_target_scores(res, method, shape_reg) for res in results]
+    result = CleverResult(c, predicted, {n.label: min(t.scores[n.label] for t in per_target) for n in NORMS},
+                          per_target)
+    if certify:
+        _add_certified(result, est, x0, sampling)
+    return result
+
+
+def _target_scores(res, method: str, shape_reg: float) -> TargetScores:
+    """One target's fits, scores and intervals from its sampled maxima."""
+    maxima = [res.grad_max[:, grad_column(n)] for n in NORMS]
+    fits = fit_many(maxima, method, shape_reg)
+    return TargetScores(
+        res.target, res.g_x0,
+        {n.label: clever_score(res.g_x0, f.estimate) for n, f in zip(NORMS, fits)},
+        {n.label: f for n, f in zip(NORMS, fits)},
+        {n.label: end_point_interval(m).score_interval(res.g_x0) for n, m in zip(NORMS, maxima)})
+
+
+def _add_certified(result: CleverResult, est: EstimateLipschitz, x0: np.ndarray, sampling: SamplingSettings) -> None:
+    """The `--certify` keys of every target (running/bounds.py, the CLI's code), filled into `result`."""
+    from cleverscore.running.bounds import certified_keys
+
+    targets = [t.target for t in result.targets]
+    keys = certified_keys(est.model, x0, result.true_label, targets, sampling, est.input_range)
+    for scores, row in zip(result.targets, keys):
+        scores.certified_radius = {n.label: row[f"certified_radius_{n.label}"] for n in NORMS}
+        scores.lipschitz_certified = {n.label: row[n.certified_key] for n in NORMS}
+    result.certified_radius = {n.label: min(t.certified_radius[n.label] for t in result.targets) for n in NORMS}

@@ -39,3 +39,28 @@ def test_driver_builds_the_table_for_one_network(tmp_path):
     assert (table.n >= 1).all() and (table.cw_l2 > 0).all() and (table.clever_l2 > 0).all()
     assert "| MNIST-CNN |" in (tmp_path / "table2.md").read_text()
     assert (tmp_path / "table2.png").stat().st_size > 0
+
+
+STUB = """#!/usr/bin/env bash
+# stands in for python: the weights look-up prints an existing file; every script call is logged
+if [ "$1" = -c ]; then echo "$0"; exit 0; fi
+echo "$*" >> "$STUB_LOG"
+"""
+
+
+@pytest.mark.parametrize("flag, certified", [("", []), ("-c", ["mnist"]), ("-C", ["cifar", "mnist"])])
+def test_certify_flags_pass_certify_to_the_chosen_datasets_only(tmp_path, flag, certified):
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), STUB_LOG=str(tmp_path / "calls"))
+    args = ["-o", str(tmp_path / "out"), *([flag] if flag else []), "mnist:normal", "cifar:normal"]
+    res = subprocess.run(["bash", "reproduce.sh", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    collects = {c.split(" -d ")[1].split()[0]: c for c in calls if c.startswith("collect_gradients.py")}
+    assert sorted(d for d, c in collects.items() if "--certify" in c) == certified
+    for dataset, call in collects.items():  # certified files live apart, so no uncertified one is reused
+        folder = "lipschitz_mat_certified" if dataset in certified else "lipschitz_mat"
+        assert f"-s {tmp_path}/out/{folder} " in call
+    assert sum(c.startswith(f"clever.py {tmp_path}/out/lipschitz_mat_certified/") for c in calls) == len(certified)

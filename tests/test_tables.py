@@ -73,3 +73,50 @@ def test_table_builder_rejects_a_csv_without_the_needed_columns(tmp_path):
     res = run_script("table2.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
     assert res.returncode == 2
     assert "lacks column(s) attack, success, l2, linf" in res.stderr and "Traceback" not in res.stderr
+
+
+def with_radii(clever: str, radii: dict[tuple[str, str], float]) -> str:
+    """The CLEVER CSV with a certified_radius column: radii[(file, norm)], empty elsewhere."""
+    lines = clever.strip().split("\n")
+    out = [lines[0] + ",certified_radius"]
+    for line in lines[1:]:
+        cells = line.split(",")
+        value = radii.get((cells[0], cells[5]))
+        out.append(line + "," + ("" if value is None else repr(value)))
+    return "\n".join(out) + "\n"
+
+
+def test_certified_radii_add_columns_and_the_order_lines_flag_violations(tmp_path):
+    # top2: both pairs certified; least: its one pair only in L2, so Linf reads "not certified".
+    # b.mat's Linf radius 0.4 exceeds its CW Linf 0.35: a proof contradicted, which must be flagged.
+    radii = {("a.mat", "L2"): 0.25, ("a.mat", "Li"): 0.01, ("b.mat", "L2"): 0.5, ("b.mat", "Li"): 0.4,
+             ("c.mat", "L2"): 1.0}
+    (tmp_path / "a.csv").write_text(ATTACKS)
+    (tmp_path / "c.csv").write_text(with_radii(CLEVER, radii))
+    (tmp_path / "u.csv").write_text(CLEVER)
+    res = run_script("table2.py", "--network", "Cert", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"),
+                     "--network", "Plain", str(tmp_path / "a.csv"), str(tmp_path / "u.csv"),
+                     "--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.png"))
+    assert res.returncode == 0, res.stderr
+    assert "| CLEVER Linf | Certified L2 | Certified Linf |" in res.stdout
+    assert "| Cert | 1 | 3.000 | 0.500 | 4.000 | 0.200 | 1.250 | 0.100 | 1.000 | — |" in res.stdout
+    assert "| Cert | 2 | 1.500 | 0.300 | 2.000 | 0.150 | 0.625 | 0.100 | 0.375 | 0.205 |" in res.stdout
+    assert "| Plain | 2 | 1.500 | 0.300 | 2.000 | 0.150 | 0.625 | 0.100 | — | — |" in res.stdout
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table.cert_l2.tolist()[:2] == [1.0, 0.375] and table.cert_linf.isna().tolist() == [True, False, True, True]
+    # CLEVER is below CW everywhere here; c.mat's L2 CLEVER 1.25 is above its radius 1.0 (fine)
+    assert "[ORDER] Cert L2: 3 pairs, 3 certified; CLEVER above CW on 0 (overstated), below the certified " \
+           "radius on 0; certified above CW on 0" in res.stderr
+    assert "[ORDER] Cert Linf: 3 pairs, 2 certified; CLEVER above CW on 0 (overstated), below the certified " \
+           "radius on 1; certified above CW on 1" in res.stderr
+    assert "[WARNING] Cert Linf: the certified radius exceeds the CW distortion on 1 pair(s)" in res.stderr
+    assert "[WARNING] Cert L2" not in res.stderr and "[WARNING] Plain" not in res.stderr
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_certified_radius_that_is_not_a_number_is_a_one_line_error(tmp_path):
+    (tmp_path / "a.csv").write_text(ATTACKS)
+    (tmp_path / "c.csv").write_text(with_radii(CLEVER, {("a.mat", "L2"): 0.25}).replace("0.25\n", "big\n"))
+    res = run_script("table2.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
+    assert res.returncode == 2
+    assert "certified_radius column holds a non-number ('big')" in res.stderr and "Traceback" not in res.stderr

@@ -1,5 +1,9 @@
 """table2.py: the paper's Table 2 from attacks.py CSVs and clever.py --csv files, one row per network.
 
+Where the CLEVER CSV carries certified radii (collect_gradients.py --certify), Certified L2 and
+Linf columns are added, and stderr gets one [ORDER] line per network and norm counting the pairs
+that break certified radius <= CLEVER <= CW.
+
     python3 table2.py --network MNIST-CNN attacks_mnist_normal.csv clever_mnist_normal.csv \\
         --markdown table2.md --csv table2.csv --plot table2.png
 """
@@ -7,12 +11,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cleverscore.cli.common import Parser, run_cli
 from cleverscore.errors import UsageError
 from cleverscore.mat_files import check_writable_file, write_atomically, write_failures_reported
-from cleverscore.scoring.tables import ATTACK_COLUMNS, CLEVER_COLUMNS, markdown, per_pair, read_table, scatter, summary
+from cleverscore.scoring.table_plot import scatter
+from cleverscore.scoring.tables import (
+    ATTACK_COLUMNS,
+    CLEVER_COLUMNS,
+    markdown,
+    per_pair,
+    read_table,
+    summary,
+    violation_lines,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a table row: its name, an attacks.py CSV and a clever.py --csv file (repeat per network)")
     p.add_argument("--markdown", default="", help="write the markdown tables here (they are always printed)")
     p.add_argument("--csv", default="", help="write the table as CSV here")
-    p.add_argument("--plot", default="", help="write the CLEVER-vs-CW scatter plot (PNG) here")
+    p.add_argument("--plot", default="", help="write the plot (PNG) here: per pair, CLEVER and certified radius against CW")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -41,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     table = summary(networks)
     text = markdown(table)
     print(text, end="")
+    for line in violation_lines(networks):
+        print(line, file=sys.stderr)
     with write_failures_reported(" or ".join(path for _, path in outputs)):
         if args.markdown:
             write_atomically(args.markdown, lambda tmp: Path(tmp).write_text(text))

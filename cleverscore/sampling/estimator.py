@@ -126,8 +126,8 @@ class EstimateLipschitz:
                             self.input_range)
 
     # -- the original's methods (flag strings) ----------------------------------------------
-    def _sampling(self, Nsamp: int, Niters: int, sample_norm: str, radius: float | None, transform: str | None = None,
-                  rel_tol: float = 0.0, search_steps: int = 0) -> SamplingSettings:
+    def sampling_settings(self, Nsamp: int, Niters: int, sample_norm: str, radius: float | None,
+                          transform: str | None = None, rel_tol: float = 0.0, search_steps: int = 0) -> SamplingSettings:
         """The original's positional arguments as settings (`""` and 0 mean "not given")."""
         return SamplingSettings(nsamps=Nsamp, niters=Niters, sample_norm=by_flag(sample_norm), radius=radius or None,
                                 transform=transform or None, rel_tol=rel_tol or None, search_steps=search_steps,
@@ -156,20 +156,20 @@ class EstimateLipschitz:
                          progress: Callable[[int, int], Callable[[int], None]] | None = None,
                          rel_tol: float = 0.0) -> list[TargetResult]:
         """Collect maxima for several targets of one image on shared samples (see `collect_maxima`)."""
-        sampling = self._sampling(Nsamp, Niters, sample_norm, radius, transform, rel_tol)
+        sampling = self.sampling_settings(Nsamp, Niters, sample_norm, radius, transform, rel_tol)
         return self.collect_maxima(x_0, true_label, target_labels, sampling, image_id, progress)
 
     def estimate_hessian(self, x_0: np.ndarray, true_label: int, target_label: int, Nsamp: int, Niters: int,
                          sample_norm: str = "l2", image_id: int = 0, radius: float | None = None,
                          progress: Callable[[int, int], Callable[[int], None]] | None = None) -> HessianResult:
         """Order 2: per-iteration curvature maxima of g for one target (spec section 8)."""
-        sampling = self._sampling(Nsamp, Niters, sample_norm, radius)
+        sampling = self.sampling_settings(Nsamp, Niters, sample_norm, radius)
         return self.hessian_maxima(x_0, true_label, target_label, sampling, image_id, progress)
 
     def search_maxima(self, x_0: np.ndarray, true_label: int, target_labels: Sequence[int], steps: int,
                       sample_norm: str = "l2", radius: float | None = None, image_id: int = 0) -> np.ndarray:
         """(targets, 3) largest gradient norms (G2, G1, Gi) found by ascent inside the sampled ball."""
-        sampling = self._sampling(1, 1, sample_norm, radius, search_steps=steps)
+        sampling = self.sampling_settings(1, 1, sample_norm, radius, search_steps=steps)
         return self.searched_maxima(x_0, true_label, target_labels, sampling, image_id)
 
     # -- the settings-based methods ---------------------------------------------------------

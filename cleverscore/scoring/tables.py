@@ -4,6 +4,11 @@ Joins `attacks.py` CSVs with `clever.py --csv` output on (image, target). A pair
 CLEVER scored it (order 1) and every attack succeeded on it; each cell is the mean over those
 pairs. CW Linf is the Linf distortion of the CW L2 examples; I-FGSM L2 and Linf come from the
 I-FGSM attack in that norm.
+
+With `collect_gradients.py --certify` behind the CLEVER CSV (its `certified_radius` column), the
+mean certified radius in L2 and Linf is added as the proof beside the estimate and the attacks:
+per pair, certified radius <= minimal distortion <= CW distortion must hold, and CLEVER, an
+estimate of the minimal distortion, should fall between them (see `order_violations`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ COLUMNS = (
     ("clever_l2", "CLEVER L2", "clever", "L2"),
     ("clever_linf", "CLEVER Linf", "clever", "Li"),
 )
+# (output column, header, clever.py norm): the proof columns, present when the CLEVER CSV has radii
+CERTIFIED = (("cert_l2", "Certified L2", "L2"), ("cert_linf", "Certified Linf", "Li"))
+NOT_CERTIFIED = "—"
 ATTACK_COLUMNS = ["id", "info", "attack", "success", "l2", "linf"]
 CLEVER_COLUMNS = ["id", "info", "norm", "score", "order"]
 
@@ -39,7 +47,10 @@ def read_table(path: str, needed: list[str], what: str) -> pd.DataFrame:
 
 
 def per_pair(attacks: pd.DataFrame, clever: pd.DataFrame) -> pd.DataFrame:
-    """One row per (id, info) that CLEVER scored and every attack broke, one column per COLUMNS entry."""
+    """One row per (id, info) that CLEVER scored and every attack broke, one column per COLUMNS entry.
+
+    The CERTIFIED columns follow, NaN where the pair has no certified radius; they never drop a pair.
+    """
     clever = clever[clever["order"] == 1]
     wide = clever.pivot_table(index=["id", "info"], columns="norm", values="score", aggfunc="min")
     pairs = pd.DataFrame(index=wide.index)
@@ -49,11 +60,34 @@ def per_pair(attacks: pd.DataFrame, clever: pd.DataFrame) -> pd.DataFrame:
             continue
         broken = attacks[(attacks["attack"] == source) & attacks["success"].astype(bool)]
         pairs[column] = broken.groupby(["id", "info"])[value].min()
-    return pairs.dropna().reset_index()
+    pairs = pairs.dropna()
+    radii = certified_radii(clever)
+    for column, _, norm in CERTIFIED:
+        pairs[column] = radii[norm].reindex(pairs.index) if norm in radii.columns else float("nan")
+    return pairs.reset_index()
+
+
+def certified_radii(clever: pd.DataFrame) -> pd.DataFrame:
+    """Per (id, info), the certified radius per norm (columns L1, L2, Li); empty without the column.
+
+    CLEVER CSVs of runs without --certify (or of older versions) have the column empty or lack it.
+    """
+    if "certified_radius" not in clever.columns:
+        return pd.DataFrame()
+    radii = pd.to_numeric(clever["certified_radius"], errors="coerce")
+    bad = clever["certified_radius"][radii.isna() & clever["certified_radius"].notna()]
+    if len(bad):
+        raise UsageError(f"the clever CSV's certified_radius column holds a non-number ({bad.iloc[0]!r})")
+    known = clever.assign(certified_radius=radii).dropna(subset=["certified_radius"])
+    return known.groupby(["id", "info", "norm"])["certified_radius"].min().unstack("norm")
 
 
 def summary(networks: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """Mean of every column per network and target type (rows in the paper's order)."""
+    """Mean of every column per network and target type (rows in the paper's order).
+
+    A certified mean is NaN ("not certified") unless every pair of the cell has a radius: a mean
+    over the certified pairs only would describe other pairs than the columns beside it.
+    """
     rows = []
     for name, pairs in networks:
         for info, _ in TARGETS:
@@ -61,14 +95,26 @@ def summary(networks: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
             if len(chosen):
                 row = {"network": name, "target": info, "n": len(chosen)}
                 row.update({column: chosen[column].mean() for column, *_ in COLUMNS})
+                row.update({column: chosen[column].mean(skipna=False) for column, *_ in CERTIFIED})
                 rows.append(row)
-    return pd.DataFrame(rows, columns=["network", "target", "n", *[c for c, *_ in COLUMNS]])
+    return pd.DataFrame(rows, columns=["network", "target", "n", *all_columns()])
+
+
+def all_columns() -> list[str]:
+    return [c for c, *_ in COLUMNS] + [c for c, *_ in CERTIFIED]
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """One markdown table per target type: a row per network, means to 3 decimals."""
-    header = "| Network | n | " + " | ".join(h for _, h, *_ in COLUMNS) + " |"
-    rule = "|---|---:|" + "---:|" * len(COLUMNS)
+    """One markdown table per target type: a row per network, means to 3 decimals.
+
+    The certified columns appear when some network has radii; a cell without shows NOT_CERTIFIED.
+    """
+    shown = [(c, h) for c, h, *_ in COLUMNS]
+    certified = any(table[c].notna().any() for c, *_ in CERTIFIED)
+    if certified:
+        shown += [(c, h) for c, h, _ in CERTIFIED]
+    header = "| Network | n | " + " | ".join(h for _, h in shown) + " |"
+    rule = "|---|---:|" + "---:|" * len(shown)
     parts = []
     for info, title in TARGETS:
         rows = table[table["target"] == info]
@@ -76,38 +122,45 @@ def markdown(table: pd.DataFrame) -> str:
             continue
         lines = [f"### {title}", "", header, rule]
         for _, row in rows.iterrows():
-            cells = " | ".join(f"{row[c]:.3f}" for c, *_ in COLUMNS)
+            cells = " | ".join(NOT_CERTIFIED if pd.isna(row[c]) else f"{row[c]:.3f}" for c, _ in shown)
             lines.append(f"| {row['network']} | {int(row['n'])} | {cells} |")
         parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    note = (f"\n\nCertified: the mean certified radius (collect_gradients.py --certify); {NOT_CERTIFIED} where "
+            "some pair of the row has none.") if certified else ""
+    return "\n\n".join(parts) + note + "\n"
 
 
-def scatter(networks: list[tuple[str, pd.DataFrame]], path: str) -> None:
-    """CLEVER L2 against CW L2 per (image, target), one colour per network, with y = x.
+# CSV round trips and float32 distances: a certified radius this close to CW counts as below it
+CERTIFIED_TOLERANCE = 1e-6
+# norm -> (CLEVER column, certified column, CW column)
+ORDERED = {"L2": ("clever_l2", "cert_l2", "cw_l2"), "Linf": ("clever_linf", "cert_linf", "cw_linf")}
 
-    Log axes, so that CIFAR's distortions (around 0.1-1) and MNIST's (around 1-5) both show.
+
+def order_violations(pairs: pd.DataFrame, norm: str) -> dict[str, pd.Series]:
+    """Which pairs break certified <= CLEVER <= CW in `norm` ("L2" or "Linf"), as boolean Series.
+
+    `clever_above_cw`: CLEVER overstated robustness (an attack found a closer example).
+    `certified_above_cw`: a proof contradicted by an example, so a bug in the certifier or the attack.
+    `clever_below_certified`: CLEVER under a proven radius: conservative, harmless, but off its target.
+    Pairs without a certified radius break neither certified comparison.
     """
-    import matplotlib
+    clever, cert, cw = ORDERED[norm]
+    return {"clever_above_cw": pairs[clever] > pairs[cw],
+            "certified_above_cw": pairs[cert] > pairs[cw] * (1 + CERTIFIED_TOLERANCE),
+            "clever_below_certified": pairs[clever] < pairs[cert]}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from cleverscore.mat_files import write_atomically
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    values = pd.concat([pd.concat([p["clever_l2"], p["cw_l2"]]) for _, p in networks])
-    values = values[values > 0]
-    low, high = values.min() / 1.3, values.max() * 1.3
+def violation_lines(networks: list[tuple[str, pd.DataFrame]]) -> list[str]:
+    """One `[ORDER]` line per network and norm, and a `[WARNING]` where a proof fails."""
+    lines = []
     for name, pairs in networks:
-        ax.scatter(pairs["clever_l2"], pairs["cw_l2"], s=12, alpha=0.7, label=name)
-    ax.plot([low, high], [low, high], "k--", lw=1, label="y = x")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(low, high)
-    ax.set_ylim(low, high)
-    ax.set_xlabel("CLEVER L2 score")
-    ax.set_ylabel("CW L2 distortion")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+        for norm, (_, cert, _) in ORDERED.items():
+            counts = {key: int(flag.sum()) for key, flag in order_violations(pairs, norm).items()}
+            lines.append(f"[ORDER] {name} {norm}: {len(pairs)} pairs, {int(pairs[cert].notna().sum())} certified; "
+                         f"CLEVER above CW on {counts['clever_above_cw']} (overstated), below the certified radius "
+                         f"on {counts['clever_below_certified']}; certified above CW on {counts['certified_above_cw']}")
+            if counts["certified_above_cw"]:
+                lines.append(f"[WARNING] {name} {norm}: the certified radius exceeds the CW distortion on "
+                             f"{counts['certified_above_cw']} pair(s): a proof contradicted by an example, "
+                             "a bug in the certifier or in the attack's distances")
+    return lines

@@ -1,0 +1,41 @@
+"""clever_scores(..., certify=True): the proofs of `collect_gradients.py --certify` from Python (fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cleverscore.errors import UsageError
+from test_certify_cli import RADIUS, tiny_mlp
+
+
+@pytest.fixture(scope="module")
+def mlp_and_image():
+    model = tiny_mlp()
+    return model, np.random.default_rng(0).uniform(-0.5, 0.5, (4, 4, 1)).astype(np.float32)
+
+
+def test_certified_radii_lie_below_the_exact_minimal_distortion(mlp_and_image):
+    from cleverscore.api import clever_scores
+    from cleverscore.certify.milp import minimal_distortion, relu_network_from_keras
+    from cleverscore.norms import L1, LINF
+
+    model, x = mlp_and_image
+    result = clever_scores(model, x, nsamps=32, niters=5, sample_norm="li", radius=RADIUS, certify=True)
+    assert len(result.targets) == 2  # untargeted over 3 classes
+    net = relu_network_from_keras(model)
+    for scores in result.targets:
+        assert set(scores.certified_radius) == {"L1", "L2", "Li"} == set(scores.lipschitz_certified)
+        for norm in (LINF, L1):
+            exact = minimal_distortion(net, x, result.true_label, scores.target, norm, (-0.5, 0.5), 30)
+            assert exact.exact and 0 < scores.certified_radius[norm.label] <= exact.value
+    for label in ("L1", "L2", "Li"):
+        assert result.certified_radius[label] == min(t.certified_radius[label] for t in result.targets)
+
+
+def test_certify_refuses_a_plain_callable_before_sampling(mlp_and_image):
+    from cleverscore.api import clever_scores
+
+    model, x = mlp_and_image
+    with pytest.raises(UsageError, match="need a Keras model"):
+        clever_scores(lambda batch: model(batch), x, nsamps=16, niters=3, certify=True)
