@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from cleverscore.errors import UsageError
+from cleverscore.mat_files import MatName
+from cleverscore.running.plan import pending_targets
+from cleverscore.settings import BoundSettings, CollectSettings, SamplingSettings
+from conftest import write_mat
 from test_certify_cli import RADIUS, tiny_mlp
 
 
@@ -39,3 +43,18 @@ def test_certify_refuses_a_plain_callable_before_sampling(mlp_and_image):
     model, x = mlp_and_image
     with pytest.raises(UsageError, match="need a Keras model"):
         clever_scores(lambda batch: model(batch), x, nsamps=16, niters=3, certify=True)
+
+
+@pytest.mark.parametrize("bounds,extra,recomputed", [
+    (BoundSettings(), {}, False),
+    (BoundSettings(certify=True), {}, True),
+    (BoundSettings(certify=True), {"certified_radius_Li": 0.01}, False),
+    (BoundSettings(exact=True), {"certified_radius_Li": 0.01}, True),
+])
+def test_a_file_without_the_bounds_asked_for_is_recomputed_not_skipped(tmp_path, bounds, extra, recomputed):
+    sampling = SamplingSettings(nsamps=8, niters=5)
+    settings = CollectSettings(sampling=sampling, bounds=bounds)
+    name = MatName(8, 5, 0, 7, 2, "top2", "relu", 1)
+    write_mat(tmp_path / name.filename, np.linspace(1, 2, 5), **extra)
+    todo = pending_targets(settings, tmp_path, 0, 7, [(2, "top2")])
+    assert [path.name for *_, path in todo] == ([name.filename] if recomputed else [])

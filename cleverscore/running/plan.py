@@ -81,17 +81,31 @@ def require_some_correct(logits: np.ndarray, labels: np.ndarray, model: ModelSet
                       f"score; {hint}")
 
 
+def required_keys(settings: CollectSettings) -> tuple[str, ...]:
+    """The keys a result file needs to be skipped: a file without the bounds asked for is recomputed."""
+    keys = ("G2_max", "g_x0")
+    if settings.bounds.certify:
+        keys += ("certified_radius_Li",)
+    if settings.bounds.exact:
+        keys += ("exact_distortion_Li",)
+    return keys
+
+
 def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true_label: int, chosen,
                     model_id: str | None = None) -> list:
     """(target, info, path) for the targets of an image without a complete result file of this model.
 
     A file that records another `model_id` is recomputed (and replaced), never skipped."""
     s = settings.sampling
+    keys = required_keys(settings)
     todo = []
     for target, info in chosen:
         name = MatName(s.nsamps, s.niters, image_id, true_label, target, info, settings.model.activation, s.order)
         path = folder / name.filename
         status = "missing" if settings.overwrite else result_status(path, model_id)
+        if status == "complete" and result_status(path, model_id, keys) == "incomplete":
+            print(f"[INFO] {path} has no {' or '.join(k for k in keys[2:])}; recomputing it with them")
+            status = "incomplete"
         if status == "complete":
             print(f"file {path} already exists. Skipping this sample...")
             continue
