@@ -9,7 +9,8 @@ From one file's maxima: the fit is location-scale equivariant, so the difference
 estimates, divided by the Weibull scale, has a distribution that depends only on the shape k
 and the number of maxima n. bench/rerun_table.py simulates it on a grid and stores its 2.5% and
 97.5% quantiles in rerun_table.json; here they are interpolated at the file's fitted (k, n) and
-scaled by its fitted scale, widened by SPREAD_FACTOR (below) for real maxima. A rejected fit (the
+scaled by its fitted scale, widened by SPREAD_FACTOR (below) for real maxima, and cut below at
+the lowest largest maximum another run would plausibly draw (`rerun_floor`). A rejected fit (the
 estimate is the largest maximum) or `maxsamp` gets the quantiles of the difference of two
 bootstrap maxima of the file's own maxima instead.
 The interval is calibrated against real reruns in docs/validity.md.
@@ -74,16 +75,28 @@ def rerun_quantiles(shape: float, n: int) -> tuple[float, float]:
     return q_lo, q_hi
 
 
-def bootstrap_max_quantiles(maxima: np.ndarray) -> tuple[float, float]:
-    """2.5% and 97.5% quantiles of the difference of two bootstrap maxima of `maxima`.
-
-    Seeded by the maxima themselves, so a file always gets the same interval.
-    """
+def _bootstrap_maxima(maxima: np.ndarray) -> np.ndarray:
+    """(2, BOOTSTRAP) largest values of resamples of `maxima`, seeded by the maxima themselves
+    (so a file always gets the same interval)."""
     s = np.asarray(maxima, np.float64)
     rng = np.random.default_rng(zlib.crc32(s.tobytes()))
     picks = rng.integers(0, s.size, size=(2, BOOTSTRAP, s.size))
-    tops = s[picks].max(axis=2)
+    return s[picks].max(axis=2)
+
+
+def bootstrap_max_quantiles(maxima: np.ndarray) -> tuple[float, float]:
+    """2.5% and 97.5% quantiles of the difference of two bootstrap maxima of `maxima`."""
+    tops = _bootstrap_maxima(maxima)
     return tuple(float(q) for q in np.quantile(tops[0] - tops[1], [0.025, 0.975]))
+
+
+def rerun_floor(maxima: np.ndarray) -> float:
+    """The 2.5% quantile of another run's largest maximum (bootstrap of this file's maxima).
+
+    Another run's estimate is never below its own largest maximum, so no rerun interval reaches
+    below this: with large fitted shapes the table's spread alone would, even below zero.
+    """
+    return float(np.quantile(_bootstrap_maxima(maxima)[0], 0.025))
 
 
 def rerun_interval(estimate: float, fit: WeibullFit, maxima: np.ndarray) -> tuple[float, float]:
@@ -91,7 +104,7 @@ def rerun_interval(estimate: float, fit: WeibullFit, maxima: np.ndarray) -> tupl
     if fit.fitted and fit.shape > 0 and fit.scale > 0:
         q_lo, q_hi = rerun_quantiles(fit.shape, int(np.size(maxima)))
         spread = SPREAD_FACTOR * fit.scale
-        return estimate + q_lo * spread, estimate + q_hi * spread
+        return max(estimate + q_lo * spread, rerun_floor(maxima)), estimate + q_hi * spread
     q_lo, q_hi = bootstrap_max_quantiles(maxima)
     return estimate + q_lo, estimate + q_hi
 
