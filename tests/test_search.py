@@ -85,3 +85,40 @@ def test_clever_caps_the_score_at_a_searched_norm_above_the_estimate(tmp_path):
 def test_bad_search_flags_are_refused(tmp_path, flags, message):
     res = run_script("collect_gradients.py", *flags, "-s", str(tmp_path))
     assert res.returncode == 2 and message in res.stderr.strip().splitlines()[-1]
+
+
+def corner_relu_model(s: np.ndarray, u: np.ndarray, radius: float):
+    """A 16-input ReLU MLP whose gradient norm jumps near one corner x0 + R s of the Linf ball at 0.
+
+    Hidden unit 0, relu(s.x - 0.85 * 16 R), is active only within 15% of the corner (random points
+    of the ball never get there: it needs a sum of 16 uniforms on [-1, 1] above 13.6); unit 1,
+    relu(u.x + 10), is active everywhere in the ball. g = f_0 - f_1 = u.x + 5 relu(s.x - b) + 1.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2, activation="relu"),
+                              keras.layers.Dense(2)])
+    model.layers[1].set_weights([np.stack([s, u], axis=1).astype(np.float32),
+                                 np.array([-0.85 * 16 * radius, 10.0], np.float32)])
+    model.layers[2].set_weights([np.array([[5.0, 0.0], [1.0, 0.0]], np.float32), np.array([-9.0, 0.0], np.float32)])
+    return model
+
+
+def test_relu_search_reaches_the_milp_constant_where_random_samples_miss_the_corner():
+    from cleverscore.certify.milp import local_lipschitz, relu_network_from_keras
+    from cleverscore.sampling.estimator import EstimateLipschitz
+
+    radius, rng = 0.05, np.random.default_rng(4)
+    s, u = rng.choice([-1.0, 1.0], size=16), rng.normal(scale=0.1, size=16)
+    model = corner_relu_model(s, u, radius)
+    x0 = np.zeros((4, 4, 1), np.float32)
+    exact = local_lipschitz(relu_network_from_keras(model), x0, 0, 1, radius, (-0.5, 0.5), 30)
+    assert exact.exact
+    np.testing.assert_allclose(exact.value, np.abs(u + 5 * s).sum(), rtol=1e-5)  # the corner unit's region
+    est = EstimateLipschitz(seed=2, log=None)
+    est.load_model(model=model, batch_size=256)
+    sampled = est.estimate_targets(x0, 0, [1], 256, 20, sample_norm="li", radius=radius)[0].grad_max[:, 1].max()
+    found = est.search_maxima(x0, 0, [1], 25, "li", radius)[0][1]  # column 1: the L1 norm, the Linf ball's dual
+    assert sampled < 0.1 * exact.value  # 5,120 random points never met the corner's region
+    assert exact.value * (1 - 1e-4) <= found <= exact.value * (1 + 1e-5)  # found: realised, so never above
