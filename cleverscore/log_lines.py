@@ -88,6 +88,19 @@ def debug_maxsamp_line(true_id: int, true_label: int, target_label: int, info: s
     return _debug_head(true_id, true_label, target_label, info, nsamps, niters, bnd_norm, bnd)
 
 
+def bound_line(true_id: int, true_label: int, target_label: int, info: str, bnd_norm: str, lipschitz: float,
+               end_point: tuple[float, float], rerun: tuple[float, float], certain: tuple[float, float]) -> str:
+    """`[BOUND]`, after a file's `[DEBUG][L1]` line when a proven upper bound exists: the Lipschitz
+    estimate, its two statistical 95% intervals, and the certain bracket [largest norm found,
+    smallest proven upper bound] that holds the true constant."""
+    def pair(v: tuple[float, float]) -> str:
+        return f"[{g5(v[0])}, {g5(v[1])}]"
+
+    return (f"[BOUND] id = {true_id}, true_label = {true_label}, target_label = {target_label}, info = {info}, "
+            f"bnd_norm = {bnd_norm}, lipschitz = {g5(lipschitz)}, end_point = {pair(end_point)}, "
+            f"rerun = {pair(rerun)}, certain = {pair(certain)}")
+
+
 def stats_line(info: str, scores: Sequence[float], labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
     """`[STATS][L0] info = top2, top2_clever_L1 = .., top2_clever_L2 = .., top2_clever_Li = ..`."""
     parts = ", ".join(f"{info}_clever_{lab} = {g5(s)}" for lab, s in zip(labels, scores))

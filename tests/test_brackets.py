@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -69,3 +70,28 @@ def test_clever_flags_a_plateau_and_prints_no_zero_width_interval(tmp_path):
     assert rows["plateau"].all()
     assert (rows["lipschitz_hi"] == np.inf).all() and (rows["score_lo"] == 0).all()
     assert (rows["lipschitz_lo"] <= rows["lipschitz"]).all()
+
+
+def test_the_bound_line_prints_the_certain_bracket_beside_both_intervals(tmp_path):
+    folder = tmp_path / "mats"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    g2 = 2.0 - rng.weibull(4.0, 60) * 0.2
+    write_mat(folder / "64_60_0_7_2_top2_relu_order1.mat", g2, G2_certified=2.5, G1_certified=60.0, Gi_certified=0.7)
+    write_mat(folder / "64_60_1_7_3_top2_relu_order1.mat", g2 * 1.1, id=1)  # not certified: no line
+    res = run_script("clever.py", str(folder), "--nthreads", "1", "--csv", str(tmp_path / "s.csv"))
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("[BOUND]")]
+    assert len(lines) == 3 and all("id = 0," in ln for ln in lines)
+    rows = pd.read_csv(tmp_path / "s.csv").set_index(["id", "norm"])
+    pattern = (r"bnd_norm = (\w+), lipschitz = (\S+), end_point = \[(\S+), (\S+)\], rerun = \[(\S+), (\S+)\], "
+               r"certain = \[(\S+), (\S+)\]$")
+    for line in lines:
+        bnd, *values = re.search(pattern, line).groups()
+        lip, lo, hi, rlo, rhi, found, cert = map(float, values)
+        row = rows.loc[(0, {"1": "L1", "2": "L2", "i": "Li"}[bnd])]
+        assert (lip, lo, hi, rlo, rhi, found, cert) == pytest.approx(
+            (row.lipschitz, row.lipschitz_lo, row.lipschitz_hi, row.lipschitz_rerun_lo, row.lipschitz_rerun_hi,
+             row.lipschitz_found, row.lipschitz_certified), rel=1e-4)
+        assert found <= lip <= cert and lo <= lip <= hi
+    assert rows.loc[(0, "L2")].lipschitz_certified == pytest.approx(2.5)

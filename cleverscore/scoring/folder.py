@@ -20,6 +20,7 @@ import numpy as np
 from cleverscore.errors import UsageError
 from cleverscore.log_lines import (
     beyond_ball_line,
+    bound_line,
     counts_line,
     debug_fit_line,
     debug_maxsamp_line,
@@ -301,6 +302,10 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
             if not fit.fitted:
                 print(fallback_line(str(path), norm.label, fit.estimate), file=sys.stderr)
                 warnings["fallback"][(info, norm.label)] += 1
+        if brackets and brackets[k].certified is not None:
+            b = brackets[k]
+            print(bound_line(*head[:4], norm.bnd_norm, b.estimate, (b.interval.lo, b.interval.hi), rerun[k],
+                             (b.found, b.certified)))
         if brackets and brackets[k].plateau:
             print(plateau_line(str(path), norm.label, float(sample.max()), brackets[k].found, brackets[k].interval.hi),
                   file=sys.stderr)
