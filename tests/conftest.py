@@ -56,6 +56,60 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 300, cwd: Pat
                           timeout=timeout)
 
 
+CLI_MODULES = {"collect_gradients.py": "cleverscore.cli.collect", "clever.py": "cleverscore.cli.score",
+               "attacks.py": "cleverscore.cli.attack", "table2.py": "cleverscore.cli.tables"}
+
+
+def run_cli_in_process(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A script's command line run in this process, as run_script returns it.
+
+    For the bad-input cases: a new process spends about 5 s importing TensorFlow before it gets
+    to the error, and there are dozens of cases.
+    """
+    import importlib
+
+    return run_main_in_process(importlib.import_module(CLI_MODULES[script]).main, list(args), env)
+
+
+def run_main_in_process(main, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """`run_cli(main, argv)` in this process, its output captured, exit code and all.
+
+    The command still goes through run_cli (the one-line error, the exit code, no traceback); an
+    exception that escapes it is printed as a traceback into the captured stderr, as a real run
+    would show it. The environment, working folder and signal handlers are restored afterwards.
+    """
+    import contextlib
+    import io
+    import signal
+    import traceback
+
+    from cleverscore.cli.common import run_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    os.environ.update(env or {})
+    os.chdir(REPO)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(main, argv)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except Exception:  # noqa: BLE001 - what a user would see as a traceback
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def interrupt(proc: subprocess.Popen, sig: int) -> str:
     """Send `sig` to a running script a second after it got going; wait for its exit and return its stderr."""
     import time

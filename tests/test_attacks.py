@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared_dataset, affine_model, run_script
+from conftest import shared_dataset, affine_model, run_cli_in_process, run_script
 
 SHAPE = (28, 28, 1)
 
@@ -115,7 +115,7 @@ def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     (["--save_adv", "adv.txt"], "--save_adv must name an .npz file"),
 ])
 def test_attacks_cli_rejects_bad_flags_in_one_line(tmp_path, args, message):
-    res = run_script("attacks.py", "--csv", str(tmp_path / "a.csv"), *args)
+    res = run_cli_in_process("attacks.py", "--csv", str(tmp_path / "a.csv"), *args)
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "a.csv").exists()

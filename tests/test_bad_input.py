@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script, write_mat
+from conftest import REPO, run_cli_in_process, run_main_in_process, run_script, write_mat
 
 
 def snapshot(folder: Path) -> dict:
@@ -26,20 +25,10 @@ def snapshot(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
 
 
-def run_in_process(main, argv: list[str], capsys) -> tuple[int, str, str]:
+def run_in_process(main, argv: list[str]) -> tuple[int, str, str]:
     """A command line's `run_cli(main)` in this process: (exit code, stdout, stderr)."""
-    from cleverscore.cli.common import run_cli
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit) as done:
-            run_cli(main, argv)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    out = capsys.readouterr()
-    code = done.value.code
-    return (code if isinstance(code, int) else 0 if code is None else 1), out.out, out.err
+    res = run_main_in_process(main, argv)
+    return res.returncode, res.stdout, res.stderr
 
 
 def assert_one_error_line(err: str, message: str) -> None:
@@ -77,21 +66,21 @@ def test_clever_refuses_an_output_it_cannot_write_before_fitting(scored_folder, 
 
     (tmp_path / "a_file").write_text("not a folder")
     before = snapshot(tmp_path)
-    code, out, err = run_in_process(main, [str(scored_folder), "--nthreads", "1", *extra(tmp_path)], capsys)
+    code, out, err = run_in_process(main, [str(scored_folder), "--nthreads", "1", *extra(tmp_path)])
     assert code == 2
     assert_one_error_line(err, message)
     assert "[DEBUG]" not in out  # nothing was fitted
     assert snapshot(tmp_path) == before
 
 
-def test_compare_refuses_an_unwritable_plot_and_summary_before_fitting(scored_folder, tmp_path, capsys):
+def test_compare_refuses_an_unwritable_plot_and_summary_before_fitting(scored_folder, tmp_path):
     from cleverscore.cli.score import main
 
     (tmp_path / "cmp_summary.csv").mkdir()  # where --csv cmp.csv puts its summary table
     before = snapshot(tmp_path)
     for extra, message in ((["--plot", str(tmp_path)], "--plot: "),
                            (["--csv", str(tmp_path / "cmp.csv")], "--csv (its summary file): ")):
-        code, out, err = run_in_process(main, ["--compare", str(scored_folder), str(scored_folder), *extra], capsys)
+        code, out, err = run_in_process(main, ["--compare", str(scored_folder), str(scored_folder), *extra])
         assert code == 2 and "[DEBUG]" not in out
         assert_one_error_line(err, message)
     assert snapshot(tmp_path) == before
@@ -100,10 +89,11 @@ def test_compare_refuses_an_unwritable_plot_and_summary_before_fitting(scored_fo
 def test_attacks_and_table2_refuse_unwritable_outputs_before_the_work(tmp_path):
     (tmp_path / "a_file").write_text("x")
     before = snapshot(tmp_path)
-    res = run_script("attacks.py", "-n", "1", "--csv", str(tmp_path))
+    res = run_cli_in_process("attacks.py", "-n", "1", "--csv", str(tmp_path))
     assert res.returncode == 2
     assert_one_error_line(res.stderr, f"--csv: {tmp_path} is a folder, not a file")
-    res = run_script("table2.py", "--network", "X", "a.csv", "c.csv", "--markdown", str(tmp_path / "a_file" / "t.md"))
+    res = run_cli_in_process("table2.py", "--network", "X", "a.csv", "c.csv", "--markdown",
+                             str(tmp_path / "a_file" / "t.md"))
     assert res.returncode == 2
     assert_one_error_line(res.stderr, "--markdown: ")
     assert snapshot(tmp_path) == before
@@ -138,14 +128,14 @@ def test_float_flags_are_all_checked_numbers():
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_every_float_flag_refuses_nan_and_infinities(value, capsys):
+def test_every_float_flag_refuses_nan_and_infinities(value):
     from cleverscore.cli import collect, score
 
     for command, flag in float_flags():
         module = {"collect": collect, "score": score}.get(command)
         if module is None:
             continue
-        code, out, err = run_in_process(module.main, [f"{flag}={value}"], capsys)
+        code, out, err = run_in_process(module.main, [f"{flag}={value}"])
         assert code == 2, (flag, err)
         assert_one_error_line(err, f"argument {flag}: must be a finite number, got '{value}'")
 
@@ -158,7 +148,7 @@ def test_training_rates_refuse_nan_and_out_of_domain_values(capsys):
              (train_nlayer.main, ["--lr", "inf", "8"], "argument --lr: must be a finite number"),
              (train_nlayer.main, ["--wd", "-1", "8"], "argument --wd: must be >= 0")]
     for main, argv, message in cases:
-        code, _, err = run_in_process(main, argv, capsys)
+        code, _, err = run_in_process(main, argv)
         assert code == 2
         assert_one_error_line(err, message)
 
@@ -175,7 +165,7 @@ def test_training_rates_refuse_nan_and_out_of_domain_values(capsys):
 def test_collect_refuses_out_of_domain_numbers_and_writes_nothing(tmp_path, capsys, argv, message):
     from cleverscore.cli.collect import main
 
-    code, _, err = run_in_process(main, [*argv, "-s", str(tmp_path / "out")], capsys)
+    code, _, err = run_in_process(main, [*argv, "-s", str(tmp_path / "out")])
     assert code == 2
     assert_one_error_line(err, message)
     assert not (tmp_path / "out").exists()
@@ -202,10 +192,10 @@ def test_an_unreachable_ray_address_fails_in_one_line_within_the_timeout(tmp_pat
     assert left.stdout.strip() == ""
 
 
-def test_a_malformed_ray_address_is_refused_before_anything_loads(tmp_path, capsys):
+def test_a_malformed_ray_address_is_refused_before_anything_loads(tmp_path):
     from cleverscore.cli.collect import main
 
-    code, out, err = run_in_process(main, ["--ray", "head:port", "-s", str(tmp_path / "out")], capsys)
+    code, out, err = run_in_process(main, ["--ray", "head:port", "-s", str(tmp_path / "out")])
     assert code == 2
     assert_one_error_line(err, "--ray address 'head:port' is not local, auto or HOST:PORT")
     assert out == "" and not (tmp_path / "out").exists()
@@ -234,14 +224,14 @@ def test_a_full_disk_mid_run_says_how_many_pairs_were_saved_and_a_rerun_resumes(
 
     argv = ["-n", "1", "-N", "16", "-i", "3", "--target_type", "5", "-s", str(tmp_path), "--quiet"]
     monkeypatch.setattr(mat_files.sio, "savemat", disk_full_after(1))
-    code, _, err = run_in_process(main, argv, capsys)
+    code, _, err = run_in_process(main, argv)
     folder = tmp_path / "mnist_normal"
     assert code == 1
     assert_one_error_line(err, f"cannot write to {folder} (No space left on device): 1 (image, target) pair(s) "
                                "were saved")
     assert len(list(folder.glob("*.mat"))) == 1 and not list(folder.glob(".*.tmp"))
     monkeypatch.undo()
-    code, out, _ = run_in_process(main, argv, capsys)
+    code, out, _ = run_in_process(main, argv)
     assert code == 0 and out.count("already exists. Skipping") == 1 and len(list(folder.glob("*.mat"))) == 2
 
 
@@ -256,7 +246,7 @@ def test_a_full_disk_while_writing_clever_tables_is_one_line_and_leaves_no_parti
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", no_space)
     csv = tmp_path / "out" / "scores.csv"
-    code, out, err = run_in_process(main, [str(scored_folder), "--nthreads", "1", "--csv", str(csv)], capsys)
+    code, out, err = run_in_process(main, [str(scored_folder), "--nthreads", "1", "--csv", str(csv)])
     assert code == 1 and "[STATS][L0]" in out
     assert_one_error_line(err, f"cannot write {csv}: No space left on device")
     assert not csv.exists() and not list(csv.parent.glob(".*.tmp"))
@@ -292,24 +282,24 @@ def test_images_of_the_wrong_shape_name_both_shapes(tmp_path):
     assert not list((tmp_path / "out").rglob("*.mat"))
 
 
-def test_a_keras_file_that_is_no_archive_says_so(tmp_path, capsys):
+def test_a_keras_file_that_is_no_archive_says_so(tmp_path):
     from cleverscore.cli.collect import main
 
     (tmp_path / "model.keras").write_text("not a zip")
     code, _, err = run_in_process(main, ["--model_path", str(tmp_path / "model.keras"), "-s", str(tmp_path / "o")],
-                                  capsys)
+                                  )
     assert code == 2
     assert_one_error_line(err, f"{tmp_path / 'model.keras'} is not a Keras archive")
     assert not list((tmp_path / "o").rglob("*.mat"))
 
 
-def test_compare_with_a_second_order_folder_names_it_before_fitting(scored_folder, tmp_path, capsys):
+def test_compare_with_a_second_order_folder_names_it_before_fitting(scored_folder, tmp_path):
     from cleverscore.cli.score import main
 
     second = tmp_path / "order2"
     second.mkdir()
     write_mat(second / "64_20_0_7_2_top2_tanh_order2.mat", np.ones(20), H2_max=np.ones(20), g_x0_grad_2_norm=1.0)
-    code, out, err = run_in_process(main, ["--compare", str(scored_folder), str(second)], capsys)
+    code, out, err = run_in_process(main, ["--compare", str(scored_folder), str(second)])
     assert code == 2 and "[DEBUG]" not in out
     assert_one_error_line(err, f"{second} holds second-order files (collected with --order 2)")
 

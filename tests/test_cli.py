@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from conftest import run_script
+from conftest import run_cli_in_process, run_script
 
 ORDER1_KEYS = {"G1_max", "G2_max", "Gi_max", "L1_max", "L2_max", "Li_max", "g_x0", "pred", "id",
                "true_label", "target_label", "info", "args", "path"}
@@ -91,7 +91,7 @@ def test_bad_flags_give_one_line_errors_and_no_output(tmp_path):
     for flags, message in ((["-N", "0"], "-N/--Nsamps must be positive"),
                            (["--transform", "os.system"], "unknown --transform"),
                            (["-f", "10000"], "past the end of the test set")):
-        res = run_script("collect_gradients.py", *flags, "-i", "2", "-s", str(tmp_path))
+        res = run_cli_in_process("collect_gradients.py", *flags, "-i", "2", "-s", str(tmp_path))
         assert res.returncode == 2
         assert res.stderr.strip().splitlines()[-1].startswith("error: ") and message in res.stderr
         assert "Traceback" not in res.stderr

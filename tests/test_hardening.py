@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from conftest import REPO, run_script
+from conftest import REPO, run_cli_in_process, run_script
 
 
 def snapshot(folder: Path) -> dict:
@@ -81,18 +81,13 @@ COLLECT_CASES = [
 ]
 
 
-# Each case loads TensorFlow in a new process (6-10 s on 2 loaded cores); CI runs one case of each kind.
-SLOW_CASES = {"ids target out of range", "ids target is the true class", "truncated data file",
-              "weights of another architecture"}
-
-
-@pytest.mark.parametrize("name,args,env,code,message",
-                         [pytest.param(*c, marks=pytest.mark.slow) if c[0] in SLOW_CASES else c for c in COLLECT_CASES],
-                         ids=[c[0] for c in COLLECT_CASES])
+# In this process (conftest.run_cli_in_process): a new process per case would spend ~5 s importing
+# TensorFlow; test_debug_flag_shows_the_traceback runs the script as a user does.
+@pytest.mark.parametrize("name,args,env,code,message", COLLECT_CASES, ids=[c[0] for c in COLLECT_CASES])
 def test_collect_bad_input(inputs, tmp_path, name, args, env, code, message):
     save = tmp_path / "save"
-    res = run_script("collect_gradients.py", *args(inputs), "-s", str(save), "--quiet",
-                     env=env(inputs) if env else None)
+    res = run_cli_in_process("collect_gradients.py", *args(inputs), "-s", str(save), "--quiet",
+                             env=env(inputs) if env else None)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == code, (name, res.stderr[-1500:])
     assert lines[-1].startswith("error: ") and message in lines[-1], (name, lines[-1])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, run_cli_in_process, run_script
 
 STATS = re.compile(r"info = (\w+), \w+_clever_L1 = ([^,]+), \w+_clever_L2 = ([^,]+), \w+_clever_Li = (\S+)")
 
@@ -157,12 +157,10 @@ def test_kill_9_mid_run_then_rerun_gives_the_files_of_an_uninterrupted_run(user_
      "does not exist"),
     ("wrong shape", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "flat.npz")],
      "x must have shape (N, H, W, C)"),
-    pytest.param("labels out of range",
-                 lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "badlab.npz")],
-     "outside 0..5", marks=pytest.mark.slow),  # 5-6 s each, like "wrong shape": CI time budget
-    pytest.param("outside input range",
-                 lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "wide.npz")],
-     "outside --input_range", marks=pytest.mark.slow),  # 5-6 s each, like "wrong shape": CI time budget
+    ("labels out of range", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path",
+                                       str(r / "badlab.npz")], "outside 0..5"),
+    ("outside input range", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path",
+                                       str(r / "wide.npz")], "outside --input_range"),
     ("NCHW data", lambda r: ["--model_path", str(r / "mycnn.keras"), "--data_path", str(r / "nchw.npz")],
      "looks like (N, C, H, W), PyTorch's layout; the data must be (N, H, W, C): save x.transpose(0, 2, 3, 1)"),
     ("PyTorch checkpoint", lambda r: ["--model_path", str(r / "weights.pth"), "--data_path", str(r / "three.npz")],
@@ -175,7 +173,7 @@ def test_bad_user_inputs_are_one_line_errors_with_nothing_written(user_files, tm
     np.savez(root / "wide.npz", x=x * 4, y=y)
     np.savez(root / "nchw.npz", x=np.repeat(x, 3, axis=3).transpose(0, 3, 1, 2), y=y)
     (root / "weights.pth").write_bytes(b"PK\x03\x04 not really a checkpoint")
-    res = run_script("collect_gradients.py", *make(root), "-n", "3", "-N", "32", "-i", "3", "-s", str(tmp_path))
+    res = run_cli_in_process("collect_gradients.py", *make(root), "-n", "3", "-N", "32", "-i", "3", "-s", str(tmp_path))
     assert res.returncode == 2, (case, res.stderr)
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, (case, last)
