@@ -70,6 +70,9 @@ def test_clever_flags_a_plateau_and_prints_no_zero_width_interval(tmp_path):
     assert rows["plateau"].all()
     assert (rows["lipschitz_hi"] == np.inf).all() and (rows["score_lo"] == 0).all()
     assert (rows["lipschitz_lo"] <= rows["lipschitz"]).all()
+    # Nor a zero-width rerun interval: another seed may meet a region the sampler never saw.
+    assert (rows["lipschitz_rerun_hi"] == np.inf).all() and (rows["score_rerun_lo"] == 0).all()
+    assert (rows["lipschitz_rerun_lo"] <= rows["lipschitz"]).all()
 
 
 def test_the_bound_line_prints_the_certain_bracket_beside_both_intervals(tmp_path):

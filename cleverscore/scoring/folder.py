@@ -281,7 +281,7 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
         lipschitz, intervals = [b.estimate for b in brackets], [b.interval for b in brackets]
         scores = [clever_score(g, lip) for lip in lipschitz]
         score_intervals = [iv.score_interval(g) for iv in intervals]
-        rerun = [rerun_interval(lip, fit, m) for lip, fit, m in zip(lipschitz, fits, maxima)]
+        rerun = [plateau_rerun(rerun_interval(lip, fit, m), b) for lip, fit, m, b in zip(lipschitz, fits, maxima, brackets)]
         score_rerun = [rerun_score_interval(g, iv) for iv in rerun]
     ball = header["ball"]
     radii = [supported_radius(ball[0], ball[1], ball[2], n) for n in norms] if ball else []
@@ -319,6 +319,18 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
             with write_failures_reported(figure):
                 plot_fit(sample, fit, intervals[k], norm, figure)
     return result
+
+
+def plateau_rerun(interval: tuple[float, float], bracket: Bracket) -> tuple[float, float]:
+    """A plateau's rerun interval reaches up to its end-point interval's top (infinity, or the proven bound).
+
+    Repeated maxima give a bootstrap interval of zero width, [max, max]: "another seed lands in the
+    same region". But a plateau says the sampler saw one region; another seed may meet a larger one,
+    so nothing but a proof bounds where its estimate falls.
+    """
+    if not bracket.plateau:
+        return interval
+    return min(interval[0], bracket.found), max(interval[1], bracket.interval.hi)
 
 
 def apply_search(fits: list[WeibullFit], intervals: list[EndPointInterval], searched: list[float | None], path: Path,
