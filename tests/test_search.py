@@ -73,6 +73,9 @@ def test_clever_caps_the_score_at_a_searched_norm_above_the_estimate(tmp_path):
     assert rows["L2"]["searched"] == 1.5 and rows["L2"]["lipschitz"] == 1.5
     assert rows["L2"]["score"] == pytest.approx(2.0) and rows["L2"]["score_hi"] <= 2.0 + 1e-12
     assert rows["L2"]["lipschitz_lo"] >= 1.5
+    # 1.5 lies above the fitted end point's whole interval: the fit is refuted, its top unknown
+    # (no zero-width [1.5, 1.5]), so the score's interval starts at 0.
+    assert rows["L2"]["lipschitz_hi"] == float("inf") and rows["L2"]["score_lo"] == 0.0
     # A searched norm below the estimate changes nothing.
     assert rows["L1"]["lipschitz"] > rows["L1"]["searched"]
     assert res.stderr.count("search found a gradient norm") == 1

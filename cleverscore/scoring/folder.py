@@ -344,7 +344,10 @@ def apply_search(fits: list[WeibullFit], intervals: list[EndPointInterval], sear
             print(searched_above_line(str(path), norm.label, found, fit.estimate), file=sys.stderr)
             warnings["searched"][(info, norm.label)] += 1
             lipschitz.append(found)
-        raised.append(iv if found is None else EndPointInterval(max(iv.lo, found), max(iv.hi, found), iv.mle))
+        # A norm found above the interval's top refutes the fitted end point: the top becomes unknown
+        # (infinity, capped later by any proven bound) rather than a zero-width [found, found].
+        raised.append(iv if found is None else EndPointInterval(max(iv.lo, found), iv.hi if iv.hi > found else math.inf,
+                                                                iv.mle))
     return lipschitz, raised
 
 
