@@ -49,6 +49,22 @@ def collect(root, model_file, *extra, save="out"):
                       "-s", str(root / save), "--quiet", *extra)
 
 
+@pytest.fixture(scope="module")
+def collected(user_files):
+    """collect(model_file) once per model file for the module: (its result, its folder)."""
+    root, *_ = user_files
+    runs = {}
+
+    def run(model_file):
+        if model_file not in runs:
+            res = collect(root, model_file, save=f"out_{model_file}")
+            assert res.returncode == 0, res.stderr
+            runs[model_file] = res, one_folder(root / f"out_{model_file}", f"three_{model_file.split('.')[0]}")
+        return runs[model_file]
+
+    return run
+
+
 def one_folder(save, prefix: str):
     """The results folder of a user's model: `<data>_<model>_<8 digits of its model_id>`."""
     found = list(save.glob(f"{prefix}_*"))
@@ -61,11 +77,9 @@ def scores_of(stdout: str) -> list[float]:
 
 
 @pytest.mark.parametrize("model_file", ["mycnn.keras", pytest.param("mycnn_savedmodel", marks=pytest.mark.slow)])
-def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files, model_file):
+def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files, collected, model_file):
     root, model, x, y = user_files
-    res = collect(root, model_file, save=f"out_{model_file}")
-    assert res.returncode == 0, res.stderr
-    folder = one_folder(root / f"out_{model_file}", f"three_{model_file.split('.')[0]}")
+    _, folder = collected(model_file)
     assert len(list(folder.glob("*.mat"))) == 3
     out = run_script("clever.py", str(folder), "--nthreads", "1").stdout
     cli = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"id = (\d+), .*bnd_norm = 2, bnd = ([^,]+),", out)}
@@ -92,11 +106,8 @@ def test_probability_model_needs_output_probs(user_files):
     assert all(np.isfinite(values)) and all(v > 0 for v in values)
 
 
-def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(user_files, tmp_path):
-    root, *_ = user_files
-    res = collect(root, "mycnn.keras", save="tables")
-    assert res.returncode == 0
-    folder = one_folder(root / "tables", "three_mycnn")
+def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(collected, tmp_path):
+    _, folder = collected("mycnn.keras")
     out = run_script("clever.py", str(folder), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json"))
     table = pd.read_csv(tmp_path / "s.csv")
     assert list(table.columns) == ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score",

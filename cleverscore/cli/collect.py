@@ -162,13 +162,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with flags_named(flag_names(parser, **PARAMETER_FLAGS)):
         check_writable_folder(output_folder(settings))  # a user's model is hashed for its folder name
+    if settings.ray:
+        from cleverscore.running.cluster import prepare_driver, require_ray, wait_for_head
+
+        require_ray(settings.ray)
+        with flags_named({"ray_timeout": "--ray_timeout"}):
+            wait_for_head(settings.ray, settings.ray_timeout)  # before TensorFlow loads: nothing there fails now
     quiet_tensorflow(args.debug)
     if settings.ray:
-        from cleverscore.running.cluster import prepare_driver, wait_for_head
-
-        prepare_driver(settings.ray)  # before TensorFlow loads: ray installed? keep the driver off the GPUs
-        with flags_named({"ray_timeout": "--ray_timeout"}):
-            wait_for_head(settings.ray, settings.ray_timeout)  # an address where nothing answers fails now
+        prepare_driver(settings.ray)  # keep the driver off the GPUs (the workers use them)
     print(described_flags(args))
     from cleverscore.running.collect import run_collection
 
