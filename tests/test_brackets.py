@@ -98,3 +98,20 @@ def test_the_bound_line_prints_the_certain_bracket_beside_both_intervals(tmp_pat
              row.lipschitz_found, row.lipschitz_certified), rel=1e-4)
         assert found <= lip <= cert and lo <= lip <= hi
     assert rows.loc[(0, "L2")].lipschitz_certified == pytest.approx(2.5)
+
+
+def test_a_fallback_whose_top_maximum_repeats_gets_no_zero_width_rerun_interval(tmp_path):
+    # The top value 5.0 in 10 of 60 iterations: no plateau (< 50%), but a bootstrap of the maxima
+    # almost always draws it, so their difference is 0 at both quantiles.
+    folder = tmp_path / "mats"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    g2 = np.concatenate([np.full(10, 5.0), rng.uniform(1.0, 2.0, 50)])
+    write_mat(folder / "64_60_0_7_2_top2_relu_order1.mat", g2, g1=g2 * 20, gi=g2 / 5)
+    res = run_script("clever.py", str(folder), "--nthreads", "1", "--csv", str(tmp_path / "s.csv"))
+    assert res.returncode == 0, res.stderr
+    rows = pd.read_csv(tmp_path / "s.csv")
+    assert not rows["plateau"].any()
+    assert (rows["lipschitz_rerun_hi"] > rows["lipschitz_rerun_lo"]).all()
+    assert (rows["lipschitz_rerun_lo"] <= rows["lipschitz"]).all()
+    assert (rows["lipschitz"] <= rows["lipschitz_rerun_hi"]).all()
