@@ -30,7 +30,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -381,43 +381,87 @@ def covers(lo: float, hi: float, value: float) -> bool:
     return lo <= value * (1 + 1e-6) and value <= hi * (1 + 1e-6)
 
 
+LIP_HEADER = ("| network | radius | pairs | L* solved | est/L* without search | with search "
+              "| est/L* bracket where time-limited, without / with | est >= 0.98 L*, without | with "
+              "| end-point interval holds L*, without / with | rerun interval holds L*, without / with "
+              "| L* solve s (median, max) | search adds s/pair |\n"
+              "|---|---:|---:|---:|---|---|---|---|---|---|---|---|---:|")
+EPS_HEADER = ("| network | radius | pairs | eps* solved | score > eps*, without / with search | certified/eps* "
+              "| certified/attack | attack/eps* | eps* solve s (median, max) |\n"
+              "|---|---:|---:|---:|---|---|---|---|---|")
+
+
 def summary_lines(rows: list[dict], runs: list[dict]) -> list[str]:
-    lines = ["| network | radius | pairs | L* exact | est/L* without search | with search | est >= 0.98 L* without "
-             "| with | end-point interval holds L* without / with | rerun interval holds L* without / with "
-             "| score > eps* without / with | certified/eps* | certified/attack | L* solve s (median, max) "
-             "| eps* solve s (median, max) | time-limited L* / eps* | search adds s/pair |",
-             "|---|---:|---:|---:|---|---|---|---|---|---|---|---|---|---|---|---|---:|"]
-    for net in MLPS:
-        for radius in sorted({r["radius"] for r in rows if r["net"] == net}):
-            group = [r for r in rows if r["net"] == net and r["radius"] == radius]
-            lines.append(summary_line(net, radius, group, runs))
-    return lines
+    """Two tables: the Lipschitz estimate against L*, and the score against eps*."""
+    groups = [(net, radius, [r for r in rows if r["net"] == net and r["radius"] == radius])
+              for net in MLPS for radius in sorted({r["radius"] for r in rows if r["net"] == net})]
+    return ([LIP_HEADER] + [lipschitz_line(net, radius, g, runs) for net, radius, g in groups]
+            + ["", EPS_HEADER] + [distortion_line(net, radius, g) for net, radius, g in groups])
 
 
-def summary_line(net: str, radius: float, group: list[dict], runs: list[dict]) -> str:
+def lipschitz_bracket(r: dict) -> tuple[float, float]:
+    """[L*, L*] where the MILP was solved, else its proven [lower, upper] bracket."""
+    return (r["L"], r["L"]) if r["L_status"] == "optimal" else (r["L_lo"], r["L_hi"])
+
+
+def reaches(r: dict, prefix: str, share_of: float = 0.98) -> bool | None:
+    """Whether the estimate is >= share_of * L* (None: the time-limited bracket leaves it open)."""
+    lo, hi = lipschitz_bracket(r)
+    est = r[prefix + "lipschitz"]
+    return True if est >= share_of * hi * (1 - 1e-9) else False if est < share_of * lo else None
+
+
+def holds(r: dict, prefix: str, kind: str) -> bool | None:
+    """Whether the interval contains L* (None: the bracket straddles one of its ends)."""
+    lo, hi = lipschitz_bracket(r)
+    a, b = r[f"{prefix}lipschitz{kind}_lo"], r[f"{prefix}lipschitz{kind}_hi"]
+    if covers(a, b, lo) and covers(a, b, hi):
+        return True
+    return False if b * (1 + 1e-6) < lo or a > hi * (1 + 1e-6) else None
+
+
+def tally(flags: list[bool | None]) -> str:
+    """`k/n (share)` over the decided flags, with how many were left open."""
+    decided = [f for f in flags if f is not None]
+    text = share(decided)
+    return text + (f", {len(flags) - len(decided)} open" if len(decided) < len(flags) else "")
+
+
+def bracket_ratios(group: list[dict], prefix: str) -> str:
+    """est/L* over the time-limited pairs: the lowest est/upper end to the highest est/lower end."""
+    limited = [r for r in group if r["L_status"] != "optimal"]
+    if not limited:
+        return "-"
+    lows = [r[prefix + "lipschitz"] / r["L_hi"] for r in limited]
+    highs = [r[prefix + "lipschitz"] / r["L_lo"] for r in limited if r["L_lo"] > 0]
+    return f"{fmt(min(lows))}-{fmt(max(highs)) if highs else 'inf'}"
+
+
+def lipschitz_line(net: str, radius: float, group: list[dict], runs: list[dict]) -> str:
     exact = [r for r in group if r["L_status"] == "optimal"]
 
-    def ratios(prefix: str) -> list[float]:
-        return [r[prefix + "lipschitz"] / r["L"] for r in exact]
+    def ratios(prefix: str) -> str:
+        return med_range([r[prefix + "lipschitz"] / r["L"] for r in exact])
 
-    def hits(prefix: str) -> list[bool]:
-        return [x >= 0.98 for x in ratios(prefix)]
+    def hits(prefix: str) -> str:
+        return tally([reaches(r, prefix) for r in group])
 
-    def cover(prefix: str, kind: str) -> str:
-        return share([covers(r[f"{prefix}lipschitz{kind}_lo"], r[f"{prefix}lipschitz{kind}_hi"], r["L"]) for r in exact])
+    def cover(kind: str) -> str:
+        return f"{tally([holds(r, '', kind) for r in group])} / {tally([holds(r, 'search_', kind) for r in group])}"
 
-    def over(prefix: str) -> str:
-        return claimed_too_much([r[prefix + "score"] for r in group], group)
+    return (f"| {net} | {fmt(radius)} | {len(group)} | {len(exact)} | {ratios('')} | {ratios('search_')} "
+            f"| {bracket_ratios(group, '')} / {bracket_ratios(group, 'search_')} | {hits('')} | {hits('search_')} "
+            f"| {cover('')} | {cover('_rerun')} | {times([r['L_seconds'] for r in group])} "
+            f"| {search_cost(net, radius, group, runs)} |")
 
+
+def distortion_line(net: str, radius: float, group: list[dict]) -> str:
     known = [r for r in group if r["eps_status"] == "optimal"]
-    limited = f"{len(group) - len(exact)} / {len(group) - len(known)}"
-    return (f"| {net} | {fmt(radius)} | {len(group)} | {len(exact)} | {med_range(ratios(''))} "
-            f"| {med_range(ratios('search_'))} | {share(hits(''))} | {share(hits('search_'))} "
-            f"| {cover('', '')} / {cover('search_', '')} | {cover('', '_rerun')} / {cover('search_', '_rerun')} "
-            f"| {over('')} / {over('search_')} | {med_range([r['certified'] / r['eps'] for r in known])} "
+    over = [claimed_too_much([r[p + "score"] for r in group], group) for p in ("", "search_")]
+    return (f"| {net} | {fmt(radius)} | {len(group)} | {len(known)} | {over[0]} / {over[1]} "
+            f"| {med_range([r['certified'] / r['eps'] for r in known])} "
             f"| {med_range([r['certified'] / r['attack'] for r in group])} "
-            f"| {times([r['L_seconds'] for r in group])} | {times([r['eps_seconds'] for r in group])} "
-            f"| {limited} | {search_cost(net, radius, group, runs)} |")
+            f"| {med_range([r['attack'] / r['eps'] for r in known])} | {times([r['eps_seconds'] for r in group])} |")
 
 
 def claimed_too_much(score: list[float], group: list[dict]) -> str:
@@ -425,13 +469,11 @@ def claimed_too_much(score: list[float], group: list[dict]) -> str:
 
     A time-limited eps* decides the pair when the score lies outside the bracket; else it is open.
     """
-    above, decided = 0, 0
+    flags: list[bool | None] = []
     for value, r in zip(score, group):
         lo, hi = (r["eps"], r["eps"]) if r["eps_status"] == "optimal" else (r["eps_lo"], r["eps_hi"])
-        if value > hi or value <= lo:
-            decided += 1
-            above += value > hi
-    return f"{above}/{decided}" + (f" ({len(group) - decided} open)" if decided < len(group) else "")
+        flags.append(True if value > hi else False if value <= lo else None)
+    return tally(flags)
 
 
 def times(values: list[float]) -> str:
@@ -538,6 +580,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, default=ROOT / "docs", help="where the CSVs and validity.md go")
     p.add_argument("--notes", type=Path, default=ROOT / "bench" / "validity_notes.md",
                    help="the doc's text with {summary}, {pairs}, {cnn}, {shrink}, {runs} placeholders")
+    p.add_argument("--wide_images", type=int, default=0,
+                   help="images for the slower 784-64-64-10 MLP (0: as --images)")
     p.add_argument("--exact_time_limit", type=float, default=60.0, help="seconds per MILP problem")
     p.add_argument("--mnist_cnn_images", type=int, default=5)
     p.add_argument("--cifar_cnn_images", type=int, default=2)
@@ -569,7 +613,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_cnn:
         write_csv(args.docs / "validity_cnn.csv", cnn_rows(study, models, runs))
         save_all(args.docs, args.notes, rows, runs)
-    mlp_stage(study, models, "784-64-64-10", rows, runs, args.docs, args.notes)
+    wide = replace(study, images=args.wide_images) if args.wide_images else study
+    mlp_stage(wide, models, "784-64-64-10", rows, runs, args.docs, args.notes)
 
 
 def mlp_stage(study: Study, models: Models, net: str, rows: list[dict], runs: list[dict], docs: Path,
