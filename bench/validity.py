@@ -239,7 +239,7 @@ def mlp_radius(study: Study, models: Models, net: str, radius: float, runs: list
     plain = by_pair(scores(study, model_folder(folders["plain"], "mnist", model), "Li"))
     search = by_pair(scores(study, model_folder(folders["search"], "mnist", model), "Li"))
     rows = []
-    for pair in sorted(plain):
+    for pair in sorted(q for q in plain if q[0] < study.images):  # a folder may hold more images from a larger run
         p, s = plain[pair], search.get(pair, {})
         tag = f"{model}_{pair[0]}_{pair[1]}_{pair[2]}"
         dist = cached(study.out / "exact" / f"{tag}_dist.json",
@@ -400,8 +400,22 @@ def summary_lines(rows: list[dict], runs: list[dict]) -> list[str]:
 
 
 def lipschitz_bracket(r: dict) -> tuple[float, float]:
-    """[L*, L*] where the MILP was solved, else its proven [lower, upper] bracket."""
-    return (r["L"], r["L"]) if r["L_status"] == "optimal" else (r["L_lo"], r["L_hi"])
+    """[L*, L*] where the MILP was solved, else what is proven: [largest norm met in the ball, MILP upper end].
+
+    The lower end is the largest of the MILP's lower bound, the largest sampled norm and the largest
+    norm the search found (each is a norm realised at a point of the ball).
+    """
+    if r["L_status"] == "optimal":
+        return r["L"], r["L"]
+    found = [x for x in (r["L_lo"], r["sampled_max"], r.get("search_found", math.nan)) if not math.isnan(x)]
+    return max(found), r["L_hi"]
+
+
+def distortion_bracket(r: dict) -> tuple[float, float]:
+    """[eps*, eps*] where solved, else [max(MILP lower end, certified radius), min(MILP upper end, attack)]."""
+    if r["eps_status"] == "optimal":
+        return r["eps"], r["eps"]
+    return max(r["eps_lo"], r["certified"]), min(r["eps_hi"], r["attack"])
 
 
 def reaches(r: dict, prefix: str, share_of: float = 0.98) -> bool | None:
@@ -432,8 +446,8 @@ def bracket_ratios(group: list[dict], prefix: str) -> str:
     limited = [r for r in group if r["L_status"] != "optimal"]
     if not limited:
         return "-"
-    lows = [r[prefix + "lipschitz"] / r["L_hi"] for r in limited]
-    highs = [r[prefix + "lipschitz"] / r["L_lo"] for r in limited if r["L_lo"] > 0]
+    lows = [r[prefix + "lipschitz"] / lipschitz_bracket(r)[1] for r in limited]
+    highs = [r[prefix + "lipschitz"] / lipschitz_bracket(r)[0] for r in limited]
     return f"{fmt(min(lows))}-{fmt(max(highs)) if highs else 'inf'}"
 
 
@@ -467,11 +481,12 @@ def distortion_line(net: str, radius: float, group: list[dict]) -> str:
 def claimed_too_much(score: list[float], group: list[dict]) -> str:
     """`k/n (u open)`: pairs whose score is above eps* (above its proven upper end where eps* is time-limited).
 
-    A time-limited eps* decides the pair when the score lies outside the bracket; else it is open.
+    A time-limited eps* decides the pair when the score lies outside its bracket (distortion_bracket); else
+    it is open.
     """
     flags: list[bool | None] = []
     for value, r in zip(score, group):
-        lo, hi = (r["eps"], r["eps"]) if r["eps_status"] == "optimal" else (r["eps_lo"], r["eps_hi"])
+        lo, hi = distortion_bracket(r)
         flags.append(True if value > hi else False if value <= lo else None)
     return tally(flags)
 
