@@ -382,7 +382,7 @@ def covers(lo: float, hi: float, value: float) -> bool:
 
 
 LIP_HEADER = ("| network | radius | pairs | L* solved | est/L* without search | with search "
-              "| est/L* bracket where time-limited, without / with | est >= 0.98 L*, without | with "
+              "| time-limited pairs: est/L* at most, without / with | est >= 0.98 L*, without | with "
               "| end-point interval holds L*, without / with | rerun interval holds L*, without / with "
               "| L* solve s (median, max) | search adds s/pair |\n"
               "|---|---:|---:|---:|---|---|---|---|---|---|---|---|---:|")
@@ -442,13 +442,9 @@ def tally(flags: list[bool | None]) -> str:
 
 
 def bracket_ratios(group: list[dict], prefix: str) -> str:
-    """est/L* over the time-limited pairs: the lowest est/upper end to the highest est/lower end."""
+    """Over the time-limited pairs, est / (largest norm proven to be met in the ball): an upper bound of est/L*."""
     limited = [r for r in group if r["L_status"] != "optimal"]
-    if not limited:
-        return "-"
-    lows = [r[prefix + "lipschitz"] / lipschitz_bracket(r)[1] for r in limited]
-    highs = [r[prefix + "lipschitz"] / lipschitz_bracket(r)[0] for r in limited]
-    return f"{fmt(min(lows))}-{fmt(max(highs)) if highs else 'inf'}"
+    return med_range([r[prefix + "lipschitz"] / lipschitz_bracket(r)[0] for r in limited]) if limited else "-"
 
 
 def lipschitz_line(net: str, radius: float, group: list[dict], runs: list[dict]) -> str:
