@@ -313,6 +313,8 @@ def cnn_rows(study: Study, models: Models, runs: list[dict]) -> list[dict]:
             attacks = {(int(a["id"]), int(a["target_label"])): a for a in csv.DictReader(f)}
         for r in scores(study, model_folder(save / "plain", dataset, model), "L2"):
             pair = pair_of(r)
+            if pair[0] >= n:  # the folder may hold more images from a larger run
+                continue
             cert = cached(save / f"cert_L2_{pair[0]}_{pair[1]}_{pair[2]}.json",
                           lambda pair=pair, d=dataset, m=model: certified(models, d, m, pair, "L2"))
             a = attacks.get((pair[0], pair[2]), {})
