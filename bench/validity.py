@@ -490,7 +490,7 @@ def claimed_too_much(score: list[float], group: list[dict]) -> str:
 
 
 def times(values: list[float]) -> str:
-    return f"{fmt(float(np.median(values)), 2)}, {fmt(max(values), 3)}" if values else "-"
+    return f"{fmt(float(np.median(values)), 3)}, {fmt(max(values), 3)}" if values else "-"
 
 
 def search_cost(net: str, radius: float, group: list[dict], runs: list[dict]) -> str:
