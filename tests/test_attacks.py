@@ -80,6 +80,7 @@ def test_attacks_on_the_shipped_model_stay_above_clever():
         assert np.sum(res.l2 >= 0.9 * clever) >= 2, (attack, res.l2, clever)
 
 
+@pytest.mark.slow  # 14 s alone; CI time budget (8 minutes on 2 cores); the attacks themselves stay in the affine tests
 def test_attacks_cli_writes_one_row_per_image_target_and_attack(tmp_path):
     out = tmp_path / "a.csv"
     res = run_script("attacks.py", "-n", "2", "--target_type", "5", "--attacks", "ifgsm_li", "--ifgsm_steps", "20",

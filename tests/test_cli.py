@@ -71,6 +71,7 @@ def test_rerun_skips_existing_files(targeted_run, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mat")} == before
 
 
+@pytest.mark.slow  # 13-19 s; CI time budget (8 minutes on 2 cores); untargeted scoring stays in test_honest_scores
 def test_untargeted_collection_and_score(tmp_path):
     res = run_script("collect_gradients.py", "-n", "1", "-f", "3", "-N", "64", "-i", "8", "--target_type", "16",
                      "-s", str(tmp_path))

@@ -192,12 +192,13 @@ def test_cli_b_with_maxima_scaled_down_by_1_3_is_more_robust_by_1_3_and_lists_un
 
     import pandas as pd
 
-    from conftest import run_script
+    from conftest import run_cli_in_process
 
     root = folders["root"]
     # B lacks image 0: it is listed and left out
-    res = run_script("clever.py", "--compare", str(folders["a"]), str(folders["partial"]), "--nthreads", "1",
-                     "--csv", str(root / "pairs.csv"), "--json", str(root / "cmp.json"), "--plot", str(root / "cmp.png"))
+    res = run_cli_in_process("clever.py", "--compare", str(folders["a"]), str(folders["partial"]), "--nthreads", "1",
+                             "--csv", str(root / "pairs.csv"), "--json", str(root / "cmp.json"), "--plot",
+                             str(root / "cmp.png"))
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stdout.splitlines() if line.startswith("[COMPARE]")]
     assert lines[0] == "[COMPARE] left out, only in A: 2 (image, target type): id 0 least, id 0 top2"

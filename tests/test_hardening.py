@@ -96,7 +96,7 @@ def test_collect_bad_input(inputs, tmp_path, name, args, env, code, message):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    res = run_script("collect_gradients.py", "-f", "10000", "--debug", "-s", str(tmp_path))
+    res = run_cli_in_process("collect_gradients.py", "-f", "10000", "--debug", "-s", str(tmp_path))
     assert res.returncode == 2 and "Traceback" in res.stderr
 
 

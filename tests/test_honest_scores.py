@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cleverscore.scoring.fit import fit_reverse_weibull
+from conftest import run_cli_in_process
 from conftest import reverse_weibull, write_mat, run_script
 from cleverscore.norms import L1, L2, LINF, supported_radius
 
@@ -71,7 +72,7 @@ def test_the_supported_ball_lies_inside_the_sampled_ball():
 
 def clever_rows(folder, *flags):
     out = folder / "rows.json"
-    res = run_script("clever.py", str(folder), "--nthreads", "1", "--json", str(out), *flags)
+    res = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--json", str(out), *flags)
     rows = json.loads(out.read_text()) if out.exists() else []
     return res, rows
 
@@ -102,7 +103,7 @@ def test_beyond_ball_scores_are_flagged_counted_and_capped_on_request(tmp_path):
     assert res.stderr.count("is beyond the sampled ball") == len(flagged)
     assert f"{len(flagged)} score(s) beyond the sampled ball" in res.stderr
     uncapped = float(re.search(r"top2_clever_L2 = ([^,]+)", res.stdout).group(1))
-    capped_out = run_script("clever.py", str(tmp_path), "--nthreads", "1", "--cap_radius").stdout
+    capped_out = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1", "--cap_radius").stdout
     capped = float(re.search(r"top2_clever_L2 = ([^,]+)", capped_out).group(1))
     assert uncapped == pytest.approx(by_norm["L2"]["score"], rel=1e-4) and capped == pytest.approx(2.0)
 
@@ -153,7 +154,7 @@ def test_a_complete_image_is_scored_without_warnings(tmp_path):
 
 def test_debug_lines_carry_nsamps_and_niters_from_the_file(tmp_path):
     write_mat(tmp_path / "16_60_0_7_2_top2_relu_order1.mat", reverse_weibull(5, 60, 3))
-    fitted = run_script("clever.py", str(tmp_path), "--nthreads", "1").stdout
+    fitted = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1").stdout
     pattern = (r"^\[DEBUG\]\[L1\] id = 0, true_label = 7, target_label = 2, info = top2, nsamps = 16, niters = 60, "
                r"bnd_norm = ([12i]), bnd = \S+, ks = \S+, pVal = \S+, shape = \S+, loc = \S+, scale = \S+, g_x0 = 3$")
     assert [m.group(1) for m in re.finditer(pattern, fitted, re.M)] == ["1", "2", "i"]

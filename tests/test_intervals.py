@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scipy.stats import weibull_min
 
 from cleverscore.scoring.intervals import end_point_interval, mean_interval
-from conftest import run_script
+from conftest import run_cli_in_process
 from conftest import write_mat
 
 END = 10.0
@@ -84,7 +84,8 @@ def test_csv_json_columns_and_the_ci_line(tmp_path):
         g2 = -weibull_min.rvs(3.0, loc=-1.0, scale=0.3, size=300, random_state=rng)
         write_mat(tmp_path / f"8_300_{image}_7_2_top2_relu_order1.mat", g2, g1=g2 * 20, gi=g2 / 5, g_x0=2.0)
     out = tmp_path / "rows.json"
-    res = run_script("clever.py", str(tmp_path), "--nthreads", "1", "--json", str(out), "--csv", str(tmp_path / "r.csv"))
+    res = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1", "--json", str(out), "--csv",
+                             str(tmp_path / "r.csv"))
     assert res.returncode == 0, res.stderr
     rows = json.loads(out.read_text())
     for r in rows:

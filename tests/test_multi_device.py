@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_script
 
 SCRIPT = r"""
@@ -27,6 +29,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # 10 s; CI time budget (8 minutes on 2 cores)
 def test_two_logical_devices_give_single_device_results():
     import numpy as np
 

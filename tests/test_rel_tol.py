@@ -7,6 +7,7 @@ import pytest
 import scipy.io as sio
 
 from cleverscore.scoring.intervals import BURN_IN, CHECK_EVERY, score_rel_half_width
+from conftest import run_cli_in_process
 from conftest import run_script
 
 TOL = 0.1
@@ -69,7 +70,7 @@ def test_cli_records_why_it_stopped_keeps_the_requested_name_and_resumes(tmp_pat
         assert (used < 70) == (str(mat["stop_reason"].squeeze()) == "rel_tol")
     rerun = run_script(*args)
     assert rerun.returncode == 0 and rerun.stdout.count("already exists. Skipping") == 2
-    out = run_script("clever.py", str(tmp_path / "mnist_2-layer"), "--nthreads", "1").stdout
+    out = run_cli_in_process("clever.py", str(tmp_path / "mnist_2-layer"), "--nthreads", "1").stdout
     used = {int(sio.loadmat(f)["niters_used"].squeeze()) for f in files}
     assert all(f"nsamps = 64, niters = {n}," in out for n in used)
 
