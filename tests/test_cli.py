@@ -110,9 +110,9 @@ def test_plot_dir_gets_one_figure_per_file_and_norm(targeted_run, tmp_path):
 
 def test_min_and_subsets_change_the_summary_as_documented(targeted_run):
     folder, _ = targeted_run
-    mean = run_script("clever.py", str(folder)).stdout
-    low = run_script("clever.py", str(folder), "--min").stdout
-    few = run_script("clever.py", str(folder), "--num_samples", "5", "--method", "maxsamp").stdout
+    mean = run_cli_in_process("clever.py", str(folder), "--nthreads", "1").stdout
+    low = run_cli_in_process("clever.py", str(folder), "--min", "--nthreads", "1").stdout
+    few = run_cli_in_process("clever.py", str(folder), "--num_samples", "5", "--method", "maxsamp").stdout
     l2 = lambda out, info: float(re.search(rf"{info}_clever_L2 = ([^,]+)", out).group(1))
     assert l2(low, "top2") <= l2(mean, "top2")
     per_file = [float(v) for v in re.findall(r"bnd_norm = 2, bnd = (\S+)$", few, re.M)]

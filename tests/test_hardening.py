@@ -136,7 +136,7 @@ def test_clever_reports_a_bad_file_and_scores_the_rest(tmp_path, name, make, mes
     good_mat(tmp_path / "8_20_0_7_2_top2_relu_order1.mat")
     make(tmp_path)
     before = snapshot(tmp_path)
-    res = run_script("clever.py", str(tmp_path), "--nthreads", "1")
+    res = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1")
     assert res.returncode == 1, res.stderr  # the summary is printed, and the skip shows in the exit status
     assert message in res.stderr and "skipped 1 of 2 file(s)" in res.stderr
     assert res.stdout.count("[STATS][L0] info = top2") == 1
@@ -145,7 +145,7 @@ def test_clever_reports_a_bad_file_and_scores_the_rest(tmp_path, name, make, mes
 
 def test_use_slope_on_files_without_slopes_is_refused(tmp_path):
     good_mat(tmp_path / "8_20_0_7_2_top2_relu_order1.mat")
-    res = run_script("clever.py", str(tmp_path), "--use_slope")
+    res = run_cli_in_process("clever.py", str(tmp_path), "--use_slope", "--nthreads", "1")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --use_slope") and "--compute_slope" in last
@@ -154,13 +154,13 @@ def test_use_slope_on_files_without_slopes_is_refused(tmp_path):
 
 def test_clever_on_only_bad_files_fails_with_runtime_code(tmp_path):
     (tmp_path / "8_20_0_7_2_top2_relu_order1.mat").write_bytes(b"garbage")
-    res = run_script("clever.py", str(tmp_path))
+    res = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1")
     assert res.returncode == 1 and res.stderr.strip().splitlines()[-1] == "error: no usable .mat files"
 
 
 @pytest.mark.parametrize("args,message", [([], "no .mat files found below"), (["missing"], "does not exist")])
 def test_clever_on_an_empty_or_missing_folder(tmp_path, args, message):
-    res = run_script("clever.py", str(tmp_path / args[0]) if args else str(tmp_path))
+    res = run_cli_in_process("clever.py", str(tmp_path / args[0]) if args else str(tmp_path), "--nthreads", "1")
     assert res.returncode == 2 and message in res.stderr.strip().splitlines()[-1]
 
 

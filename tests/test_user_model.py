@@ -81,7 +81,7 @@ def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files,
     root, model, x, y = user_files
     _, folder = collected(model_file)
     assert len(list(folder.glob("*.mat"))) == 3
-    out = run_script("clever.py", str(folder), "--nthreads", "1").stdout
+    out = run_cli_in_process("clever.py", str(folder), "--nthreads", "1").stdout
     cli = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"id = (\d+), .*bnd_norm = 2, bnd = ([^,]+),", out)}
     assert sorted(cli) == [0, 1, 2] and all(v > 0 for v in cli.values())
 
