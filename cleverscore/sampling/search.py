@@ -19,8 +19,8 @@ from functools import partial
 
 import numpy as np
 
-from cleverscore.norms import L1, L2, LINF, LpNorm
-from cleverscore.sampling.balls import tf_norms
+from cleverscore.norms import LpNorm
+from cleverscore.sampling.ascent import check_ascent_ball, margin_grad_norm, project, steepest_direction
 from cleverscore.sampling.smoothed import BETA_SCHEDULE, build_smoothed_search, smoothed_copy, smoothed_search
 from cleverscore.sampling.steps import CompiledSteps, sample_batch
 
@@ -39,30 +39,14 @@ def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_ran
     """
     import tensorflow as tf
 
-    if sample_norm.p not in (2.0, float("inf")):
-        raise ValueError("search supports l2 and li sampling balls")
-    # The estimator's gradient-norm columns G2, G1, Gi are the vector norms of these LpNorms.
-    columns = (L2, L1, LINF)
+    check_ascent_ball(sample_norm)
 
     def norms_and_ascent(x, c, j, q_index):
         with tf.GradientTape() as outer:
             outer.watch(x)
-            with tf.GradientTape() as inner:
-                inner.watch(x)
-                out = logits(x)
-                g = out[:, c] - out[:, j]
-            grad = tf.reshape(inner.gradient(g, x), (tf.shape(x)[0], -1))
-            norm = tf.switch_case(q_index, [lambda n=n: tf_norms(grad, n) for n in columns])
+            norm = margin_grad_norm(logits, x, c, j, q_index)
         up = outer.gradient(norm, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)  # 0 for affine g
         return norm, tf.reshape(up, (tf.shape(x)[0], -1))
-
-    def project(x0, delta):
-        if sample_norm.p == 2.0:
-            length = tf.norm(delta, axis=1, keepdims=True)
-            delta = delta * tf.minimum(1.0, radius / tf.maximum(length, 1e-30))
-        else:
-            delta = tf.clip_by_value(delta, -radius, radius)
-        return tf.clip_by_value(x0 + delta, *input_range)
 
     @tf.function(reduce_retracing=True)
     def search(x0, starts, c, j, q_index):
@@ -73,11 +57,7 @@ def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_ran
         best, up = norms_and_ascent(unflat(x), c, j, q_index)
         size = tf.fill([shape[0], 1], STEP * radius)
         for _ in tf.range(steps):
-            if sample_norm.p == 2.0:
-                direction = up / tf.maximum(tf.norm(up, axis=1, keepdims=True), 1e-30)
-            else:
-                direction = tf.sign(up)
-            cand = project(flat0, x + size * direction - flat0)
+            cand = project(flat0, x + size * steepest_direction(up, sample_norm), sample_norm, radius, input_range)
             value, cand_up = norms_and_ascent(unflat(cand), c, j, q_index)
             better = value > best  # a step that lowers the norm is not taken; the next one is half as long
             x = tf.where(better[:, None], cand, x)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cleverscore.norms import L1, L2, LINF, LpNorm
-from cleverscore.sampling.balls import tf_norms
+from cleverscore.norms import LpNorm
+from cleverscore.sampling.ascent import check_ascent_ball, margin_grad_norm, project, steepest_direction
 
 # Sharpness of softplus(beta z) / beta along the search: a few phases from smooth to nearly ReLU.
 # On the 784-32-32-10 MLP at Linf radius 0.02 this schedule reached 96-100% of the exact constant
@@ -81,45 +81,22 @@ def build_smoothed_search(true_logits: Callable, smooth_logits: Callable, sample
     """
     import tensorflow as tf
 
-    if sample_norm.p not in (L2.p, LINF.p):
-        raise ValueError("search supports l2 and li sampling balls")
-    columns = (L2, L1, LINF)
-
-    def grad_norm(logits, x, c, j, q_index):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = logits(x)
-            g = out[:, c] - out[:, j]
-        grad = tf.reshape(tape.gradient(g, x), (tf.shape(x)[0], -1))
-        return tf.switch_case(q_index, [lambda n=n: tf_norms(grad, n) for n in columns])
-
-    def project(x0, x):
-        delta = x - x0
-        if sample_norm.p == L2.p:
-            length = tf.norm(tf.reshape(delta, (tf.shape(x)[0], -1)), axis=1)
-            shrink = tf.minimum(1.0, radius / tf.maximum(length, 1e-30))
-            delta = delta * tf.reshape(shrink, (-1,) + (1,) * (len(x.shape) - 1))
-        else:
-            delta = tf.clip_by_value(delta, -radius, radius)
-        return tf.clip_by_value(x0 + delta, *input_range)
-
-    def direction(up):
-        if sample_norm.p == LINF.p:
-            return tf.sign(up)
-        flat = tf.reshape(up, (tf.shape(up)[0], -1))
-        scale = tf.maximum(tf.norm(flat, axis=1), 1e-30)
-        return up / tf.reshape(scale, (-1,) + (1,) * (len(up.shape) - 1))
+    check_ascent_ball(sample_norm)
 
     @tf.function(reduce_retracing=True)
     def phase(x0, x, c, j, q_index):
-        best = tf.reduce_max(grad_norm(true_logits, x, c, j, q_index))
+        shape = tf.shape(x)
+        flat0 = tf.reshape(x0, (1, -1))
+        best = tf.reduce_max(margin_grad_norm(true_logits, x, c, j, q_index))
         for _ in tf.range(steps_per_phase):
             with tf.GradientTape() as outer:
                 outer.watch(x)
-                h = grad_norm(smooth_logits, x, c, j, q_index)
+                h = margin_grad_norm(smooth_logits, x, c, j, q_index)
             up = outer.gradient(h, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            x = project(x0[None], x + STEP * radius * direction(up))
-            best = tf.maximum(best, tf.reduce_max(grad_norm(true_logits, x, c, j, q_index)))
+            step = STEP * radius * steepest_direction(tf.reshape(up, (shape[0], -1)), sample_norm)
+            x = tf.reshape(project(flat0, tf.reshape(x, (shape[0], -1)) + step, sample_norm, radius, input_range),
+                           shape)
+            best = tf.maximum(best, tf.reduce_max(margin_grad_norm(true_logits, x, c, j, q_index)))
         return x, best
 
     return phase
