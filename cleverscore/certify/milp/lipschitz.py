@@ -19,6 +19,7 @@ in 0.1-7 s problems on which 'lipmip' ran 6 s to past a 60 s limit.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -158,15 +159,7 @@ def _solve_lipmip(problem: _Problem, time_limit: float, start: float) -> Lipschi
     witness = _best_sample(problem)
     bound_time = time.perf_counter() - start
 
-    def plausible(outcome: Outcome) -> bool:
-        # Sampled points satisfy every row, so 'infeasible' or an optimum below their gradient norms is a solver fault.
-        if outcome.status == "infeasible":
-            return False
-        if outcome.status != "optimal":
-            return True
-        value = float(np.abs(problem.gradient(_solution_pattern(outcome.x, bounds, switches))).sum())
-        return value >= witness.norm * (1.0 - 1e-7)
-
+    plausible = _plausible(problem, switches, witness.norm)
     outcome = solve_checked(model, objective, time_left(start, time_limit), plausible, "local Lipschitz")
     return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "lipmip")
 
@@ -279,17 +272,24 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
     model.add_rows([(np.ones((1, values.size)), weight)], 1.0, 1.0)
     model.add_rows([(np.ones(d.size), d), (-columns.T, weight)], 0.0, 0.0)
 
+    plausible = _plausible(problem, switches, floor)
+    outcome = solve_checked(model, [(-values, weight)], time_left(start, time_limit), plausible, "local Lipschitz")
+    outcome = replace(outcome, seconds=outcome.seconds + check_time)
+    return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "patterns")
+
+
+def _plausible(problem: _Problem, switches: Switches, floor: float) -> Callable[[Outcome], bool]:
+    """The check of a solver answer: a point realising `floor` satisfies every row, so 'infeasible'
+    or an optimum below `floor` is a solver fault."""
     def plausible(outcome: Outcome) -> bool:
         if outcome.status == "infeasible":
             return False
         if outcome.status != "optimal":
             return True
-        value = float(np.abs(problem.gradient(_solution_pattern(outcome.x, bounds, switches))).sum())
+        value = float(np.abs(problem.gradient(_solution_pattern(outcome.x, problem.bounds, switches))).sum())
         return value >= floor * (1.0 - 1e-7)
 
-    outcome = solve_checked(model, [(-values, weight)], time_left(start, time_limit), plausible, "local Lipschitz")
-    outcome = replace(outcome, seconds=outcome.seconds + check_time)
-    return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "patterns")
+    return plausible
 
 
 def _known_answer(problem: _Problem, bits: np.ndarray, point: np.ndarray, solve_time: float,

@@ -21,6 +21,7 @@ Every activation here is monotone non-decreasing, so interval propagation is exa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -195,6 +196,16 @@ class SmoothActivation(Activation):
         return zero, self.fn(lo), zero, self.fn(hi)
 
 
+def _bisect(holds: Callable, good, bad):
+    """Elementwise bisection between a point where holds(d) >= 0 (good) and one where it fails (bad):
+    the good end after _BISECTION_STEPS halvings, so holds() is still >= 0 there."""
+    for _ in range(_BISECTION_STEPS):
+        mid = (good + bad) / 2
+        ok = holds(mid) >= 0
+        good, bad = tf.where(ok, mid, good), tf.where(ok, bad, mid)
+    return good
+
+
 def _choose(mask: tf.Tensor, a: tuple[tf.Tensor, ...], b: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, ...]:
     return tuple(tf.where(mask, x, y) for x, y in zip(a, b))
 
@@ -274,12 +285,7 @@ class SShapedActivation(SmoothActivation):
             return self.fn(d) + self.grad(d) * (lo - d) - f_lo
 
         use_chord = misses_lo(tf.maximum(hi, 0)) <= 0
-        below, above = tf.zeros_like(lo), tf.maximum(hi, 0)
-        for _ in range(_BISECTION_STEPS):
-            mid = (below + above) / 2
-            ok = misses_lo(mid) >= 0
-            above, below = tf.where(ok, mid, above), tf.where(ok, below, mid)
-        slope, intercept = self.tangent(above)
+        slope, intercept = self.tangent(_bisect(misses_lo, tf.maximum(hi, 0), tf.zeros_like(lo)))
         # Lift the line so that it clears (lo, f(lo)) as computed, whatever the rounding.
         intercept = tf.maximum(intercept, f_lo - slope * lo)
         return _choose(use_chord, chord, (slope, intercept))
@@ -292,12 +298,7 @@ class SShapedActivation(SmoothActivation):
             return f_hi - self.fn(d) - self.grad(d) * (hi - d)
 
         use_chord = misses_hi(tf.minimum(lo, 0)) <= 0
-        below, above = tf.minimum(lo, 0), tf.zeros_like(lo)
-        for _ in range(_BISECTION_STEPS):
-            mid = (below + above) / 2
-            ok = misses_hi(mid) >= 0
-            below, above = tf.where(ok, mid, below), tf.where(ok, above, mid)
-        slope, intercept = self.tangent(below)
+        slope, intercept = self.tangent(_bisect(misses_hi, tf.minimum(lo, 0), tf.zeros_like(lo)))
         intercept = tf.minimum(intercept, f_hi - slope * hi)
         return _choose(use_chord, chord, (slope, intercept))
 
