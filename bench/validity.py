@@ -38,14 +38,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cleverscore.norms import L2, LINF, LpNorm  # noqa: E402
+from cleverscore.sampling.search import STARTS  # noqa: E402
+from cleverscore.sampling.smoothed import BETA_SCHEDULE  # noqa: E402
+
 PYTHON = sys.executable
 MLPS = {"784-32-32-10": "3,32,relu", "784-64-64-10": "3,64,relu"}
 CNNS = {"MNIST CNN": ("mnist", "normal"), "CIFAR CNN": ("cifar", "normal")}
 TARGETS = "5"  # bit mask: 1 top-2 + 4 least likely
 NSAMPS, PLAIN_ITERS = 256, 100
 SEARCH_STEPS = 25
-STARTS = 32  # cleverscore.sampling.search.STARTS
-PHASES = 5  # len(cleverscore.sampling.smoothed.BETA_SCHEDULE)
+PHASES = len(BETA_SCHEDULE)
 HVP_COST = 3  # gradients one Hessian-vector product (gradient of a gradient norm) costs
 
 
@@ -165,7 +168,6 @@ class Models:
 def exact_distortion(models: Models, model: str, pair: tuple[int, int, int], time_limit: float) -> dict:
     """eps* in Linf (MILP, searched inside an I-FGSM example's distance), the attack's distortion, timed."""
     from cleverscore.certify.milp import minimal_distortion
-    from cleverscore.norms import LINF
     from cleverscore.running.bounds import found_examples
 
     image_id, c, j = pair
@@ -190,13 +192,11 @@ def exact_lipschitz(models: Models, model: str, pair: tuple[int, int, int], radi
             "L_hi": float(lip.upper_bound), "L_status": lip.status, "L_seconds": time.perf_counter() - begin}
 
 
-def certified(models: Models, dataset: str, model: str, pair: tuple[int, int, int], norm_label: str) -> dict:
+def certified(models: Models, dataset: str, model: str, pair: tuple[int, int, int], norm: LpNorm) -> dict:
     """The CROWN-certified radius in one norm, timed."""
     from cleverscore.certify import certified_radius, from_keras
-    from cleverscore.norms import NORMS
     from cleverscore.running.bounds import certify_memory_budget
 
-    norm = next(n for n in NORMS if n.label == norm_label)
     image_id, c, j = pair
     begin = time.perf_counter()
     graph = from_keras(models.keras(dataset, model))
@@ -247,7 +247,7 @@ def mlp_radius(study: Study, models: Models, net: str, radius: float, runs: list
         lip = cached(study.out / "exact" / f"{tag}_lip_r{radius}.json",
                      lambda pair=pair: exact_lipschitz(models, model, pair, radius, study.time_limit))
         cert = cached(study.out / "exact" / f"{tag}_cert_Li.json",
-                      lambda pair=pair: certified(models, "mnist", model, pair, "Li"))
+                      lambda pair=pair: certified(models, "mnist", model, pair, LINF))
         rows.append(mlp_row(net, radius, p, s, {**dist, **lip, **cert}))
         print(f"[validity] {net} r={radius} pair {pair}: L*={lip['L']:.4g} ({lip['L_status']}), "
               f"est={fnum(p, 'lipschitz'):.4g}, search est={fnum(s, 'lipschitz'):.4g}, eps*={dist['eps']:.4g}",
@@ -316,7 +316,7 @@ def cnn_rows(study: Study, models: Models, runs: list[dict]) -> list[dict]:
             if pair[0] >= n:  # the folder may hold more images from a larger run
                 continue
             cert = cached(save / f"cert_L2_{pair[0]}_{pair[1]}_{pair[2]}.json",
-                          lambda pair=pair, d=dataset, m=model: certified(models, d, m, pair, "L2"))
+                          lambda pair=pair, d=dataset, m=model: certified(models, d, m, pair, L2))
             a = attacks.get((pair[0], pair[2]), {})
             cw = fnum(a, "l2") if str(a.get("success", "")).lower() in ("true", "1") else math.nan
             rows.append({"net": net, "id": pair[0], "true_label": pair[1], "target_label": pair[2], "info": r["info"],
