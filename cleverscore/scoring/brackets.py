@@ -70,3 +70,17 @@ def consistent_interval(estimate: float, interval: EndPointInterval, maxima: np.
     lo, hi = min(lo, estimate), max(hi, estimate)
     lo, hi = max(lo, found), min(hi, ceiling)
     return Bracket(estimate, EndPointInterval(lo, hi, interval.mle), found, certified, plateau)
+
+
+def consistent_rerun(interval: tuple[float, float], bracket: Bracket) -> tuple[float, float]:
+    """A plateau's (or any zero-width) rerun interval reaches up to its end-point interval's top
+    (infinity, or the proven bound).
+
+    A top maximum that repeats gives a bootstrap interval of zero width, [max, max]: "another seed
+    lands in the same region". But repeats say the sampler kept meeting one region; another seed
+    may meet a larger one (the validity study's search found up to 54% more), so nothing but a
+    proof bounds where its estimate falls.
+    """
+    if not bracket.plateau and interval[1] > interval[0]:
+        return interval
+    return min(interval[0], bracket.found), max(interval[1], bracket.interval.hi)

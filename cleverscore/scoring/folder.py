@@ -42,7 +42,7 @@ from cleverscore.mat_files import (
     write_failures_reported,
 )
 from cleverscore.norms import L2, NORMS, LpNorm, by_flag, supported_radius
-from cleverscore.scoring.brackets import Bracket, consistent_interval
+from cleverscore.scoring.brackets import Bracket, consistent_interval, consistent_rerun
 from cleverscore.scoring.fit import (
     C_INIT,
     WeibullFit,
@@ -281,7 +281,8 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
         lipschitz, intervals = [b.estimate for b in brackets], [b.interval for b in brackets]
         scores = [clever_score(g, lip) for lip in lipschitz]
         score_intervals = [iv.score_interval(g) for iv in intervals]
-        rerun = [plateau_rerun(rerun_interval(lip, fit, m), b) for lip, fit, m, b in zip(lipschitz, fits, maxima, brackets)]
+        rerun = [consistent_rerun(rerun_interval(lip, fit, m), b)
+                 for lip, fit, m, b in zip(lipschitz, fits, maxima, brackets)]
         score_rerun = [rerun_score_interval(g, iv) for iv in rerun]
     ball = header["ball"]
     radii = [supported_radius(ball[0], ball[1], ball[2], n) for n in norms] if ball else []
@@ -319,20 +320,6 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
             with write_failures_reported(figure):
                 plot_fit(sample, fit, intervals[k], norm, figure)
     return result
-
-
-def plateau_rerun(interval: tuple[float, float], bracket: Bracket) -> tuple[float, float]:
-    """A plateau's (or any zero-width) rerun interval reaches up to its end-point interval's top
-    (infinity, or the proven bound).
-
-    A top maximum that repeats gives a bootstrap interval of zero width, [max, max]: "another seed
-    lands in the same region". But repeats say the sampler kept meeting one region; another seed
-    may meet a larger one (the validity study's search found up to 54% more), so nothing but a
-    proof bounds where its estimate falls.
-    """
-    if not bracket.plateau and interval[1] > interval[0]:
-        return interval
-    return min(interval[0], bracket.found), max(interval[1], bracket.interval.hi)
 
 
 def apply_search(fits: list[WeibullFit], intervals: list[EndPointInterval], searched: list[float | None], path: Path,
