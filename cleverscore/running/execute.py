@@ -10,6 +10,7 @@ import numpy as np
 from cleverscore.log_lines import ProgressBar
 from cleverscore.running.bounds import bound_keys
 from cleverscore.running.plan import WorkItem
+from cleverscore.running.search import searched_norms
 from cleverscore.sampling.collector import NonFiniteError
 from cleverscore.settings import BoundSettings, CollectSettings, SamplingSettings
 
@@ -34,7 +35,7 @@ def compute_item(estimator, sampling: SamplingSettings, item: WorkItem, progress
         else:
             results = estimator.collect_maxima(item.x0, item.true_label, targets, sampling, item.image_id, progress)
             if sampling.search_steps:
-                found = estimator.searched_maxima(item.x0, item.true_label, targets, sampling, item.image_id)
+                found = searched_norms(estimator, item.x0, item.true_label, targets, sampling, item.image_id)
                 for result, row in zip(results, found):
                     result.search_max = np.maximum(row, result.grad_max.max(0))
             if bounds is not None and (bounds.certify or bounds.exact):

@@ -236,13 +236,16 @@ class EstimateLipschitz:
                                sampling.sample_norm, sampling.scale, self._seed_key(image_id), progress)
 
     def searched_maxima(self, x_0: np.ndarray, true_label: int, target_labels: Sequence[int],
-                        sampling: SamplingSettings, image_id: int = 0) -> np.ndarray:
-        """(targets, 3) largest gradient norms (G2, G1, Gi) found by `sampling.search_steps` of ascent."""
+                        sampling: SamplingSettings, image_id: int = 0, with_points: bool = False):
+        """(targets, 3) largest gradient norms (G2, G1, Gi) found by `sampling.search_steps` of ascent.
+
+        With `with_points`, also the ascent's end points per target and norm (search.search_maxima).
+        """
         from cleverscore.sampling.search import search_maxima
 
         self._require_model()
         return search_maxima(self.steps, x_0, true_label, target_labels, sampling.sample_norm, sampling.scale,
-                             sampling.search_steps, self._seed_key(image_id))
+                             sampling.search_steps, self._seed_key(image_id), with_points)
 
     def _seed_key(self, image_id: int) -> tuple[int, int]:
         return (self.seed, int(image_id))

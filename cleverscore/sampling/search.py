@@ -31,7 +31,8 @@ STEP = 0.25  # first ascent step, as a fraction of the radius; halved for a poin
 
 def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_range: tuple[float, float],
                  steps: int) -> Callable:
-    """A compiled search(x0, starts, c, j, q_index) -> largest ||grad g||_q seen on the ascent.
+    """A compiled search(x0, starts, c, j, q_index) -> per start, the largest ||grad g||_q its ascent met
+    and the (flat) point where it did.
 
     q_index picks the gradient norm (0: L2, 1: L1, 2: Linf, the estimator's G2, G1, Gi columns).
     Steps are normalised in the sampling norm's geometry and projected back on its ball (L2 or
@@ -64,17 +65,20 @@ def build_search(logits: Callable, sample_norm: LpNorm, radius: float, input_ran
             up = tf.where(better[:, None], cand_up, up)
             best = tf.where(better, value, best)
             size = tf.where(better[:, None], size, size / 2)
-        return tf.reduce_max(best)
+        return best, x
 
     return search
 
 
 def search_maxima(steps: CompiledSteps, x0: np.ndarray, c: int, targets: Sequence[int], norm: LpNorm, scale,
-                  num_steps: int, seed_key: tuple[int, int]) -> np.ndarray:
+                  num_steps: int, seed_key: tuple[int, int],
+                  with_points: bool = False) -> np.ndarray | tuple[np.ndarray, list[list[np.ndarray]]]:
     """(targets, 3) largest gradient norms (G2, G1, Gi) found by ascent inside the sampled ball.
 
     Starts from the STARTS best of one batch of fresh samples (drawn with an iteration index no
-    collection uses) per target and norm.
+    collection uses) per target and norm. With `with_points`, also, per target and norm column,
+    the (STARTS, input size) points where each start's ascent met its largest norm, best first
+    (where the region search of the running stage starts).
     """
     import tensorflow as tf
 
@@ -88,16 +92,28 @@ def search_maxima(steps: CompiledSteps, x0: np.ndarray, c: int, targets: Sequenc
                                                            max(1, num_steps // len(BETA_SCHEDULE))))
         search = partial(smoothed_search, phase, beta)
     else:
-        search = steps.cached(("search", x0.shape, norm, scale[1], num_steps, model.input_range),
-                              lambda: build_search(model.logits, norm, scale[1], model.input_range, num_steps))
+        compiled = steps.cached(("search", x0.shape, norm, scale[1], num_steps, model.input_range),
+                                lambda: build_search(model.logits, norm, scale[1], model.input_range, num_steps))
+        search = partial(_best_first, compiled)
     points = tf.constant(sample_batch(x0, seed_key, SEARCH_ITERATION, 0, model.batch_size, norm, scale,
                                       model.input_range))
     x0_t, c_t = tf.constant(np.asarray(x0, np.float32)), tf.constant(int(c))
     targets = [int(j) for j in targets]
     norms, _ = model.grad_norms(points, c_t, tf.constant(targets), len(targets))  # one forward for all targets
     found = np.zeros((len(targets), 3), np.float32)
+    ends: list[list[np.ndarray]] = []
     for k, j in enumerate(targets):
+        ends.append([])
         for col in range(3):
             best = tf.argsort(norms[:, k, col], direction="DESCENDING")[:STARTS]
-            found[k, col] = float(search(x0_t, tf.gather(points, best), c_t, tf.constant(j), tf.constant(col)))
-    return found
+            value, where = search(x0_t, tf.gather(points, best), c_t, tf.constant(j), tf.constant(col))
+            found[k, col] = value
+            ends[k].append(np.reshape(where, (len(where), -1)))
+    return (found, ends) if with_points else found
+
+
+def _best_first(search: Callable, x0, starts, c, j, q_index) -> tuple[float, np.ndarray]:
+    best, x = search(x0, starts, c, j, q_index)
+    best, x = best.numpy(), x.numpy()
+    order = np.argsort(-best, kind="stable")
+    return float(best[order[0]]), x[order]

@@ -74,7 +74,8 @@ def smoothed_copy(model):
 
 def build_smoothed_search(true_logits: Callable, smooth_logits: Callable, sample_norm: LpNorm, radius: float,
                           input_range: tuple[float, float], steps_per_phase: int) -> Callable:
-    """A compiled phase(x0, x, c, j, q_index) -> (new points, largest true ||grad g||_q met on the way).
+    """A compiled phase(x0, x, c, j, q_index) -> (new points, per start the largest true ||grad g||_q met
+    on the way and the point where it was met).
 
     Runs `steps_per_phase` ascent steps of the smoothed copy (at its current beta) from the
     batch of points x; q_index picks the gradient norm (0: L2, 1: L1, 2: Linf).
@@ -87,7 +88,8 @@ def build_smoothed_search(true_logits: Callable, smooth_logits: Callable, sample
     def phase(x0, x, c, j, q_index):
         shape = tf.shape(x)
         flat0 = tf.reshape(x0, (1, -1))
-        best = tf.reduce_max(margin_grad_norm(true_logits, x, c, j, q_index))
+        best = margin_grad_norm(true_logits, x, c, j, q_index)
+        best_x = x
         for _ in tf.range(steps_per_phase):
             with tf.GradientTape() as outer:
                 outer.watch(x)
@@ -96,17 +98,27 @@ def build_smoothed_search(true_logits: Callable, smooth_logits: Callable, sample
             step = STEP * radius * steepest_direction(tf.reshape(up, (shape[0], -1)), sample_norm)
             x = tf.reshape(project(flat0, tf.reshape(x, (shape[0], -1)) + step, sample_norm, radius, input_range),
                            shape)
-            best = tf.maximum(best, tf.reduce_max(margin_grad_norm(true_logits, x, c, j, q_index)))
-        return x, best
+            value = margin_grad_norm(true_logits, x, c, j, q_index)
+            best_x = tf.where(tf.reshape(value > best, (-1,) + (1,) * (len(x.shape) - 1)), x, best_x)
+            best = tf.maximum(best, value)
+        return x, best, best_x
 
     return phase
 
 
-def smoothed_search(phase: Callable, beta, x0, starts, c, j, q_index) -> float:
-    """Run the phases of BETA_SCHEDULE from the start points; the largest true gradient norm met."""
-    x, best = starts, -np.inf
+def smoothed_search(phase: Callable, beta, x0, starts, c, j, q_index) -> tuple[float, np.ndarray]:
+    """Run the phases of BETA_SCHEDULE from the start points.
+
+    Returns the largest true gradient norm met, and per start the point of its largest one, best first.
+    """
+    x = starts
+    best, best_x = np.full(int(starts.shape[0]), -np.inf), np.asarray(starts)
     for value in BETA_SCHEDULE:
         beta.assign(value)
-        x, found = phase(x0, x, c, j, q_index)
-        best = max(best, float(found))
-    return best
+        x, found, found_x = phase(x0, x, c, j, q_index)
+        found = found.numpy()
+        better = found > best
+        best_x = np.where(better.reshape((-1,) + (1,) * (best_x.ndim - 1)), found_x.numpy(), best_x)
+        best = np.maximum(best, found)
+    order = np.argsort(-best, kind="stable")
+    return float(best[order[0]]), best_x[order]

@@ -40,6 +40,7 @@ from cleverscore.certify.milp.problem import (
     solve_checked,
     time_left,
 )
+from cleverscore.certify.milp.regions import centre, region_margin
 from cleverscore.errors import UsageError
 
 FORMULATIONS = ("auto", "patterns", "lipmip")
@@ -142,7 +143,7 @@ def _affine_answer(layers: Layers, bounds: list[Bound], x0: np.ndarray, true_lab
     value = float(np.abs(gradient).sum())
     x0_flat = np.asarray(x0, dtype=np.float64).reshape(-1)
     return LipschitzResult(value, "optimal", value, value, np.array(x0, dtype=np.float64), gradient.reshape(np.shape(x0)),
-                           _region_margin(layers, pattern, x0_flat), 0.0, bound_time, 0, "affine")
+                           region_margin(layers, pattern, x0_flat), 0.0, bound_time, 0, "affine")
 
 
 # -- LipMIP ---------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
         if norms[index] <= floor:
             return _known_answer(problem, witness_bits, witness.point, time.perf_counter() - check_start, bound_time)
         pattern = patterns_from_bits(bounds, bits[index])
-        point, margin = _centre(layers, pattern, problem.lower, problem.upper)
+        point, margin = centre(layers, pattern, problem.lower, problem.upper)
         if point is not None and margin >= -_MET_TOLERANCE:
             return _known_answer(problem, bits[index], point, time.perf_counter() - check_start, bound_time)
         refuted.append(index)
@@ -365,62 +366,10 @@ def _solution_pattern(solution: np.ndarray, bounds: list[Bound], switches: Switc
     return pattern
 
 
-def _pattern_affine_maps(layers: Layers, pattern: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each hidden layer's pre-activation as an affine map of the input while `pattern` holds."""
-    maps = []
-    a_map: np.ndarray | None = None
-    a_off: np.ndarray | None = None
-    for (w, b), on in zip(layers[:-1], pattern):
-        z_map, z_off = (w, b) if a_map is None else (w @ a_map, w @ a_off + b)
-        maps.append((z_map, z_off))
-        a_map, a_off = z_map * on[:, None], z_off * on
-    return maps
-
-
-def _margin_rows(layers: Layers, pattern: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (M, c) with (M x + c)_i the signed Linf distance of x to unit i's switching hyperplane."""
-    rows, offsets = [], []
-    for (z_map, z_off), on in zip(_pattern_affine_maps(layers, pattern), pattern):
-        sign = np.where(on, 1.0, -1.0)
-        scale = np.abs(z_map).sum(axis=1)
-        keep = scale > 0.0
-        rows.append(sign[keep, None] * z_map[keep] / scale[keep, None])
-        offsets.append(sign[keep] * z_off[keep] / scale[keep])
-    if not rows:
-        return np.zeros((0, layers[0][0].shape[1])), np.zeros(0)
-    return np.concatenate(rows), np.concatenate(offsets)
-
-
-def _centre(layers: Layers, pattern: list[np.ndarray], lower: np.ndarray,
-            upper: np.ndarray) -> tuple[np.ndarray | None, float]:
-    """The point of the region farthest (in Linf) from the pattern's switching boundaries, by one LP.
-
-    Returns it with its margin t (None and -inf if the LP fails): t >= 0 means the pattern is met
-    in the closed region, t > 0 that g is differentiable at the point.
-    """
-    matrix, offset = _margin_rows(layers, pattern)
-    if matrix.shape[0] == 0:
-        return (lower + upper) / 2.0, np.inf
-    model = Model()
-    x = model.add_vars(lower, upper, lower.size)
-    t = model.add_vars(-np.inf, float(np.max(upper - lower, initial=0.0)) + 1.0, 1)
-    model.add_rows([(matrix, x), (-np.ones(matrix.shape[0]), np.full(matrix.shape[0], t[0]))], -offset, np.inf)
-    outcome = model.solve([(-np.ones(1), t)])
-    if outcome.x is None:
-        return None, -np.inf
-    point = outcome.x[x]
-    return point, float(np.min(matrix @ point + offset))
-
-
 def _recentre(layers: Layers, pattern: list[np.ndarray], x_start: np.ndarray, lower: np.ndarray,
               upper: np.ndarray) -> tuple[np.ndarray, float]:
     """The pattern's centre when it lies inside the region, else the solver's own point; with its margin."""
-    point, margin = _centre(layers, pattern, lower, upper)
+    point, margin = centre(layers, pattern, lower, upper)
     if point is not None and margin > 0.0:
         return point, margin
-    return x_start, _region_margin(layers, pattern, x_start)
-
-
-def _region_margin(layers: Layers, pattern: list[np.ndarray], x: np.ndarray) -> float:
-    matrix, offset = _margin_rows(layers, pattern)
-    return float(np.min(matrix @ x + offset, initial=np.inf))
+    return x_start, region_margin(layers, pattern, x_start)
