@@ -53,18 +53,22 @@ HVP_COST = 3  # gradients one Hessian-vector product (gradient of a gradient nor
 
 
 def search_gradients(steps: int = SEARCH_STEPS, batch: int = NSAMPS) -> int:
-    """Gradients one target's `--search_steps` costs (see search.py and smoothed.py).
+    """Gradients one target's `--search_steps` costs at most (see search.py, smoothed.py, running/search.py).
 
     One fresh batch scored (`batch` gradients), then per gradient norm (3) and beta phase (5) one
     true gradient at each of the 32 starts and, per step of the phase, one Hessian-vector product
-    on the smoothed copy plus one true gradient at each start.
+    on the smoothed copy plus one true gradient at each start; then per gradient norm the region
+    walk's cap of 32 pattern gradients per step and one true gradient at its best point. The
+    walk's LPs are not gradients: their time is in the run times.
     """
     per_phase = max(1, steps // PHASES)
-    return batch + 3 * PHASES * STARTS * (1 + per_phase * (HVP_COST + 1))
+    ascent = 3 * PHASES * STARTS * (1 + per_phase * (HVP_COST + 1))
+    walk = 3 * (STARTS * steps + 1)
+    return batch + ascent + walk
 
 
 PLAIN_BUDGET = NSAMPS * PLAIN_ITERS
-SEARCH_ITERS = (PLAIN_BUDGET - search_gradients()) // NSAMPS  # 59 iterations: 15,104 + 10,336 = 25,440 gradients
+SEARCH_ITERS = (PLAIN_BUDGET - search_gradients()) // NSAMPS  # 50 iterations: 12,800 + 12,739 = 25,539 gradients
 
 
 @dataclass(frozen=True)
