@@ -498,10 +498,10 @@ def times(values: list[float]) -> str:
 
 
 def search_cost(net: str, radius: float, group: list[dict], runs: list[dict]) -> str:
-    """(wall time of the search run - the same run without search) / pairs, from first runs only."""
+    """(wall time of the search run - the same run without search) / pairs, from the latest runs that collected."""
     def first(kind: str) -> dict | None:
         got = [r for r in runs if r["net"] == net and r["radius"] == radius and r["kind"] == kind and r["new_files"]]
-        return got[0] if got else None
+        return got[-1] if got else None
 
     s, n = first("search"), first("nosearch")
     if s is None or n is None or not group:

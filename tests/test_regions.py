@@ -110,3 +110,16 @@ def test_search_without_a_network_the_walk_reads_is_the_ascent_alone():
     sampling = est.sampling_settings(1, 1, "li", 0.1, search_steps=5)
     np.testing.assert_array_equal(searched_norms(est, x0, 0, [1, 2], sampling, 0),
                                   est.searched_maxima(x0, 0, [1, 2], sampling, 0))
+
+
+@pytest.mark.slow
+def test_pattern_milp_decides_a_problem_whose_presolve_ran_past_the_time_limit():
+    """12-10-10-3, Linf radius 0.2: with HiGHS' presolve this ran 100 s against a 30 s limit and stayed open."""
+    rng = np.random.default_rng(101)
+    net = random_net(rng, (12, 10, 10, 3))
+    x0 = rng.uniform(-0.3, 0.3, size=12)
+    exact = local_lipschitz(net, x0, 0, 1, 0.2, (-0.5, 0.5), 60)
+    assert exact.exact and exact.formulation == "patterns"
+    starts = list(np.clip(x0 + rng.uniform(-0.2, 0.2, size=(4, 12)), -0.5, 0.5))
+    found, _, _ = walk(net, x0, 0.2, starts)
+    assert found.value <= exact.value * (1 + 1e-9)

@@ -40,12 +40,15 @@ from cleverscore.certify.milp.problem import (
     solve_checked,
     time_left,
 )
-from cleverscore.certify.milp.regions import centre, region_margin
+from cleverscore.certify.milp.regions import centre, region_margin, region_search
 from cleverscore.errors import UsageError
 
 FORMULATIONS = ("auto", "patterns", "lipmip")
 # Random points of the ball whose gradients give the pattern formulation its first lower bound.
 _SAMPLES = 256
+# The region walk that lifts the witness: moves per walk, pattern gradients, LPs and walks in all.
+_WALK_MOVES, _WALK_PATTERNS, _WALK_LPS, _WALKS = 50, 1600, 200, 4
+_WALK_SHARE = 0.2  # of the time limit, counted from the start of the call
 # The best listed patterns get an LP check each (0.1-0.2 s at 784 inputs), until this many or
 # until this share of the time limit is spent: on MNIST MLPs the answer was mostly the 1st
 # pattern, at worst the 37th (6 s), which the pattern MILP over 46,000 columns could not reach
@@ -157,7 +160,7 @@ def _solve_lipmip(problem: _Problem, time_limit: float, start: float) -> Lipschi
     grad, (grad_lo, grad_hi) = _encode_backward(model, layers, bounds, switches, problem.true_label, problem.target)
     objective = _l1_objective(model, grad, grad_lo, grad_hi)
     cap = float(np.maximum(np.abs(grad_lo), np.abs(grad_hi)).sum())
-    witness = _best_sample(problem)
+    witness = _best_sample(problem, start + _WALK_SHARE * time_limit)
     bound_time = time.perf_counter() - start
 
     plausible = _plausible(problem, switches, witness.norm)
@@ -238,7 +241,7 @@ def _l1_objective(model: Model, y: np.ndarray, y_lo: np.ndarray, y_hi: np.ndarra
 def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> LipschitzResult:
     layers, bounds = problem.layers, problem.bounds
     bits, norms = pattern_norms(layers, bounds, problem.true_label, problem.target)
-    witness = _best_sample(problem)
+    witness = _best_sample(problem, start + _WALK_SHARE * time_limit)
     witness_bits, floor = pattern_bits(bounds, witness.pattern), witness.norm
     order = np.argsort(-norms, kind="stable")
     bound_time = time.perf_counter() - start
@@ -274,7 +277,10 @@ def _solve_patterns(problem: _Problem, time_limit: float, start: float) -> Lipsc
     model.add_rows([(np.ones(d.size), d), (-columns.T, weight)], 0.0, 0.0)
 
     plausible = _plausible(problem, switches, floor)
-    outcome = solve_checked(model, [(-values, weight)], time_left(start, time_limit), plausible, "local Lipschitz")
+    # Presolve of this model (one column per listed pattern) ran minutes past the time limit on 12-10-10-3
+    # networks; without it the same problems solved within the limit.
+    outcome = solve_checked(model, [(-values, weight)], time_left(start, time_limit), plausible, "local Lipschitz",
+                            presolve=False)
     outcome = replace(outcome, seconds=outcome.seconds + check_time)
     return _result(problem, outcome, switches, x, witness, cap, bound_time, model.num_integers, "patterns")
 
@@ -314,16 +320,33 @@ class _Witness:
     norm: float
 
 
-def _best_sample(problem: _Problem) -> _Witness:
-    """The best gradient among x0 and random points of the region (seeded)."""
+def _best_sample(problem: _Problem, deadline: float) -> _Witness:
+    """The best gradient among x0, random points of the region (seeded) and a region walk from the best of them.
+
+    The walk (regions.py) lifts the floor below which listed patterns are dropped; it starts no move
+    after `deadline`.
+    """
     rng = np.random.default_rng(0)
     points = np.vstack([problem.x0, rng.uniform(problem.lower, problem.upper, size=(_SAMPLES, problem.x0.size))])
+    pattern, norms = _proven_patterns(problem, points)
+    order = np.argsort(-norms, kind="stable")
+    walk = region_search(problem.layers, problem.true_label, problem.target, problem.lower, problem.upper,
+                         list(points[order]), 1.0, max_moves=_WALK_MOVES, max_patterns=_WALK_PATTERNS,
+                         max_lps=_WALK_LPS, max_walks=_WALKS, deadline=deadline)
+    if walk.value > norms[order[0]]:
+        walked, walked_norm = _proven_patterns(problem, walk.x[None, :])
+        if walked_norm[0] > norms[order[0]]:
+            return _Witness(walk.x, [p[0] for p in walked], float(walked_norm[0]))
+    best = int(order[0])
+    return _Witness(points[best], [p[best] for p in pattern], float(norms[best]))
+
+
+def _proven_patterns(problem: _Problem, points: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The points' activation patterns and gradient norms, stable units in the state their bounds prove."""
     sampled = activation_pattern(problem.layers, points)
     # Stable units take the state their bounds prove, as in the MILP, even at a pre-activation of 0.
     pattern = [np.where((lo >= 0.0) | (hi <= 0.0), lo >= 0.0, on) for on, (lo, hi) in zip(sampled, problem.bounds)]
-    norms = np.abs(problem.gradient(pattern)).sum(axis=1)
-    best = int(np.argmax(norms))
-    return _Witness(points[best], [p[best] for p in pattern], float(norms[best]))
+    return pattern, np.abs(problem.gradient(pattern)).sum(axis=1)
 
 
 # -- answers --------------------------------------------------------------------------------------

@@ -104,11 +104,12 @@ class Model:
 
     def solve(self, objective: Sequence[Term], constant: float = 0.0, time_limit: float | None = None,
               mip_rel_gap: float | None = None, seed: int | None = None, relaxed: bool = False,
-              stop_at_first: bool = False) -> Outcome:
+              stop_at_first: bool = False, presolve: bool = True) -> Outcome:
         """Minimise `sum of objective terms + constant` (each term a coefficient vector and its indices).
 
         `relaxed` solves the LP relaxation instead, whose optimum bounds the MILP's from below;
-        `stop_at_first` stops at the first incumbent (status 'solution_limit').
+        `stop_at_first` stops at the first incumbent (status 'solution_limit'); `presolve=False`
+        skips HiGHS' presolve.
         """
         c = np.zeros(self.num_vars)
         for coef, idx in objective:
@@ -126,6 +127,8 @@ class Model:
         extra: dict[str, int] = {} if seed is None else {"random_seed": int(seed)}
         if stop_at_first:
             extra["mip_max_improving_sols"] = 1
+        if not presolve:
+            options["presolve"] = False
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unrecognized options detected", category=RuntimeWarning)

@@ -95,26 +95,30 @@ def last_hidden(layers: Layers, x: np.ndarray) -> np.ndarray:
 
 
 def solve_checked(model: Model, objective: list[Term], time_limit: float, plausible: Callable[[Outcome], bool],
-                  problem: str, stop_at_first: bool = False) -> Outcome:
+                  problem: str, stop_at_first: bool = False, presolve: bool = True) -> Outcome:
     """Solve; if the answer fails a cheap check, solve once more with another random seed.
 
     HiGHS 1.12 occasionally cuts off feasible points of these big-M models (wrong optima, false
     infeasibility); a different seed takes another path through its heuristics and cuts.
+    `presolve=False` skips HiGHS' presolve (Model.solve).
     """
-    outcome = model.solve(objective, time_limit=time_limit, mip_rel_gap=MIP_REL_GAP, stop_at_first=stop_at_first)
+    outcome = model.solve(objective, time_limit=time_limit, mip_rel_gap=MIP_REL_GAP, stop_at_first=stop_at_first,
+                          presolve=presolve)
     if plausible(outcome):
-        return _with_dual_bound(model, objective, outcome, time_limit)
+        return _with_dual_bound(model, objective, outcome, time_limit, presolve)
     left = time_limit - outcome.seconds
     if left > 0.0:
         retry = model.solve(objective, time_limit=left, mip_rel_gap=MIP_REL_GAP, seed=_RETRY_SEED,
-                            stop_at_first=stop_at_first)
+                            stop_at_first=stop_at_first, presolve=presolve)
         if plausible(retry):
-            return _with_dual_bound(model, objective, replace(retry, seconds=outcome.seconds + retry.seconds), time_limit)
+            return _with_dual_bound(model, objective, replace(retry, seconds=outcome.seconds + retry.seconds), time_limit,
+                                    presolve)
     raise CleverError(f"the MILP solver (HiGHS) returned an inconsistent {problem} answer ({outcome.status}) "
                       "twice; try tighten='lp' or another time limit")
 
 
-def _with_dual_bound(model: Model, objective: list[Term], outcome: Outcome, time_limit: float) -> Outcome:
+def _with_dual_bound(model: Model, objective: list[Term], outcome: Outcome, time_limit: float,
+                     presolve: bool = True) -> Outcome:
     """Fill in a dual bound from the LP relaxation when the solver stopped without one.
 
     scipy's milp drops HiGHS' dual bound when the time limit comes before any incumbent; the LP
@@ -122,6 +126,6 @@ def _with_dual_bound(model: Model, objective: list[Term], outcome: Outcome, time
     """
     if outcome.status != "time_limit" or outcome.dual_bound is not None:
         return outcome
-    relaxation = model.solve(objective, time_limit=_RELAXATION_SHARE * time_limit, relaxed=True)
+    relaxation = model.solve(objective, time_limit=_RELAXATION_SHARE * time_limit, relaxed=True, presolve=presolve)
     dual = relaxation.objective if relaxation.status == "optimal" else None
     return replace(outcome, dual_bound=dual, seconds=outcome.seconds + relaxation.seconds)

@@ -14,6 +14,7 @@ pattern is what it misses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,7 +97,7 @@ class RegionSearch:
 
 def region_search(layers: Layers, true_label: int, target: int, lower: np.ndarray, upper: np.ndarray,
                   starts: Sequence[np.ndarray], q: float, max_moves: int, max_patterns: int,
-                  max_lps: int, max_walks: int) -> RegionSearch:
+                  max_lps: int, max_walks: int, deadline: float | None = None) -> RegionSearch:
     """Walk over activation regions in the box [lower, upper] towards a larger ||grad g||_q.
 
     From each start point (flat, in the box, best first; one walk per distinct pattern, at most
@@ -106,7 +107,8 @@ def region_search(layers: Layers, true_label: int, target: int, lower: np.ndarra
     whole pattern fixed, then, for a unit before the last hidden layer, with only the layers up to
     the unit's fixed (the later ones then follow the point). A move is taken when the gradient
     norm at the point found exceeds the current one. Every value is ||grad g||_q at a point of
-    the box, so the result is a certain lower bound of max ||grad g||_q over the box.
+    the box, so the result is a certain lower bound of max ||grad g||_q over the box. No move
+    starts after `deadline` (a time.perf_counter() value).
     """
     lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
     bounds = interval_bounds(layers, lower, upper)[: len(layers) - 1]
@@ -126,6 +128,8 @@ def region_search(layers: Layers, true_label: int, target: int, lower: np.ndarra
         walks += 1
         value = float(np.linalg.norm(input_gradient(layers, x, true_label, target), q))
         for _ in range(max_moves):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             seen.add(_key(pattern))
             step = _move(layers, pattern, value, switchable, lower, upper, norm, seen, budget,
                          lambda point: float(np.linalg.norm(input_gradient(layers, point, true_label, target), q)))
