@@ -64,6 +64,20 @@ def test_walk_from_random_points_reaches_the_exact_constant_on_most_random_netwo
     assert reached >= 9 and gained >= 9, (reached, gained)
 
 
+def test_walk_takes_no_move_after_its_deadline():
+    import time
+
+    net, x0, radius, starts = tiny_problem(5)
+    lower, upper = region(x0, (-0.5, 0.5), radius)
+    late = region_search(net, 0, 1, lower, upper, starts, 1.0, max_moves=25, max_patterns=800, max_lps=100,
+                         max_walks=4, deadline=time.perf_counter())
+    free = region_search(net, 0, 1, lower, upper, starts, 1.0, max_moves=25, max_patterns=800, max_lps=100,
+                         max_walks=4)
+    assert late.moves == 0 and late.lps == 0
+    assert late.value == max(np.abs(input_gradient(net, s, 0, 1)).sum() for s in starts)
+    assert free.moves > 0 and free.value > late.value
+
+
 def test_walk_scores_other_gradient_norms_too():
     net, x0, radius, starts = tiny_problem(3)
     for q in (2.0, np.inf):

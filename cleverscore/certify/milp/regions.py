@@ -108,7 +108,7 @@ def region_search(layers: Layers, true_label: int, target: int, lower: np.ndarra
     the unit's fixed (the later ones then follow the point). A move is taken when the gradient
     norm at the point found exceeds the current one. Every value is ||grad g||_q at a point of
     the box, so the result is a certain lower bound of max ||grad g||_q over the box. No move
-    starts after `deadline` (a time.perf_counter() value).
+    starts, and no LP, after `deadline` (a time.perf_counter() value).
     """
     lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
     bounds = interval_bounds(layers, lower, upper)[: len(layers) - 1]
@@ -132,7 +132,8 @@ def region_search(layers: Layers, true_label: int, target: int, lower: np.ndarra
                 break
             seen.add(_key(pattern))
             step = _move(layers, pattern, value, switchable, lower, upper, norm, seen, budget,
-                         lambda point: float(np.linalg.norm(input_gradient(layers, point, true_label, target), q)))
+                         lambda point: float(np.linalg.norm(input_gradient(layers, point, true_label, target), q)),
+                         deadline)
             if step is None:
                 break
             x, pattern, value = step
@@ -148,7 +149,7 @@ def _key(pattern: list[np.ndarray]) -> bytes:
     return b"".join(np.asarray(on, bool).tobytes() for on in pattern)
 
 
-def _move(layers, pattern, value, switchable, lower, upper, norm, seen, budget, realised):
+def _move(layers, pattern, value, switchable, lower, upper, norm, seen, budget, realised, deadline):
     """(point, its pattern, its norm) of the best neighbouring region reached, or None."""
     candidates = []
     for layer, units in enumerate(switchable):
@@ -163,7 +164,7 @@ def _move(layers, pattern, value, switchable, lower, upper, norm, seen, budget, 
             candidates.append((norm(flipped), layer, flipped))
     candidates.sort(key=lambda c: -c[0])
     for score, layer, flipped in candidates[:CANDIDATES_PER_MOVE]:
-        if score <= value or budget["lps"] <= 0:
+        if score <= value or budget["lps"] <= 0 or (deadline is not None and time.perf_counter() > deadline):
             return None
         for fixed in (len(pattern), layer + 1)[: 1 + (layer + 1 < len(pattern))]:
             budget["lps"] -= 1
