@@ -65,8 +65,8 @@ def test_clever_prints_three_positive_summary_lines(targeted_run):
 def test_rerun_skips_existing_files(targeted_run, tmp_path):
     folder, _ = targeted_run
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mat")}
-    res = run_script("collect_gradients.py", "-n", "2", "-N", "128", "-i", "12", "-s", str(folder.parent))
-    assert res.returncode == 0
+    res = run_cli_in_process("collect_gradients.py", "-n", "2", "-N", "128", "-i", "12", "-s", str(folder.parent))
+    assert res.returncode == 0, res.stderr
     assert res.stdout.count("already exists. Skipping") == 6
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mat")} == before
 
