@@ -92,9 +92,8 @@ def search_maxima(steps: CompiledSteps, x0: np.ndarray, c: int, targets: Sequenc
                                                            max(1, num_steps // len(BETA_SCHEDULE))))
         search = partial(smoothed_search, phase, beta)
     else:
-        compiled = steps.cached(("search", x0.shape, norm, scale[1], num_steps, model.input_range),
-                                lambda: build_search(model.logits, norm, scale[1], model.input_range, num_steps))
-        search = partial(_best_first, compiled)
+        search = steps.cached(("search", x0.shape, norm, scale[1], num_steps, model.input_range),
+                              lambda: build_search(model.logits, norm, scale[1], model.input_range, num_steps))
     points = tf.constant(sample_batch(x0, seed_key, SEARCH_ITERATION, 0, model.batch_size, norm, scale,
                                       model.input_range))
     x0_t, c_t = tf.constant(np.asarray(x0, np.float32)), tf.constant(int(c))
@@ -106,14 +105,8 @@ def search_maxima(steps: CompiledSteps, x0: np.ndarray, c: int, targets: Sequenc
         ends.append([])
         for col in range(3):
             best = tf.argsort(norms[:, k, col], direction="DESCENDING")[:STARTS]
-            value, where = search(x0_t, tf.gather(points, best), c_t, tf.constant(j), tf.constant(col))
-            found[k, col] = value
-            ends[k].append(np.reshape(where, (len(where), -1)))
+            values, where = search(x0_t, tf.gather(points, best), c_t, tf.constant(j), tf.constant(col))
+            order = np.argsort(-np.asarray(values), kind="stable")
+            found[k, col] = np.asarray(values)[order[0]]
+            ends[k].append(np.reshape(where, (len(order), -1))[order])
     return (found, ends) if with_points else found
-
-
-def _best_first(search: Callable, x0, starts, c, j, q_index) -> tuple[float, np.ndarray]:
-    best, x = search(x0, starts, c, j, q_index)
-    best, x = best.numpy(), x.numpy()
-    order = np.argsort(-best, kind="stable")
-    return float(best[order[0]]), x[order]

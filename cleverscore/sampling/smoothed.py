@@ -106,11 +106,9 @@ def build_smoothed_search(true_logits: Callable, smooth_logits: Callable, sample
     return phase
 
 
-def smoothed_search(phase: Callable, beta, x0, starts, c, j, q_index) -> tuple[float, np.ndarray]:
-    """Run the phases of BETA_SCHEDULE from the start points.
-
-    Returns the largest true gradient norm met, and per start the point of its largest one, best first.
-    """
+def smoothed_search(phase: Callable, beta, x0, starts, c, j, q_index) -> tuple[np.ndarray, np.ndarray]:
+    """Run the phases of BETA_SCHEDULE from the start points: per start, the largest true gradient norm
+    met and the point where it was met."""
     x = starts
     best, best_x = np.full(int(starts.shape[0]), -np.inf), np.asarray(starts)
     for value in BETA_SCHEDULE:
@@ -120,5 +118,4 @@ def smoothed_search(phase: Callable, beta, x0, starts, c, j, q_index) -> tuple[f
         better = found > best
         best_x = np.where(better.reshape((-1,) + (1,) * (best_x.ndim - 1)), found_x.numpy(), best_x)
         best = np.maximum(best, found)
-    order = np.argsort(-best, kind="stable")
-    return float(best[order[0]]), best_x[order]
+    return best, best_x
