@@ -17,7 +17,7 @@ import numpy as np
 
 from cleverscore.errors import UsageError
 from cleverscore.norms import LINF
-from cleverscore.sampling.ascent import GRAD_COLUMNS
+from cleverscore.sampling.ascent import GRAD_COLUMNS, project
 from cleverscore.sampling.search import STARTS
 from cleverscore.settings import SamplingSettings
 
@@ -58,18 +58,18 @@ def walked_norms(estimator, net, x0: np.ndarray, c: int, targets: Sequence[int],
     from cleverscore.certify.milp.problem import region
     from cleverscore.certify.milp.regions import region_search
 
-    steps = sampling.search_steps
-    x0_flat = np.asarray(x0, np.float32).reshape(-1)
-    lower, upper = region(x0_flat.astype(np.float64), estimator.input_range, sampling.scale[1])
-    inside = (np.maximum(x0_flat - np.float32(sampling.scale[1]), np.float32(estimator.input_range[0])),
-              np.minimum(x0_flat + np.float32(sampling.scale[1]), np.float32(estimator.input_range[1])))
+    steps, radius = sampling.search_steps, sampling.scale[1]
+    x0_flat = np.asarray(x0, np.float32).reshape(1, -1)
+    lower, upper = region(x0_flat[0].astype(np.float64), estimator.input_range, radius)
     found = np.zeros((len(targets), 3), np.float32)
     for k, j in enumerate(targets):
         points = [region_search(net, c, int(j), lower, upper, ends[k][col], GRAD_COLUMNS[col].p,
                                 max_moves=steps, max_patterns=STARTS * steps, max_lps=LPS_PER_STEP * steps,
                                 max_walks=WALKS).x
                   for col in range(3)]
-        batch = np.clip(np.asarray(points, np.float32), *inside).reshape((len(points),) + np.shape(x0))
-        norms, _ = estimator.adapter.grad_norms(tf.constant(batch), tf.constant(int(c)), tf.constant([int(j)]), 1)
+        # In float32, as the sampler's points: the same projection on its ball and the input box.
+        flat = project(x0_flat, np.asarray(points, np.float32), LINF, radius, estimator.input_range)
+        batch = tf.reshape(flat, (len(points),) + np.shape(x0))
+        norms, _ = estimator.adapter.grad_norms(batch, tf.constant(int(c)), tf.constant([int(j)]), 1)
         found[k] = np.max(norms.numpy()[:, 0, :], axis=0)  # each walk's point counts for every norm
     return found
