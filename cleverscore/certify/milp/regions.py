@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -112,68 +112,90 @@ def region_search(layers: Layers, true_label: int, target: int, lower: np.ndarra
     """
     lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
     bounds = interval_bounds(layers, lower, upper)[: len(layers) - 1]
-    switchable = [np.flatnonzero((lo < 0.0) & (hi > 0.0)) for lo, hi in bounds]
-    norm = lambda pattern: float(np.linalg.norm(margin_gradient(layers, pattern, true_label, target), q))  # noqa: E731
-    budget = {"patterns": max_patterns, "lps": max_lps}
-    seen: set[bytes] = set()
-    best = RegionSearch(-np.inf, np.asarray(starts[0], np.float64), 0, 0, 0)
+    walker = _Walker(layers, true_label, target, q, lower, upper,
+                     [np.flatnonzero((lo < 0.0) & (hi > 0.0)) for lo, hi in bounds],
+                     {"patterns": max_patterns, "lps": max_lps}, deadline)
+    best_value, best_x = -np.inf, np.asarray(starts[0], np.float64)
     moves = walks = 0
     for start in starts:
         x = np.clip(np.asarray(start, np.float64), lower, upper)
         pattern = activation_pattern(layers, x)
-        if _key(pattern) in seen:
+        if _key(pattern) in walker.seen:
             continue
         if walks == max_walks:
             break
         walks += 1
-        value = float(np.linalg.norm(input_gradient(layers, x, true_label, target), q))
+        value = walker.norm_at(x)
         for _ in range(max_moves):
-            if deadline is not None and time.perf_counter() > deadline:
+            if walker.out_of_time():
                 break
-            seen.add(_key(pattern))
-            step = _move(layers, pattern, value, switchable, lower, upper, norm, seen, budget,
-                         lambda point: float(np.linalg.norm(input_gradient(layers, point, true_label, target), q)),
-                         deadline)
+            walker.seen.add(_key(pattern))
+            step = walker.move(pattern, value)
             if step is None:
                 break
             x, pattern, value = step
             moves += 1
-        if value > best.value:
-            best = RegionSearch(value, x, 0, 0, 0)
-        if budget["patterns"] <= 0 or budget["lps"] <= 0:
+        if value > best_value:
+            best_value, best_x = value, x
+        if walker.budget["patterns"] <= 0 or walker.budget["lps"] <= 0:
             break
-    return RegionSearch(best.value, best.x, max_patterns - budget["patterns"], max_lps - budget["lps"], moves)
+    return RegionSearch(best_value, best_x, max_patterns - walker.budget["patterns"],
+                        max_lps - walker.budget["lps"], moves)
 
 
 def _key(pattern: list[np.ndarray]) -> bytes:
     return b"".join(np.asarray(on, bool).tobytes() for on in pattern)
 
 
-def _move(layers, pattern, value, switchable, lower, upper, norm, seen, budget, realised, deadline):
-    """(point, its pattern, its norm) of the best neighbouring region reached, or None."""
-    candidates = []
-    for layer, units in enumerate(switchable):
-        for unit in units:
-            if budget["patterns"] <= 0:
-                break
-            flipped = [on.copy() for on in pattern]
-            flipped[layer][unit] = not flipped[layer][unit]
-            if _key(flipped) in seen:
-                continue
-            budget["patterns"] -= 1
-            candidates.append((norm(flipped), layer, flipped))
-    candidates.sort(key=lambda c: -c[0])
-    for score, layer, flipped in candidates[:CANDIDATES_PER_MOVE]:
-        if score <= value or budget["lps"] <= 0 or (deadline is not None and time.perf_counter() > deadline):
-            return None
-        for fixed in (len(pattern), layer + 1)[: 1 + (layer + 1 < len(pattern))]:
-            budget["lps"] -= 1
-            point, margin = centre(layers[: fixed + 1], flipped[:fixed], lower, upper)
-            if point is None or margin <= 0.0:
-                continue
-            point = np.clip(point, lower, upper)
-            reached = realised(point)
-            if reached > value:
-                return point, activation_pattern(layers, point), reached
-            break  # the region is met but its point is no better: the next candidate
-    return None
+@dataclass
+class _Walker:
+    """What every move of a search shares: the network, the box, the budget left and the patterns seen."""
+
+    layers: Layers
+    true_label: int
+    target: int
+    q: float
+    lower: np.ndarray
+    upper: np.ndarray
+    switchable: list[np.ndarray]
+    budget: dict[str, int]
+    deadline: float | None
+    seen: set[bytes] = field(default_factory=set)
+
+    def norm_of(self, pattern: list[np.ndarray]) -> float:
+        return float(np.linalg.norm(margin_gradient(self.layers, pattern, self.true_label, self.target), self.q))
+
+    def norm_at(self, point: np.ndarray) -> float:
+        return float(np.linalg.norm(input_gradient(self.layers, point, self.true_label, self.target), self.q))
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def move(self, pattern: list[np.ndarray], value: float):
+        """(point, its pattern, its norm) of the best neighbouring region reached, or None."""
+        candidates = []
+        for layer, units in enumerate(self.switchable):
+            for unit in units:
+                if self.budget["patterns"] <= 0:
+                    break
+                flipped = [on.copy() for on in pattern]
+                flipped[layer][unit] = not flipped[layer][unit]
+                if _key(flipped) in self.seen:
+                    continue
+                self.budget["patterns"] -= 1
+                candidates.append((self.norm_of(flipped), layer, flipped))
+        candidates.sort(key=lambda c: -c[0])
+        for score, layer, flipped in candidates[:CANDIDATES_PER_MOVE]:
+            if score <= value or self.budget["lps"] <= 0 or self.out_of_time():
+                return None
+            for fixed in (len(pattern), layer + 1)[: 1 + (layer + 1 < len(pattern))]:
+                self.budget["lps"] -= 1
+                point, margin = centre(self.layers[: fixed + 1], flipped[:fixed], self.lower, self.upper)
+                if point is None or margin <= 0.0:
+                    continue
+                point = np.clip(point, self.lower, self.upper)
+                reached = self.norm_at(point)
+                if reached > value:
+                    return point, activation_pattern(self.layers, point), reached
+                break  # the region is met but its point is no better: the next candidate
+        return None
