@@ -333,11 +333,10 @@ def _best_sample(problem: _Problem, deadline: float) -> _Witness:
     walk = region_search(problem.layers, problem.true_label, problem.target, problem.lower, problem.upper,
                          list(points[order]), 1.0, max_moves=_WALK_MOVES, max_patterns=_WALK_PATTERNS,
                          max_lps=_WALK_LPS, max_walks=_WALKS, deadline=deadline)
-    if walk.value > norms[order[0]]:
-        walked, walked_norm = _proven_patterns(problem, walk.x[None, :])
-        if walked_norm[0] > norms[order[0]]:
-            return _Witness(walk.x, [p[0] for p in walked], float(walked_norm[0]))
+    walked, walked_norm = _proven_patterns(problem, walk.x[None, :])
     best = int(order[0])
+    if walked_norm[0] > norms[best]:
+        return _Witness(walk.x, [p[0] for p in walked], float(walked_norm[0]))
     return _Witness(points[best], [p[best] for p in pattern], float(norms[best]))
 
 
