@@ -58,7 +58,7 @@ for net in "$@"; do
   dataset=${net%%:*} model=${net#*:}
   case $dataset in mnist|cifar) ;; *) echo "error: unknown dataset in '$net'" >&2; usage ;; esac
   [ -n "${LABEL[$model]+x}" ] || { echo "error: unknown model in '$net'" >&2; usage; }
-  weights=$("$PY" -c "import sys; from model_zoo import models_folder, parse_model_name as p
+  weights=$("$PY" -c "import sys; from cleverscore.models.zoo import models_folder, parse_model_name as p
 print(models_folder() / p(sys.argv[1], sys.argv[2]).weights_file)" "$dataset" "$model")
   if [ ! -f "$weights" ]; then
     [ $explicit -eq 1 ] && { echo "error: $weights is missing (see models/README.md to train it)" >&2; exit 1; }
