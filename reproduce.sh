@@ -84,5 +84,5 @@ print(models_folder() / p(sys.argv[1], sys.argv[2]).weights_file)" "$dataset" "$
   table_args+=(--network "$name" "$OUT/attacks_$tag.csv" "$OUT/clever_$tag.csv")
 done
 [ ${#table_args[@]} -gt 0 ] || { echo "error: no network to reproduce" >&2; exit 1; }
-"$PY" table2.py "${table_args[@]}" --markdown "$OUT/table2.md" --csv "$OUT/table2.csv" --plot "$OUT/table2.png"
+"$PY" -m cleverscore.cli.tables "${table_args[@]}" --markdown "$OUT/table2.md" --csv "$OUT/table2.csv" --plot "$OUT/table2.png"
 echo "[REPRO] done in $(( $(date +%s) - start )) s; tables in $OUT/table2.md" >&2

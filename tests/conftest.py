@@ -57,7 +57,7 @@ def run_script(*args: str, env: dict | None = None, timeout: int = 300, cwd: Pat
 
 
 CLI_MODULES = {"collect_gradients.py": "cleverscore.cli.collect", "clever.py": "cleverscore.cli.score",
-               "attacks.py": "cleverscore.cli.attack", "table2.py": "cleverscore.cli.tables"}
+               "attacks.py": "cleverscore.cli.attack", "cleverscore.cli.tables": "cleverscore.cli.tables"}
 
 
 def run_cli_in_process(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Bad input and faults on the newer surfaces: one `error:` line, the right exit code, nothing written.
 
-Output paths of clever.py, attacks.py and table2.py are checked before any work; every float flag
+Output paths of clever.py, attacks.py and the Table 2 command are checked before any work; every float flag
 of every command refuses NaN, infinities and values out of its domain; an unreachable Ray address
 fails within its time limit; a full disk ends in one line with what was saved; unclear messages
 name what is wrong; TensorFlow's start-up lines stay out of the terminal.
@@ -92,7 +92,7 @@ def test_attacks_and_table2_refuse_unwritable_outputs_before_the_work(tmp_path):
     res = run_cli_in_process("attacks.py", "-n", "1", "--csv", str(tmp_path))
     assert res.returncode == 2
     assert_one_error_line(res.stderr, f"--csv: {tmp_path} is a folder, not a file")
-    res = run_cli_in_process("table2.py", "--network", "X", "a.csv", "c.csv", "--markdown",
+    res = run_cli_in_process("cleverscore.cli.tables", "--network", "X", "a.csv", "c.csv", "--markdown",
                              str(tmp_path / "a_file" / "t.md"))
     assert res.returncode == 2
     assert_one_error_line(res.stderr, "--markdown: ")

@@ -1,5 +1,5 @@
 """--certify and --exact end to end: a tiny ReLU MLP as a user model through collect_gradients.py,
-clever.py --csv, attacks.py, table2.py and clever_scores(certify=True).
+clever.py --csv, attacks.py, the Table 2 command and clever_scores(certify=True).
 
 The module shares one collection (2 images, top-2 targets, Linf ball): 17 s alone on 2 cores, 30 s
 beside other jobs, so these are slow tests. The fast representatives are test_api_certify.py and
@@ -111,7 +111,7 @@ def test_table2_from_the_run_has_certified_columns_below_cw(run):
                      "-n", "2", "--target_type", "1", "--cw_binary_steps", "5", "--cw_iterations", "200",
                      "--ifgsm_steps", "20", "--csv", str(root / "a.csv"))
     assert res.returncode == 0, res.stderr
-    table = run_script("table2.py", "--network", "MLP", str(root / "a.csv"), str(root / "s.csv"),
+    table = run_script("-m", "cleverscore.cli.tables", "--network", "MLP", str(root / "a.csv"), str(root / "s.csv"),
                        "--csv", str(root / "t.csv"))
     assert table.returncode == 0, table.stderr
     assert "| Certified L2 | Certified Linf |" in table.stdout and "| — |" not in table.stdout

@@ -14,7 +14,7 @@ PACKAGE = REPO / "cleverscore"
 # The card's files at the root, and nothing else: thin command lines and the original's module names.
 CARD_FILES = {"collect_gradients.py", "clever.py", "estimate_gradient_norm.py", "shmemarray.py", "defense.py",
               "setup_mnist.py", "setup_cifar.py", "setup_imagenet.py", "train_models.py", "train_nlayer.py",
-              "attacks.py", "table2.py"}
+              "attacks.py"}
 # Stages, lowest first: a module may import from its own stage and the ones before it, never after.
 STAGES = (
     ("cleverscore.errors", "cleverscore.norms", "cleverscore.locations", "cleverscore.settings",

@@ -54,7 +54,7 @@ def test_table_builder_prints_the_exact_markdown_and_writes_csv_and_plot(tmp_pat
     (tmp_path / "a.csv").write_text(ATTACKS)
     (tmp_path / "c.csv").write_text(CLEVER)
     a, c = str(tmp_path / "a.csv"), str(tmp_path / "c.csv")
-    res = run_script("table2.py", "--network", "MNIST-CNN", a, c, "--network", "Copy", a, c,
+    res = run_script("-m", "cleverscore.cli.tables", "--network", "MNIST-CNN", a, c, "--network", "Copy", a, c,
                      "--markdown", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv"),
                      "--plot", str(tmp_path / "t.png"))
     assert res.returncode == 0, res.stderr
@@ -70,7 +70,7 @@ def test_table_builder_prints_the_exact_markdown_and_writes_csv_and_plot(tmp_pat
 def test_table_builder_rejects_a_csv_without_the_needed_columns(tmp_path):
     (tmp_path / "a.csv").write_text("id,info\n0,top2\n")
     (tmp_path / "c.csv").write_text(CLEVER)
-    res = run_script("table2.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
+    res = run_script("-m", "cleverscore.cli.tables", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
     assert res.returncode == 2
     assert "lacks column(s) attack, success, l2, linf" in res.stderr and "Traceback" not in res.stderr
 
@@ -94,7 +94,7 @@ def test_certified_radii_add_columns_and_the_order_lines_flag_violations(tmp_pat
     (tmp_path / "a.csv").write_text(ATTACKS)
     (tmp_path / "c.csv").write_text(with_radii(CLEVER, radii))
     (tmp_path / "u.csv").write_text(CLEVER)
-    res = run_script("table2.py", "--network", "Cert", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"),
+    res = run_script("-m", "cleverscore.cli.tables", "--network", "Cert", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"),
                      "--network", "Plain", str(tmp_path / "a.csv"), str(tmp_path / "u.csv"),
                      "--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.png"))
     assert res.returncode == 0, res.stderr
@@ -117,6 +117,6 @@ def test_certified_radii_add_columns_and_the_order_lines_flag_violations(tmp_pat
 def test_a_certified_radius_that_is_not_a_number_is_a_one_line_error(tmp_path):
     (tmp_path / "a.csv").write_text(ATTACKS)
     (tmp_path / "c.csv").write_text(with_radii(CLEVER, {("a.mat", "L2"): 0.25}).replace("0.25\n", "big\n"))
-    res = run_script("table2.py", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
+    res = run_script("-m", "cleverscore.cli.tables", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
     assert res.returncode == 2
     assert "certified_radius column holds a non-number ('big')" in res.stderr and "Traceback" not in res.stderr

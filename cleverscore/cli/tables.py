@@ -1,10 +1,12 @@
-"""table2.py: the paper's Table 2 from attacks.py CSVs and clever.py --csv files, one row per network.
+"""The paper's Table 2 from attacks.py CSVs and clever.py --csv files, one row per network.
+
+`python3 -m cleverscore.cli.tables`, or the installed `clever-tables`.
 
 Where the CLEVER CSV carries certified radii (collect_gradients.py --certify), Certified L2 and
 Linf columns are added, and stderr gets one [ORDER] line per network and norm counting the pairs
 that break certified radius <= CLEVER <= CW.
 
-    python3 table2.py --network MNIST-CNN attacks_mnist_normal.csv clever_mnist_normal.csv \\
+    python3 -m cleverscore.cli.tables --network MNIST-CNN attacks_mnist_normal.csv clever_mnist_normal.csv \\
         --markdown table2.md --csv table2.csv --plot table2.png
 """
 
@@ -30,7 +32,8 @@ from cleverscore.scoring.tables import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="table2.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python3 -m cleverscore.cli.tables", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", nargs=3, action="append", required=True, metavar=("NAME", "ATTACKS_CSV", "CLEVER_CSV"),
                    help="a table row: its name, an attacks.py CSV and a clever.py --csv file (repeat per network)")
     p.add_argument("--markdown", default="", help="write the markdown tables here (they are always printed)")

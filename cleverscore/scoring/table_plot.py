@@ -1,4 +1,4 @@
-"""table2.py's plot: per (image, target), certified radius <= CLEVER score <= CW distortion.
+"""The Table 2 command's plot: per (image, target), certified radius <= CLEVER score <= CW distortion.
 
 One panel per norm (L2, Linf). A pair is drawn at x = its CW distortion: a circle at its CLEVER
 score, a triangle at its certified radius (when certified), joined by a segment. The diagonal
