@@ -3,7 +3,7 @@
 #   ./run.sh model modeltype nsamp niters activation order target [gpu]
 # model: mnist|cifar; modeltype: normal|distilled|brelu|2-layer|N,M,tag; order: 1|2;
 # target: top2|rand|least|all. Scores NUMIMG (default 20) test images with batch size = nsamp and
-# logs to logs/<model>/<modeltype>/<target>_<nsamp>_<niters>_<activation>_order<order>_<timestamp>.log.
+# logs the original's full output (--verbose) to logs/<model>/<modeltype>/<target>_<nsamp>_<niters>_<activation>_order<order>_<timestamp>.log.
 # Extra collect_gradients.py flags can be passed in CLEVER_ARGS, the log root in CLEVER_LOG_DIR
 # (default logs) and the interpreter in PYTHON (default python3). CLEVER_RAY=ADDRESS runs the collection
 # on Ray (collect_gradients.py --ray ADDRESS: local, auto or host:port).
@@ -34,6 +34,6 @@ log="$logdir/${target}_${nsamp}_${niters}_${activation}_order${order}_$(date +%Y
 echo "logging to $log" >&2
 # shellcheck disable=SC2086
 "${PYTHON:-python3}" collect_gradients.py --dataset "$model" --model_name "$modeltype" --activation "$activation" \
-  -N "$nsamp" -i "$niters" -b "$nsamp" --order "$order" --target_type "$mask" -n "$NUMIMG" --quiet \
+  -N "$nsamp" -i "$niters" -b "$nsamp" --order "$order" --target_type "$mask" -n "$NUMIMG" --quiet --verbose \
   ${CLEVER_RAY:+--ray "$CLEVER_RAY"} ${CLEVER_ARGS:-} 2>&1 | tee "$log"
 exit "${PIPESTATUS[0]}"

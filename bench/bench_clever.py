@@ -36,10 +36,10 @@ MODELS = [("mnist", "normal"), ("mnist", "distilled"), ("mnist", "brelu"), ("mni
 
 def load(dataset: str, name: str):
     """The zoo model with its weights, or random weights of the same architecture (noted)."""
-    from cleverscore.models.zoo import build_model, load_zoo_model, models_folder, parse_model_name
+    from cleverscore.models.zoo import build_model, load_zoo_model, parse_model_name, weights_path
 
     spec = parse_model_name(dataset, name)
-    if (models_folder() / spec.weights_file).is_file():
+    if weights_path(spec).is_file():
         return load_zoo_model(dataset, name), "trained"
     return build_model(spec), "random"
 

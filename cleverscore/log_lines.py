@@ -146,10 +146,35 @@ def plateau_line(path: str, label: str, repeated: float, found: float, upper: fl
             f"not the constant; the constant is at least {g5(found)} and {upper_text}")
 
 
-def counts_line(what: str, counts: dict[tuple[str, str], int]) -> str:
-    """`[WARNING] 3 fit(s) fell back ...: top2/L2 = 2, least/Li = 1` (per info and norm)."""
-    parts = ", ".join(f"{info}/{label} = {n}" for (info, label), n in counts.items())
-    return f"[WARNING] {sum(counts.values())} {what}: {parts}"
+# The kinds of per-file warnings clever.py groups, in the order printed: what each count says, and what it
+# means for the scores above it. The per-file lines come with --verbose; the CSV/JSON columns name the files.
+WARNING_KINDS = {
+    "fallback": ("fit(s) fell back to the largest maximum",
+                 "their samples were ill-conditioned (no acceptable Weibull fit), so those scores use the largest "
+                 "sampled norm as the Lipschitz estimate and may be too high (CSV column method ends in "
+                 ":fallback_max)"),
+    "beyond": ("score(s) beyond the sampled ball",
+               "no sample lies that far from the image, so those scores extrapolate and may be too high; "
+               "--cap_radius caps them at the ball's radius (CSV column beyond_ball)"),
+    "searched": ("estimate(s) below a norm found by search",
+                 "the fit underestimated the constant there, so those scores were lowered to g_x0 / the norm "
+                 "found (CSV column searched)"),
+    "plateau": ("plateau(s): maxima repeating one value",
+                "the sampler saw one linear region, not the constant: the true constant may be higher, up to "
+                "the proven bound when there is one (CSV column plateau)"),
+}
+
+
+def counts_line(what: str, counts: dict[tuple[str, str], int], meaning: str = "") -> str:
+    """`[WARNING] 3 fit(s) fell back ...: top2/L2 = 2, least/Li = 1; <meaning>` (per info and norm)."""
+    parts = ", ".join(f"{info}/{label} = {n}" for (info, label), n in sorted(counts.items()))
+    return f"[WARNING] {sum(counts.values())} {what}: {parts}" + (f"; {meaning}" if meaning else "")
+
+
+def warning_summary_lines(warnings: dict[str, dict[tuple[str, str], int]]) -> list[str]:
+    """One line per kind of per-file warning that occurred, with its counts and what it means."""
+    return [counts_line(what, warnings[kind], meaning) for kind, (what, meaning) in WARNING_KINDS.items()
+            if warnings.get(kind)]
 
 
 def untargeted_image_line(image: int, n_classes: int, scores: Sequence[float],
@@ -202,6 +227,7 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.tty = stream.isatty()
         self._next_report = 0.0
+        self.finished = False
 
     def __call__(self, done: int, amount: float | None = None) -> None:
         """`done` of `total` steps; `amount` (default done * samples_per_step) counts toward the rate."""
@@ -216,6 +242,26 @@ class ProgressBar:
         width = 24
         bar = "=" * int(width * fraction) + "." * (width - int(width * fraction))
         text = f"{self.label} [{bar}] {done}/{self.total} {rate:,.0f} {self.unit}/s ETA {eta:.0f}s"
-        end = "\n" if (not self.tty or done == self.total) else ""
+        self.finished = done >= self.total
+        end = "\n" if (not self.tty or self.finished) else ""
         self.stream.write(f"\r{text}{self.CLEAR_TO_END}{end}" if self.tty else text + end)
         self.stream.flush()
+
+
+class RunProgress:
+    """One progress bar over a whole run: each work item's iterations advance it (the estimator's
+    `progress(niters, nsamps)` factory is `item`). An item that stops early (`rel_tol`) jumps ahead."""
+
+    def __init__(self, label: str, total_iterations: int, samples_per_step: int, stream: TextIO = sys.stderr):
+        self.bar = ProgressBar(label, max(total_iterations, 1), samples_per_step, stream)
+        self.offset = 0
+
+    def item(self, niters: int, nsamps: int):
+        start = self.offset
+        self.offset += niters
+        return lambda done, amount=None: self.bar(min(start + done, self.bar.total))
+
+    def finish(self) -> None:
+        """Draw the bar full (once), for a run whose last item stopped early or that had nothing to do."""
+        if not self.bar.finished:
+            self.bar(self.bar.total)

@@ -132,6 +132,8 @@ class CollectSettings:
         save: the results folder; files go to `<save>/<data>_<model>/`.
         overwrite: recompute pairs whose file exists.
         quiet: no progress bars.
+        verbose: the original's per-image, per-iteration and per-file lines ([DATAGEN], [STATS][L2],
+            [STATS][L1]) and one progress bar per image; otherwise a header, one bar and a closing line.
         ray, ray_workers: run on Ray at this address ('local', 'auto', 'host:port') with this
             many workers (0: one per GPU, else one per machine); None: in this process.
         ray_timeout: seconds to wait for a `host:port` cluster's head to answer.
@@ -145,6 +147,7 @@ class CollectSettings:
     save: Path = Path("./lipschitz_mat")
     overwrite: bool = False
     quiet: bool = False
+    verbose: bool = False
     ray: str | None = None
     ray_workers: int = 0
     ray_timeout: float = 30.0

@@ -13,13 +13,14 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
+BUILTIN_MNIST = REPO / "cleverscore" / "builtin" / "data" / "mnist"  # the MNIST test files, shipped in the package
 # The real datasets: ../shared/data beside the checkout, or the folder CLEVER_DATA_DIR names (one
 # holding mnist/, cifar10/ and imagenet/). A test that needs files not shipped in data/ skips
 # without them, naming the files; where CLEVER_REQUIRE_DATA=1 (CI, which has them) it fails instead.
 SHARED_DATA = Path(os.environ.get("CLEVER_DATA_DIR") or REPO.parent / "shared" / "data")
+# MNIST's test files ship with the package (BUILTIN_MNIST): a test asks the shared folder for its training files.
 NEEDED_FILES = {
-    "mnist": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-              "t10k-labels-idx1-ubyte.gz"),
+    "mnist": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "cifar10": tuple(f"data_batch_{i}.bin.gz" for i in range(1, 6)) + ("test_batch.bin.gz",),
     "imagenet": ("val_images", "val.txt"),
 }
@@ -28,10 +29,11 @@ NEEDED_FILES = {
 def shared_dataset(name: str) -> Path:
     """The folder of a real dataset's files; skip (or, under CLEVER_REQUIRE_DATA=1, fail) without them."""
     path = SHARED_DATA / name
-    missing = [f for f in NEEDED_FILES.get(name, ()) if not (path / f).exists()] if path.is_dir() else ["all"]
+    needed = NEEDED_FILES.get(name, (name,))
+    missing = [f for f in needed if not (path / f).exists()]
     if missing:
-        reason = (f"needs the {name} files {', '.join(NEEDED_FILES.get(name, (name,)))} in {path} "
-                  f"(missing: {', '.join(missing)}); set CLEVER_DATA_DIR to a folder holding {name}/")
+        reason = (f"needs the {name} file(s) {', '.join(missing)} in {path}; set CLEVER_DATA_DIR to a folder "
+                  f"holding {name}/")
         if os.environ.get("CLEVER_REQUIRE_DATA") == "1":
             pytest.fail(reason)
         pytest.skip(reason)

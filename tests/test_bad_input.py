@@ -232,7 +232,7 @@ def test_a_full_disk_mid_run_says_how_many_pairs_were_saved_and_a_rerun_resumes(
     assert len(list(folder.glob("*.mat"))) == 1 and not list(folder.glob(".*.tmp"))
     monkeypatch.undo()
     code, out, _ = run_in_process(main, argv)
-    assert code == 0 and out.count("already exists. Skipping") == 1 and len(list(folder.glob("*.mat"))) == 2
+    assert code == 0 and "(1 already there)" in out and len(list(folder.glob("*.mat"))) == 2
 
 
 def test_a_full_disk_while_writing_clever_tables_is_one_line_and_leaves_no_partial_file(scored_folder, tmp_path,
@@ -317,7 +317,8 @@ def test_tensorflow_start_up_lines_do_not_reach_the_user_unless_debug_asks(tmp_p
     assert not [c for c in CHATTER if c in res.stderr], res.stderr
     # --debug shows them: a run that loads TensorFlow and then stops at a bad --firstimg is enough
     debug = run_script("collect_gradients.py", "--debug", "-f", "10000", "-s", str(tmp_path / "d"))
-    assert debug.returncode == 2 and "oneDNN custom operations" in debug.stderr
+    # which lines TensorFlow prints depends on the CPU (oneDNN's on AVX-512 machines, the CPU-feature guard's elsewhere)
+    assert debug.returncode == 2 and [c for c in CHATTER if c in debug.stderr], debug.stderr
 
 
 # -- 7. tests that need data outside the repository skip, naming it (and fail where CI needs them) -

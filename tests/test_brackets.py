@@ -63,7 +63,7 @@ def test_clever_flags_a_plateau_and_prints_no_zero_width_interval(tmp_path):
     folder.mkdir()
     g2 = np.full(40, 4.0)
     write_mat(folder / "64_40_0_7_2_top2_relu_order1.mat", g2, g1=np.full(40, 80.0), gi=np.full(40, 0.8))
-    res = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--csv", str(tmp_path / "s.csv"))
+    res = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--csv", str(tmp_path / "s.csv"), "--verbose")
     assert res.returncode == 0, res.stderr
     assert "the maxima repeat one value" in res.stderr and "plateau(s)" in res.stderr
     rows = pd.read_csv(tmp_path / "s.csv")
@@ -82,7 +82,7 @@ def test_the_bound_line_prints_the_certain_bracket_beside_both_intervals(tmp_pat
     g2 = 2.0 - rng.weibull(4.0, 60) * 0.2
     write_mat(folder / "64_60_0_7_2_top2_relu_order1.mat", g2, G2_certified=2.5, G1_certified=60.0, Gi_certified=0.7)
     write_mat(folder / "64_60_1_7_3_top2_relu_order1.mat", g2 * 1.1, id=1)  # not certified: no line
-    res = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--csv", str(tmp_path / "s.csv"))
+    res = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--csv", str(tmp_path / "s.csv"), "--verbose")
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("[BOUND]")]
     assert len(lines) == 3 and all("id = 0," in ln for ln in lines)

@@ -19,7 +19,7 @@ STATS_RE = re.compile(r"^\[STATS\]\[L0\] info = (\w+), \1_clever_L1 = (\S+), \1_
 @pytest.fixture(scope="module")
 def targeted_run(tmp_path_factory):
     save = tmp_path_factory.mktemp("lipschitz_mat")
-    res = run_script("collect_gradients.py", "-n", "2", "-N", "128", "-i", "12", "-s", str(save))
+    res = run_script("collect_gradients.py", "-n", "2", "-N", "128", "-i", "12", "-s", str(save), "--verbose")
     assert res.returncode == 0, res.stderr
     return save / "mnist_normal", res
 
@@ -51,7 +51,7 @@ def test_mat_files_hold_the_original_keys_and_consistent_values(targeted_run):
 
 def test_clever_prints_three_positive_summary_lines(targeted_run):
     folder, _ = targeted_run
-    res = run_script("clever.py", str(folder))
+    res = run_script("clever.py", str(folder), "--verbose")
     assert res.returncode == 0, res.stderr
     stats = [STATS_RE.match(line) for line in res.stdout.splitlines() if line.startswith("[STATS][L0]")]
     assert [m.group(1) for m in stats] == ["least", "random", "top2"]
@@ -67,7 +67,8 @@ def test_rerun_skips_existing_files(targeted_run, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mat")}
     res = run_cli_in_process("collect_gradients.py", "-n", "2", "-N", "128", "-i", "12", "-s", str(folder.parent))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.count("already exists. Skipping") == 6
+    assert "saved 0 (image, target) file(s)" in res.stdout and "(6 already there)" in res.stdout
+    assert "already exists. Skipping" not in res.stdout  # the original's line per file comes with --verbose
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mat")} == before
 
 
@@ -78,7 +79,7 @@ def test_untargeted_collection_and_score(tmp_path):
     assert res.returncode == 0, res.stderr
     files = list((tmp_path / "mnist_normal").glob("*.mat"))
     assert len(files) == 9 and all("_class" in f.name for f in files)
-    out = run_script("clever.py", str(tmp_path / "mnist_normal"), "--untargeted").stdout
+    out = run_script("clever.py", str(tmp_path / "mnist_normal"), "--untargeted", "--verbose").stdout
     image = [ln for ln in out.splitlines() if ln.startswith("[STATS][L1] image =")]
     assert len(image) == 1 and "n_classes =  10" in image[0]
     summary = [ln for ln in out.splitlines() if ln.startswith("[STATS][L0] info = untargeted")]
@@ -112,7 +113,7 @@ def test_min_and_subsets_change_the_summary_as_documented(targeted_run):
     folder, _ = targeted_run
     mean = run_cli_in_process("clever.py", str(folder), "--nthreads", "1").stdout
     low = run_cli_in_process("clever.py", str(folder), "--min", "--nthreads", "1").stdout
-    few = run_cli_in_process("clever.py", str(folder), "--num_samples", "5", "--method", "maxsamp").stdout
+    few = run_cli_in_process("clever.py", str(folder), "--num_samples", "5", "--method", "maxsamp", "--verbose").stdout
     l2 = lambda out, info: float(re.search(rf"{info}_clever_L2 = ([^,]+)", out).group(1))
     assert l2(low, "top2") <= l2(mean, "top2")
     per_file = [float(v) for v in re.findall(r"bnd_norm = 2, bnd = (\S+)$", few, re.M)]

@@ -97,7 +97,7 @@ def save_tanh_model(root: Path) -> None:
 
 def collect_args(root: Path, save: Path, *extra: str, model: str = "affine") -> list[str]:
     return ["--model_path", str(root / f"{model}.keras"), "--data_path", str(root / f"{model}.npz"), "-n", "3",
-            "--target_type", "5", "-N", "64", "-i", "5", "-s", str(save), "--quiet", *extra]
+            "--target_type", "5", "-N", "64", "-i", "5", "-s", str(save), "--quiet", "--verbose", *extra]
 
 
 def mat_files(save: Path) -> dict[str, dict]:
@@ -292,4 +292,4 @@ def test_run_sh_passes_the_ray_address_on(tmp_path):
     res = subprocess.run(["bash", str(REPO / "run.sh"), "mnist", "normal", "16", "3", "relu", "1", "top2"], env=env,
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "calls").read_text().split("--quiet")[1].split() == ["--ray", "10.0.0.1:6379"]
+    assert (tmp_path / "calls").read_text().split("--quiet")[1].split() == ["--verbose", "--ray", "10.0.0.1:6379"]

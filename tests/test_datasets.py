@@ -8,14 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import REPO, shared_dataset
+from conftest import BUILTIN_MNIST, shared_dataset
 from cleverscore.errors import CleverError
 from cleverscore.data.cifar import CIFAR
 from cleverscore.data.mnist import MNIST
 
 
 def test_shipped_mnist_test_set_loads_in_range():
-    data = MNIST(REPO / "data" / "mnist")
+    data = MNIST(BUILTIN_MNIST)
     assert data.test_data.shape == (10000, 28, 28, 1) and data.test_data.dtype == np.float32
     assert data.test_data.min() == -0.5 and data.test_data.max() == 0.5
     assert data.test_labels.shape == (10000, 10)
@@ -30,15 +30,15 @@ def test_mnist_training_split_holds_out_5000_validation_images():
 
 
 def test_parent_folder_with_a_dataset_subfolder_is_accepted(monkeypatch):
-    monkeypatch.setenv("CLEVER_DATA_DIR", str(REPO / "data"))
+    monkeypatch.setenv("CLEVER_DATA_DIR", str(BUILTIN_MNIST.parent))
     assert MNIST().test_data.shape[0] == 10000
 
 
 def test_uncompressed_idx_files_are_read(tmp_path):
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        with gzip.open(REPO / "data" / "mnist" / f"{name}.gz") as src, open(tmp_path / name, "wb") as dst:
+        with gzip.open(BUILTIN_MNIST / f"{name}.gz") as src, open(tmp_path / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
-    np.testing.assert_array_equal(MNIST(tmp_path).test_data, MNIST(REPO / "data" / "mnist").test_data)
+    np.testing.assert_array_equal(MNIST(tmp_path).test_data, MNIST(BUILTIN_MNIST).test_data)
 
 
 def test_cifar_binary_test_batch_loads():
@@ -66,9 +66,9 @@ def test_missing_files_give_a_one_line_error_naming_them(tmp_path):
 
 
 def test_truncated_file_is_reported(tmp_path):
-    with gzip.open(REPO / "data" / "mnist" / "t10k-images-idx3-ubyte.gz") as f:
+    with gzip.open(BUILTIN_MNIST / "t10k-images-idx3-ubyte.gz") as f:
         raw = f.read()
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:5000])
-    shutil.copy(REPO / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz", tmp_path)
+    shutil.copy(BUILTIN_MNIST / "t10k-labels-idx1-ubyte.gz", tmp_path)
     with pytest.raises(CleverError, match="truncated"):
         _ = MNIST(tmp_path).test_data

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io as sio
 
-from conftest import REPO, run_cli_in_process, run_script
+from conftest import BUILTIN_MNIST, REPO, run_cli_in_process, run_script
 
 
 def snapshot(folder: Path) -> dict:
@@ -29,9 +29,9 @@ def inputs(tmp_path_factory):
     (root / "empty").mkdir()
     truncated = root / "truncated"
     truncated.mkdir()
-    with gzip.open(REPO / "data" / "mnist" / "t10k-images-idx3-ubyte.gz") as f:
+    with gzip.open(BUILTIN_MNIST / "t10k-images-idx3-ubyte.gz") as f:
         (truncated / "t10k-images-idx3-ubyte").write_bytes(f.read()[:10000])
-    shutil.copy(REPO / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz", truncated)
+    shutil.copy(BUILTIN_MNIST / "t10k-labels-idx1-ubyte.gz", truncated)
     wrong = root / "wrong_models"
     wrong.mkdir()
     keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]).save_weights(
@@ -63,8 +63,8 @@ COLLECT_CASES = [
     ("truncated data file", lambda r: ["--data_dir", str(r / "truncated")], None, 1, "is truncated"),
     ("weights of another architecture", lambda r: [], lambda r: {"CLEVER_MODELS_DIR": str(r / "wrong_models")}, 1,
      "does not match the mnist normal architecture"),
-    ("missing weights", lambda r: [], lambda r: {"CLEVER_MODELS_DIR": str(r / "no_models")}, 1,
-     "train them with: python3 train_models.py --dataset mnist --model normal"),
+    ("missing weights", lambda r: ["-m", "brelu"], lambda r: {"CLEVER_MODELS_DIR": str(r / "no_models")}, 1,
+     "train them with: python3 train_models.py --dataset mnist --model brelu"),
     ("output not (N, classes)", lambda r: ["--model_path", str(r / "bad_output.keras"), "--data_path",
                                            str(r / "x.npz")], None, 1,
      "the model's output has shape (1, 2, 3), expected (N, classes)"),
@@ -166,7 +166,7 @@ def test_clever_on_an_empty_or_missing_folder(tmp_path, args, message):
 
 def test_clever_all_equal_maxima_use_the_documented_fallback(tmp_path):
     good_mat(tmp_path / "8_20_0_7_2_top2_relu_order1.mat", G2_max=np.full(20, 4.0))
-    res = run_script("clever.py", str(tmp_path))
+    res = run_script("clever.py", str(tmp_path), "--verbose")
     assert res.returncode == 0
     assert ("nsamps = 8, niters = 20, bnd_norm = 2, bnd = 0.75, ks = -1, pVal = -1, shape = -1, loc = -1, scale = -1"
             in res.stdout)

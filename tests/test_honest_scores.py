@@ -72,7 +72,7 @@ def test_the_supported_ball_lies_inside_the_sampled_ball():
 
 def clever_rows(folder, *flags):
     out = folder / "rows.json"
-    res = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--json", str(out), *flags)
+    res = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--json", str(out), "--verbose", *flags)
     rows = json.loads(out.read_text()) if out.exists() else []
     return res, rows
 
@@ -154,11 +154,12 @@ def test_a_complete_image_is_scored_without_warnings(tmp_path):
 
 def test_debug_lines_carry_nsamps_and_niters_from_the_file(tmp_path):
     write_mat(tmp_path / "16_60_0_7_2_top2_relu_order1.mat", reverse_weibull(5, 60, 3))
-    fitted = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1").stdout
+    fitted = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1", "--verbose").stdout
     pattern = (r"^\[DEBUG\]\[L1\] id = 0, true_label = 7, target_label = 2, info = top2, nsamps = 16, niters = 60, "
                r"bnd_norm = ([12i]), bnd = \S+, ks = \S+, pVal = \S+, shape = \S+, loc = \S+, scale = \S+, g_x0 = 3$")
     assert [m.group(1) for m in re.finditer(pattern, fitted, re.M)] == ["1", "2", "i"]
-    maxsamp = run_script("clever.py", str(tmp_path), "--method", "maxsamp").stdout
+    maxsamp = run_script("clever.py", str(tmp_path), "--method", "maxsamp", "--verbose").stdout
+    assert "[DEBUG]" not in run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1").stdout  # --verbose only
     assert len(re.findall(r"^\[DEBUG\]\[L1\] id = 0, true_label = 7, target_label = 2, info = top2, nsamps = 16, "
                           r"niters = 60, bnd_norm = [12i], bnd = \S+$", maxsamp, re.M)) == 3
 

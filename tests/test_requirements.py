@@ -28,7 +28,10 @@ def test_tf_keras_comes_only_without_its_dependencies():
     assert ci.index("requirements-onnx.txt") < ci.index("requirements-onnx-nodeps.txt")
 
 
-def test_the_torch_requirements_name_the_local_cpu_wheel():
-    wheel = next(p for p in pins("requirements-torch.txt") if p.endswith(".whl"))
-    assert re.fullmatch(r"/opt/wheels/torch_2\.13\.0\+cpu_cp311_cp311_manylinux_2_28_x86_64\.whl", wheel)
-    assert "onnxscript==0.7.2" in pins("requirements-torch.txt")
+def test_the_torch_requirements_give_the_portable_command_first_and_the_local_wheel_as_fallback():
+    text = (REPO / "requirements-torch.txt").read_text()
+    assert "torch==2.13.0" in pins("requirements-torch.txt") and "onnxscript==0.7.2" in pins("requirements-torch.txt")
+    assert not any(p.endswith(".whl") for p in pins("requirements-torch.txt"))  # no path that exists only here
+    portable = text.index("--index-url https://download.pytorch.org/whl/cpu")
+    local = text.index("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+    assert portable < local

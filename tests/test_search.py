@@ -68,7 +68,7 @@ def test_clever_caps_the_score_at_a_searched_norm_above_the_estimate(tmp_path):
     write_mat(tmp_path / "8_60_0_7_2_top2_relu_order1.mat", g2, g_x0=3.0, G2_search=1.5,
               G1_search=float(g2.max() * 20) * 0.5, Gi_search=0.0)
     out = tmp_path / "rows.json"
-    res = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1", "--json", str(out))
+    res = run_cli_in_process("clever.py", str(tmp_path), "--nthreads", "1", "--json", str(out), "--verbose")
     assert res.returncode == 0, res.stderr
     rows = {r["norm"]: r for r in json.loads(out.read_text())}
     assert rows["L2"]["searched"] == 1.5 and rows["L2"]["lipschitz"] == 1.5

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cleverscore.scoring.fit import second_order_bound
-from conftest import REPO, run_script
+from conftest import BUILTIN_MNIST, run_script
 
 EIGENVALUES = np.array([4.0, -2.5, 1.0, 0.5, -0.3, 0.1])
 
@@ -79,7 +79,7 @@ def tanh_mlp(tmp_path_factory):
     from cleverscore.data.mnist import MNIST
 
     keras.utils.set_random_seed(0)
-    data = MNIST(REPO / "data" / "mnist")
+    data = MNIST(BUILTIN_MNIST)
     model = build_mlp("mnist", (64,), "tanh")
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import REPO, shared_dataset
+from conftest import BUILTIN_MNIST, REPO, shared_dataset
 
 ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>[\w,-]+) \| (?P<activation>\w+) "
                  r"\| (?P<epochs>\d+) \| (?P<accuracy>[\d.]+)% \|")
@@ -15,7 +15,7 @@ ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>[\w,-]
 
 def data_folder(dataset: str):
     """The shipped MNIST test files, or the shared CIFAR-10 files."""
-    return REPO / "data" / "mnist" if dataset == "mnist" else shared_dataset("cifar10")
+    return BUILTIN_MNIST if dataset == "mnist" else shared_dataset("cifar10")
 
 
 def shipped_models() -> list[dict]:
@@ -26,7 +26,8 @@ def shipped_models() -> list[dict]:
 
 def test_every_weights_file_is_listed_and_every_listed_file_exists():
     listed = {r["file"] for r in shipped_models()}
-    assert listed == {p.name for p in (REPO / "models").glob("*.weights.h5")}
+    builtin = REPO / "cleverscore" / "builtin" / "models"  # the default model travels in the package
+    assert listed == {p.name for folder in (REPO / "models", builtin) for p in folder.glob("*.weights.h5")}
 
 
 @pytest.mark.parametrize("row", shipped_models(), ids=lambda r: r["file"])

@@ -17,11 +17,13 @@ from cleverscore.attacks import ATTACKS, CW_BINARY_STEPS, CW_ITERATIONS, IFGSM_S
 from cleverscore.cli.common import Parser, flag_names, flags_named, quiet_tensorflow, run_cli
 from cleverscore.cli.flags import add_user_model_flags, check_user_model_flags, data_settings, model_settings
 from cleverscore.errors import UsageError
+from cleverscore.locations import program_name
 from cleverscore.mat_files import check_writable_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="attacks.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=program_name("attacks.py", __name__), description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", choices=["mnist", "cifar"], default="mnist")
     p.add_argument("-m", "--model_name", default="normal", help="2-layer, normal, distilled, brelu, or N,M,tag")
     p.add_argument("--activation", default="relu")

@@ -22,6 +22,7 @@ from cleverscore.cli.flags import (
     model_settings,
 )
 from cleverscore.errors import UsageError
+from cleverscore.locations import program_name
 from cleverscore.mat_files import check_writable_folder
 from cleverscore.norms import by_flag
 from cleverscore.running.targets import DEFAULT_TARGET_TYPE, USER
@@ -33,7 +34,8 @@ PARAMETER_FLAGS = {"nsamps": "-N/--Nsamps", "niters": "-i/--Niters"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="collect_gradients.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=program_name("collect_gradients.py", __name__), description=__doc__,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-d", "--dataset", choices=["mnist", "cifar", "imagenet"], default="mnist")
     p.add_argument("-m", "--model_name", default="normal",
                    help="2-layer, normal, distilled, brelu, or N,M,tag for an N-layer MLP with M hidden units")
@@ -88,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ray: worker actors (0: one per GPU in the cluster, else one per machine)")
     p.add_argument("--overwrite", action="store_true", help="recompute (image, target) pairs whose file exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--verbose", action="store_true",
+                   help="the original's full output: the flags, per image [DATAGEN], per iteration [STATS][L2] and "
+                        "per (image, target) [STATS][L1] lines, a progress bar per image")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -148,7 +153,7 @@ def settings_from_args(args: argparse.Namespace) -> CollectSettings:
     bounds = BoundSettings(certify=args.certify, exact=args.exact, exact_time_limit=args.exact_time_limit)
     return CollectSettings(
         model=model_settings(args), data=data_settings(args), sampling=sampling, bounds=bounds, save=Path(args.save),
-        overwrite=args.overwrite, quiet=args.quiet, ray=args.ray or None, ray_workers=args.ray_workers,
+        overwrite=args.overwrite, quiet=args.quiet, verbose=args.verbose, ray=args.ray or None, ray_workers=args.ray_workers,
         ray_timeout=args.ray_timeout,
         flags={k: ("" if v is None else v) for k, v in described_flags(args).items()})
 
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow(args.debug)
     if settings.ray:
         prepare_driver(settings.ray)  # keep the driver off the GPUs (the workers use them)
-    print(described_flags(args))
+    if args.verbose:
+        print(described_flags(args))
     from cleverscore.running.collect import run_collection
 
     with flags_named(flag_names(parser, **PARAMETER_FLAGS)):

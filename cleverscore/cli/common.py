@@ -63,10 +63,13 @@ def quiet_tensorflow(debug: bool = False) -> None:
     before that (`oneDNN custom operations are on`, `Could not find cuda drivers`, `All log
     messages before absl::InitializeLog()`, a failed cuInit on a machine without a GPU) are
     written straight to file descriptor 2: it is pointed at a temporary file while TensorFlow
-    loads and looks for devices. With `debug`, or a TF_CPP_MIN_LOG_LEVEL the user set, they show.
+    loads and looks for devices. With `debug` all of them show (TensorFlow's own default level); with a
+    TF_CPP_MIN_LOG_LEVEL the user set, what that level lets through shows.
     If the import fails, what it printed is shown with the error.
     """
-    if debug or "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    if debug:
+        return  # every line TensorFlow prints shows (which ones depends on the CPU and the devices)
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

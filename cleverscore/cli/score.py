@@ -1,8 +1,9 @@
 """Compute CLEVER scores from a folder of `.mat` files written by collect_gradients.py.
 
-Prints one `[DEBUG][L1]` line per file and norm, then the `[STATS][L0]` summary: the mean (or
-`--min`) CLEVER score per target type (targeted), or per image the minimum over its target
-classes and then the mean over images (`--untargeted`).
+Prints the `[STATS][L0]` summary: the mean (or `--min`) CLEVER score per target type
+(targeted), or per image the minimum over its target classes and then the mean over images
+(`--untargeted`); then one grouped line per kind of warning and a table to read. `--verbose`
+adds the original's per-file `[DEBUG][L1]` lines (and the per-file warnings).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from cleverscore.cli.common import Parser, flag_names, flags_named, number, run_cli
 from cleverscore.errors import UsageError
+from cleverscore.locations import program_name
 from cleverscore.mat_files import check_writable_file, check_writable_folder, parse_mat_name, write_failures_reported
 from cleverscore.scoring.fit import C_INIT, FIT_SELECT, METHODS, SHAPE_REG
 from cleverscore.scoring.folder import (
@@ -24,11 +26,13 @@ from cleverscore.scoring.folder import (
     summarise,
     write_tables,
 )
+from cleverscore.scoring.summary import summary_rows, table_lines
 from cleverscore.settings import ScoreSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="clever.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=program_name("clever.py", __name__), description=__doc__,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("data_folder", nargs="?", default="", help="folder of .mat files (searched recursively)")
     p.add_argument("--min", dest="use_min", action="store_true", help="report the minimum over images, not the mean")
     p.add_argument("--user_type", default="", help="replace info 'user' by this string")
@@ -58,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare_bound", choices=["rerun", "end_point"], default="rerun",
                    help="with --compare: redraw each score from its rerun interval (where another seed's score "
                         "falls) or from its end-point interval (conservative: where the constant may lie)")
+    p.add_argument("--verbose", action="store_true",
+                   help="the original's full output: the flags, one [DEBUG][L1] line per file and norm (with [BOUND] "
+                        "lines), per-file warnings, and untargeted per-image [STATS][L1] lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     return p
 
@@ -108,8 +115,9 @@ def compare_folders(args, settings: ScoreSettings) -> int:
                              "first-order folders")
         check_one_model(side_files, folder)
     compare.check_same_dataset(*(compare.folder_datasets(map(str, f)) for f in files))
-    print(vars(args))
-    scored = [score_files(side_files, settings) for side_files in files]
+    if args.verbose:
+        print(vars(args))
+    scored = [score_files(side_files, settings, args.verbose) for side_files in files]
     # folders of every class (--target_type 16) are compared untargeted, as --untargeted would
     untargeted = args.untargeted or all(compare.is_class_info(r.info) for results, _, _ in scored for r in results)
     rows, any_skipped = [], False
@@ -159,12 +167,13 @@ def score_folder(args, settings: ScoreSettings) -> int:
     """One folder: fit every file, print the summary, write the tables."""
     files = folder_files(Path(args.data_folder), args.num_images)
     check_one_model(files, args.data_folder)
-    print(vars(args))
-    results, skipped, warnings = score_files(files, settings)
+    if args.verbose:
+        print(vars(args))
+    results, skipped, warnings = score_files(files, settings, args.verbose)
     partial_images = 0
     if args.untargeted:
         results, partial_images = handle_partial_images(results, args.allow_partial)
-    for line in summarise(results, args.untargeted, args.use_min, args.cap_radius):
+    for line in summarise(results, args.untargeted, args.use_min, args.cap_radius, image_lines=args.verbose):
         print(line)
     with write_failures_reported(" or ".join(p for p in (args.csv, args.json) if p)):
         write_tables(results, args.method, Path(args.csv) if args.csv else None, Path(args.json) if args.json else None)
@@ -176,6 +185,10 @@ def score_folder(args, settings: ScoreSettings) -> int:
     if not results:
         print("error: no usable .mat files", file=sys.stderr)
         return 1
+    sys.stderr.flush()
+    rows = summary_rows(results, args.untargeted, args.use_min, args.cap_radius)
+    for line in ([""] if rows else []) + table_lines(rows, args.data_folder, args.use_min, args.cap_radius):
+        print(line)
     return 1 if skipped or partial_images else 0
 
 

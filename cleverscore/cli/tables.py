@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cleverscore.cli.common import Parser, run_cli
 from cleverscore.errors import UsageError
+from cleverscore.locations import program_name
 from cleverscore.mat_files import check_writable_file, write_atomically, write_failures_reported
 from cleverscore.scoring.table_plot import scatter
 from cleverscore.scoring.tables import (
@@ -32,7 +33,7 @@ from cleverscore.scoring.tables import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python3 -m cleverscore.cli.tables", description=__doc__,
+    p = Parser(prog=program_name(None, __name__), description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", nargs=3, action="append", required=True, metavar=("NAME", "ATTACKS_CSV", "CLEVER_CSV"),
                    help="a table row: its name, an attacks.py CSV and a clever.py --csv file (repeat per network)")

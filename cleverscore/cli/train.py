@@ -12,11 +12,13 @@ from pathlib import Path
 
 from cleverscore.cli.common import Parser, number, quiet_tensorflow, run_cli
 from cleverscore.errors import UsageError
+from cleverscore.locations import program_name
 from cleverscore.models.training import CNN_LR, EPOCHS, TWO_LAYER_LR, default_config, train_named_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="train_models.py", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog=program_name("train_models.py", __name__), description=__doc__,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-d", "--dataset", choices=["mnist", "cifar"], default="mnist")
     parser.add_argument("-m", "--model", choices=["normal", "distilled", "brelu", "2-layer"], default="normal")
     parser.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cleverscore.cli.common import Parser, number, quiet_tensorflow, run_cli
 from cleverscore.errors import UsageError
+from cleverscore.locations import program_name
 from cleverscore.models.training import TrainConfig, accuracy, train_and_save
 from cleverscore.models.zoo import ACTIVATIONS, models_folder, parse_model_name
 
@@ -30,7 +31,8 @@ def default_file(dataset: str, modeltype: str, activation: str, hidden: list[int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = Parser(prog="train_nlayer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=program_name("train_nlayer.py", __name__), description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["mnist", "cifar"], default="mnist", help="dataset")
     p.add_argument("--modeltype", choices=["mlp", "cnn"], default="mlp")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu")

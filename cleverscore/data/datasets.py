@@ -1,8 +1,8 @@
 """Finding, downloading and splitting the standard image datasets (shared by mnist.py and cifar.py).
 
 A dataset folder is found in this order: the `--data_dir` flag, the `CLEVER_DATA_DIR`
-environment variable, then `./data`, and last the shipped `data/` folder of the checkout (the shipped
-MNIST test files, found from any working directory). Each may point at the folder holding the
+environment variable, then `./data`, and last the package's built-in `cleverscore/builtin/data/` (the
+MNIST test files, found from any working directory and in an installed copy). Each may point at the folder holding the
 dataset's files or at a parent holding a `<dataset>` subfolder (so
 `CLEVER_DATA_DIR=../shared/data` serves both MNIST and CIFAR-10). Missing files are downloaded
 when a network is there; otherwise a one-line error names the files and where to put them.
@@ -52,7 +52,7 @@ class DatasetSpec:
 def data_roots(data_dir: str | os.PathLike | None) -> list[Path]:
     """The candidate folders, in the documented order of precedence.
 
-    Without --data_dir or CLEVER_DATA_DIR: ./data, then the `data/` folder beside this file.
+    Without --data_dir or CLEVER_DATA_DIR: ./data, then the package's built-in data folder.
     """
     if data_dir:
         return [Path(data_dir)]

@@ -61,9 +61,9 @@ def _content(settings: ModelSettings, seed: int | None) -> str:
             return f"imagenet:{settings.model_name}:{files_digest(settings.weights)}"
         seeded = f":{seed}" if settings.weights == "random" else ""  # random weights are drawn from the seed
         return f"imagenet:{settings.model_name}:{settings.weights}{seeded}"
-    from cleverscore.models.zoo import models_folder, parse_model_name
+    from cleverscore.models.zoo import parse_model_name, weights_path
 
-    weights = models_folder() / parse_model_name(settings.dataset, settings.model_name, settings.activation).weights_file
+    weights = weights_path(parse_model_name(settings.dataset, settings.model_name, settings.activation))
     return f"zoo:{weights.name}:{files_digest(weights) if weights.is_file() else 'missing'}"
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cleverscore.errors import CleverError, UsageError
-from cleverscore.locations import SHIPPED_MODELS
+from cleverscore.locations import BUILTIN_MODELS, MODELS, command
 
 CNN_WIDTHS = {"mnist": (32, 64, 200), "cifar": (64, 128, 256)}
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar": (32, 32, 3)}
@@ -50,13 +50,13 @@ def parse_model_name(dataset: str, model_name: str, activation: str = "relu") ->
         raise UsageError(f"unknown dataset {dataset!r} for the built-in models; choose mnist or cifar")
     if activation not in ACTIVATIONS:
         raise UsageError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-    train = f"python3 train_models.py --dataset {dataset} --model {model_name}"
+    train = f"{command('train_models.py')} --dataset {dataset} --model {model_name}"
     if model_name == "normal":
         if activation == "relu":
             return ModelSpec(dataset, "cnn", "relu", (), f"{dataset}.weights.h5", train)
         return ModelSpec(
             dataset, "cnn", activation, (), f"{dataset}_cnn_{activation}.weights.h5",
-            f"python3 train_nlayer.py --model {dataset} --modeltype cnn --activation {activation}",
+            f"{command('train_nlayer.py')} --model {dataset} --modeltype cnn --activation {activation}",
         )
     if activation != "relu" and model_name in BUILTIN_NAMES:
         raise UsageError(f"`activation` {activation} is only available with `model_name` normal or an N,M,tag MLP")
@@ -79,11 +79,11 @@ def _parse_nlayer(dataset: str, model_name: str, activation: str) -> ModelSpec:
     layers, width, tag = int(parts[0]), int(parts[1]), parts[2]
     hidden = (width,) * (layers - 1)
     name = f"{dataset}_{layers}layer_{activation}_{width}_{tag}.weights.h5"
-    command = (
-        f"python3 train_nlayer.py --model {dataset} --modeltype mlp --activation {activation} "
+    train = (
+        f"{command('train_nlayer.py')} --model {dataset} --modeltype mlp --activation {activation} "
         f"--modelfile {name} {' '.join(map(str, hidden))}"
     )
-    return ModelSpec(dataset, "mlp", activation, hidden, name, command)
+    return ModelSpec(dataset, "mlp", activation, hidden, name, train)
 
 
 def softplus10(x):
@@ -164,17 +164,27 @@ def build_model(spec: ModelSpec):
 
 
 def models_folder(models_dir: str | os.PathLike | None = None) -> Path:
-    """The weights folder: the argument, else CLEVER_MODELS_DIR, else the shipped `models/` folder."""
+    """The weights folder: the argument, else CLEVER_MODELS_DIR, else `models/` (the checkout's, or ./models installed)."""
     if models_dir:
         return Path(models_dir)
     env = os.environ.get("CLEVER_MODELS_DIR")
-    return Path(env) if env else SHIPPED_MODELS
+    return Path(env) if env else MODELS
+
+
+def weights_path(spec: ModelSpec, models_dir: str | os.PathLike | None = None) -> Path:
+    """Where a model's weights are read: the models folder, else the package's built-in copy (the default model).
+
+    Weights a user trained into the models folder take precedence over the built-in ones.
+    """
+    path = models_folder(models_dir) / spec.weights_file
+    builtin = BUILTIN_MODELS / spec.weights_file
+    return builtin if not path.is_file() and builtin.is_file() else path
 
 
 def load_zoo_model(dataset: str, model_name: str, activation: str = "relu", models_dir: str | None = None):
     """Build a named model and load its trained weights; a one-line error if they are missing."""
     spec = parse_model_name(dataset, model_name, activation)
-    path = models_folder(models_dir) / spec.weights_file
+    path = weights_path(spec, models_dir)
     if not path.is_file():
         raise CleverError(f"no weights for {dataset} model {model_name!r} at {path}; train them with: {spec.train_command}")
     model = build_model(spec)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cleverscore.errors import CleverError, UsageError
-from cleverscore.locations import CHECKOUT
+from cleverscore.locations import CHECKOUT, IN_CHECKOUT, PACKAGE
 from cleverscore.settings import CollectSettings, ModelSettings
 
 INSTALL_HINT = "--ray needs the optional package ray: pip install -r requirements-cluster.txt"
@@ -108,8 +108,7 @@ def connect(address: str, save: str = "", timeout_s: float = CONNECT_TIMEOUT_S) 
             ray.init(address="local", _node_ip_address="127.0.0.1", object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                      **options)
         else:
-            excludes = CODE_EXCLUDES + _inside_repo(save)
-            ray.init(address=address, runtime_env={"working_dir": str(REPO), "excludes": excludes}, **options)
+            ray.init(address=address, runtime_env=code_for_workers(save), **options)
     except (ConnectionError, ValueError, RuntimeError) as err:
         _stop_partial_start(ray)
         raise CleverError(f"cannot start or join Ray at {address!r}: {_first_line(err)}") from err
@@ -120,6 +119,14 @@ def connect(address: str, save: str = "", timeout_s: float = CONNECT_TIMEOUT_S) 
         # ray.init replaces the SIGTERM handler by a bare sys.exit, which would skip our cleanup message.
         signal.signal(signal.SIGTERM, sigterm)
     return address == "local"
+
+
+def code_for_workers(save: str) -> dict:
+    """Ray's runtime environment that ships this code to a cluster's machines: the checkout (without its
+    data and results), or, for an installed copy, the package alone (site-packages is no working folder)."""
+    if IN_CHECKOUT:
+        return {"working_dir": str(REPO), "excludes": CODE_EXCLUDES + _inside_repo(save)}
+    return {"py_modules": [str(PACKAGE)]}
 
 
 def _stop_partial_start(ray) -> None:

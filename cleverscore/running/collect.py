@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
+from cleverscore.locations import command
 from cleverscore.mat_files import is_write_failure, remove_stale_temp_files
 from cleverscore.models.identity import model_id as identity
 from cleverscore.models.user import check_image_shape, check_outputs
@@ -19,7 +20,7 @@ from cleverscore.running.execute import LocalExecutor
 from cleverscore.running.loading import load_classifier, load_inputs
 from cleverscore.running.plan import output_folder, plan_items, require_some_correct, select_images
 from cleverscore.running.saving import save_outcome
-from cleverscore.running.targets import USER
+from cleverscore.running.targets import ALL, LEAST, RANDOM, TOP2, USER
 from cleverscore.sampling.shared_memory import remove_stale_segments
 from cleverscore.settings import CollectSettings
 
@@ -61,7 +62,8 @@ def run_collection(settings: CollectSettings) -> int:
     remove_stale_segments()
     test_x, test_y = load_inputs(settings)
     sampling = settings.sampling
-    estimator = EstimateLipschitz(seed=sampling.seed, nthreads=sampling.nthreads, sampler=sampling.sampler)
+    estimator = EstimateLipschitz(seed=sampling.seed, nthreads=sampling.nthreads, sampler=sampling.sampler,
+                                  log=print if settings.verbose else None)
     load_classifier(settings, estimator, test_x.shape[1:])
     check_image_shape(estimator.model, test_x.shape[1:])
     images = select_images(settings.data, len(test_x), None)
@@ -82,6 +84,8 @@ def run_collection(settings: CollectSettings) -> int:
     for stale in remove_stale_temp_files(folder):
         print(f"[WARNING] removed {stale}, left by a run that was killed mid-write", file=sys.stderr)
     counters = {"total": 0, "saved": 0, "start": time.time(), "failed": []}
+    if not settings.verbose:
+        print(run_header(settings, len(images), folder), flush=True)
     try:
         executor = make_executor(settings, estimator)
         try:
@@ -101,5 +105,40 @@ def run_collection(settings: CollectSettings) -> int:
         pairs = ", ".join(f"({i}, {'all' if t is None else t})" for i, t in counters["failed"])
         print(f"[WARNING] {len(counters['failed'])} (image, target) pair(s) stopped on NaN/Inf logits or gradients: "
               f"{pairs}", file=sys.stderr)
-        return 1
-    return 0
+    print(run_closing(counters, folder, time.time() - counters["start"]))
+    return 1 if counters["failed"] else 0
+
+
+TARGET_NAMES = ((TOP2, "top-2"), (RANDOM, "random"), (LEAST, "least likely"), (USER, "--ids targets"),
+                (ALL, "every other class"))
+
+
+def run_header(settings: CollectSettings, num_images: int, folder) -> str:
+    """One line saying what the run computes and where the files go (the flags in full come with --verbose)."""
+    s, m = settings.sampling, settings.model
+    model = str(m.model_path) if m.model_path else f"{m.dataset} {m.model_name}" + (
+        f" ({m.activation})" if m.activation != "relu" else "")
+    mask = settings.data.target_type if settings.data.ids else settings.data.target_type & ~USER  # bit 8 needs --ids
+    targets = ", ".join(name for bit, name in TARGET_NAMES if mask & bit)
+    radius = f"radius {s.radius:g}" if s.radius else "the original's random radius"
+    what = "Hessian norms (order 2)" if s.order == 2 else "gradient norms"
+    ball = s.sample_norm.label.replace("Li", "Linf")
+    return (f"CLEVER: {model}, {num_images} image(s) from {settings.data.firstimg}, targets {targets}; maxima of "
+            f"{what} over {s.niters} iterations x {s.nsamps} samples in an {ball} ball ({radius}) "
+            f"-> {folder}")
+
+
+def run_closing(counters: dict, folder, elapsed: float) -> str:
+    """The last line: what was written, what was skipped, and the command that scores it."""
+    notes = []
+    if counters.get("existing"):
+        notes.append(f"{len(counters['existing'])} already there")
+    if counters.get("misclassified"):
+        shown = ", ".join(map(str, counters["misclassified"][:10]))
+        more = ", ..." if len(counters["misclassified"]) > 10 else ""
+        notes.append(f"{len(counters['misclassified'])} misclassified image(s) skipped: {shown}{more}")
+    if counters["failed"]:
+        notes.append(f"{len(counters['failed'])} failed")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    return (f"saved {counters['saved']} (image, target) file(s) in {elapsed:.0f} s{extra}; score them with: "
+            f"{command('clever.py')} {folder}")

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cleverscore.log_lines import ProgressBar
+from cleverscore.log_lines import ProgressBar, RunProgress
 from cleverscore.running.bounds import bound_keys
 from cleverscore.running.plan import WorkItem
 from cleverscore.running.search import searched_norms
-from cleverscore.sampling.collector import NonFiniteError
+from cleverscore.sampling.collector import MAX_TARGETS_PER_PASS, NonFiniteError
 from cleverscore.settings import BoundSettings, CollectSettings, SamplingSettings
 
 
@@ -49,16 +49,28 @@ def compute_item(estimator, sampling: SamplingSettings, item: WorkItem, progress
 
 
 class LocalExecutor:
-    """Runs work items one after another in this process, with a progress bar per item."""
+    """Runs work items one after another in this process: one progress bar for the run, or (verbose) one per item."""
 
     def __init__(self, settings: CollectSettings, estimator):
         self.settings, self.estimator = settings, estimator
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[ItemOutcome]:
+        if self.settings.verbose or self.settings.quiet:
+            for item in items:
+                label = f"image {item.image_id} ({len(item.todo)} target{'s' * (len(item.todo) > 1)})"
+                progress = None if self.settings.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
+                yield compute_item(self.estimator, self.settings.sampling, item, progress, self.settings.bounds)
+            return
+        items = list(items)  # the whole run's size, for one bar
+        sampling = self.settings.sampling
+        pairs = sum(len(item.todo) for item in items)
+        passes = sum(-(-len(item.todo) // MAX_TARGETS_PER_PASS) for item in items)  # targets share a pass's samples
+        bar = RunProgress(f"{pairs} (image, target) pair{'s' * (pairs != 1)}", passes * sampling.niters,
+                          sampling.nsamps)
         for item in items:
-            label = f"image {item.image_id} ({len(item.todo)} target{'s' * (len(item.todo) > 1)})"
-            progress = None if self.settings.quiet else (lambda n, s, label=label: ProgressBar(label, n, s))
-            yield compute_item(self.estimator, self.settings.sampling, item, progress, self.settings.bounds)
+            yield compute_item(self.estimator, sampling, item, bar.item, self.settings.bounds)
+        if items:
+            bar.finish()
 
     def close(self) -> None:
         pass

@@ -92,10 +92,12 @@ def required_keys(settings: CollectSettings) -> tuple[str, ...]:
 
 
 def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true_label: int, chosen,
-                    model_id: str | None = None) -> list:
+                    model_id: str | None = None, existing: list | None = None) -> list:
     """(target, info, path) for the targets of an image without a complete result file of this model.
 
-    A file that records another `model_id` is recomputed (and replaced), never skipped."""
+    A file that records another `model_id` is recomputed (and replaced), never skipped. The
+    (image, target) pairs skipped because their file is complete are appended to `existing`."""
+    existing = [] if existing is None else existing
     s = settings.sampling
     keys = required_keys(settings)
     todo = []
@@ -104,10 +106,13 @@ def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true
         path = folder / name.filename
         status = "missing" if settings.overwrite else result_status(path, model_id)
         if status == "complete" and result_status(path, model_id, keys) == "incomplete":
-            print(f"[INFO] {path} has no {' or '.join(k for k in keys[2:])}; recomputing it with them")
+            if settings.verbose:
+                print(f"[INFO] {path} has no {' or '.join(k for k in keys[2:])}; recomputing it with them")
             status = "incomplete"
         if status == "complete":
-            print(f"file {path} already exists. Skipping this sample...")
+            if settings.verbose:
+                print(f"file {path} already exists. Skipping this sample...")
+            existing.append((image_id, target))
             continue
         if status == "other model":
             print(f"[WARNING] {path} was collected from another model (its model_id is not {model_id}); "
@@ -118,9 +123,10 @@ def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true
 
 def plan_items(settings: CollectSettings, test_x, test_y, images, logits, names, folder,
                counters, model_id: str | None = None) -> Iterator[WorkItem]:
-    """Print each image's [DATAGEN] line and yield its pending targets as work items.
+    """Print each image's [DATAGEN] line (verbose) and yield its pending targets as work items.
 
-    A generator, so that a local run prints each image's lines next to its results.
+    A generator, so that a local run prints each image's lines next to its results. Misclassified
+    images and pairs whose file exists are counted in `counters` ("misclassified", "existing").
     """
     for no, ((image_id, user_target), pred) in enumerate(zip(images, logits), start=1):
         true_label, predicted = int(test_y[image_id]), int(np.argmax(pred))
@@ -130,13 +136,18 @@ def plan_items(settings: CollectSettings, test_x, test_y, images, logits, names,
             continue
         chosen = choose_targets(pred, settings.data.target_type, settings.sampling.seed, image_id, user_target)
         correct = predicted == true_label
-        print(datagen_line(no, image_id, true_label, predicted, correct,
-                           [t for t, _ in chosen] if correct else [], [i for _, i in chosen] if correct else [],
-                           (names[true_label], names[predicted]) if names else None))
+        if settings.verbose:
+            print(datagen_line(no, image_id, true_label, predicted, correct,
+                               [t for t, _ in chosen] if correct else [], [i for _, i in chosen] if correct else [],
+                               (names[true_label], names[predicted]) if names else None))
         if not correct:
-            print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); skipping")
+            if settings.verbose:
+                print(f"[WARNING] image {image_id} is misclassified (true {true_label}, predicted {predicted}); "
+                      "skipping")
+            counters.setdefault("misclassified", []).append(image_id)
             continue
-        todo = pending_targets(settings, folder, image_id, true_label, chosen, model_id)
+        todo = pending_targets(settings, folder, image_id, true_label, chosen, model_id,
+                               counters.setdefault("existing", []))
         # Order 2 collects target by target (no shared samples), so each target is an item of its own.
         for group in ([[t] for t in todo] if settings.sampling.order == 2 else [todo] if todo else []):
             yield WorkItem(no - 1, image_id, true_label, test_x[image_id], group)

@@ -47,6 +47,22 @@ def hessian_contents(result, image_id: int, true_label: int, info: str, args_dic
             "info": info, "args": args_dict, "path": path, **ball_contents(result.ball)}
 
 
+def print_original_lines(settings: CollectSettings, estimator, result, item, counters: dict, target: int,
+                         info: str) -> None:
+    """The original's lines for one finished (image, target): per iteration, its maxima, and `total = ..`."""
+    if settings.sampling.order == 2:
+        for it, (h2, elapsed) in enumerate(zip(result.h2_max, np.cumsum(result.iter_times))):
+            print(hessian_iteration_line(it, elapsed, result.iter_times[it], h2))
+        print(hessian_summary_line(result.g_x0, result.grad_norm_x0, result.h2_max))
+    else:
+        estimator.log_iterations(result)
+        for line in collection_summary_lines(result.g_x0, result.grad_max.max(0), result.slope_max.max(0),
+                                             settings.sampling.compute_slope):
+            print(line)
+    print(collection_done_line(counters["total"], item.seq, item.image_id, time.time() - counters["start"],
+                               item.true_label, target, info))
+
+
 def save_outcome(settings: CollectSettings, estimator, outcome, counters: dict, model_id: str | None = None) -> None:
     """Print a finished item's lines and write its files atomically (always in the driver).
 
@@ -65,22 +81,16 @@ def save_outcome(settings: CollectSettings, estimator, outcome, counters: dict, 
             continue
         counters["total"] += 1
         if settings.sampling.order == 2:
-            for it, (h2, elapsed) in enumerate(zip(result.h2_max, np.cumsum(result.iter_times))):
-                print(hessian_iteration_line(it, elapsed, result.iter_times[it], h2))
-            print(hessian_summary_line(result.g_x0, result.grad_norm_x0, result.h2_max))
             contents = hessian_contents(result, item.image_id, item.true_label, info, settings.flags,
                                         str(path.with_suffix("")))
         else:
-            estimator.log_iterations(result)
-            for line in collection_summary_lines(result.g_x0, result.grad_max.max(0), result.slope_max.max(0),
-                                                 settings.sampling.compute_slope):
-                print(line)
             contents = mat_contents(result, item.image_id, item.true_label, info, settings.flags,
                                     str(path.with_suffix("")))
         contents.update(identity)
-        print(collection_done_line(counters["total"], item.seq, item.image_id, time.time() - counters["start"],
-                                   item.true_label, target, info))
+        if settings.verbose:
+            print_original_lines(settings, estimator, result, item, counters, target, info)
         save_mat_atomically(path, contents)
         counters["saved"] = counters.get("saved", 0) + 1
-        print("saved to", path)
+        if settings.verbose:
+            print("saved to", path)
     sys.stdout.flush()

@@ -21,7 +21,6 @@ from cleverscore.errors import UsageError
 from cleverscore.log_lines import (
     beyond_ball_line,
     bound_line,
-    counts_line,
     debug_fit_line,
     debug_maxsamp_line,
     fallback_line,
@@ -31,6 +30,7 @@ from cleverscore.log_lines import (
     stats_ci_line,
     stats_line,
     untargeted_image_line,
+    warning_summary_lines,
 )
 from cleverscore.mat_files import (
     MODEL_ID_KEY,
@@ -252,8 +252,10 @@ def plot_fit(sample: np.ndarray, fit: WeibullFit, interval: EndPointInterval, no
     plt.close(fig)
 
 
-def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) -> FileScores:
-    """Fit one file's maxima and print its `[DEBUG][L1]` lines (and warnings); ValueError if unusable."""
+def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict, verbose: bool = True) -> FileScores:
+    """Fit one file's maxima, count its warnings and (verbose) print its `[DEBUG][L1]` lines and warnings.
+
+    ValueError if the file is unusable."""
     header, maxima = read_maxima(path, settings.use_slope, settings.num_samples or 0)
     reg_index = 2 if settings.reg_param == "scale" else 0
     jobs = [executor.submit(end_point_interval, m) for m in maxima] if executor else []  # beside the fits
@@ -274,7 +276,7 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
         brackets = []
     else:
         norms = NORMS
-        lipschitz, intervals = apply_search(fits, intervals, header["searched"], path, warnings, info)
+        lipschitz, intervals = apply_search(fits, intervals, header["searched"], path, warnings, info, verbose)
         brackets = [consistent_interval(lip, iv, m, max(float(m.max()), found or 0.0), cert)
                     for lip, iv, m, found, cert in zip(lipschitz, intervals, maxima, header["searched"],
                                                         header["certified"])]
@@ -295,24 +297,25 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
                         exact_distortion=header["exact_distortion"] if header["order"] == 1 else [],
                         attack_distortion=header["attack_distortion"] if header["order"] == 1 else [])
     head = (result.id, result.true_label, result.target_label, info, header["nsamps"], header["niters"])
+    say = print if verbose else _silent
     for k, (norm, score, fit, sample) in enumerate(zip(norms, scores, fits, maxima)):
         if settings.method == "maxsamp":
-            print(debug_maxsamp_line(*head, norm.bnd_norm, score))
+            say(debug_maxsamp_line(*head, norm.bnd_norm, score))
         else:
-            print(debug_fit_line(*head, norm.bnd_norm, score, fit.ks, fit.pval, fit.shape, fit.loc, fit.scale, g))
+            say(debug_fit_line(*head, norm.bnd_norm, score, fit.ks, fit.pval, fit.shape, fit.loc, fit.scale, g))
             if not fit.fitted:
-                print(fallback_line(str(path), norm.label, fit.estimate), file=sys.stderr)
+                say(fallback_line(str(path), norm.label, fit.estimate), file=sys.stderr)
                 warnings["fallback"][(info, norm.label)] += 1
         if brackets and brackets[k].certified is not None:
             b = brackets[k]
-            print(bound_line(*head[:4], norm.bnd_norm, b.estimate, (b.interval.lo, b.interval.hi), rerun[k],
-                             (b.found, b.certified)))
+            say(bound_line(*head[:4], norm.bnd_norm, b.estimate, (b.interval.lo, b.interval.hi), rerun[k],
+                           (b.found, b.certified)))
         if brackets and brackets[k].plateau:
-            print(plateau_line(str(path), norm.label, float(sample.max()), brackets[k].found, brackets[k].interval.hi),
-                  file=sys.stderr)
+            say(plateau_line(str(path), norm.label, float(sample.max()), brackets[k].found, brackets[k].interval.hi),
+                file=sys.stderr)
             warnings["plateau"][(info, norm.label)] += 1
         if result.beyond_ball(k):
-            print(beyond_ball_line(str(path), norm.label, score, radii[k]), file=sys.stderr)
+            say(beyond_ball_line(str(path), norm.label, score, radii[k]), file=sys.stderr)
             warnings["beyond"][(info, norm.label)] += 1
         if settings.plot_dir:
             suffix = "_slope" if settings.use_slope else ""
@@ -322,15 +325,20 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict) ->
     return result
 
 
+def _silent(*_args, **_kwargs) -> None:
+    """`print` for the per-file lines a run without --verbose leaves out (their counts are kept)."""
+
+
 def apply_search(fits: list[WeibullFit], intervals: list[EndPointInterval], searched: list[float | None], path: Path,
-                 warnings: dict, info: str) -> tuple[list[float], list[EndPointInterval]]:
+                 warnings: dict, info: str, verbose: bool = True) -> tuple[list[float], list[EndPointInterval]]:
     """Lipschitz estimates and intervals raised to the norms found by search (certain lower bounds)."""
     lipschitz, raised = [], []
     for norm, fit, iv, found in zip(NORMS, fits, intervals, searched):
         if found is None or found <= fit.estimate:
             lipschitz.append(fit.estimate)
         else:
-            print(searched_above_line(str(path), norm.label, found, fit.estimate), file=sys.stderr)
+            if verbose:
+                print(searched_above_line(str(path), norm.label, found, fit.estimate), file=sys.stderr)
             warnings["searched"][(info, norm.label)] += 1
             lipschitz.append(found)
         # A norm found above the interval's top refutes the fitted end point: the top becomes unknown
@@ -340,22 +348,24 @@ def apply_search(fits: list[WeibullFit], intervals: list[EndPointInterval], sear
     return lipschitz, raised
 
 
-def summarise(results: list[FileScores], untargeted: bool, use_min: bool, cap: bool = False) -> list[str]:
+def summarise(results: list[FileScores], untargeted: bool, use_min: bool, cap: bool = False,
+              image_lines: bool = True) -> list[str]:
     """The `[STATS]` summary lines: first-order files, then second-order files (L2 only).
 
     Each `[STATS][L0]` line is followed by its `[STATS][CI]` line (the 95% interval of the same
     summary). With `cap`, scores and intervals are capped at each score's supported radius.
+    Untargeted summaries start with one `[STATS][L1] image = ..` line per image when `image_lines`.
     """
     lines = []
     for order in (1, 2):
         subset = [r for r in results if r.order == order]
         if subset:
             labels = tuple(n.label for n in subset[0].norms)
-            lines += _summary(subset, labels, untargeted, use_min, cap)
+            lines += _summary(subset, labels, untargeted, use_min, cap, image_lines)
     return lines
 
 
-def _capped(r: FileScores, k: int, cap: bool, kind: str = "end_point") -> tuple[float, float, float]:
+def score_triple(r: FileScores, k: int, cap: bool, kind: str = "end_point") -> tuple[float, float, float]:
     """(score, lo, hi) of norm k with its interval of `kind`, capped at the supported radius when asked and known."""
     score, (lo, hi) = r.scores[k], r.intervals_of(kind)[k]
     radius = r.radii[k] if cap and r.radii else None
@@ -364,7 +374,7 @@ def _capped(r: FileScores, k: int, cap: bool, kind: str = "end_point") -> tuple[
     return min(score, radius), min(lo, radius), min(hi, radius)
 
 
-def _reduce(triples: list[tuple[float, float, float]], use_min: bool) -> tuple[float, float, float]:
+def reduce_scores(triples: list[tuple[float, float, float]], use_min: bool) -> tuple[float, float, float]:
     """Mean (or minimum) of scores with the interval of that mean (or minimum)."""
     scores, los, his = (list(x) for x in zip(*triples))
     if use_min:
@@ -400,7 +410,7 @@ def _certified_line(info: str, groups: list[list[FileScores]], labels: tuple[str
 
 
 def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool,
-             cap: bool) -> list[str]:
+             cap: bool, image_lines: bool) -> list[str]:
     columns = range(len(labels))
     lines = []
     if untargeted:
@@ -410,11 +420,12 @@ def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: boo
         image_scores = {kind: [] for kind in INTERVAL_KINDS}
         for image, rs in per_image.items():
             for kind in INTERVAL_KINDS:
-                image_scores[kind].append([_reduce([_capped(r, k, cap, kind) for r in rs], use_min=True)
+                image_scores[kind].append([reduce_scores([score_triple(r, k, cap, kind) for r in rs], use_min=True)
                                            for k in columns])
-            lines.append(untargeted_image_line(image, len(rs) + 1, [b[0] for b in image_scores["end_point"][-1]],
-                                               labels))
-        reduced = {kind: [_reduce([s[k] for s in image_scores[kind]], use_min) for k in columns]
+            if image_lines:
+                lines.append(untargeted_image_line(image, len(rs) + 1,
+                                                   [b[0] for b in image_scores["end_point"][-1]], labels))
+        reduced = {kind: [reduce_scores([s[k] for s in image_scores[kind]], use_min) for k in columns]
                    for kind in INTERVAL_KINDS}
         certified = _certified_line("untargeted", list(per_image.values()), labels, use_min)
         return lines + _lines("untargeted", reduced, labels) + certified
@@ -423,7 +434,7 @@ def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: boo
         by_info[r.info].append(r)
     order = [i for i in INFO_ORDER if i in by_info] + sorted(i for i in by_info if i not in INFO_ORDER)
     for info in order:
-        reduced = {kind: [_reduce([_capped(r, k, cap, kind) for r in by_info[info]], use_min) for k in columns]
+        reduced = {kind: [reduce_scores([score_triple(r, k, cap, kind) for r in by_info[info]], use_min) for k in columns]
                    for kind in INTERVAL_KINDS}
         lines += _lines(info, reduced, labels) + _certified_line(info, [[r] for r in by_info[info]], labels, use_min)
     return lines
@@ -511,8 +522,9 @@ def check_one_model(files: list[Path], folder: Path | str) -> None:
                          "different models cannot be averaged: move each model's files into a folder of its own")
 
 
-def score_files(files: list[Path], settings: ScoreSettings) -> tuple[list[FileScores], list[Path], dict[str, dict]]:
-    """Score every file (the [DEBUG] lines go to stdout); unusable files are skipped with a warning.
+def score_files(files: list[Path], settings: ScoreSettings,
+                verbose: bool = True) -> tuple[list[FileScores], list[Path], dict[str, dict]]:
+    """Score every file (verbose: the [DEBUG] lines go to stdout); unusable files are skipped with a warning.
 
     Returns the scores, the skipped files and the warning counts (fallbacks, beyond-ball scores, search hits).
     """
@@ -526,7 +538,7 @@ def score_files(files: list[Path], settings: ScoreSettings) -> tuple[list[FileSc
     try:
         for path in files:
             try:
-                results.append(score_file(path, settings, executor, warnings))
+                results.append(score_file(path, settings, executor, warnings, verbose))
             except ValueError as err:
                 print(f"[WARNING] skipping {path}: {err}", file=sys.stderr)
                 skipped.append(path)
@@ -538,14 +550,10 @@ def score_files(files: list[Path], settings: ScoreSettings) -> tuple[list[FileSc
 
 
 def print_warning_counts(warnings: dict[str, dict]) -> None:
-    if warnings["fallback"]:
-        print(counts_line("fit(s) fell back to the largest maximum", warnings["fallback"]), file=sys.stderr)
-    if warnings["beyond"]:
-        print(counts_line("score(s) beyond the sampled ball", warnings["beyond"]), file=sys.stderr)
-    if warnings["searched"]:
-        print(counts_line("estimate(s) below a norm found by search", warnings["searched"]), file=sys.stderr)
-    if warnings.get("plateau"):
-        print(counts_line("plateau(s): maxima repeating one value", warnings["plateau"]), file=sys.stderr)
+    """One grouped `[WARNING]` line per kind that occurred (log_lines.WARNING_KINDS), after the summary."""
+    sys.stdout.flush()
+    for line in warning_summary_lines(warnings):
+        print(line, file=sys.stderr)
 
 
 def handle_partial_images(results: list[FileScores], allow: bool) -> tuple[list[FileScores], int]:
