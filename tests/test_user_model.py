@@ -81,7 +81,7 @@ def test_own_model_and_npz_score_end_to_end_and_match_the_python_api(user_files,
     root, model, x, y = user_files
     _, folder = collected(model_file)
     assert len(list(folder.glob("*.mat"))) == 3
-    out = run_cli_in_process("clever.py", str(folder), "--nthreads", "1").stdout
+    out = run_cli_in_process("clever.py", str(folder), "--nthreads", "1", "--verbose").stdout
     cli = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r"id = (\d+), .*bnd_norm = 2, bnd = ([^,]+),", out)}
     assert sorted(cli) == [0, 1, 2] and all(v > 0 for v in cli.values())
 
@@ -108,7 +108,8 @@ def test_probability_model_needs_output_probs(user_files):
 
 def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(collected, tmp_path):
     _, folder = collected("mycnn.keras")
-    out = run_script("clever.py", str(folder), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json"))
+    out = run_script("clever.py", str(folder), "--csv", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json"),
+                     "--verbose")
     table = pd.read_csv(tmp_path / "s.csv")
     assert list(table.columns) == ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "score",
                                    "score_lo", "score_hi", "lipschitz", "lipschitz_lo", "lipschitz_hi", "score_rerun_lo",
@@ -216,7 +217,7 @@ def test_two_same_named_models_never_mix(user_files, tmp_path, capsys):
     def collect_in_process(exp: str) -> tuple[int, str, str]:
         code = collect_main(["--model_path", str(tmp_path / exp / "model.keras"), "--data_path",
                              str(root / "three.npz"), "-n", "3", "-N", "16", "-i", "4", "--target_type", "1",
-                             "-s", str(save), "--quiet"])
+                             "-s", str(save), "--quiet", "--verbose"])
         out = capsys.readouterr()
         return code, out.out, out.err
 
