@@ -117,11 +117,14 @@ def stats_ci_line(info: str, scores: Sequence[float], intervals: Sequence[tuple[
 
 
 def stats_cert_line(info: str, certified: Sequence[float], scores: Sequence[float],
-                    labels: Sequence[str] = ("L1", "L2", "Li")) -> str:
+                    labels: Sequence[str] = ("L1", "L2", "Li"), lipschitz: Sequence[float] | None = None) -> str:
     """`[STATS][CERT]`: per norm the certified radius (a proof: no adversarial example within it) beside
-    the CLEVER score (an estimate of the smallest adversarial distortion)."""
+    the CLEVER score (an estimate of the smallest adversarial distortion); then, when the files hold
+    them, the radii that the certified Lipschitz bound alone proves (`_certified_lipschitz_`)."""
     parts = ", ".join(f"{info}_certified_{lab} = {g5(c)}, {info}_clever_{lab} = {g5(s)}"
                       for lab, c, s in zip(labels, certified, scores))
+    if lipschitz is not None:
+        parts += "".join(f", {info}_certified_lipschitz_{lab} = {g5(v)}" for lab, v in zip(labels, lipschitz))
     return f"[STATS][CERT] info = {info}, {parts}"
 
 

@@ -117,11 +117,14 @@ class BoundSettings:
         certify: certified radii and certified Lipschitz upper bounds (linear bound propagation).
         exact: exact minimal distortions and the exact local Lipschitz constant (MILP; small ReLU MLPs).
         exact_time_limit: seconds per MILP problem; past it the solver's proven bounds are kept.
+        certify_budget: seconds per image that `certify` may spend splitting the ranges of the
+            derivatives to tighten the Lipschitz bound (0: one pass of bound propagation).
     """
 
     certify: bool = False
     exact: bool = False
     exact_time_limit: float = 60.0
+    certify_budget: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,8 @@ def test_csv_and_json_have_one_row_per_file_and_norm_matching_the_printed_lines(
                                    "score_rerun_hi", "lipschitz_rerun_lo", "lipschitz_rerun_hi", "searched",
                                    "shape", "loc", "scale", "ks", "pVal", "method", "order", "supported_radius",
                                    "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified",
-                                   "certified_radius", "lipschitz_exact", "exact_distortion", "attack_distortion"]
+                                   "certified_radius", "lipschitz_exact", "exact_distortion", "attack_distortion",
+                                   "certified_radius_lipschitz", "certified_by"]
     assert len(table) == 3 * 3 and set(table["norm"]) == {"L1", "L2", "Li"}
     printed = scores_of(out.stdout)
     np.testing.assert_allclose(sorted(table["score"]), sorted(printed), rtol=1e-4)

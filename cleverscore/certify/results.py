@@ -111,11 +111,15 @@ class LipschitzBounds:
         values: shape (T, 3); column k bounds max ||grad g_j(x)||_q over the ball for the dual norm
             q of PERTURBATION_NORMS[k] (L1, L2, Linf perturbations: q = inf, 2, 1).
         layers: how the pre-activation bounds were obtained.
+        interval: the Fast-Lip (interval) bounds alone, shape (T, 3); `values` is never above them.
+        parts: how many parts of the derivatives' ranges were bounded (T without a split search).
     """
 
     targets: np.ndarray
     values: np.ndarray
     layers: tuple[LayerReport, ...]
+    interval: np.ndarray | None = None
+    parts: int = 0
 
     def for_norm(self, norm: LpNorm) -> np.ndarray:
         """The bounds (T,) that hold for perturbations measured in `norm` (gradients in its dual norm)."""

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certify", action="store_true",
                    help="also certify each (image, target): the radius within which no adversarial example exists "
                         "(L1, L2, Linf) and an upper bound of the Lipschitz constant over the sampled ball")
+    p.add_argument("--certify_budget", type=number(minimum=0), default=0.0,
+                   help="with --certify: seconds per image for tightening the certified Lipschitz bound by splitting "
+                        "its derivative ranges (branch and bound; 0: one pass of bound propagation)")
     p.add_argument("--exact", action="store_true",
                    help="also compute exact answers by MILP (small ReLU MLPs): the minimal Linf and L1 distortion "
                         "and, with --sample_norm li, the exact Lipschitz constant over the sampled ball")
@@ -119,6 +122,8 @@ def validate(args: argparse.Namespace) -> None:
 
         with flags_named({"ray": "--ray"}):
             head_endpoint(args.ray)  # a malformed address is refused before anything loads
+    if args.certify_budget and not args.certify:
+        raise UsageError("--certify_budget needs --certify")
     if (args.certify or args.exact) and args.order == 2:
         raise UsageError("--certify and --exact work with --order 1")
     if args.rel_tol and args.order == 2:
@@ -150,7 +155,8 @@ def settings_from_args(args: argparse.Namespace) -> CollectSettings:
         batch_size=args.batch_size or None, compute_slope=args.compute_slope, order=args.order,
         transform=args.transform or None, rel_tol=args.rel_tol or None, search_steps=args.search_steps,
         sampler=args.sampler, nthreads=args.nthreads, devices=args.devices, seed=args.seed)
-    bounds = BoundSettings(certify=args.certify, exact=args.exact, exact_time_limit=args.exact_time_limit)
+    bounds = BoundSettings(certify=args.certify, exact=args.exact, exact_time_limit=args.exact_time_limit,
+                           certify_budget=args.certify_budget)
     return CollectSettings(
         model=model_settings(args), data=data_settings(args), sampling=sampling, bounds=bounds, save=Path(args.save),
         overwrite=args.overwrite, quiet=args.quiet, verbose=args.verbose, ray=args.ray or None, ray_workers=args.ray_workers,

@@ -1,11 +1,16 @@
 """Proofs and exact answers beside a work item's sampled maxima (`--certify`, `--exact`).
 
 For each (image, target) of an item this adds `.mat` keys:
-- `--certify` (any supported Keras model): the certified radius per perturbation norm
-  (`certified_radius_L1`, `_L2`, `_Li`: no adversarial example within it, by linear bound
-  propagation) and the certified upper bound of the local Lipschitz constant over the sampled
-  ball in each dual norm (`G2_certified`, `G1_certified`, `Gi_certified`), with how each layer's
-  bounds were obtained (`certify_layers`) and the time (`certify_seconds`);
+- `--certify` (any supported Keras model): the certified upper bound of the local Lipschitz
+  constant over the sampled ball in each dual norm (`G2_certified`, `G1_certified`,
+  `Gi_certified`: the smaller of the Fast-Lip bound and the bound through the backward pass,
+  `certify/jacobian.py`, with `lipschitz_parts` parts bounded by its split search), and two proofs
+  of a robust radius per perturbation norm: CROWN's (`certified_radius_crown_L1`, `_L2`, `_Li`: the
+  largest ball whose margin bound stays positive) and the Lipschitz bound's
+  (`certified_radius_lipschitz_L1`, ...: min(R_p, g(x0) / L), R_p the radius of the largest
+  p-ball inside the sampled ball). `certified_radius_L1`, `_L2`, `_Li` is the larger of the two,
+  `certified_radius_by_L1`, ... says which (`crown` or `lipschitz`). How each layer's bounds were
+  obtained (`certify_layers`) and the time per target (`certify_seconds`) are recorded too;
 - `--exact` (small ReLU MLPs): the exact minimal distortion in Linf and L1
   (`exact_distortion_Li`, `_L1`, NaN when the time limit left it open, with the proven
   `_bounds` [lower, upper] and the `_status`), and with an Linf sampling ball the exact local
@@ -25,7 +30,7 @@ import numpy as np
 
 from cleverscore.errors import UsageError
 from cleverscore.models.user import unwrapped
-from cleverscore.norms import L1, LINF, NORMS
+from cleverscore.norms import L1, LINF, NORMS, supported_radius
 from cleverscore.settings import BoundSettings, SamplingSettings
 
 
@@ -68,8 +73,8 @@ def layer_report(layers) -> str:
 
 
 def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: SamplingSettings,
-                   box: tuple[float, float]) -> list[dict]:
-    """Per target, the `--certify` keys (see the module docstring)."""
+                   box: tuple[float, float], split_seconds: float = 0.0) -> list[dict]:
+    """Per target, the `--certify` keys (see the module docstring); `split_seconds` as `certify_budget`."""
     from cleverscore.certify import certified_radius, from_keras, lipschitz_upper_bounds
 
     inner, mean, std = certifiable_model(model)
@@ -77,17 +82,35 @@ def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampli
     graph = from_keras(inner, input_mean=mean, input_std=std)
     budget = certify_memory_budget()
     radii = {norm: certified_radius(graph, x0, c, targets, norm, box, memory_budget=budget) for norm in NORMS}
-    lipschitz = lipschitz_upper_bounds(graph, x0, c, targets, sampling.scale[1], sampling.sample_norm, box,
-                                       memory_budget=budget)
+    ball = sampling.scale[1]
+    lipschitz = lipschitz_upper_bounds(graph, x0, c, targets, ball, sampling.sample_norm, box,
+                                       memory_budget=budget, split_seconds=split_seconds)
+    logits = graph.forward(np.asarray(x0, np.float32)[None])[0].numpy().astype(np.float64)
     seconds = (time.perf_counter() - begin) / max(len(targets), 1)
     report = layer_report(lipschitz.layers)
     keys = []
-    for k, _ in enumerate(targets):
-        row = {f"certified_radius_{norm.label}": float(radii[norm].radii[k]) for norm in NORMS}
-        row.update({norm.certified_key: float(lipschitz.for_norm(norm)[k]) for norm in NORMS})
-        row.update(certify_layers=report, certify_seconds=seconds)
+    for k, j in enumerate(targets):
+        row: dict = {}
+        for norm in NORMS:
+            supported = supported_radius(sampling.sample_norm, ball, int(np.size(x0)), norm)
+            by_lipschitz = lipschitz_radius(logits[c] - logits[j], float(lipschitz.for_norm(norm)[k]), supported)
+            by_crown = float(radii[norm].radii[k])
+            row[f"certified_radius_crown_{norm.label}"] = by_crown
+            row[f"certified_radius_lipschitz_{norm.label}"] = by_lipschitz
+            row[f"certified_radius_{norm.label}"] = max(by_crown, by_lipschitz)
+            row[f"certified_radius_by_{norm.label}"] = "lipschitz" if by_lipschitz > by_crown else "crown"
+            row[norm.certified_key] = float(lipschitz.for_norm(norm)[k])
+        row.update(certify_layers=report, certify_seconds=seconds, lipschitz_parts=lipschitz.parts)
         keys.append(row)
     return keys
+
+
+def lipschitz_radius(margin: float, lipschitz: float, ball_radius: float) -> float:
+    """min(R, g(x0) / L): within it the margin, which falls by at most L per unit of distance inside the
+    ball where L holds, stays positive (0 when x0 is not classified above the target)."""
+    if not margin > 0:
+        return 0.0
+    return float(min(ball_radius, margin / lipschitz)) if lipschitz > 0 else float(ball_radius)
 
 
 def exact_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: SamplingSettings,
@@ -144,7 +167,7 @@ def bound_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: 
     """Per target, every key the bound settings ask for (an empty dict each when none)."""
     keys = [{} for _ in targets]
     if bounds.certify:
-        for row, extra in zip(keys, certified_keys(model, x0, c, targets, sampling, box)):
+        for row, extra in zip(keys, certified_keys(model, x0, c, targets, sampling, box, bounds.certify_budget)):
             row.update(extra)
     if bounds.exact:
         for row, extra in zip(keys, exact_keys(model, x0, c, targets, sampling, box, bounds.exact_time_limit)):

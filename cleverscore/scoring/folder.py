@@ -85,6 +85,8 @@ class FileScores:
     searched: list[float | None] = field(default_factory=list)  # norms found by --search_steps
     brackets: list[Bracket] = field(default_factory=list)  # certain bounds beside each estimate (order 1)
     certified_radii: list[float | None] = field(default_factory=list)  # per norm, --certify's radius
+    lipschitz_radii: list[float | None] = field(default_factory=list)  # per norm, the Lipschitz bound's radius
+    certified_by: list[str | None] = field(default_factory=list)  # per norm, which proof gave the radius
     exact_lipschitz: list[float | None] = field(default_factory=list)  # per norm, --exact's constant (Li only)
     exact_distortion: list[float | None] = field(default_factory=list)  # per norm, --exact's minimal distortion
     attack_distortion: list[float | None] = field(default_factory=list)  # per norm, a found example's distortion
@@ -116,6 +118,8 @@ class FileScores:
 
     def _bracket_columns(self, k: int) -> dict:
         extra = {"certified_radius": self.certified_radii[k] if self.certified_radii else None,
+                 "certified_radius_lipschitz": self.lipschitz_radii[k] if self.lipschitz_radii else None,
+                 "certified_by": self.certified_by[k] if self.certified_by else None,
                  "lipschitz_exact": self.exact_lipschitz[k] if self.exact_lipschitz else None,
                  "exact_distortion": self.exact_distortion[k] if self.exact_distortion else None,
                  "attack_distortion": self.attack_distortion[k] if self.attack_distortion else None}
@@ -177,6 +181,10 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
                      else None for n in NORMS],
         "certified": [ceiling(mat, n) if order == 1 and not use_slope else None for n in NORMS],
         "certified_radius": [_scalar(mat, f"certified_radius_{n.label}") if order == 1 else None for n in NORMS],
+        "lipschitz_radius": [_scalar(mat, f"certified_radius_lipschitz_{n.label}") if order == 1 else None
+                             for n in NORMS],
+        "certified_by": [str(np.squeeze(mat[f"certified_radius_by_{n.label}"]))
+                         if order == 1 and f"certified_radius_by_{n.label}" in mat else None for n in NORMS],
         "exact_lipschitz": [_scalar(mat, n.grad_key.replace("_max", "_exact")) if order == 1 and not use_slope else None
                             for n in NORMS],
         "exact_distortion": [_scalar(mat, f"exact_distortion_{n.label}") if order == 1 else None for n in NORMS],
@@ -293,6 +301,8 @@ def score_file(path: Path, settings: ScoreSettings, executor, warnings: dict, ve
                         lipschitz=lipschitz, searched=header["searched"] if header["order"] == 1 else [],
                         brackets=brackets, rerun_intervals=rerun, score_rerun_intervals=score_rerun,
                         certified_radii=header["certified_radius"] if header["order"] == 1 else [],
+                        lipschitz_radii=header["lipschitz_radius"] if header["order"] == 1 else [],
+                        certified_by=header["certified_by"] if header["order"] == 1 else [],
                         exact_lipschitz=header["exact_lipschitz"] if header["order"] == 1 else [],
                         exact_distortion=header["exact_distortion"] if header["order"] == 1 else [],
                         attack_distortion=header["attack_distortion"] if header["order"] == 1 else [])
@@ -406,7 +416,10 @@ def _certified_line(info: str, groups: list[list[FileScores]], labels: tuple[str
     reduce = min if use_min else (lambda xs: sum(xs) / len(xs))
     certified = [reduce([min(r.certified_radii[k] for r in g) for g in groups]) for k in range(len(labels))]
     scores = [reduce([min(r.scores[k] for r in g) for g in groups]) for k in range(len(labels))]
-    return [stats_cert_line(info, certified, scores, labels)]
+    lipschitz = None
+    if all(r.lipschitz_radii and None not in r.lipschitz_radii for g in groups for r in g):
+        lipschitz = [reduce([min(r.lipschitz_radii[k] for r in g) for g in groups]) for k in range(len(labels))]
+    return [stats_cert_line(info, certified, scores, labels, lipschitz)]
 
 
 def _summary(results: list[FileScores], labels: tuple[str, ...], untargeted: bool, use_min: bool,
@@ -459,7 +472,8 @@ COLUMNS = ["file", "id", "true_label", "target_label", "info", "norm", "g_x0", "
            "lipschitz", "lipschitz_lo", "lipschitz_hi", "score_rerun_lo", "score_rerun_hi", "lipschitz_rerun_lo",
            "lipschitz_rerun_hi", "searched", "shape", "loc", "scale", "ks", "pVal", "method", "order",
            "supported_radius", "beyond_ball", "partial", "plateau", "lipschitz_found", "lipschitz_certified",
-           "certified_radius", "lipschitz_exact", "exact_distortion", "attack_distortion"]
+           "certified_radius", "lipschitz_exact", "exact_distortion", "attack_distortion", "certified_radius_lipschitz",
+           "certified_by"]
 
 
 def write_tables(results: list[FileScores], method: str, csv: Path | None, json_path: Path | None) -> None:

@@ -92,8 +92,12 @@ class Activation(Operator):
         d = self.derivative_range(bounds.lo, bounds.hi)
         return [interval_product(g, Interval(expand_spec(d.lo), expand_spec(d.hi)))]
 
+    def gradient_multipliers(self, bounds: Interval) -> Interval:
+        return self.derivative_range(bounds.lo, bounds.hi)
+
 
 class ReLU(Activation):
+    binary_multipliers = True
     def fn(self, x: tf.Tensor) -> tf.Tensor:
         return tf.nn.relu(x)
 
@@ -118,6 +122,8 @@ class ReLU(Activation):
 
 class BoundedReLU(Activation):
     """clip(x, 0, cap): the zoo's BReLU (cap 1) and Keras ReLU(max_value=cap)."""
+
+    binary_multipliers = True
 
     def __init__(self, name: str, cap: float):
         super().__init__(name)

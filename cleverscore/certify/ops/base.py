@@ -65,6 +65,7 @@ class Operator:
     """
 
     nonlinear = False
+    binary_multipliers = False  # the gradient multipliers take only their end values (a ReLU's 0 or 1)
 
     def __init__(self, name: str):
         self.name = name
@@ -99,6 +100,28 @@ class Operator:
     def gradient_backward(self, g: Interval, *bounds: Interval) -> list[Interval]:
         """Intervals of d(objective)/d(input) from an interval of d(objective)/d(output)."""
         raise NotImplementedError
+
+    def gradient_multipliers(self, *bounds: Interval) -> Interval | None:
+        """Bounds of the multipliers of this node's gradient pass, per input element (None for a linear node).
+
+        A nonlinear node passes its output's gradient to its input as multiplier * gradient,
+        elementwise after `spread_gradient`: f'(x) for an activation, the 0/1 routing of a max-pooling
+        window. Over the ball each multiplier lies in these bounds (shape (B, *input shape))."""
+        return None
+
+    def spread_gradient(self, a: tf.Tensor) -> tf.Tensor:
+        """For coefficients a (B, S, *input shape) on the input's gradient: the coefficients on the output's
+        gradient that a linear gradient pass gives (A W for y = W x + b). Nonlinear nodes: see `gradient_forward`."""
+        raise NotImplementedError
+
+    def spread_bounds(self, g: Interval) -> Interval:
+        """Bounds of the output's gradient laid out per input element (nonlinear nodes; the identity for an
+        activation, each window's value repeated over its entries for max pooling)."""
+        return g
+
+    def gather_spread(self, c: tf.Tensor) -> tf.Tensor:
+        """The adjoint of `spread_bounds` on coefficients (B, S, *input shape) -> (B, S, *output shape)."""
+        return c
 
     def refine_mask(self, bounds: Interval) -> tf.Tensor:
         """Which input neurons (B, *shape) the relaxation would profit from tighter bounds on."""

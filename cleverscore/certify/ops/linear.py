@@ -73,6 +73,11 @@ class LinearOperator(Operator):
     def backward(self, a: tf.Tensor, relaxation: None) -> tuple[list[tf.Tensor], tf.Tensor]:
         return [self.transpose(a)], self.bias_term(a)
 
+    def spread_gradient(self, a: tf.Tensor) -> tf.Tensor:
+        # The gradient pass sends delta to W^T delta, so a . (W^T delta) = (W a) . delta: W applied to a.
+        flat, lead = fold_spec(a, len(a.shape) - 2)
+        return unfold_spec(self.apply(flat), lead)
+
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         mid = self.transpose((g.hi + g.lo) / 2)
         rad = self.abs_transpose((g.hi - g.lo) / 2)
@@ -263,3 +268,6 @@ class Add(Operator):
 
     def gradient_backward(self, g: Interval, *bounds: Interval) -> list[Interval]:
         return [g] * len(bounds)
+
+    def spread_gradient(self, a: tf.Tensor) -> tf.Tensor:
+        return a  # every input receives the output's gradient itself

@@ -20,6 +20,7 @@ from .linear import LinearOperator
 
 class MaxPooling2D(Operator):
     nonlinear = True
+    binary_multipliers = True
 
     def __init__(self, name: str, pool_size: tuple[int, int], padding: str, input_shape: tuple[int, ...]):
         super().__init__(name)
@@ -115,6 +116,33 @@ class MaxPooling2D(Operator):
         top = p.top * self.pool[0] - self.pads[0][0]
         left = p.left * self.pool[1] - self.pads[1][0]
         return [p.moved(coef, top, left, self.in_shape)], total
+
+    def gradient_multipliers(self, bounds: Interval) -> Interval:
+        """Per input entry: 1 for the maximum of a stable window, [0, 1] for an entry that may be the maximum of an
+        unstable window, 0 otherwise (the constraint that a window routes to one entry is given up)."""
+        chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
+        maybe_max = tf.cast(hi_w >= tf.expand_dims(lo_chosen, -1), hi_w.dtype)
+        stable = tf.expand_dims(stable, -1)
+        lo = tf.where(stable, chosen, tf.zeros_like(chosen))
+        hi = tf.where(stable, chosen, maybe_max)
+        return Interval(self._unwindow(lo), self._unwindow(hi))
+
+    def spread_bounds(self, g: Interval) -> Interval:
+        return Interval(*(self._spread(t) for t in g))
+
+    def _spread(self, t: tf.Tensor) -> tf.Tensor:
+        """(B, S?, Ho, Wo, C) -> (B, S?, H, W, C): each window's value on every entry of the window."""
+        lead = tf.shape(t)[:-3]
+        flat = tf.reshape(t, tf.concat([[-1], tf.shape(t)[-3:]], 0))
+        repeated = tf.repeat(flat[..., None], self.pool[0] * self.pool[1], axis=-1)
+        out = self._unwindow(repeated)
+        return tf.reshape(out, tf.concat([lead, tf.shape(out)[1:]], 0))
+
+    def gather_spread(self, c: tf.Tensor) -> tf.Tensor:
+        lead = tf.shape(c)[:-3]
+        flat = tf.reshape(c, tf.concat([[-1], tf.shape(c)[-3:]], 0))
+        summed = tf.reduce_sum(self._windows(flat, 0.0), axis=-1)
+        return tf.reshape(summed, tf.concat([lead, tf.shape(summed)[1:]], 0))
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)

@@ -1,0 +1,371 @@
+"""Certified upper bounds of the local Lipschitz constant by linear bound propagation through the backward pass.
+
+The gradient of a margin g = c . logits is computed backward: the logits receive c, and each node
+passes its gradient delta to its inputs: a linear map y = W x + b passes W^T delta, an activation
+y = f(x) passes f'(x) * delta, a max-pooling window passes delta to the entry that is its maximum,
+an Add passes delta to each input. Over the ball the forward bounds (`bounds.py`) confine each
+f'(x) to an interval (a ReLU that may switch: [0, 1]) and each window's routing to its candidate
+entries ([0, 1] each). The gradient at every node is then a function of these free multipliers,
+and this module bounds it as CROWN bounds a network's outputs, with the backward pass as the
+network and the known c at its far end:
+
+- a linear objective a . delta_j is carried toward the logits: through a linear map it becomes
+  (W a) . delta_m; through an Add it is passed on unchanged;
+- through a product with a multiplier d in [d_lo, d_hi], the least value of a d t over d is
+  min(a d_lo t, a d_hi t), a concave function of t = delta_m; over t's bounds its chord is the
+  best linear lower bound (and exact where t keeps one sign);
+- at the logits delta = c, so what is left is a number.
+
+The chords need bounds of the gradients at activation and pooling outputs. They are found the
+same way from the logits down: interval bounds first (the Fast-Lip bounds of `lipschitz.py`),
+then CROWN passes for the neurons whose relaxation is not exact (an uncertain multiplier times a
+gradient of uncertain sign), intersected with the interval bounds. The input gradient's
+elementwise bounds give its Linf norm exactly; its L1 and L2 norms are bounded by one more pass
+each, on the chord of |t| (L1) and of t^2 (L2) over each coordinate's bounds, and by the
+elementwise bounds; the smallest is kept.
+
+Each chord is the best linear bound for its neuron, so there is no slope left to optimise; what
+is lost is that the multipliers are treated as independent. `split_search` wins it back within a
+time budget: it splits the multiplier that can move the bound the most (a ReLU's into 0 and 1, a
+smooth activation's range in halves), bounds both halves, and keeps splitting the part with the
+largest bound. The maximum over the parts is a bound for the whole, never above the unsplit one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from .bounds import BoundPropagation
+from .graph import Graph
+from .ops import Interval
+from .ops.base import expand_spec, sum_spec
+
+_BYTES_PER_FLOAT = 4
+# Live tensors of a coefficient's size during one step of a pass (the coefficients, the spread
+# copy, the chord's slopes and TF's workspace).
+_PASS_COPIES = 8
+# Column order of the norm bounds: the duals of the L1, L2 and Linf perturbation norms.
+DUAL_NORMS = ("inf", "2", "1")
+
+
+def product_chord(a: tf.Tensor, d: Interval, t: Interval) -> tuple[tf.Tensor, tf.Tensor]:
+    """(slope, constant) with slope * t + constant <= a * d * t for every d in [d.lo, d.hi] and t in [t.lo, t.hi].
+
+    Elementwise; `a` is (B, S, ...), `d` and `t` broadcast to it. Where t keeps one sign the bound
+    is exact (min over d of a linear function of d); where it changes sign it is the chord of
+    min(a d_lo t, a d_hi t) over [t.lo, t.hi].
+    """
+    low, high = a * d.lo, a * d.hi
+    smaller, larger = tf.minimum(low, high), tf.maximum(low, high)
+    crossing = (t.lo < 0) & (t.hi > 0)
+    f_lo = t.lo * larger                     # min over d at t = t.lo < 0
+    f_hi = t.hi * smaller                    # min over d at t = t.hi > 0
+    width = tf.where(crossing, t.hi - t.lo, tf.ones_like(t.hi - t.lo))
+    chord = (f_hi - f_lo) / width
+    slope = tf.where(crossing, chord, tf.where(t.lo >= 0, smaller, larger))
+    constant = tf.where(crossing, f_lo - chord * t.lo, tf.zeros_like(chord))
+    return slope, constant
+
+
+def default_multipliers(forward: BoundPropagation) -> dict[int, Interval]:
+    """Per nonlinear node, the bounds (1, 1, *input shape) of its gradient multipliers over the ball."""
+    graph, out = forward.graph, {}
+    for m, node in enumerate(graph.nodes[1:], start=1):
+        if node.op.nonlinear:
+            mult = node.op.gradient_multipliers(*[forward.bounds[j] for j in node.inputs])
+            out[m] = Interval(expand_spec(mult.lo), expand_spec(mult.hi))
+    return out
+
+
+class GradientPropagation:
+    """Bound propagation through the backward pass of `graph` over the ball of `forward`.
+
+    Args:
+        forward: the forward bounds over one ball (batch 1), from `BoundPropagation`.
+        spec: (B, *output shape) one objective c per problem; its input gradient is bounded.
+        multipliers: per nonlinear node, multiplier bounds broadcastable to (B, 1, *input shape)
+            (default: from the forward bounds, the same for every problem).
+        memory_budget: bytes one pass may hold, by estimate; rows are split into groups that fit.
+        crown: False keeps the interval (Fast-Lip) bounds of every gradient.
+    """
+
+    def __init__(self, forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
+                 multipliers: dict[int, Interval] | None = None, crown: bool = True):
+        self.graph: Graph = forward.graph
+        self.forward = forward
+        self.spec = spec
+        self.problems = int(spec.shape[0])
+        self.memory_budget = memory_budget
+        self.crown = crown
+        self.last = len(self.graph.nodes) - 1
+        self.multipliers = default_multipliers(forward) if multipliers is None else multipliers
+        self.bounds: list[Interval | None] = [None] * len(self.graph.nodes)
+        self.refined: dict[int, int] = {}
+        self._run()
+
+    # -- the gradient bounds at every node, from the logits down ------------------------------------------
+    def _run(self) -> None:
+        self.bounds[self.last] = Interval(self.spec, self.spec)
+        for k in range(self.last - 1, -1, -1):
+            self.bounds[k] = self._interval(k)
+            if self.crown and (k == 0 or k in self.multipliers):
+                self._refine(k)  # node 0: the input gradient, whose every coordinate enters the norms
+
+    def _interval(self, k: int) -> Interval:
+        """Interval bounds (B, *shape) of node k's gradient from its consumers' final bounds (Fast-Lip's step)."""
+        total = None
+        for c in self.graph.consumers[k]:
+            node = self.graph.nodes[c]
+            g = self.bounds[c]
+            if c in self.multipliers:
+                d = self.multipliers[c]
+                spread = node.op.spread_bounds(g)
+                part = _interval_product(spread, Interval(d.lo[:, 0], d.hi[:, 0]))
+            else:
+                parts = node.op.gradient_backward(Interval(g.lo[None], g.hi[None]),
+                                                  *[self.forward.bounds[j] for j in node.inputs])
+                part = next(Interval(p.lo[0], p.hi[0]) for j, p in zip(node.inputs, parts) if j == k)
+            total = part if total is None else Interval(total.lo + part.lo, total.hi + part.hi)
+        if total is None:  # a node nothing depends on has no gradient
+            zero = tf.zeros((self.problems, *self.graph.nodes[k].shape), self.graph.dtype)
+            return Interval(zero, zero)
+        return total
+
+    def _rows_to_refine(self, k: int) -> np.ndarray:
+        """Flat indices of node k's neurons whose product relaxation is not exact for some problem (node 0: all)."""
+        if k == 0:
+            return np.arange(self.graph.nodes[0].size, dtype=np.int64)
+        op = self.graph.nodes[k].op
+        mult = self.multipliers[k]
+        spread = op.spread_bounds(self.bounds[k])
+        uncertain = (mult.lo[:, 0] < mult.hi[:, 0]) & (spread.lo < 0) & (spread.hi > 0)   # (B, *input shape)
+        wanted = tf.cast(tf.reduce_any(uncertain, axis=0), self.graph.dtype)[None, None]
+        per_output = op.gather_spread(wanted)[0, 0] > 0
+        return np.flatnonzero(tf.reshape(per_output, (-1,)).numpy()).astype(np.int64)
+
+    def _refine(self, k: int) -> None:
+        rows = self._rows_to_refine(k)
+        self.refined[k] = len(rows)
+        if len(rows) == 0:
+            return
+        node = self.graph.nodes[k]
+        new_lo, new_hi = [], []
+        for group in np.array_split(rows, max(1, -(-len(rows) // self._rows_per_pass(k)))):
+            unit = tf.reshape(tf.one_hot(group, node.size, dtype=self.graph.dtype), (len(group), *node.shape))
+            a = tf.broadcast_to(tf.concat([unit, -unit], 0)[None], (self.problems, 2 * len(group), *node.shape))
+            lower = self.lower(k, a)
+            new_lo.append(lower[:, :len(group)])
+            new_hi.append(-lower[:, len(group):])
+        index = tf.constant(rows[:, None])
+        lo = _scatter(self.bounds[k].lo, index, tf.concat(new_lo, 1), tf.tensor_scatter_nd_max)
+        hi = _scatter(self.bounds[k].hi, index, tf.concat(new_hi, 1), tf.tensor_scatter_nd_min)
+        self.bounds[k] = Interval(lo, hi)
+
+    def _rows_per_pass(self, k: int) -> int:
+        """How many neurons of node k one pass may carry (two rows each) within the memory budget."""
+        largest = max(self.graph.nodes[m].size for m in range(k, self.last + 1))
+        per_row = 2 * _PASS_COPIES * largest * self.problems * _BYTES_PER_FLOAT
+        return max(1, int(self.memory_budget // per_row))
+
+    # -- one pass: a linear objective on a node's gradient, carried to the logits ---------------------------
+    def lower(self, start: int, a: tf.Tensor, slack: dict[int, tf.Tensor] | None = None) -> tf.Tensor:
+        """Lower bounds (B, S) of a . delta_start over the free multipliers, for a of shape (B, S, *shape).
+
+        With `slack`, each product node's multipliers' reach, |a| (d_hi - d_lo) max |t| summed over the
+        rows, is stored there (B, *input shape): how much fixing each would change, for `split_search`.
+        """
+        pending: dict[int, tf.Tensor] = {start: a}
+        total = tf.zeros(tf.shape(a)[:2], self.graph.dtype)
+        for k in range(start, self.last + 1):
+            if k not in pending:
+                continue
+            coefficients = pending.pop(k)
+            if k == self.last:
+                total += sum_spec(coefficients * expand_spec(self.spec))
+                continue
+            for c in self.graph.consumers[k]:
+                onward, constant = self._through(c, coefficients, slack)
+                total += constant
+                pending[c] = pending[c] + onward if c in pending else onward
+        return total
+
+    def _through(self, c: int, a: tf.Tensor, slack: dict | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Coefficients on node c's gradient and a constant, bounding a . (what node c passes to its input) from below."""
+        op = self.graph.nodes[c].op
+        if c not in self.multipliers:
+            return op.spread_gradient(a), tf.zeros(tf.shape(a)[:2], a.dtype)
+        g = self.bounds[c]
+        t = op.spread_bounds(Interval(expand_spec(g.lo), expand_spec(g.hi)))
+        d = self.multipliers[c]
+        slope, constant = product_chord(a, d, t)
+        if slack is not None:
+            # How far the multiplier's freedom can move the objective: |a| (d_hi - d_lo) max |t|.
+            reach = tf.abs(a) * (d.hi - d.lo) * tf.maximum(tf.abs(t.lo), tf.abs(t.hi))
+            slack[c] = slack.get(c, 0.0) + tf.reduce_sum(reach, axis=1)
+        return op.gather_spread(slope), sum_spec(constant)
+
+    # -- the norms of the input gradient -----------------------------------------------------------------
+    def norm_bounds(self, slack: dict[int, tf.Tensor] | None = None) -> np.ndarray:
+        """(B, 3): upper bounds of ||grad||_q over the ball for q = inf, 2, 1 (the duals of L1, L2, Linf)."""
+        g = self.bounds[0]
+        lo = tf.reshape(g.lo, (self.problems, -1))
+        hi = tf.reshape(g.hi, (self.problems, -1))
+        worst = tf.maximum(tf.abs(lo), tf.abs(hi))
+        linf = tf.reduce_max(worst, axis=1)
+        l1 = tf.reduce_sum(worst, axis=1)
+        l2 = tf.sqrt(tf.reduce_sum(tf.square(worst), axis=1))
+        if self.crown:
+            l1_chord, sq_chord = self._norm_chords(lo, hi, slack)
+            l1 = tf.minimum(l1, l1_chord)
+            l2 = tf.minimum(l2, tf.sqrt(tf.maximum(sq_chord, 0.0)))
+        l2 = tf.minimum(l2, tf.sqrt(l1 * linf))  # sum t^2 <= max |t| sum |t|
+        return np.stack([linf.numpy(), l2.numpy(), l1.numpy()], axis=1).astype(np.float64)
+
+    def _norm_chords(self, lo: tf.Tensor, hi: tf.Tensor, slack: dict | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """Upper bounds of sum |t_i| and sum t_i^2 over the ball from the chords of |.| and (.)^2 on each [lo_i, hi_i].
+
+        |t| <= s t + b and t^2 <= (lo + hi) t - lo hi on [lo, hi]; the upper bound of the linear form
+        is minus one pass's lower bound of its negation.
+        """
+        crossing = (lo < 0) & (hi > 0)
+        width = tf.where(crossing, hi - lo, tf.ones_like(hi))
+        abs_slope = tf.where(crossing, (hi + lo) / width, tf.where(lo >= 0, tf.ones_like(lo), -tf.ones_like(lo)))
+        abs_const = tf.reduce_sum(tf.where(crossing, -2 * hi * lo / width, tf.zeros_like(lo)), axis=1)
+        sq_slope, sq_const = lo + hi, tf.reduce_sum(-lo * hi, axis=1)
+        rows = -tf.stack([abs_slope, sq_slope], axis=1)                               # (B, 2, d)
+        lower = self.lower(0, tf.reshape(rows, (self.problems, 2, *self.graph.input_shape)), slack)
+        return abs_const - lower[:, 0], sq_const - lower[:, 1]
+
+
+def _interval_product(t: Interval, d: Interval) -> Interval:
+    candidates = tf.stack([t.lo * d.lo, t.lo * d.hi, t.hi * d.lo, t.hi * d.hi])
+    return Interval(tf.reduce_min(candidates, 0), tf.reduce_max(candidates, 0))
+
+
+def _scatter(old: tf.Tensor, index: tf.Tensor, new: tf.Tensor, pick) -> tf.Tensor:
+    """old (B, *shape) with the flat entries `index` replaced by pick(old, new (B, R))."""
+    flat = tf.transpose(tf.reshape(old, (tf.shape(old)[0], -1)))
+    merged = pick(flat, index, tf.transpose(new))
+    return tf.reshape(tf.transpose(merged), tf.shape(old))
+
+
+# -- splitting the multipliers within a time budget ------------------------------------------------------
+
+@dataclass(order=True)
+class _Part:
+    """One part of one target's multiplier space: fixed multipliers (node, flat index) -> (lo, hi)."""
+
+    priority: float
+    serial: int
+    target: int = field(compare=False)
+    fixed: dict = field(compare=False)
+    bounds: np.ndarray = field(compare=False)                      # (3,) norm bounds
+    choice: tuple[int, int, bool] | None = field(compare=False)    # where to split next, and whether binary
+
+
+def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, objective: int = 2,
+                         time_budget: float = 0.0, max_batch: int = 16) -> tuple[np.ndarray, dict]:
+    """(T, 3) norm bounds (q = inf, 2, 1) for each target's spec row, and a report of the search.
+
+    With `time_budget` > 0, `split_search` tightens column `objective` (2: the L1 gradient norm, the
+    dual of Linf balls) by splitting multipliers until the time is spent; every column is the maximum
+    over the parts, so each stays a sound bound and none ends above the unsplit one.
+    """
+    base = default_multipliers(forward)
+    gp = GradientPropagation(forward, spec, memory_budget, base)
+    slack: dict[int, tf.Tensor] = {}
+    first = gp.norm_bounds(slack)
+    report = {"parts": int(spec.shape[0]), "unsplit": first.copy(), "refined": dict(gp.refined)}
+    if time_budget <= 0:
+        return first, report
+    bounds = split_search(forward, spec, memory_budget, base, first, slack, objective, time_budget, max_batch)
+    report["parts"] = bounds[1]
+    return np.minimum(first, bounds[0]), report
+
+
+def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, base: dict[int, Interval],
+                 first: np.ndarray, slack: dict, objective: int, time_budget: float,
+                 max_batch: int) -> tuple[np.ndarray, int]:
+    """Branch and bound over the multipliers (see the module docstring); (T, 3) bounds and the parts bounded."""
+    deadline = time.perf_counter() + time_budget
+    graph = forward.graph
+    binary = {m for m in base if graph.nodes[m].op.binary_multipliers}
+    serial = 0
+    heaps: list[list[_Part]] = []
+    for t in range(int(spec.shape[0])):
+        choice = _best_split(base, {}, {m: s[t] for m, s in slack.items()}, binary)
+        heaps.append([_Part(-first[t, objective], serial, t, {}, first[t], choice)])
+        serial += 1
+    parts = len(heaps)
+    while time.perf_counter() < deadline:
+        batch = []
+        for heap in heaps:  # each target's worst part, while it can still be split
+            if heap and heap[0].choice is not None:
+                batch.append(heapq.heappop(heap))
+            if len(batch) * 2 >= max_batch:
+                break
+        if not batch:
+            break
+        children = [child for part in batch for child in _halves(part, base)]
+        gp = GradientPropagation(forward, tf.stack([spec[c.target] for c in children]), memory_budget,
+                                 _batched_multipliers(base, [c.fixed for c in children]))
+        slack = {}
+        values = gp.norm_bounds(slack)
+        for k, child in enumerate(children):
+            child.bounds = values[k]
+            child.priority = -values[k, objective]
+            child.serial = serial
+            serial += 1
+            child.choice = _best_split(base, child.fixed, {m: s[k] for m, s in slack.items()}, binary)
+            heapq.heappush(heaps[child.target], child)
+        parts += len(children)
+    out = np.stack([np.max([p.bounds for p in heap], axis=0) for heap in heaps])
+    return out, parts
+
+
+def _halves(part: _Part, base: dict[int, Interval]) -> list[_Part]:
+    m, index, is_binary = part.choice
+    unsplit = (float(tf.reshape(base[m].lo, (-1,))[index]), float(tf.reshape(base[m].hi, (-1,))[index]))
+    lo, hi = part.fixed.get((m, index), unsplit)
+    pieces = [(lo, lo), (hi, hi)] if is_binary else [(lo, (lo + hi) / 2), ((lo + hi) / 2, hi)]
+    return [_Part(0.0, 0, part.target, {**part.fixed, (m, index): piece}, part.bounds, None) for piece in pieces]
+
+
+def _batched_multipliers(base: dict[int, Interval], fixed: Sequence[dict]) -> dict[int, Interval]:
+    """The base multipliers broadcast to one problem per entry of `fixed`, with each problem's fixings applied."""
+    out = {}
+    for m, d in base.items():
+        lo = np.repeat(d.lo.numpy().reshape(1, -1), len(fixed), axis=0)
+        hi = np.repeat(d.hi.numpy().reshape(1, -1), len(fixed), axis=0)
+        for k, fix in enumerate(fixed):
+            for (node, index), (a, b) in fix.items():
+                if node == m:
+                    lo[k, index], hi[k, index] = a, b
+        shape = (len(fixed), 1, *d.lo.shape[2:])
+        out[m] = Interval(tf.constant(lo.reshape(shape), d.lo.dtype), tf.constant(hi.reshape(shape), d.hi.dtype))
+    return out
+
+
+def _best_split(base: dict[int, Interval], fixed: dict, slack: dict[int, tf.Tensor],
+                binary: set[int]) -> tuple[int, int, bool] | None:
+    """The multiplier that can move the objective's pass the most and can still be split."""
+    best, where = 0.0, None
+    for m, gap in slack.items():
+        g = np.array(tf.reshape(gap, (-1,)), dtype=np.float64)
+        lo = tf.reshape(base[m].lo, (-1,)).numpy()
+        hi = tf.reshape(base[m].hi, (-1,)).numpy()
+        for (node, index), (a, b) in fixed.items():
+            if node == m:
+                lo[index], hi[index] = a, b
+        splittable = hi - lo > (0.0 if m in binary else 1e-3 * np.maximum(np.abs(hi), 1e-12))
+        g = np.where(splittable, g, 0.0)
+        k = int(np.argmax(g))
+        if g[k] > best:
+            best, where = float(g[k]), (m, k, m in binary)
+    return where

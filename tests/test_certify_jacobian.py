@@ -1,0 +1,211 @@
+"""The certified Lipschitz bound through the backward pass (certify/jacobian.py), against known truths only:
+gradients sampled in the ball (every layer type), the MILP's exact constant on tiny ReLU networks, gradient
+ascent on smooth networks, every vertex of the ball of a tiny max-pooling network, and the MILP's exact
+minimal distortion for the radius the bound proves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cleverscore.certify import from_keras, lipschitz_upper_bounds
+from cleverscore.certify.crown import prepare
+from cleverscore.certify.jacobian import GradientPropagation, gradient_norm_bounds, product_chord
+from cleverscore.certify.milp import local_lipschitz, minimal_distortion, relu_network_from_keras
+from cleverscore.certify.ops import Interval
+from cleverscore.norms import L1, L2, LINF, NORMS
+from cleverscore.running.bounds import lipschitz_radius
+from test_certify_ops import LAYER_MODELS, build, predicted, random_input, sample_ball
+
+TOL = 1e-9
+
+
+def gradient_norms(graph, points: np.ndarray, label: int, targets) -> np.ndarray:
+    """(T, 3): the largest ||grad (f_label - f_j)||_q over the points, q = inf, 2, 1 (the bound's columns)."""
+    x = tf.constant(points, graph.dtype)
+    out = []
+    for j in targets:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = graph.forward(x)
+            m = logits[:, label] - logits[:, j]
+        g = tape.gradient(m, x).numpy().reshape(len(points), -1)
+        out.append([np.linalg.norm(g, ord=q, axis=1).max() for q in (np.inf, 2, 1)])
+    return np.array(out)
+
+
+def test_the_product_chord_lies_below_every_product_and_is_exact_where_the_gradient_keeps_its_sign():
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.normal(size=(1, 1, 500)))
+    d = Interval(*(tf.constant(v) for v in np.sort(rng.uniform(0, 1, (2, 1, 1, 500)), axis=0)))
+    t = Interval(*(tf.constant(v) for v in np.sort(rng.normal(size=(2, 1, 1, 500)), axis=0)))
+    slope, constant = (v.numpy() for v in product_chord(a, d, t))
+    for s in np.linspace(0, 1, 11):
+        for u in np.linspace(0, 1, 11):
+            dv, tv = d.lo + s * (d.hi - d.lo), t.lo + u * (t.hi - t.lo)
+            assert np.all(slope * tv.numpy() + constant <= (a * dv * tv).numpy() + TOL)
+    same_sign = ((t.lo.numpy() >= 0) | (t.hi.numpy() <= 0))
+    worst = tf.minimum(a * d.lo * t.lo, a * d.hi * t.lo).numpy()  # at t = t.lo the bound is the min over d
+    np.testing.assert_allclose((slope * t.lo.numpy() + constant)[same_sign], worst[same_sign], atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_MODELS))
+def test_the_bound_holds_every_sampled_gradient_and_is_never_above_the_interval_bound(name):
+    model = build(name)
+    graph = from_keras(model, dtype=tf.float64)
+    rng = np.random.default_rng(11)
+    x0 = random_input(rng, graph.input_shape)
+    label = predicted(model, x0)
+    targets = [j for j in range(3) if j != label]
+    for norm, radius in zip(NORMS, (0.6, 0.25, 0.08)):
+        result = lipschitz_upper_bounds(graph, x0, label, targets, radius, norm)
+        sampled = gradient_norms(graph, sample_ball(rng, x0, radius, norm, 400), label, targets)
+        assert np.all(result.values >= sampled * (1 - 1e-9)), (name, norm.label)
+        assert np.all(result.values <= result.interval * (1 + 1e-12)), (name, norm.label)
+
+
+def tiny_relu_mlp(seed: int, hidden: tuple[int, ...] = (6, 6)):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    stack = [keras.Input((10,)), *(keras.layers.Dense(h, activation="relu") for h in hidden), keras.layers.Dense(3)]
+    return keras.Sequential(stack)
+
+
+def relu_case(seed: int, radius: float = 0.1):
+    model = tiny_relu_mlp(seed)
+    x0 = np.random.default_rng(seed).uniform(-0.3, 0.3, 10)
+    label = int(np.argmax(model(x0[None].astype(np.float32)).numpy()))
+    target = (label + 1) % 3
+    return model, from_keras(model, dtype=tf.float64), relu_network_from_keras(model), x0, label, target, radius
+
+
+@pytest.fixture(scope="module")
+def relu_cases():
+    """Eight tiny ReLU networks with the MILP's exact L1-gradient constant over an Linf ball."""
+    cases = []
+    for seed in range(8):
+        model, graph, net, x0, label, target, radius = relu_case(seed)
+        exact = local_lipschitz(net, x0, label, target, radius, time_limit=30)
+        assert exact.exact
+        cases.append((graph, x0, label, target, radius, exact.value))
+    return cases
+
+
+def test_never_below_the_exact_constant_and_tighter_than_the_interval_bound_on_most(relu_cases):
+    tighter = 0
+    for graph, x0, label, target, radius, exact in relu_cases:
+        result = lipschitz_upper_bounds(graph, x0, label, [target], radius, LINF)
+        bound, interval = result.for_norm(LINF)[0], result.interval[0, 2]
+        assert bound >= exact * (1 - 1e-9)
+        tighter += bound < interval * (1 - 1e-6)
+    assert tighter >= 6, tighter
+
+
+def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_of_the_gap(relu_cases):
+    closed = []
+    for graph, x0, label, target, radius, exact in relu_cases:
+        problem = prepare(graph, x0, label, [target])
+        forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
+        one_pass, _ = gradient_norm_bounds(forward, problem.spec, 1 << 28)
+        split, report = gradient_norm_bounds(forward, problem.spec, 1 << 28, objective=2, time_budget=1.0)
+        assert np.all(split <= one_pass * (1 + 1e-12))
+        assert split[0, 2] >= exact * (1 - 1e-9) and report["parts"] >= 1
+        if one_pass[0, 2] > exact * (1 + 1e-6):
+            closed.append((one_pass[0, 2] - split[0, 2]) / (one_pass[0, 2] - exact))
+    assert closed and np.median(closed) >= 0.5, closed
+
+
+def smooth_case(activation: str, conv: bool):
+    import keras
+
+    keras.utils.set_random_seed(5)
+    layers = keras.layers
+    if conv:
+        stack = [keras.Input((5, 5, 1)), layers.Conv2D(3, 2, activation=activation), layers.Flatten(),
+                 layers.Dense(6, activation=activation), layers.Dense(3)]
+    else:
+        stack = [keras.Input((6,)), layers.Dense(8, activation=activation), layers.Dense(8, activation=activation),
+                 layers.Dense(3)]
+    return keras.Sequential(stack)
+
+
+def ascended_norm(graph, x0: np.ndarray, radius: float, label: int, target: int, rng) -> float:
+    """The largest L1 gradient norm found by projected sign-gradient ascent from many starts in the Linf ball."""
+    x = tf.Variable(np.clip(x0 + rng.uniform(-radius, radius, (256, *x0.shape)), -0.5, 0.5))
+    lo, hi = np.maximum(x0 - radius, -0.5), np.minimum(x0 + radius, 0.5)
+    best = 0.0
+    for _ in range(40):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                logits = graph.forward(x)
+                m = logits[:, label] - logits[:, target]
+            g = inner.gradient(m, x)
+            norms = tf.reduce_sum(tf.abs(tf.reshape(g, (g.shape[0], -1))), axis=1)
+            total = tf.reduce_sum(norms)
+        best = max(best, float(tf.reduce_max(norms)))
+        step = outer.gradient(total, x)
+        x.assign(np.clip(x.numpy() + 0.1 * radius * np.sign(step.numpy()), lo, hi))
+    return best
+
+
+@pytest.mark.parametrize("activation,conv", [("tanh", False), ("sigmoid", False), ("softplus", True), ("elu", True)])
+def test_smooth_networks_are_never_below_what_gradient_ascent_finds(activation, conv):
+    model = smooth_case(activation, conv)
+    graph = from_keras(model, dtype=tf.float64)
+    rng = np.random.default_rng(2)
+    x0 = random_input(rng, graph.input_shape)
+    label = predicted(model, x0)
+    target = (label + 1) % 3
+    radius = 0.1
+    bound = lipschitz_upper_bounds(graph, x0, label, [target], radius, LINF).for_norm(LINF)[0]
+    found = ascended_norm(graph, x0, radius, label, target, rng)
+    assert bound >= found * (1 - 1e-9) and bound < np.inf
+
+
+def test_a_max_pooling_network_is_never_below_the_largest_gradient_at_every_vertex_of_the_ball():
+    import itertools
+
+    import keras
+
+    keras.utils.set_random_seed(9)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((4, 4, 1)), layers.Conv2D(2, 2, padding="same", activation="relu"),
+                              layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(3)])
+    graph = from_keras(model, dtype=tf.float64)
+    rng = np.random.default_rng(4)
+    x0 = random_input(rng, graph.input_shape)
+    label = predicted(model, x0)
+    targets = [j for j in range(3) if j != label]
+    radius = 0.05
+    corners = np.array(list(itertools.product((-radius, radius), repeat=16))).reshape(-1, 4, 4, 1)  # 2^16 vertices
+    points = np.concatenate([np.clip(x0 + corners, -0.5, 0.5), sample_ball(rng, x0, radius, LINF, 4000)])
+    result = lipschitz_upper_bounds(graph, x0, label, targets, radius, LINF)
+    found = gradient_norms(graph, points, label, targets)
+    assert np.all(result.values >= found * (1 - 1e-9))
+    gp_problem = prepare(graph, x0, label, targets)
+    forward = gp_problem.propagate(np.array([radius]), LINF, 1 << 28)
+    assert any(float(tf.reduce_max(m.hi - m.lo)) > 0 for m in
+               GradientPropagation(forward, gp_problem.spec, 1 << 28).multipliers.values())  # a window switches
+
+
+def test_the_radius_the_bound_proves_is_never_above_the_exact_minimal_distortion():
+    for seed in range(6):
+        model, graph, net, x0, label, target, _ = relu_case(seed)
+        exact = minimal_distortion(net, x0, label, target, LINF, time_limit=30)
+        assert exact.exact
+        margin = float(graph.forward(x0[None])[0, label] - graph.forward(x0[None])[0, target])
+        for ball in (0.02, 0.1, 0.3):
+            bound = lipschitz_upper_bounds(graph, x0, label, [target], ball, LINF).for_norm(LINF)[0]
+            assert lipschitz_radius(margin, bound, ball) <= exact.value * (1 + 1e-9), (seed, ball)
+
+
+def test_bad_arguments_are_one_line_usage_errors():
+    from cleverscore.errors import UsageError
+
+    model, graph, _, x0, label, target, radius = relu_case(0)
+    with pytest.raises(UsageError, match="unknown Lipschitz bound method"):
+        lipschitz_upper_bounds(graph, x0, label, [target], radius, L2, method="exact")
+    with pytest.raises(UsageError, match="split_seconds"):
+        lipschitz_upper_bounds(graph, x0, label, [target], radius, L1, split_seconds=-1.0)
