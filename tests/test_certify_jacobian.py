@@ -209,3 +209,21 @@ def test_bad_arguments_are_one_line_usage_errors():
         lipschitz_upper_bounds(graph, x0, label, [target], radius, L2, method="exact")
     with pytest.raises(UsageError, match="split_seconds"):
         lipschitz_upper_bounds(graph, x0, label, [target], radius, L1, split_seconds=-1.0)
+
+
+@pytest.mark.parametrize("name", ["conv_valid", "conv_same_stride2", "maxpool_valid_odd", "maxpool_same", "avgpool_valid",
+                                  "batch_norm", "add_residual", "gap"])
+def test_windowed_passes_give_the_bounds_of_dense_ones(name):
+    model = build(name)
+    graph = from_keras(model, dtype=tf.float64)
+    rng = np.random.default_rng(5)
+    x0 = random_input(rng, graph.input_shape)
+    label = predicted(model, x0)
+    problem = prepare(graph, x0, label, [j for j in range(3) if j != label])
+    forward = problem.propagate(np.array([0.1]), LINF, 1 << 28)
+    windowed = GradientPropagation(forward, problem.spec, 1 << 28)
+    dense = GradientPropagation(forward, problem.spec, 1 << 28, patches=False)
+    for k, (a, b) in enumerate(zip(windowed.bounds, dense.bounds)):
+        np.testing.assert_allclose(a.lo.numpy(), b.lo.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"node {k}")
+        np.testing.assert_allclose(a.hi.numpy(), b.hi.numpy(), rtol=1e-9, atol=1e-12, err_msg=f"node {k}")
+    np.testing.assert_allclose(windowed.norm_bounds(), dense.norm_bounds(), rtol=1e-9)

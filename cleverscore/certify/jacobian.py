@@ -19,7 +19,10 @@ network and the known c at its far end:
 The chords need bounds of the gradients at activation and pooling outputs. They are found the
 same way from the logits down: interval bounds first (the Fast-Lip bounds of `lipschitz.py`),
 then CROWN passes for the neurons whose relaxation is not exact (an uncertain multiplier times a
-gradient of uncertain sign), intersected with the interval bounds. The input gradient's
+gradient of uncertain sign), intersected with the interval bounds. A pass for a neuron of a
+feature map carries its coefficients on a window (`patches.Patches`) while convolutions, pooling
+and activations keep them local, and on the whole node from the first layer that mixes
+everything (a Flatten, a Dense). The input gradient's
 elementwise bounds give its Linf norm exactly; its L1 and L2 norms are bounded by one more pass
 each, on the chord of |t| (L1) and of t^2 (L2) over each coordinate's bounds, and by the
 elementwise bounds; the smallest is kept.
@@ -45,6 +48,7 @@ from .bounds import BoundPropagation
 from .graph import Graph
 from .ops import Interval
 from .ops.base import expand_spec, sum_spec
+from .patches import Patches, negate_and_stack, patch_sum, unit_patches
 
 _BYTES_PER_FLOAT = 4
 # Live tensors of a coefficient's size during one step of a pass (the coefficients, the spread
@@ -93,16 +97,18 @@ class GradientPropagation:
             (default: from the forward bounds, the same for every problem).
         memory_budget: bytes one pass may hold, by estimate; rows are split into groups that fit.
         crown: False keeps the interval (Fast-Lip) bounds of every gradient.
+        patches: False keeps every pass's coefficients dense (the same bounds, for testing).
     """
 
     def __init__(self, forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
-                 multipliers: dict[int, Interval] | None = None, crown: bool = True):
+                 multipliers: dict[int, Interval] | None = None, crown: bool = True, patches: bool = True):
         self.graph: Graph = forward.graph
         self.forward = forward
         self.spec = spec
         self.problems = int(spec.shape[0])
         self.memory_budget = memory_budget
         self.crown = crown
+        self.patches = patches
         self.last = len(self.graph.nodes) - 1
         self.multipliers = default_multipliers(forward) if multipliers is None else multipliers
         self.bounds: list[Interval | None] = [None] * len(self.graph.nodes)
@@ -157,8 +163,11 @@ class GradientPropagation:
         node = self.graph.nodes[k]
         new_lo, new_hi = [], []
         for group in np.array_split(rows, max(1, -(-len(rows) // self._rows_per_pass(k)))):
-            unit = tf.reshape(tf.one_hot(group, node.size, dtype=self.graph.dtype), (len(group), *node.shape))
-            a = tf.broadcast_to(tf.concat([unit, -unit], 0)[None], (self.problems, 2 * len(group), *node.shape))
+            if self._windowed(k):
+                a = negate_and_stack(unit_patches(group, node.shape, self.graph.dtype, self.problems))
+            else:
+                unit = tf.reshape(tf.one_hot(group, node.size, dtype=self.graph.dtype), (len(group), *node.shape))
+                a = tf.broadcast_to(tf.concat([unit, -unit], 0)[None], (self.problems, 2 * len(group), *node.shape))
             lower = self.lower(k, a)
             new_lo.append(lower[:, :len(group)])
             new_hi.append(-lower[:, len(group):])
@@ -167,11 +176,29 @@ class GradientPropagation:
         hi = _scatter(self.bounds[k].hi, index, tf.concat(new_hi, 1), tf.tensor_scatter_nd_min)
         self.bounds[k] = Interval(lo, hi)
 
+    def _windowed(self, k: int) -> bool:
+        return self.patches and len(self.graph.nodes[k].shape) == 3
+
     def _rows_per_pass(self, k: int) -> int:
         """How many neurons of node k one pass may carry (two rows each) within the memory budget."""
-        largest = max(self.graph.nodes[m].size for m in range(k, self.last + 1))
-        per_row = 2 * _PASS_COPIES * largest * self.problems * _BYTES_PER_FLOAT
+        per_row = 2 * _PASS_COPIES * self._coefficients_per_row(k) * self.problems * _BYTES_PER_FLOAT
         return max(1, int(self.memory_budget // per_row))
+
+    def _coefficients_per_row(self, k: int) -> int:
+        """The most coefficients one row holds on any node of a pass from node k, by estimate: windows grow as
+        `patch_window` says (an upper bound of their growth this way) until a layer makes them dense."""
+        window = (1, 1) if self._windowed(k) else None
+        largest = 0
+        for m in range(k, self.last + 1):
+            node = self.graph.nodes[m]
+            if window is not None and m > k:
+                window = node.op.patch_window(*window) if len(node.shape) == 3 else None
+            if window is None or window[0] >= node.shape[0] and window[1] >= node.shape[1]:
+                window = None
+                largest = max(largest, node.size)
+            else:
+                largest = max(largest, window[0] * window[1] * node.shape[-1])
+        return largest
 
     # -- one pass: a linear objective on a node's gradient, carried to the logits ---------------------------
     def lower(self, start: int, a: tf.Tensor, slack: dict[int, tf.Tensor] | None = None) -> tf.Tensor:
@@ -180,24 +207,29 @@ class GradientPropagation:
         With `slack`, each product node's multipliers' reach, |a| (d_hi - d_lo) max |t| summed over the
         rows, is stored there (B, *input shape): how much fixing each would change, for `split_search`.
         """
-        pending: dict[int, tf.Tensor] = {start: a}
-        total = tf.zeros(tf.shape(a)[:2], self.graph.dtype)
+        pending: dict[int, tf.Tensor | Patches] = {start: a}
+        total = tf.zeros(tf.shape(_values(a))[:2], self.graph.dtype)
         for k in range(start, self.last + 1):
             if k not in pending:
                 continue
             coefficients = pending.pop(k)
             if k == self.last:
-                total += sum_spec(coefficients * expand_spec(self.spec))
+                total += sum_spec(_dense(coefficients) * expand_spec(self.spec))
                 continue
             for c in self.graph.consumers[k]:
                 onward, constant = self._through(c, coefficients, slack)
                 total += constant
-                pending[c] = pending[c] + onward if c in pending else onward
+                pending[c] = _add(pending[c], onward) if c in pending else onward
         return total
 
-    def _through(self, c: int, a: tf.Tensor, slack: dict | None) -> tuple[tf.Tensor, tf.Tensor]:
+    def _through(self, c: int, a: tf.Tensor | Patches, slack: dict | None) -> tuple[tf.Tensor | Patches, tf.Tensor]:
         """Coefficients on node c's gradient and a constant, bounding a . (what node c passes to its input) from below."""
         op = self.graph.nodes[c].op
+        if isinstance(a, Patches):
+            onward = self._through_windows(c, a, slack)
+            if onward is not None:
+                return onward
+            a = a.dense()
         if c not in self.multipliers:
             return op.spread_gradient(a), tf.zeros(tf.shape(a)[:2], a.dtype)
         g = self.bounds[c]
@@ -209,6 +241,28 @@ class GradientPropagation:
             reach = tf.abs(a) * (d.hi - d.lo) * tf.maximum(tf.abs(t.lo), tf.abs(t.hi))
             slack[c] = slack.get(c, 0.0) + tf.reduce_sum(reach, axis=1)
         return op.gather_spread(slope), sum_spec(constant)
+
+    def _through_windows(self, c: int, p: Patches, slack: dict | None) -> tuple[tf.Tensor | Patches, tf.Tensor] | None:
+        """`_through` for coefficients on windows; None where node c cannot keep them on windows."""
+        op = self.graph.nodes[c].op
+        if c not in self.multipliers:
+            onward = op.patch_spread_gradient(p)
+            if onward is None:
+                return None
+            return (onward.dense() if onward.covers_map() else onward), tf.zeros(tf.shape(p.a)[:2], p.a.dtype)
+        d, g = self.multipliers[c], self.bounds[c]
+        t = op.spread_bounds(g)
+        window = Interval(p.gather(d.lo), p.gather(d.hi))
+        reach_t = Interval(p.gather(t.lo), p.gather(t.hi))
+        slope, constant = product_chord(p.a, window, reach_t)
+        if slack is not None:
+            reach = tf.abs(p.a) * (window.hi - window.lo) * tf.maximum(tf.abs(reach_t.lo), tf.abs(reach_t.hi))
+            slack[c] = slack.get(c, 0.0) + tf.reduce_sum(Patches(reach, p.top, p.left, p.map_shape).dense(), axis=1)
+        onward = op.patch_gather_spread(Patches(slope, p.top, p.left, p.map_shape))
+        if onward is None:
+            return None
+        total = patch_sum(Patches(constant, p.top, p.left, p.map_shape), tf.ones_like(constant[:1, :1]))
+        return (onward.dense() if onward.covers_map() else onward), total
 
     # -- the norms of the input gradient -----------------------------------------------------------------
     def norm_bounds(self, slack: dict[int, tf.Tensor] | None = None) -> np.ndarray:
@@ -241,6 +295,22 @@ class GradientPropagation:
         rows = -tf.stack([abs_slope, sq_slope], axis=1)                               # (B, 2, d)
         lower = self.lower(0, tf.reshape(rows, (self.problems, 2, *self.graph.input_shape)), slack)
         return abs_const - lower[:, 0], sq_const - lower[:, 1]
+
+
+def _values(a: tf.Tensor | Patches) -> tf.Tensor:
+    return a.a if isinstance(a, Patches) else a
+
+
+def _dense(a: tf.Tensor | Patches) -> tf.Tensor:
+    return a.dense() if isinstance(a, Patches) else a
+
+
+def _add(a: tf.Tensor | Patches, b: tf.Tensor | Patches) -> tf.Tensor | Patches:
+    """The sum of two coefficient sets on one node: on their windows when both share them, else dense."""
+    if isinstance(a, Patches) and isinstance(b, Patches) and a.window == b.window and \
+            np.array_equal(a.top, b.top) and np.array_equal(a.left, b.left):
+        return Patches(a.a + b.a, a.top, a.left, a.map_shape)
+    return _dense(a) + _dense(b)
 
 
 def _interval_product(t: Interval, d: Interval) -> Interval:

@@ -114,6 +114,15 @@ class Operator:
         gradient that a linear gradient pass gives (A W for y = W x + b). Nonlinear nodes: see `gradient_forward`."""
         raise NotImplementedError
 
+    def patch_spread_gradient(self, p: Any) -> Any | None:
+        """`spread_gradient` for coefficients on windows (`patches.Patches`); None where windows are not
+        supported (the caller makes them dense)."""
+        return None
+
+    def patch_gather_spread(self, p: Any) -> Any | None:
+        """`gather_spread` for coefficients on windows; None where not supported."""
+        return p
+
     def spread_bounds(self, g: Interval) -> Interval:
         """Bounds of the output's gradient laid out per input element (nonlinear nodes; the identity for an
         activation, each window's value repeated over its entries for max pooling)."""

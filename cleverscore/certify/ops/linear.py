@@ -149,6 +149,18 @@ class Conv2D(LinearOperator):
         sh, sw = self.strides[1:3]
         return [p.moved(back, p.top * sh - self.top, p.left * sw - self.left, self.in_shape)], constant
 
+    def patch_spread_gradient(self, p: Patches) -> Patches | None:
+        """W a for coefficients on windows (stride 1): a window of (ph, pw) on the input reaches the output
+        cells whose receptive fields meet it, a (ph + kh - 1, pw + kw - 1) window."""
+        if self.strides != (1, 1, 1, 1):
+            return None
+        kh, kw = int(self.kernel.shape[0]), int(self.kernel.shape[1])
+        flat, lead = fold_spec(p.a, 3)
+        padded = tf.pad(flat, [[0, 0], [kh - 1, kh - 1], [kw - 1, kw - 1], [0, 0]])
+        out = unfold_spec(tf.nn.conv2d(padded, self.kernel, 1, "VALID"), lead)
+        return p.moved(out, p.top + self.top - (kh - 1), p.left + self.left - (kw - 1),
+                       self.output_shape(self.in_shape))
+
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         h, w, _ = shape
         kh, kw = int(self.kernel.shape[0]), int(self.kernel.shape[1])
@@ -209,6 +221,9 @@ class ChannelAffine(LinearOperator):
 
     def patch_backward(self, p: Patches, relaxation: None) -> tuple[list[Patches], tf.Tensor]:
         return [replace(p, a=p.a * self.scale)], patch_sum(p, self.shift)
+
+    def patch_spread_gradient(self, p: Patches) -> Patches:
+        return replace(p, a=p.a * self.scale)
 
     def apply(self, x: tf.Tensor) -> tf.Tensor:
         return x * self.scale
@@ -271,3 +286,6 @@ class Add(Operator):
 
     def spread_gradient(self, a: tf.Tensor) -> tf.Tensor:
         return a  # every input receives the output's gradient itself
+
+    def patch_spread_gradient(self, p: Patches) -> Patches:
+        return p

@@ -11,6 +11,7 @@ both 0 and the incoming gradient.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from ..patches import Patches, patch_sum
@@ -143,6 +144,27 @@ class MaxPooling2D(Operator):
         flat = tf.reshape(c, tf.concat([[-1], tf.shape(c)[-3:]], 0))
         summed = tf.reduce_sum(self._windows(flat, 0.0), axis=-1)
         return tf.reshape(summed, tf.concat([lead, tf.shape(summed)[1:]], 0))
+
+    def patch_gather_spread(self, p: Patches) -> Patches:
+        """Window sums of coefficients held on windows: each row's window is widened to whole pooling cells
+        (zeros around it), then each cell summed."""
+        same = self.padding == "SAME"  # 'valid' pooling pads nothing (its `pads` count the cells it drops)
+        (ph, pw), (top_pad, left_pad) = self.pool, (self.pads[0][0] if same else 0, self.pads[1][0] if same else 0)
+        hh, ww = p.window
+        cells_h, cells_w = (hh + ph - 1) // ph + 1, (ww + pw - 1) // pw + 1
+        first_row, first_col = (p.top + top_pad) // ph, (p.left + left_pad) // pw
+        off_y = p.top + top_pad - first_row * ph       # where the window starts inside its first cell
+        off_x = p.left + left_pad - first_col * pw
+        ey = np.arange(cells_h * ph)[None, :, None] - off_y[:, None, None]
+        ex = np.arange(cells_w * pw)[None, None, :] - off_x[:, None, None]
+        inside = (ey >= 0) & (ey < hh) & (ex >= 0) & (ex < ww)
+        index = np.where(inside, ey * ww + ex, hh * ww).reshape(len(p.top), -1).astype(np.int32)
+        flat = tf.reshape(p.a, tf.concat([tf.shape(p.a)[:2], [hh * ww, -1]], 0))
+        flat = tf.concat([flat, tf.zeros_like(flat[:, :, :1])], axis=2)
+        wide = tf.transpose(tf.gather(tf.transpose(flat, (1, 0, 2, 3)), index, axis=2, batch_dims=1), (1, 0, 2, 3))
+        cells = tf.reshape(wide, tf.concat([tf.shape(p.a)[:2], [cells_h, ph, cells_w, pw, -1]], 0))
+        summed = tf.reduce_sum(cells, axis=(3, 5))
+        return p.moved(summed, first_row, first_col, self.output_shape(self.in_shape))
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
