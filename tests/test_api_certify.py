@@ -48,8 +48,9 @@ def test_certify_refuses_a_plain_callable_before_sampling(mlp_and_image):
 @pytest.mark.parametrize("bounds,extra,recomputed", [
     (BoundSettings(), {}, False),
     (BoundSettings(certify=True), {}, True),
-    (BoundSettings(certify=True), {"certified_radius_Li": 0.01}, False),
-    (BoundSettings(exact=True), {"certified_radius_Li": 0.01}, True),
+    (BoundSettings(certify=True), {"certified_radius_Li": 0.01}, True),  # before the Lipschitz radius: redone
+    (BoundSettings(certify=True), {"certified_radius_lipschitz_Li": 0.01}, False),
+    (BoundSettings(exact=True), {"certified_radius_lipschitz_Li": 0.01}, True),
 ])
 def test_a_file_without_the_bounds_asked_for_is_recomputed_not_skipped(tmp_path, bounds, extra, recomputed):
     sampling = SamplingSettings(nsamps=8, niters=5)

@@ -50,13 +50,19 @@ def run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_certify_and_exact_key_is_written(run):
     keys = ["certified_radius_L1", "certified_radius_L2", "certified_radius_Li", "G1_certified", "G2_certified",
-            "Gi_certified", "exact_distortion_Li", "exact_distortion_L1", "G1_exact", "attack_distortion_Li",
+            "Gi_certified", "certified_radius_lipschitz_L1", "certified_radius_lipschitz_Li", "certified_radius_crown_Li",
+            "exact_distortion_Li", "exact_distortion_L1", "G1_exact", "attack_distortion_Li",
             "attack_distortion_L1"]
     assert len(run["mats"]) == 2
     for path in run["mats"]:
         mat = sio.loadmat(path)
         assert [k for k in keys if k not in mat] == [], path.name
         assert all(np.isfinite(mat[k]).all() and mat[k].item() > 0 for k in keys[:6]), path.name
+        for label in ("L1", "L2", "Li"):  # the larger of the two proofs, and which one it was
+            crown = mat[f"certified_radius_crown_{label}"].item()
+            lipschitz = mat[f"certified_radius_lipschitz_{label}"].item()
+            assert mat[f"certified_radius_{label}"].item() == max(crown, lipschitz)
+            assert str(mat[f"certified_radius_by_{label}"][0]) == ("lipschitz" if lipschitz > crown else "crown")
 
 
 @pytest.mark.slow

@@ -79,14 +79,14 @@ def test_the_installed_package_collects_and_scores_the_builtin_default_in_an_emp
     help_ = run_installed(installed, tmp_path, "clever-collect", "--help")
     assert help_.returncode == 0 and help_.stdout.startswith("usage: clever-collect ")
 
-    collect = run_installed(installed, tmp_path, "clever-collect", "-n", "3", "-N", "16", "-i", "10")
+    collect = run_installed(installed, tmp_path, "clever-collect", "-n", "2", "-N", "16", "-i", "10")
     assert collect.returncode == 0, collect.stderr[-2000:]
-    assert len(list((tmp_path / "lipschitz_mat" / "mnist_normal").glob("*.mat"))) == 9
+    assert len(list((tmp_path / "lipschitz_mat" / "mnist_normal").glob("*.mat"))) == 6
     assert "score them with: clever-score lipschitz_mat/mnist_normal" in collect.stdout
     score = run_installed(installed, tmp_path, "clever-score", "lipschitz_mat/mnist_normal", "--csv", "s.csv")
     assert score.returncode == 0, score.stderr[-2000:]
     rows = pd.read_csv(tmp_path / "s.csv")
-    assert len(rows) == 27 and np.all(np.isfinite(rows["score"])) and (rows["score"] > 0).all()
+    assert len(rows) == 18 and np.all(np.isfinite(rows["score"])) and (rows["score"] > 0).all()
     assert [ln.split(",")[0] for ln in score.stdout.splitlines() if ln.startswith("[STATS][L0]")] == \
         ["[STATS][L0] info = least", "[STATS][L0] info = random", "[STATS][L0] info = top2"]
     # The README's first command: collection and scores fit on one screen, the table last.
@@ -96,8 +96,10 @@ def test_the_installed_package_collects_and_scores_the_builtin_default_in_an_emp
     assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()  # nothing downloaded
 
 
-def test_an_installed_copy_names_its_console_commands_in_messages(installed, tmp_path):
-    res = run_installed(installed, tmp_path, "clever-collect", "-m", "brelu", "-n", "1", "-N", "8", "-i", "3")
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    last = res.stderr.strip().splitlines()[-1]
-    assert "clever-train --dataset mnist --model brelu" in last and "train_models.py" not in last, last
+def test_an_installed_copy_names_its_console_commands_in_help_and_messages(installed, tmp_path):
+    help_ = run_installed(installed, tmp_path, "clever-train", "--help")
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: clever-train ")
+    # The message a missing zoo model ends with (zoo.load_zoo_model), without loading TensorFlow to get there.
+    hint = run_installed(installed, tmp_path, "python", "-c", "from cleverscore.models.zoo import parse_model_name; "
+                         "print(parse_model_name('mnist', 'brelu').train_command)")
+    assert hint.stdout.strip() == "clever-train --dataset mnist --model brelu", hint.stdout + hint.stderr

@@ -85,7 +85,7 @@ def required_keys(settings: CollectSettings) -> tuple[str, ...]:
     """The keys a result file needs to be skipped: a file without the bounds asked for is recomputed."""
     keys = ("G2_max", "g_x0")
     if settings.bounds.certify:
-        keys += ("certified_radius_Li",)
+        keys += ("certified_radius_lipschitz_Li",)  # files of versions before the Lipschitz radius are redone
     if settings.bounds.exact:
         keys += ("exact_distortion_Li",)
     return keys

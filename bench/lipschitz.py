@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""How tight the certified local Lipschitz constant is, and what it costs (issue: a proven constant that is tight).
+
+    python3 bench/lipschitz.py --part mlp --images 10 --radii 0.02,0.05 --split 10
+    python3 bench/lipschitz.py --part cnn --images 10 --split 0
+
+`--part mlp`: the shipped 784-32-32-10 and 784-64-64-10 ReLU MLPs, Linf balls of each radius, the
+first `--images` MNIST test images x (top-2, least likely). Per pair: the exact constant L* (max
+||grad g||_1 over the ball, MILP, `--time_limit` seconds; pairs it leaves open are reported apart),
+the Fast-Lip bound (the old `G1_certified`), the bound through the backward pass in one pass, and
+with `--split` seconds per image of split search. Every row checks that no bound is below L* (or,
+for open pairs, below the MILP's best found region).
+
+`--part cnn`: the shipped MNIST 7-layer CNN (and `--cifar` the CIFAR one), Linf balls at each pair's
+CROWN-certified radius and at twice it. Per pair: the largest gradient norms found at 4,096 points
+(vertices and interior points of the ball), the Fast-Lip and the new bounds in all three dual norms,
+proven/found, the CROWN radius, the radius the Lipschitz bound proves over the CROWN-radius ball,
+and the seconds of each step.
+
+Rows go to `--out` (CSV, one per pair and radius); the summary is printed. Numbers in README and
+the issue notes come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MLPS = {"784-32-32-10": "3,32,relu", "784-64-64-10": "3,64,relu"}
+FOUND_POINTS = 4096
+BUDGET = 2 << 30
+
+
+def pairs(model, data, images: int):
+    """(image, true label, [top-2, least likely]) for correctly classified test images among the first `images`."""
+    logits = model(data.test_data[:images]).numpy()
+    labels = data.test_labels[:images].argmax(1)
+    for i, (z, c) in enumerate(zip(logits, labels)):
+        if int(np.argmax(z)) == int(c):
+            order = np.argsort(z)
+            yield i, int(c), [int(order[-2]), int(order[0])]
+
+
+def mlp_rows(args) -> list[dict]:
+    from cleverscore.certify import from_keras
+    from cleverscore.certify.crown import prepare
+    from cleverscore.certify.jacobian import gradient_norm_bounds
+    from cleverscore.certify.lipschitz import dual_norms, gradient_interval
+    from cleverscore.certify.milp import local_lipschitz, relu_network_from_keras
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model
+    from cleverscore.norms import LINF
+
+    data = load_dataset("mnist", args.data_dir)
+    rows = []
+    for name, zoo_name in MLPS.items():
+        model = load_zoo_model("mnist", zoo_name)
+        graph, net = from_keras(model), relu_network_from_keras(model)
+        for radius in args.radii:
+            for image, c, targets in pairs(model, data, args.images):
+                x = data.test_data[image]
+                problem = prepare(graph, x, c, targets)
+                begin = time.perf_counter()
+                forward = problem.propagate(np.array([radius]), LINF, BUDGET)
+                one_pass, _ = gradient_norm_bounds(forward, problem.spec, BUDGET)
+                one_pass_s = time.perf_counter() - begin
+                interval = dual_norms(gradient_interval(forward, problem.spec[None]))[0]
+                begin = time.perf_counter()
+                split, report = gradient_norm_bounds(forward, problem.spec, BUDGET, 2, args.split)
+                split_s = time.perf_counter() - begin
+                for k, t in enumerate(targets):
+                    exact = local_lipschitz(net, x, c, t, radius, time_limit=args.time_limit)
+                    floor = exact.value if exact.exact else exact.lower_bound
+                    bounds = {"interval": interval[k, 2], "one_pass": min(interval[k, 2], one_pass[k, 2]),
+                              "split": min(interval[k, 2], split[k, 2])}
+                    below = [b for b, v in bounds.items() if v < floor * (1 - 1e-5)]
+                    if below:
+                        raise SystemExit(f"UNSOUND: {name} r={radius} image {image} target {t}: {below} below {floor}")
+                    row = {"model": name, "radius": radius, "image": image, "target": t,
+                           "info": "top2" if k == 0 else "least", "exact": exact.value if exact.exact else "",
+                           "exact_upper": exact.upper_bound, "found": floor, **bounds,
+                           "one_pass_s": one_pass_s / len(targets), "split_s": split_s / len(targets),
+                           "parts": report["parts"]}
+                    rows.append(row)
+                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                          flush=True)
+    return rows
+
+
+def found_norms(model, x: np.ndarray, c: int, t: int, radius: float, seed: int = 0) -> np.ndarray:
+    """(3,) the largest ||grad g||_q (q = inf, 2, 1) at vertices and interior points of the Linf ball in the box."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    best = np.zeros(3)
+    for _ in range(FOUND_POINTS // 512):
+        d = rng.choice([-radius, radius], size=(512, *x.shape)).astype(np.float32)
+        d[:256] *= rng.uniform(0, 1, size=(256, *x.shape)).astype(np.float32)
+        points = tf.constant(np.clip(x[None] + d, -0.5, 0.5))
+        with tf.GradientTape() as tape:
+            tape.watch(points)
+            z = model(points)
+            margin = z[:, c] - z[:, t]
+        g = tf.reshape(tape.gradient(margin, points), (512, -1)).numpy().astype(np.float64)
+        best = np.maximum(best, [np.abs(g).max(), np.linalg.norm(g, axis=1).max(), np.abs(g).sum(1).max()])
+    return best
+
+
+def cnn_rows(args) -> list[dict]:
+    from cleverscore.certify import certified_radius, from_keras
+    from cleverscore.certify.crown import prepare
+    from cleverscore.certify.jacobian import gradient_norm_bounds
+    from cleverscore.certify.lipschitz import dual_norms, gradient_interval
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model
+    from cleverscore.norms import LINF
+    from cleverscore.running.bounds import lipschitz_radius
+
+    rows = []
+    for dataset in (["mnist", "cifar"] if args.cifar else ["mnist"]):
+        data = load_dataset(dataset, args.data_dir if dataset == "mnist" else args.cifar_dir)
+        model = load_zoo_model(dataset, "normal")
+        graph = from_keras(model)
+        for image, c, targets in pairs(model, data, args.images):
+            x = data.test_data[image]
+            begin = time.perf_counter()
+            crown = certified_radius(graph, x, c, targets, LINF, memory_budget=BUDGET).radii
+            crown_s = time.perf_counter() - begin
+            logits = model(x[None]).numpy()[0].astype(np.float64)
+            for k, t in enumerate(targets):
+                for factor in (1.0, 2.0):
+                    radius = float(crown[k]) * factor
+                    problem = prepare(graph, x, c, [t])
+                    begin = time.perf_counter()
+                    forward = problem.propagate(np.array([radius]), LINF, BUDGET)
+                    new, _ = gradient_norm_bounds(forward, problem.spec, BUDGET, 2, args.split)
+                    new_s = time.perf_counter() - begin
+                    old = dual_norms(gradient_interval(forward, problem.spec[None]))[0]
+                    found = found_norms(model, x, c, t, radius)
+                    bound = np.minimum(old[0], new[0])
+                    if np.any(bound < found * (1 - 1e-5)):
+                        raise SystemExit(f"UNSOUND: {dataset} image {image} target {t}: {bound} below found {found}")
+                    row = {"dataset": dataset, "image": image, "target": t, "info": "top2" if k == 0 else "least",
+                           "factor": factor, "radius": radius, "crown_radius": float(crown[k]),
+                           "lipschitz_radius": lipschitz_radius(logits[c] - logits[t], bound[2], radius),
+                           "crown_s": crown_s / len(targets), "lipschitz_s": new_s}
+                    for q, col in (("inf", 0), ("2", 1), ("1", 2)):
+                        row.update({f"found_{q}": found[col], f"interval_{q}": old[0, col], f"proven_{q}": bound[col],
+                                    f"ratio_{q}": bound[col] / found[col], f"interval_ratio_{q}": old[0, col] / found[col]})
+                    rows.append(row)
+                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                          flush=True)
+    return rows
+
+
+def summarise_mlp(rows: list[dict]) -> None:
+    for name in MLPS:
+        for radius in sorted({r["radius"] for r in rows}):
+            sel = [r for r in rows if r["model"] == name and r["radius"] == radius and r["exact"] != ""]
+            if not sel:
+                continue
+            exact = np.array([r["exact"] for r in sel], float)
+            parts = ", ".join(f"{b} median {np.median(np.array([r[b] for r in sel]) / exact):.3f} "
+                              f"max {np.max(np.array([r[b] for r in sel]) / exact):.3f}"
+                              for b in ("interval", "one_pass", "split"))
+            open_pairs = sum(1 for r in rows if r["model"] == name and r["radius"] == radius and r["exact"] == "")
+            print(f"{name} r={radius}: {len(sel)} exact pairs ({open_pairs} left open by the MILP): {parts}; "
+                  f"seconds per pair: one pass {np.median([r['one_pass_s'] for r in sel]):.2f}, "
+                  f"split {np.median([r['split_s'] for r in sel]):.2f}")
+
+
+def summarise_cnn(rows: list[dict]) -> None:
+    for dataset in sorted({r["dataset"] for r in rows}):
+        for factor in (1.0, 2.0):
+            sel = [r for r in rows if r["dataset"] == dataset and r["factor"] == factor]
+            ratios = ", ".join(f"q={q}: proven/found median {np.median([r[f'ratio_{q}'] for r in sel]):.4g} "
+                               f"(Fast-Lip {np.median([r[f'interval_ratio_{q}'] for r in sel]):.4g})"
+                               for q in ("1", "2", "inf"))
+            print(f"{dataset} CNN at {factor:g}x the CROWN radius, {len(sel)} pairs: {ratios}; "
+                  f"Lipschitz radius / CROWN radius median "
+                  f"{np.median([r['lipschitz_radius'] / r['crown_radius'] for r in sel]):.3g}; seconds per pair: "
+                  f"CROWN radius {np.median([r['crown_s'] for r in sel]):.1f}, Lipschitz bounds "
+                  f"{np.median([r['lipschitz_s'] for r in sel]):.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["mlp", "cnn"], required=True)
+    p.add_argument("--images", type=int, default=10)
+    p.add_argument("--radii", default="0.02,0.05", help="MLP Linf radii")
+    p.add_argument("--split", type=float, default=10.0, help="seconds of split search per image (0: one pass)")
+    p.add_argument("--time_limit", type=float, default=60.0, help="seconds per MILP")
+    p.add_argument("--cifar", action="store_true", help="--part cnn: the CIFAR CNN too")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--cifar_dir", default=None)
+    p.add_argument("--out", default="bench/results/lipschitz.csv")
+    args = p.parse_args()
+    args.radii = [float(r) for r in args.radii.split(",")]
+    rows = mlp_rows(args) if args.part == "mlp" else cnn_rows(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (summarise_mlp if args.part == "mlp" else summarise_cnn)(rows)
+
+
+if __name__ == "__main__":
+    main()
