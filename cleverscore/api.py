@@ -31,7 +31,8 @@ class TargetScores:
 
     `intervals[label]` is the score's 95% interval (score_lo, score_hi) from clever_interval.py.
     With `certify=True`: `certified_radius[label]`, no adversarial example within this distance in
-    that norm (a proof; `.mat` key `certified_radius_<label>`), and `lipschitz_certified[label]`,
+    that norm (a proof, the larger of CROWN's and the Lipschitz bound's; `.mat` key
+    `certified_radius_<label>`), and `lipschitz_certified[label]`,
     a proven upper bound of the Lipschitz constant behind that norm's score over the sampled ball
     (`G2_certified` for L2, `G1_certified` for Li, `Gi_certified` for L1); empty dicts otherwise.
     """

@@ -4,6 +4,7 @@
     margin_lower_bounds(graph, x0, c, targets, r, L2)  # lower bounds of f_c - f_j over the ball
     certified_radius(graph, x0, c, targets, LINF)      # largest certified radius per target
     lipschitz_upper_bounds(graph, x0, c, targets, r, L2)   # certified local Lipschitz constants
+    lipschitz_upper_bounds(graph, x0, c, targets, r, LINF, split_seconds=10)  # tightened by a split search
 
 Exact answers for small ReLU MLPs live in `cleverscore.certify.milp` (minimal distortion,
 local Lipschitz constant). Balls are intersected with the input box (default (-0.5, 0.5)); norms are the objects of
