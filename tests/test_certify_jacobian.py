@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from cleverscore.certify import from_keras, lipschitz_upper_bounds
 from cleverscore.certify.crown import prepare
-from cleverscore.certify.jacobian import GradientPropagation, gradient_norm_bounds, product_chord
+from cleverscore.certify.jacobian import GradientPropagation, gradient_norm_bounds
+from cleverscore.certify.ops.base import product_chord
 from cleverscore.certify.milp import local_lipschitz, minimal_distortion, relu_network_from_keras
 from cleverscore.certify.ops import Interval
 from cleverscore.norms import L1, L2, LINF, NORMS

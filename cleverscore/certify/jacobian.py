@@ -48,7 +48,7 @@ from .bounds import BoundPropagation
 from .graph import Graph
 from .ops import Interval
 from .ops.base import expand_spec, sum_spec
-from .patches import Patches, negate_and_stack, patch_sum, unit_patches
+from .patches import Patches, negate_and_stack, unit_patches
 
 _BYTES_PER_FLOAT = 4
 # Live tensors of a coefficient's size during one step of a pass (the coefficients, the spread
@@ -56,25 +56,6 @@ _BYTES_PER_FLOAT = 4
 _PASS_COPIES = 8
 # Column order of the norm bounds: the duals of the L1, L2 and Linf perturbation norms.
 DUAL_NORMS = ("inf", "2", "1")
-
-
-def product_chord(a: tf.Tensor, d: Interval, t: Interval) -> tuple[tf.Tensor, tf.Tensor]:
-    """(slope, constant) with slope * t + constant <= a * d * t for every d in [d.lo, d.hi] and t in [t.lo, t.hi].
-
-    Elementwise; `a` is (B, S, ...), `d` and `t` broadcast to it. Where t keeps one sign the bound
-    is exact (min over d of a linear function of d); where it changes sign it is the chord of
-    min(a d_lo t, a d_hi t) over [t.lo, t.hi].
-    """
-    low, high = a * d.lo, a * d.hi
-    smaller, larger = tf.minimum(low, high), tf.maximum(low, high)
-    crossing = (t.lo < 0) & (t.hi > 0)
-    f_lo = t.lo * larger                     # min over d at t = t.lo < 0
-    f_hi = t.hi * smaller                    # min over d at t = t.hi > 0
-    width = tf.where(crossing, t.hi - t.lo, tf.ones_like(t.hi - t.lo))
-    chord = (f_hi - f_lo) / width
-    slope = tf.where(crossing, chord, tf.where(t.lo >= 0, smaller, larger))
-    constant = tf.where(crossing, f_lo - chord * t.lo, tf.zeros_like(chord))
-    return slope, constant
 
 
 def default_multipliers(forward: BoundPropagation) -> dict[int, Interval]:
@@ -232,15 +213,14 @@ class GradientPropagation:
             a = a.dense()
         if c not in self.multipliers:
             return op.spread_gradient(a), tf.zeros(tf.shape(a)[:2], a.dtype)
-        g = self.bounds[c]
-        t = op.spread_bounds(Interval(expand_spec(g.lo), expand_spec(g.hi)))
+        g = Interval(expand_spec(self.bounds[c].lo), expand_spec(self.bounds[c].hi))
         d = self.multipliers[c]
-        slope, constant = product_chord(a, d, t)
         if slack is not None:
-            # How far the multiplier's freedom can move the objective: |a| (d_hi - d_lo) max |t|.
+            # How far each multiplier's freedom can move the objective: |a| (d_hi - d_lo) max |t|.
+            t = op.spread_bounds(g)
             reach = tf.abs(a) * (d.hi - d.lo) * tf.maximum(tf.abs(t.lo), tf.abs(t.hi))
             slack[c] = slack.get(c, 0.0) + tf.reduce_sum(reach, axis=1)
-        return op.gather_spread(slope), sum_spec(constant)
+        return op.gradient_chord(a, d, g)
 
     def _through_windows(self, c: int, p: Patches, slack: dict | None) -> tuple[tf.Tensor | Patches, tf.Tensor] | None:
         """`_through` for coefficients on windows; None where node c cannot keep them on windows."""
@@ -250,18 +230,16 @@ class GradientPropagation:
             if onward is None:
                 return None
             return (onward.dense() if onward.covers_map() else onward), tf.zeros(tf.shape(p.a)[:2], p.a.dtype)
-        d, g = self.multipliers[c], self.bounds[c]
-        t = op.spread_bounds(g)
-        window = Interval(p.gather(d.lo), p.gather(d.hi))
-        reach_t = Interval(p.gather(t.lo), p.gather(t.hi))
-        slope, constant = product_chord(p.a, window, reach_t)
+        d, g = self.multipliers[c], Interval(expand_spec(self.bounds[c].lo), expand_spec(self.bounds[c].hi))
         if slack is not None:
+            t = op.spread_bounds(g)
+            window, reach_t = Interval(p.gather(d.lo), p.gather(d.hi)), Interval(p.gather(t.lo), p.gather(t.hi))
             reach = tf.abs(p.a) * (window.hi - window.lo) * tf.maximum(tf.abs(reach_t.lo), tf.abs(reach_t.hi))
             slack[c] = slack.get(c, 0.0) + tf.reduce_sum(Patches(reach, p.top, p.left, p.map_shape).dense(), axis=1)
-        onward = op.patch_gather_spread(Patches(slope, p.top, p.left, p.map_shape))
-        if onward is None:
+        result = op.patch_gradient_chord(p, d, g)
+        if result is None:
             return None
-        total = patch_sum(Patches(constant, p.top, p.left, p.map_shape), tf.ones_like(constant[:1, :1]))
+        onward, total = result
         return (onward.dense() if onward.covers_map() else onward), total
 
     # -- the norms of the input gradient -----------------------------------------------------------------

@@ -48,6 +48,25 @@ def interval_product(g: Interval, d: Interval) -> Interval:
     return Interval(tf.reduce_min(candidates, 0), tf.reduce_max(candidates, 0))
 
 
+def product_chord(a: tf.Tensor, d: Interval, t: Interval) -> tuple[tf.Tensor, tf.Tensor]:
+    """(slope, constant) with slope * t + constant <= a * d * t for every d in [d.lo, d.hi] and t in [t.lo, t.hi].
+
+    Elementwise; `a` is (B, S, ...), `d` and `t` broadcast to it. Where t keeps one sign the bound
+    is exact (min over d of a linear function of d); where it changes sign it is the chord of
+    min(a d_lo t, a d_hi t) over [t.lo, t.hi], the best linear lower bound of that concave function.
+    """
+    low, high = a * d.lo, a * d.hi
+    smaller, larger = tf.minimum(low, high), tf.maximum(low, high)
+    crossing = (t.lo < 0) & (t.hi > 0)
+    f_lo = t.lo * larger                     # min over d at t = t.lo < 0
+    f_hi = t.hi * smaller                    # min over d at t = t.hi > 0
+    width = tf.where(crossing, t.hi - t.lo, tf.ones_like(t.hi - t.lo))
+    chord = (f_hi - f_lo) / width
+    slope = tf.where(crossing, chord, tf.where(t.lo >= 0, smaller, larger))
+    constant = tf.where(crossing, f_lo - chord * t.lo, tf.zeros_like(chord))
+    return slope, constant
+
+
 class Operator:
     """One node of the bound-propagation graph.
 
@@ -122,6 +141,25 @@ class Operator:
     def patch_gather_spread(self, p: Any) -> Any | None:
         """`gather_spread` for coefficients on windows; None where not supported."""
         return p
+
+    def gradient_chord(self, a: tf.Tensor, d: Interval, g: Interval) -> tuple[tf.Tensor, tf.Tensor]:
+        """A nonlinear node's step of the gradient pass: for coefficients a (B, S, *input shape) on its input's
+        gradient, coefficients on its output's gradient and a constant (B, S) bounding a . (d * spread(g)) from
+        below, for multipliers in `d` and the output's gradient in `g` (B, 1, *output shape)."""
+        slope, constant = product_chord(a, d, self.spread_bounds(g))
+        return self.gather_spread(slope), sum_spec(constant)
+
+    def patch_gradient_chord(self, p: Any, d: Interval, g: Interval) -> tuple[Any, tf.Tensor] | None:
+        """`gradient_chord` for coefficients on windows; `d` and `g` are whole maps (B or 1, 1, *shape)."""
+        from ..patches import Patches, patch_sum
+
+        t = self.spread_bounds(g)
+        window_d, window_t = Interval(p.gather(d.lo), p.gather(d.hi)), Interval(p.gather(t.lo), p.gather(t.hi))
+        slope, constant = product_chord(p.a, window_d, window_t)
+        onward = self.patch_gather_spread(Patches(slope, p.top, p.left, p.map_shape))
+        if onward is None:
+            return None
+        return onward, patch_sum(Patches(constant, p.top, p.left, p.map_shape), tf.ones_like(constant[:1, :1]))
 
     def spread_bounds(self, g: Interval) -> Interval:
         """Bounds of the output's gradient laid out per input element (nonlinear nodes; the identity for an

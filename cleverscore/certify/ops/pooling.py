@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..patches import Patches, patch_sum
-from .base import Interval, Operator, expand_spec, fold_spec, sum_spec, unfold_spec
+from .base import Interval, Operator, expand_spec, fold_spec, product_chord, sum_spec, unfold_spec
 from .linear import LinearOperator
 
 
@@ -145,11 +145,14 @@ class MaxPooling2D(Operator):
         summed = tf.reduce_sum(self._windows(flat, 0.0), axis=-1)
         return tf.reshape(summed, tf.concat([lead, tf.shape(summed)[1:]], 0))
 
-    def patch_gather_spread(self, p: Patches) -> Patches:
-        """Window sums of coefficients held on windows: each row's window is widened to whole pooling cells
-        (zeros around it), then each cell summed."""
+    def _pad_offsets(self) -> tuple[int, int]:
         same = self.padding == "SAME"  # 'valid' pooling pads nothing (its `pads` count the cells it drops)
-        (ph, pw), (top_pad, left_pad) = self.pool, (self.pads[0][0] if same else 0, self.pads[1][0] if same else 0)
+        return (self.pads[0][0], self.pads[1][0]) if same else (0, 0)
+
+    def _widen(self, p: Patches) -> tuple[tf.Tensor, Patches, Patches]:
+        """Each row's window widened to whole pooling cells (zeros around it): the cells (B, S, ch, ph, cw, pw, C),
+        the widened window on the input map and the cells' window on the output map (both with zero values)."""
+        (ph, pw), (top_pad, left_pad) = self.pool, self._pad_offsets()
         hh, ww = p.window
         cells_h, cells_w = (hh + ph - 1) // ph + 1, (ww + pw - 1) // pw + 1
         first_row, first_col = (p.top + top_pad) // ph, (p.left + left_pad) // pw
@@ -163,8 +166,59 @@ class MaxPooling2D(Operator):
         flat = tf.concat([flat, tf.zeros_like(flat[:, :, :1])], axis=2)
         wide = tf.transpose(tf.gather(tf.transpose(flat, (1, 0, 2, 3)), index, axis=2, batch_dims=1), (1, 0, 2, 3))
         cells = tf.reshape(wide, tf.concat([tf.shape(p.a)[:2], [cells_h, ph, cells_w, pw, -1]], 0))
-        summed = tf.reduce_sum(cells, axis=(3, 5))
-        return p.moved(summed, first_row, first_col, self.output_shape(self.in_shape))
+        zero = tf.zeros((1, 1, 1, 1, 1), p.a.dtype)
+        on_input = Patches(zero, first_row * ph - top_pad, first_col * pw - left_pad, self.in_shape)
+        on_output = Patches(zero, first_row, first_col, self.output_shape(self.in_shape))
+        return cells, _sized(on_input, cells_h * ph, cells_w * pw), _sized(on_output, cells_h, cells_w)
+
+    def patch_gather_spread(self, p: Patches) -> Patches:
+        """Window sums of coefficients held on windows: each row's window widened to whole cells, each cell summed."""
+        cells, _, on_output = self._widen(p)
+        return p.moved(tf.reduce_sum(cells, axis=(3, 5)), on_output.top, on_output.left, on_output.map_shape)
+
+    def gradient_chord(self, a: tf.Tensor, d: Interval, g: Interval) -> tuple[tf.Tensor, tf.Tensor]:
+        """A window passes its gradient t to exactly one entry, one of its candidates (d.hi > 0; the entries
+        forced to 1 where the split search fixed one): a . (routing * t) >= min over candidates of a_i t, a
+        concave function of t, bounded by its chord. Summing a over the window instead would count t once per
+        candidate."""
+        flat, lead = fold_spec(a, 3)
+        windows = self._windows(flat, 0.0)
+        windows = tf.reshape(windows, tf.concat([lead, tf.shape(windows)[1:]], 0))
+        return self._route(windows, self._candidates(d.lo[:, 0], d.hi[:, 0])[:, None], g)
+
+    def patch_gradient_chord(self, p: Patches, d: Interval, g: Interval) -> tuple[Patches, tf.Tensor]:
+        cells, on_input, on_output = self._widen(p)
+        cells = _cells_last(cells)                                                   # (B, S, ch, cw, C, k)
+        d_cells = Interval(*(_cells_last(self._read_cells(on_input, t)) for t in (d.lo, d.hi)))
+        candidates = self._candidates_of_cells(d_cells)
+        slope, constant = self._route(cells, candidates, Interval(on_output.gather(g.lo), on_output.gather(g.hi)))
+        return p.moved(slope, on_output.top, on_output.left, on_output.map_shape), constant
+
+    def _read_cells(self, window: Patches, maps: tf.Tensor) -> tf.Tensor:
+        """Maps (B, 1, H, W, C) read on a widened window: (B, S, ch, ph, cw, pw, C)."""
+        read = window.gather(maps)
+        (ph, pw), (hh, ww) = self.pool, window.window
+        return tf.reshape(read, tf.concat([tf.shape(read)[:2], [hh // ph, ph, ww // pw, pw, -1]], 0))
+
+    def _candidates(self, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
+        """Per window (B, Ho, Wo, C, k): the entries that may receive the gradient."""
+        return self._candidates_of_cells(Interval(self._windows(lo, 0.0), self._windows(hi, 0.0)))
+
+    @staticmethod
+    def _candidates_of_cells(d: Interval) -> tf.Tensor:
+        forced = d.lo > 0
+        return tf.where(tf.reduce_any(forced, axis=-1, keepdims=True), forced, d.hi > 0)
+
+    @staticmethod
+    def _route(windows: tf.Tensor, candidates: tf.Tensor, g: Interval) -> tuple[tf.Tensor, tf.Tensor]:
+        """The chord of min over the candidates of a_i t, per window; windows (B, S, Ho, Wo, C, k)."""
+        big = tf.constant(np.finfo(windows.dtype.as_numpy_dtype).max, windows.dtype)
+        lowest = tf.reduce_min(tf.where(candidates, windows, big), axis=-1)
+        highest = tf.reduce_max(tf.where(candidates, windows, -big), axis=-1)
+        none = ~tf.reduce_any(candidates, axis=-1)                      # no entry of the map (dropped cells)
+        lowest, highest = tf.where(none, tf.zeros_like(lowest), lowest), tf.where(none, tf.zeros_like(highest), highest)
+        slope, constant = product_chord(tf.ones_like(lowest), Interval(lowest, highest), g)
+        return slope, sum_spec(constant)
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
@@ -179,6 +233,17 @@ class MaxPooling2D(Operator):
             flat, lead = fold_spec(w, 4)
             out.append(unfold_spec(self._unwindow(flat), lead))
         return [Interval(*out)]
+
+
+def _sized(p: Patches, hh: int, ww: int) -> Patches:
+    """A zero-valued window of (hh, ww) cells at p's positions, for reading maps with `gather`."""
+    return Patches(tf.zeros((1, len(p.top), hh, ww, 1), p.a.dtype), p.top, p.left, p.map_shape)
+
+
+def _cells_last(cells: tf.Tensor) -> tf.Tensor:
+    """(B, S, ch, ph, cw, pw, C) -> (B, S, ch, cw, C, ph * pw): each cell's entries on the last axis."""
+    moved = tf.transpose(cells, (0, 1, 2, 4, 6, 3, 5))
+    return tf.reshape(moved, tf.concat([tf.shape(moved)[:5], [-1]], 0))
 
 
 class AveragePooling2D(LinearOperator):
