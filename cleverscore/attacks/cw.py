@@ -62,7 +62,7 @@ def carlini_wagner_l2(logits_fn: Callable, x: np.ndarray, criterion, *,
                 l2sq = _flat_sum(tf.square(adv - x_t))
                 loss_each = l2sq + const * tf.maximum(margin, -confidence)
                 loss = tf.reduce_sum(loss_each)
-            grad = tape.gradient(loss, w)
+            grad = tape.gradient(loss, w, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             success = tf.logical_and(criterion.tf_adversarial(logits, labels), margin <= -confidence)
             better = tf.logical_and(success, l2sq < best_l2)
             best_l2 = tf.where(better, l2sq, best_l2)

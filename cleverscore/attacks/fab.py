@@ -96,11 +96,11 @@ def _plane(model: Callable, criterion: Criterion, geometry, points, labels):
             onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
             others = SMOOTHING * tf.reduce_logsumexp((logits - onehot * 1e30) / SMOOTHING, axis=1)
             margin = others - tf.reduce_sum(onehot * logits, axis=1)
-        return margin, tape.gradient(margin, points)
+        return margin, tape.gradient(margin, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     with tf.GradientTape() as tape:
         tape.watch(points)
         logits = model(points)
-    jacobian = tape.batch_jacobian(logits, points)  # (points, classes, size)
+    jacobian = tape.batch_jacobian(logits, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     onehot = tf.one_hot(labels, tf.shape(logits)[1], dtype=logits.dtype)
     own = tf.reduce_sum(onehot * logits, axis=1, keepdims=True)
     own_grad = tf.einsum("nk,nkd->nd", onehot, jacobian)[:, None, :]

@@ -52,7 +52,7 @@ def ifgsm(logits_fn: Callable, x: np.ndarray, criterion, norm: str, *,
                 tape.watch(xk)
                 logits = logits_fn(tf.reshape(xk, [-1, *x.shape[1:]]))
                 loss = sign * tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-            grad = tape.gradient(loss, xk)
+            grad = tape.gradient(loss, xk, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             delta = xk - eps / steps * geometry.steepest(grad, low, high) - x0
             xk = x0 + geometry.project(delta, radius, low, high)
             hit = tf.logical_and(tf.logical_not(found),

@@ -53,11 +53,15 @@ def flat_model(logits_fn: Callable, image_shape: tuple[int, ...]) -> Callable:
 
 
 def margin_and_gradient(model: Callable, criterion: Criterion, points, labels):
-    """At flat points: the criterion's margin, its gradient and whether each point is adversarial."""
+    """At flat points: the criterion's margin, its gradient and whether each point is adversarial.
+
+    A model that cuts its gradient (stop_gradient, a non-differentiable step) gives a zero gradient,
+    not an error: the attacks then fail there, which the masking check (`best.masking_counts`) shows."""
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
         tape.watch(points)
         logits = model(points)
         margin = criterion.tf_margin(logits, labels)
-    return margin, tape.gradient(margin, points), criterion.tf_adversarial(logits, labels)
+    grad = tape.gradient(margin, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return margin, grad, criterion.tf_adversarial(logits, labels)
