@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Targeted attacks (Carlini-Wagner L2, I-FGSM) whose distortions bound CLEVER scores from above.
+"""Attacks (minimal-distortion PGD, FAB, DDN, Carlini-Wagner L2, I-FGSM) whose distortions bound eps* from above.
 
 The command line lives in `cleverscore/cli/attack.py`; `python3 attacks.py --help` lists its flags.
 """

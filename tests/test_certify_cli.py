@@ -121,9 +121,9 @@ def test_table2_from_the_run_has_certified_columns_below_cw(run):
                        "--csv", str(root / "t.csv"))
     assert table.returncode == 0, table.stderr
     assert "| Certified L2 | Certified Linf |" in table.stdout and "| — |" not in table.stdout
-    assert "certified above CW on 0" in table.stderr and "[WARNING]" not in table.stderr
+    assert "certified above best on 0" in table.stderr and "[WARNING]" not in table.stderr  # best: the default attacks
     row = pd.read_csv(root / "t.csv").iloc[0]
-    assert 0 < row.cert_l2 <= row.cw_l2 and 0 < row.cert_linf <= row.cw_linf
+    assert 0 < row.cert_l2 <= row.best_l2 <= row.cw_l2 and 0 < row.cert_linf <= row.best_linf <= row.cw_linf
 
 
 def test_the_cert_line_of_written_files_is_the_mean_of_the_csv_column(tmp_path):

@@ -120,3 +120,39 @@ def test_a_certified_radius_that_is_not_a_number_is_a_one_line_error(tmp_path):
     res = run_script("-m", "cleverscore.cli.tables", "--network", "X", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"))
     assert res.returncode == 2
     assert "certified_radius column holds a non-number ('big')" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_failed_attack_is_reported_where_the_table_leaves_its_pair_out(tmp_path):
+    (tmp_path / "a.csv").write_text(ATTACKS)
+    (tmp_path / "c.csv").write_text(CLEVER)
+    res = run_script("-m", "cleverscore.cli.tables", "--network", "MNIST-CNN", str(tmp_path / "a.csv"),
+                     str(tmp_path / "c.csv"))
+    assert res.returncode == 0, res.stderr
+    assert "[PAIRS] MNIST-CNN: cw_l2 failed on 1 of 2 least pairs; the table leaves them out (1 least pairs kept)" \
+        in res.stderr
+
+
+# Rows of attacks.py --attacks pgd_li,ddn_l2,best: no CW or I-FGSM rows; best takes the smaller distortions.
+BEST_ATTACKS = """id,true_label,target_label,info,attack,success,l2,linf,l1,seconds,best_of
+0,7,1,top2,pgd_li,True,1.2,0.1,9.0,1.0,
+1,2,3,top2,pgd_li,True,2.2,0.12,9.0,1.0,
+0,7,1,top2,ddn_l2,True,0.9,0.2,5.0,1.0,
+1,2,3,top2,ddn_l2,True,0.7,0.3,5.0,1.0,
+0,7,1,top2,best,True,0.9,0.1,5.0,2.0,l1=ddn_l2 l2=ddn_l2 linf=pgd_li
+1,2,3,top2,best,True,0.7,0.12,5.0,2.0,l1=ddn_l2 l2=ddn_l2 linf=pgd_li
+"""
+
+
+def test_best_rows_add_best_columns_and_the_order_is_checked_against_them(tmp_path):
+    (tmp_path / "a.csv").write_text(BEST_ATTACKS)
+    (tmp_path / "c.csv").write_text(CLEVER)
+    res = run_script("-m", "cleverscore.cli.tables", "--network", "N", str(tmp_path / "a.csv"), str(tmp_path / "c.csv"),
+                     "--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.png"))
+    assert res.returncode == 0, res.stderr
+    assert "| CLEVER Linf | Best L2 | Best Linf |" in res.stdout
+    # the attacks the CSV does not hold read as empty; b.mat's CLEVER L2 0.75 is above best's 0.7
+    assert "| N | 2 | — | — | — | — | 0.625 | 0.100 | 0.800 | 0.110 |" in res.stdout
+    assert "[ORDER] N L2: 2 pairs, 0 certified; CLEVER above best on 1 (overstated)" in res.stderr
+    assert "[ORDER] N Linf: 2 pairs, 0 certified; CLEVER above best on 1 (overstated)" in res.stderr
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table.best_l2.tolist() == [0.8] and table.cw_l2.isna().all()

@@ -24,6 +24,7 @@ from cleverscore.scoring.table_plot import scatter
 from cleverscore.scoring.tables import (
     ATTACK_COLUMNS,
     CLEVER_COLUMNS,
+    failure_lines,
     markdown,
     per_pair,
     read_table,
@@ -50,16 +51,18 @@ def main(argv: list[str] | None = None) -> int:
                if path]
     for flag, path in outputs:
         check_writable_file(path, flag)
-    networks = []
+    networks, failures = [], []
     for name, attack_csv, clever_csv in args.network:
-        pairs = per_pair(read_table(attack_csv, ATTACK_COLUMNS, "attacks"), read_table(clever_csv, CLEVER_COLUMNS, "clever"))
+        attacks = read_table(attack_csv, ATTACK_COLUMNS, "attacks")
+        pairs = per_pair(attacks, read_table(clever_csv, CLEVER_COLUMNS, "clever"))
         if not len(pairs):
             raise UsageError(f"{name}: no (image, target) pair is in {Path(clever_csv).name} with every attack successful")
         networks.append((name, pairs))
+        failures += failure_lines(name, attacks, pairs)
     table = summary(networks)
     text = markdown(table)
     print(text, end="")
-    for line in violation_lines(networks):
+    for line in failures + violation_lines(networks):
         print(line, file=sys.stderr)
     with write_failures_reported(" or ".join(path for _, path in outputs)):
         if args.markdown:
