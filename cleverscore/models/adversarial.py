@@ -87,7 +87,7 @@ def survivors(model, x, labels, attack: PGDSettings, restarts: int = EVAL_RESTAR
     import numpy as np
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)  # plain Python loops: nothing for AutoGraph to convert
     def survives(xb, yb):
         truth = tf.argmax(yb, 1)
         ok = tf.equal(tf.argmax(model(xb, training=False), 1), truth)
