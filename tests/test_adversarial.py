@@ -163,3 +163,16 @@ def test_bad_adversarial_training_flags_get_one_line_errors(argv, message):
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def test_init_weights_of_another_architecture_are_refused_in_one_line():
+    from conftest import REPO
+
+    from cleverscore.errors import UsageError
+    from cleverscore.models.training import load_initial_weights
+    from cleverscore.models.zoo import build_model, parse_model_name
+
+    model = build_model(parse_model_name("mnist", "adv_0.1"))
+    with pytest.raises(UsageError, match=r"^`init_weights` \S+mnist_2layer.weights.h5 does not fit the mnist_cnn_relu "
+                                         r"architecture: [^\n]+$"):
+        load_initial_weights(model, str(REPO / "models" / "mnist_2layer.weights.h5"))

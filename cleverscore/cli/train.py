@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store_dtype", choices=["float32", "float16"], default="float32",
                         help="precision of the saved weights (float16 halves the file; the model computes in float32)")
     parser.add_argument("--seed", type=int, default=1215)
+    parser.add_argument("--init_weights", default=None,
+                        help="weights file of the same architecture to start from (fine-tuning), e.g. "
+                             "models/mnist.weights.h5")
     add_adversarial_flags(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--epochs must be positive")
     if args.lr is not None and args.lr <= 0:
         raise UsageError("--lr must be positive")
+    if args.init_weights is not None and not Path(args.init_weights).is_file():
+        raise UsageError(f"--init_weights: no file {args.init_weights}")
     adversary = adversary_from_flags(args)
     quiet_tensorflow(args.debug)
     import keras
@@ -87,8 +92,6 @@ def add_adversarial_flags(parser: argparse.ArgumentParser) -> None:
                           "point of the ball")
     adv.add_argument("--adv_warmup", type=int, default=0,
                      help="epochs over which the radius grows linearly from 0 to --adv_eps (0 = none)")
-    adv.add_argument("--init_weights", default=None,
-                     help="weights file of the same architecture to start from (fine-tuning), e.g. models/mnist.weights.h5")
     adv.add_argument("--robust_images", type=int, default=10000,
                      help=f"test images for the final robust accuracy (PGD at --adv_eps, {EVAL_STEPS} steps, "
                           f"{EVAL_RESTARTS} random starts); 0 skips it")
@@ -118,8 +121,6 @@ def adversary_from_flags(args: argparse.Namespace) -> PGDSettings | None:
     epochs = args.epochs or EPOCHS
     if not 0 <= args.adv_warmup < epochs:
         raise UsageError(f"--adv_warmup must be >= 0 and below --epochs ({epochs}), got {args.adv_warmup}")
-    if args.init_weights is not None and not Path(args.init_weights).is_file():
-        raise UsageError(f"--init_weights: no file {args.init_weights}")
     if args.robust_images < 0:
         raise UsageError(f"--robust_images must be >= 0, got {args.robust_images}")
     return PGDSettings(args.adv_eps, args.adv_steps or TRAIN_STEPS, args.adv_step_size)
