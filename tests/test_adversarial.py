@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -176,3 +177,37 @@ def test_init_weights_of_another_architecture_are_refused_in_one_line():
     with pytest.raises(UsageError, match=r"^`init_weights` \S+mnist_2layer.weights.h5 does not fit the mnist_cnn_relu "
                                          r"architecture: [^\n]+$"):
         load_initial_weights(model, str(REPO / "models" / "mnist_2layer.weights.h5"))
+
+
+# ---- the shipped adversarially trained models ----
+
+ADV_ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>adv_[\d.]+) \| relu \| \d+ \| [\d.]+% "
+                     r"\| (?P<robust>[\d.]+)% \|")
+
+
+def shipped_adversarial_models() -> list[dict]:
+    from conftest import REPO
+
+    lines = (REPO / "models" / "README.md").read_text().splitlines()
+    return [m.groupdict() for m in map(ADV_ROW.match, lines) if m]
+
+
+@pytest.mark.slow  # about 25 s per model on a free core: CI's time budget
+@pytest.mark.parametrize("row", shipped_adversarial_models(), ids=lambda r: r["model"])
+def test_shipped_adversarial_model_survives_pgd_at_its_radius_where_the_normal_cnn_does_not(row):
+    """On the first 200 test images, PGD at the model's radius (20 steps, one random start): about its recorded
+    robust accuracy (a weaker attack on fewer images: within 5 points below), far above the normal CNN's."""
+    from conftest import REPO
+
+    from cleverscore.data import load_dataset
+    from cleverscore.models.adversarial import PGDSettings, robust_accuracy
+    from cleverscore.models.zoo import load_zoo_model
+
+    data_dir = REPO / "data" / "mnist" if row["dataset"] == "mnist" else shared_dataset("cifar10")
+    data = load_dataset(row["dataset"], data_dir)
+    x, y = data.test_data[:200], data.test_labels[:200]
+    attack = PGDSettings(float(row["model"].removeprefix("adv_")), steps=20)
+    robust = robust_accuracy(load_zoo_model(row["dataset"], row["model"]), x, y, attack, restarts=1)
+    normal = robust_accuracy(load_zoo_model(row["dataset"], "normal"), x, y, attack, restarts=1)
+    assert robust >= float(row["robust"]) / 100 - 0.05, robust
+    assert robust > normal + 0.1, (robust, normal)
