@@ -344,28 +344,23 @@ def shortfall(claim: str, clever_ratio: float, ratio: float, lo: float, hi: floa
 
 
 def final_verdict(row: dict) -> tuple[str, list[str]]:
-    """The verdict line's text for a summary row, and the names of the evidence that contradicts it.
+    """The verdict line's text for a summary row (log_lines.compare_verdict), and the evidence that contradicts it.
 
-    CLEVER's verdict, followed by what the certified radii and attacks in the folders say about it:
-    `; rests on CLEVER alone` without either, `; certified and attack agree` when they back a
-    "more robust", and `by CLEVER, but the attack disagrees (B/A = ... contains 1): gradient
-    masking is the usual cause` when one does not.
+    A "more robust" is contradicted by the certified radii or the attacks when `shortfall` finds
+    a reason; a "no difference" never is.
     """
+    from cleverscore.log_lines import compare_verdict
+
     names = [name for _, name in EVIDENCE_NAMES if f"{name}_ratio" in row]
     claim = row["verdict"]
-    if not names:
-        return f"{claim}; rests on CLEVER alone (no certified radius or attack distortion in both folders)", []
-    if claim == NO_DIFFERENCE:
-        return claim, []
-    reasons = {name: shortfall(claim, row["ratio"], row[f"{name}_ratio"], row[f"{name}_lo"], row[f"{name}_hi"])
-               for name in names}
-    against = [name for name in names if reasons[name]]
-    if not against:
-        return f"{claim}; {' and '.join(names)} {'agree' if len(names) > 1 else 'agrees'}", []
-    details = "; ".join(f"{name} B/A = {row[f'{name}_ratio']:.2f} [{row[f'{name}_lo']:.2f}, {row[f'{name}_hi']:.2f}] "
-                        f"{reasons[name]}" for name in against)
-    verb = "disagree" if len(against) > 1 else "disagrees"
-    return f"{claim} by CLEVER, but {' and '.join(against)} {verb} ({details}): {GRADIENT_MASKING}", against
+    against = []
+    if claim != NO_DIFFERENCE:
+        for name in names:
+            ratio, lo, hi = row[f"{name}_ratio"], row[f"{name}_lo"], row[f"{name}_hi"]
+            why = shortfall(claim, row["ratio"], ratio, lo, hi)
+            if why:
+                against.append((name, ratio, lo, hi, why))
+    return compare_verdict(claim, names, against, GRADIENT_MASKING), [a[0] for a in against]
 
 
 def disagreements(summary: Sequence[dict]) -> list[dict]:
