@@ -82,9 +82,22 @@ def robust_accuracy(model, x, labels, attack: PGDSettings, restarts: int = EVAL_
 
 
 def survivors(model, x, labels, attack: PGDSettings, restarts: int = EVAL_RESTARTS, batch_size: int = 500,
-              seed: int = 0):
-    """Per image, whether it is classified correctly at the input and at every restart's PGD example."""
+              seed: int = 0, test=None):
+    """Per image, whether it is classified correctly at the input and at every restart's PGD example.
+
+    `test`: the compiled check from `survival_test` for these settings, when a caller runs it often.
+    """
     import numpy as np
+    import tensorflow as tf
+
+    test = test or survival_test(model, attack, restarts)
+    tf.random.set_seed(seed)  # the random starts, so that a rerun measures the same number
+    return np.concatenate([test(tf.constant(x[i:i + batch_size]), tf.constant(labels[i:i + batch_size])).numpy()
+                           for i in range(0, len(x), batch_size)])
+
+
+def survival_test(model, attack: PGDSettings, restarts: int):
+    """The compiled per-batch check of `survivors`: (images, one-hot labels) -> correct at the image and every restart."""
     import tensorflow as tf
 
     @tf.function(reduce_retracing=True, autograph=False)  # plain Python loops: nothing for AutoGraph to convert
@@ -96,9 +109,7 @@ def survivors(model, x, labels, attack: PGDSettings, restarts: int = EVAL_RESTAR
             ok &= tf.equal(tf.argmax(model(adv, training=False), 1), truth)
         return ok
 
-    tf.random.set_seed(seed)  # the random starts, so that a rerun measures the same number
-    return np.concatenate([survives(tf.constant(x[i:i + batch_size]), tf.constant(labels[i:i + batch_size])).numpy()
-                           for i in range(0, len(x), batch_size)])
+    return survives
 
 
 def make_adversarial_trainer(model, attack: PGDSettings, warmup_steps: int = 0):
@@ -137,9 +148,11 @@ def robust_validation_callback(model, x, labels, attack: PGDSettings):
     """A Keras callback that prints PGD accuracy on (`x`, `labels`) after each epoch: progress a log can show."""
     import keras
 
+    test = survival_test(model, attack, restarts=1)  # traced once, not every epoch
+
     class RobustValidation(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            acc = robust_accuracy(model, x, labels, attack, restarts=1)
+            acc = float(survivors(model, x, labels, attack, restarts=1, test=test).mean())
             print(f"epoch {epoch + 1}: robust validation accuracy = {acc:.4f} "
                   f"(PGD eps {attack.eps:g}, {attack.steps} steps, {len(x)} images)", flush=True)
 
