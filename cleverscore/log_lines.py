@@ -194,9 +194,29 @@ def ray_workers_line(workers: int, nodes: int, gpus: int, address: str) -> str:
 def compare_line(info: str, norm: str, pairs: int, mean_a: float, mean_b: float, ratio_: float, lo: float, hi: float,
                  verdict: str, bound: str = "rerun") -> str:
     """`[COMPARE] info = top2, norm = L2, pairs = 20, A = 0.827, B = 1.049, B/A = 1.27 [1.12, 1.43], noise = rerun:
-    <verdict>` (`noise`: which interval each score was redrawn from)."""
+    <verdict>` (`noise`: which interval each score was redrawn from; the verdict from `compare_verdict`)."""
     return (f"[COMPARE] info = {info}, norm = {norm}, pairs = {pairs}, A = {mean_a:.4g}, B = {mean_b:.4g}, "
             f"B/A = {ratio_:.2f} [{lo:.2f}, {hi:.2f}], noise = {bound}: {verdict}")
+
+
+def compare_verdict(claim: str, evidence: Sequence[str], against: Sequence[tuple[str, float, float, float, str]],
+                    cause: str) -> str:
+    """The verdict at the end of a `[COMPARE]` line: CLEVER's `claim` and what the evidence makes of it.
+
+    `claim; rests on CLEVER alone (...)` without evidence, `claim; certified and attack agree` when
+    it backs a "more robust", `claim by CLEVER, but attack disagrees (attack B/A = 1.00 [0.97, 1.04]
+    contains 1): <cause>` when some does not (`against`: name, ratio, lo, hi, why), and the bare
+    claim for "no difference" beside evidence (the evidence line says the rest).
+    """
+    if not evidence:
+        return f"{claim}; rests on CLEVER alone (no certified radius or attack distortion in both folders)"
+    if against:
+        details = "; ".join(f"{name} B/A = {ratio:.2f} [{lo:.2f}, {hi:.2f}] {why}" for name, ratio, lo, hi, why in against)
+        verb = "disagree" if len(against) > 1 else "disagrees"
+        return f"{claim} by CLEVER, but {' and '.join(a[0] for a in against)} {verb} ({details}): {cause}"
+    if claim.endswith("more robust"):
+        return f"{claim}; {' and '.join(evidence)} {'agree' if len(evidence) > 1 else 'agrees'}"
+    return claim
 
 
 def compare_evidence_line(s: dict) -> str:

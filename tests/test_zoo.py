@@ -9,7 +9,7 @@ import pytest
 
 from conftest import BUILTIN_MNIST, REPO, shared_dataset
 
-ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>[\w,-]+) \| (?P<activation>\w+) "
+ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<dataset>\w+) \| (?P<model>[\w.,-]+) \| (?P<activation>\w+) "
                  r"\| (?P<epochs>\d+) \| (?P<accuracy>[\d.]+)% \|")
 
 

@@ -140,7 +140,9 @@ def compare_folders(args, settings: ScoreSettings) -> int:
         compare.write_tables(comparison, args.csv, args.json, names)
         if args.plot:
             compare.plot_pairs(comparison, args.plot, names)
-    return 1 if any_skipped else 0  # as for one folder: skipped files and left-out images are failures to notice
+    # as for one folder, skipped files and left-out images are failures to notice (1); a "more robust"
+    # verdict that the certified radii or attacks contradict says more (compare.EXIT_DISAGREEMENT)
+    return compare.exit_status(comparison, any_skipped)
 
 
 def main(argv: list[str] | None = None) -> int:

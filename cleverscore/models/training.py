@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cleverscore.errors import UsageError
+from cleverscore.models.adversarial import PGDSettings
 
 EPOCHS = 50  # the original's schedule; fewer still reach the accuracy targets on MNIST
 BATCH_SIZE = 128
 CNN_LR = 0.01  # SGD with Nesterov momentum 0.9, as the original
 TWO_LAYER_LR = {"mnist": 0.1, "cifar": 0.2}  # the original 2-layer rates, with decay
 TWO_LAYER_DECAY = 1e-6  # lr / (1 + decay * step), Keras 2's `decay` argument
+ROBUST_VALIDATION_IMAGES = 500  # adversarial runs print PGD accuracy on these after each epoch (about 1% of its cost)
 
 
 @dataclass
@@ -34,6 +36,9 @@ class TrainConfig:
         batch_size: minibatch size.
         optimizer: 'sgd' (Nesterov momentum 0.9) or 'adam'.
         weight_decay: L2 penalty on weights (0 = none).
+        adversary: train on these PGD examples instead of the images (None = normal training).
+        warmup_epochs: epochs over which the adversary's radius grows from 0 to its eps.
+        init_weights: weights file to start from (fine-tuning), or None for a fresh initialisation.
     """
 
     epochs: int = EPOCHS
@@ -43,6 +48,9 @@ class TrainConfig:
     batch_size: int = BATCH_SIZE
     optimizer: str = "sgd"
     weight_decay: float = 0.0
+    adversary: PGDSettings | None = None
+    warmup_epochs: int = 0
+    init_weights: str | None = None
 
 
 def make_optimizer(config: TrainConfig):
@@ -61,7 +69,8 @@ def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose
     """Fit `model` (which returns logits) to soft or hard labels with cross-entropy on logits/T.
 
     With `backup_dir`, the state is saved after every epoch and a rerun of the same command
-    resumes from the last finished epoch (long CIFAR runs survive being stopped).
+    resumes from the last finished epoch (long CIFAR runs survive being stopped). With
+    `config.adversary`, each batch is replaced by its PGD examples (Madry et al.).
     """
     import keras
 
@@ -70,9 +79,15 @@ def train(model, x_train, y_train, config: TrainConfig, validation=None, verbose
     def loss(y_true, logits):
         return keras.losses.categorical_crossentropy(y_true, logits / temperature, from_logits=True)
 
-    model.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
+    fitted = model
+    if config.adversary is not None:
+        from cleverscore.models.adversarial import make_adversarial_trainer
+
+        warmup_steps = config.warmup_epochs * -(-len(x_train) // config.batch_size)
+        fitted = make_adversarial_trainer(model, config.adversary, warmup_steps)
+    fitted.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
     backup = [keras.callbacks.BackupAndRestore(str(backup_dir))] if backup_dir else []
-    model.fit(
+    fitted.fit(
         x_train, y_train, batch_size=config.batch_size, epochs=config.epochs,
         validation_data=validation, shuffle=True, verbose=verbose, callbacks=[*backup, *callbacks],
     )
@@ -189,10 +204,36 @@ def train_named_model(dataset: str, model_name: str, config: TrainConfig, data, 
         teacher = train_teacher(build_model(spec), data, config, training_backup_folder(output))
         print(f"teacher test accuracy (T=1 logits): {accuracy(teacher, data.test_data, data.test_labels):.4f}")
         labels = soft_labels(teacher, data.train_data, config.temperature)
-    train_and_save(build_model(spec), data.train_data, labels, config, validation, output, store_dtype)
-    stored = build_model(spec)  # the accuracy of what was written, after any float16 rounding
-    stored.load_weights(str(output))
-    return accuracy(stored, data.test_data, data.test_labels)
+    model = build_model(spec)
+    if config.init_weights:
+        load_initial_weights(model, config.init_weights)  # a resumed run's backup overrides these
+    callbacks = ()
+    if config.adversary is not None:
+        from cleverscore.models.adversarial import robust_validation_callback
+
+        watched = slice(0, ROBUST_VALIDATION_IMAGES)
+        callbacks = (robust_validation_callback(model, data.validation_data[watched], data.validation_labels[watched],
+                                                config.adversary),)
+    train_and_save(model, data.train_data, labels, config, validation, output, store_dtype, callbacks)
+    return accuracy(stored_model(spec, output), data.test_data, data.test_labels)
+
+
+def load_initial_weights(model, path: str) -> None:
+    """Start from a trained file (fine-tuning); a one-line error if it is not this architecture's."""
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"`init_weights` {path} does not fit the {model.name} architecture: {first}") from err
+
+
+def stored_model(spec, output: Path):
+    """The model as written to `output`, after any float16 rounding: what the recorded accuracies are of."""
+    from cleverscore.models.zoo import build_model
+
+    model = build_model(spec)
+    model.load_weights(str(output))
+    return model
 
 
 def train_and_save(model, x, y, config: TrainConfig, validation, output: Path, store_dtype: str = "float32",

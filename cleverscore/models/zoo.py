@@ -1,8 +1,8 @@
 """The one builder for every MNIST/CIFAR architecture, and the map from model names to weights.
 
-Architectures (spec section 5): the 7-layer CNN (`normal`, `distilled`, `brelu`, and `normal`
-with another `--activation`), the 2-layer MLP with softplus(10x)/10, and N-layer MLPs named
-`N,M,tag`. MNIST and CIFAR differ only by input shape and layer widths.
+Architectures (spec section 5): the 7-layer CNN (`normal`, `distilled`, `brelu`, `adv_EPS`
+adversarially trained at Linf radius EPS, and `normal` with another `--activation`), the 2-layer
+MLP with softplus(10x)/10, and N-layer MLPs named `N,M,tag`. MNIST and CIFAR differ only by input shape and layer widths.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar": (32, 32, 3)}
 NUM_CLASSES = 10
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "softplus", "hard_sigmoid", "arctan")
 BUILTIN_NAMES = ("normal", "distilled", "brelu", "2-layer")
+ADVERSARIAL_PREFIX = "adv_"  # adv_EPS: the CNN adversarially trained (PGD, Linf) at radius EPS
 DISTILLATION_T = 100
 TWO_LAYER_HIDDEN = 1024
 
@@ -66,14 +67,36 @@ def parse_model_name(dataset: str, model_name: str, activation: str = "relu") ->
         return ModelSpec(dataset, "cnn", "brelu", (), f"{dataset}_brelu.weights.h5", train)
     if model_name == "2-layer":
         return ModelSpec(dataset, "mlp", "softplus10", (TWO_LAYER_HIDDEN,), f"{dataset}_2layer.weights.h5", train)
+    if model_name.startswith(ADVERSARIAL_PREFIX):
+        return _parse_adversarial(dataset, model_name, activation)
     return _parse_nlayer(dataset, model_name, activation)
+
+
+def adversarial_model_name(eps: float) -> str:
+    """The zoo name of the CNN adversarially trained at Linf radius `eps` (input units): `adv_0.1`."""
+    return f"{ADVERSARIAL_PREFIX}{eps:g}"
+
+
+def _parse_adversarial(dataset: str, model_name: str, activation: str) -> ModelSpec:
+    try:
+        eps = float(model_name.removeprefix(ADVERSARIAL_PREFIX))
+    except ValueError:
+        eps = float("nan")
+    if not 0 < eps <= 1:  # also refuses nan
+        raise UsageError(f"unknown model {model_name!r}; an adversarially trained CNN is named adv_EPS "
+                         "with its Linf radius in input units, 0 < EPS <= 1 (adv_0.1)")
+    if activation != "relu":
+        raise UsageError(f"`activation` {activation} is only available with `model_name` normal or an N,M,tag MLP")
+    name = adversarial_model_name(eps)
+    command = f"python3 train_models.py --dataset {dataset} --model normal --adv_eps {eps:g}"
+    return ModelSpec(dataset, "cnn", "relu", (), f"{dataset}_{name}.weights.h5", command)
 
 
 def _parse_nlayer(dataset: str, model_name: str, activation: str) -> ModelSpec:
     parts = model_name.split(",")
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or int(parts[0]) < 2:
         raise UsageError(
-            f"unknown model {model_name!r}; choose {', '.join(BUILTIN_NAMES)} or N,M,tag "
+            f"unknown model {model_name!r}; choose {', '.join(BUILTIN_NAMES)}, adv_EPS or N,M,tag "
             "(an N-layer MLP with M hidden units, N >= 2)"
         )
     layers, width, tag = int(parts[0]), int(parts[1]), parts[2]

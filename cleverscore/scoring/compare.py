@@ -14,7 +14,9 @@ Images present in one folder only are listed and left out.
 
 Summary per (info, norm): the number of pairs, the mean score of A and of B, the ratio B/A of the
 means and its 95% interval, and a verdict. How the interval is made is explained in
-`ratio_interval`.
+`ratio_interval`. Where the folders also hold certified radii or attack distortions, their B/A
+says whether CLEVER's verdict is backed (`final_verdict`): a "more robust" that the proofs or the
+found examples do not show is named as a disagreement, the usual sign of gradient masking.
 """
 
 from __future__ import annotations
@@ -44,11 +46,19 @@ MORE_ROBUST_B = "B is more robust"
 MORE_ROBUST_A = "A is more robust"
 NO_DIFFERENCE = "no difference shown at this sample size"
 
+# A "more robust" verdict is backed by evidence whose ratio shows at least this gain (B/A >= 1.1, or
+# <= 1/1.1 for A) whenever CLEVER's does: a defense whose attacks gain under 10% is no defense to trust.
+MIN_GAIN = 1.1
+# Exit status of `clever.py --compare` when a "more robust" verdict is contradicted by the evidence
+# (0: every verdict backed or resting on CLEVER alone; 1: files skipped or images left out).
+EXIT_DISAGREEMENT = 3
+GRADIENT_MASKING = "gradient masking is the usual cause"
+
 PAIR_COLUMNS = ["id", "info", "norm", "true_label", "target_a", "target_b", "score_a", "score_a_lo", "score_a_hi",
                 "score_b", "score_b_lo", "score_b_hi", "ratio", "file_a", "file_b"]
 SUMMARY_COLUMNS = ["info", "norm", "pairs", "mean_a", "mean_b", "ratio", "ratio_lo", "ratio_hi", "verdict", "bound",
                    "certified_ratio", "certified_lo", "certified_hi", "certified_verdict", "attack_ratio", "attack_lo",
-                   "attack_hi", "attack_verdict", "agreement"]
+                   "attack_hi", "attack_verdict", "agreement", "disagreeing", "final_verdict"]
 
 
 @dataclass
@@ -137,6 +147,7 @@ def reduce_untargeted(rows: Sequence[dict], everything: bool = False, bound: str
 
 # Columns that bound the minimal distortion from outside the statistics: a proof below, a found example above.
 EVIDENCE = ("certified_radius", "attack_distortion")
+EVIDENCE_NAMES = tuple(zip(EVIDENCE, ("certified", "attack")))  # column -> its name in the lines
 
 
 def _min_or_none(values: list[float | None]) -> float | None:
@@ -307,6 +318,63 @@ def agreement(verdicts: Sequence[str]) -> str:
     return "disagree"
 
 
+def gain(ratio: float, claim: str) -> float:
+    """How much more robust the claimed model is by a ratio B/A: the ratio for B, its inverse for A."""
+    if claim == MORE_ROBUST_B:
+        return ratio
+    return 1.0 / ratio if ratio > 0 else math.inf
+
+
+def shortfall(claim: str, clever_ratio: float, ratio: float, lo: float, hi: float) -> str:
+    """Why evidence with ratio B/A = `ratio` [`lo`, `hi`] does not back CLEVER's `claim`; '' when it does.
+
+    It does not when its interval contains 1, when it points the other way (falls below 1 where
+    CLEVER says B, rises above where CLEVER says A), or when it shows less than a MIN_GAIN gain
+    where CLEVER shows at least that much.
+    """
+    if lo <= 1.0 <= hi:
+        return "contains 1"
+    if claim == MORE_ROBUST_B and hi < 1.0:
+        return "falls"
+    if claim == MORE_ROBUST_A and lo > 1.0:
+        return "rises"
+    if gain(ratio, claim) < MIN_GAIN <= gain(clever_ratio, claim):
+        return f"shows under {MIN_GAIN:g}x"
+    return ""
+
+
+def final_verdict(row: dict) -> tuple[str, list[str]]:
+    """The verdict line's text for a summary row (log_lines.compare_verdict), and the evidence that contradicts it.
+
+    A "more robust" is contradicted by the certified radii or the attacks when `shortfall` finds
+    a reason; a "no difference" never is.
+    """
+    from cleverscore.log_lines import compare_verdict
+
+    names = [name for _, name in EVIDENCE_NAMES if f"{name}_ratio" in row]
+    claim = row["verdict"]
+    against = []
+    if claim != NO_DIFFERENCE:
+        for name in names:
+            ratio, lo, hi = row[f"{name}_ratio"], row[f"{name}_lo"], row[f"{name}_hi"]
+            why = shortfall(claim, row["ratio"], ratio, lo, hi)
+            if why:
+                against.append((name, ratio, lo, hi, why))
+    return compare_verdict(claim, names, against, GRADIENT_MASKING), [a[0] for a in against]
+
+
+def disagreements(summary: Sequence[dict]) -> list[dict]:
+    """The summary rows whose "more robust" verdict the certified radii or attacks contradict."""
+    return [row for row in summary if row.get("disagreeing")]
+
+
+def exit_status(comparison: Comparison, inputs_left_out: bool) -> int:
+    """`clever.py --compare`'s exit status: EXIT_DISAGREEMENT, else 1 for skipped files or left-out images, else 0."""
+    if disagreements(comparison.summary):
+        return EXIT_DISAGREEMENT
+    return 1 if inputs_left_out else 0
+
+
 def summarise(pairs: Sequence[dict], replicates: int = REPLICATES, seed: int = SEED,
               bound: str = RERUN) -> list[dict]:
     """One summary row per (info, norm), in the printing order."""
@@ -323,13 +391,15 @@ def summarise(pairs: Sequence[dict], replicates: int = REPLICATES, seed: int = S
                "mean_b": float(np.mean(columns[3])), "ratio": ratio, "ratio_lo": lo, "ratio_hi": hi,
                "verdict": verdict(lo, hi), "bound": bound}
         verdicts = [row["verdict"]]
-        for key, name in (("certified_radius", "certified"), ("attack_distortion", "attack")):
+        for key, name in EVIDENCE_NAMES:
             found = evidence_ratio(chosen, key, replicates, group_seed(seed, info, norm))
             if found is not None:
                 row.update({f"{name}_ratio": found[0], f"{name}_lo": found[1], f"{name}_hi": found[2],
                             f"{name}_verdict": verdict(found[1], found[2])})
                 verdicts.append(row[f"{name}_verdict"])
         row["agreement"] = agreement(verdicts)
+        row["final_verdict"], against = final_verdict(row)
+        row["disagreeing"] = ";".join(against)
         rows.append(row)
     return rows
 
@@ -389,7 +459,7 @@ def report_lines(comparison: Comparison) -> list[str]:
         lines.append(compare_left_out_line("score not finite", sorted({(k[0], k[1]) for k in comparison.not_finite})))
     for s in comparison.summary:
         lines.append(compare_line(s["info"], s["norm"], s["pairs"], s["mean_a"], s["mean_b"], s["ratio"],
-                                  s["ratio_lo"], s["ratio_hi"], s["verdict"], s["bound"]))
+                                  s["ratio_lo"], s["ratio_hi"], s["final_verdict"], s["bound"]))
         if "certified_ratio" in s or "attack_ratio" in s:
             lines.append(compare_evidence_line(s))
     return lines
