@@ -119,12 +119,15 @@ class BoundSettings:
         exact_time_limit: seconds per MILP problem; past it the solver's proven bounds are kept.
         certify_budget: seconds per image that `certify` may spend splitting the ranges of the
             derivatives to tighten the Lipschitz bound (0: one pass of bound propagation).
+        certify_optimize: seconds per image that `certify` may spend pushing the CROWN radii
+            further with optimised ReLU lower slopes (0: CROWN's own slopes).
     """
 
     certify: bool = False
     exact: bool = False
     exact_time_limit: float = 60.0
     certify_budget: float = 0.0
+    certify_optimize: float = 0.0
 
 
 @dataclass(frozen=True)

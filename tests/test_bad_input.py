@@ -156,6 +156,8 @@ def test_training_rates_refuse_nan_and_out_of_domain_values(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--radius", "-0.1"], "argument --radius: must be >= 0"),
     (["--rel_tol", "1"], "argument --rel_tol: must be < 1"),
+    (["--certify", "--certify_optimize", "-1"], "argument --certify_optimize: must be >= 0"),
+    (["--certify_optimize", "5"], "--certify_optimize needs --certify"),
     (["--ray_timeout", "0", "--ray", "local"], "argument --ray_timeout: must be > 0"),
     (["--input_range", "nan,1", "--data_path", "x.npz"], "--input_range must be two finite numbers"),
     (["--input_range=-inf,inf", "--data_path", "x.npz"], "--input_range must be two finite numbers"),

@@ -38,7 +38,8 @@ def run(tmp_path_factory):
     np.savez(root / "two.npz", x=x, y=np.argmax(model.predict(x, verbose=0), axis=1))
     res = run_script("collect_gradients.py", "--model_path", str(root / "mlp.keras"), "--data_path",
                      str(root / "two.npz"), "-n", "2", "-N", "32", "-i", "5", "--target_type", "1", "--sample_norm",
-                     "li", "--radius", str(RADIUS), "--certify", "--exact", "-s", str(root / "out"), "--quiet")
+                     "li", "--radius", str(RADIUS), "--certify", "--certify_optimize", "3", "--exact", "-s",
+                     str(root / "out"), "--quiet")
     assert res.returncode == 0, res.stderr
     (folder,) = (root / "out").glob("two_mlp_*")
     scored = run_script("clever.py", str(folder), "--csv", str(root / "s.csv"))
@@ -63,6 +64,17 @@ def test_every_certify_and_exact_key_is_written(run):
             lipschitz = mat[f"certified_radius_lipschitz_{label}"].item()
             assert mat[f"certified_radius_{label}"].item() == max(crown, lipschitz)
             assert str(mat[f"certified_radius_by_{label}"][0]) == ("lipschitz" if lipschitz > crown else "crown")
+
+
+@pytest.mark.slow
+def test_optimised_slopes_keep_crowns_own_radius_and_never_fall_below_it(run):
+    for path in run["mats"]:
+        mat = sio.loadmat(path)
+        for norm in ("L1", "L2", "Li"):
+            plain = mat[f"certified_radius_unoptimized_{norm}"].item()
+            optimized = mat[f"certified_radius_crown_{norm}"].item()
+            assert 0 < plain <= optimized <= mat[f"certified_radius_{norm}"].item(), (path.name, norm)
+        assert optimized <= mat["exact_distortion_Li"].item() * (1 + 1e-6), path.name
 
 
 @pytest.mark.slow
@@ -104,7 +116,9 @@ def test_api_certify_gives_the_radius_the_cli_wrote(run):
                            nsamps=32, niters=5, sample_norm="li", radius=RADIUS, image_id=image, certify=True)
     (scores,) = result.targets
     for label in ("L1", "L2", "Li"):
-        assert scores.certified_radius[label] == pytest.approx(mat[f"certified_radius_{label}"].item(), rel=1e-6)
+        # The run optimised its slopes (--certify_optimize); the API's default keeps CROWN's.
+        plain = max(mat[f"certified_radius_unoptimized_{label}"].item(), mat[f"certified_radius_lipschitz_{label}"].item())
+        assert scores.certified_radius[label] == pytest.approx(plain, rel=1e-6)
     assert scores.lipschitz_certified["Li"] == pytest.approx(mat["G1_certified"].item(), rel=1e-6)
     assert result.certified_radius == scores.certified_radius  # one target: its radii are the minimum
     assert scores.certified_radius["Li"] <= mat["exact_distortion_Li"].item()

@@ -224,12 +224,15 @@ class BoundPropagation:
         return tf.nest.map_structure(lambda t: t[problems], relaxation)
 
     def backward_lower(self, start: int, a: tf.Tensor | Patches, constant: tf.Tensor | None = None,
-                       problems: slice = slice(None), floor: int = 1) -> tf.Tensor:
+                       problems: slice = slice(None), floor: int = 1,
+                       lower_slopes: dict[int, tf.Tensor] | None = None) -> tf.Tensor:
         """Lower bounds (b, S) of a . y_start + constant over the balls of `problems` (b of them; default all).
 
         `a` has shape (b, S, *shape of node start). Coefficients reaching a node below `floor`
         are bounded by that node's interval bounds instead of being propagated further (sound
-        for any floor; 1 propagates all the way to the input).
+        for any floor; 1 propagates all the way to the input). `lower_slopes` replaces the lower
+        relaxation's slopes of some activation nodes (node index -> (b, 1, *shape)); any slopes
+        for which that line stays below the activation give a sound bound (`certify/slopes.py`).
         """
         pending: dict[int, tf.Tensor | Patches] = {start: a}
         total = constant if constant is not None else tf.zeros(tf.shape(_values(a))[:2], self.graph.dtype)
@@ -244,7 +247,10 @@ class BoundPropagation:
             if isinstance(coefficients, Patches) and self._keep_window(m, coefficients.window) is None:
                 coefficients = coefficients.dense()
             step = node.op.patch_backward if isinstance(coefficients, Patches) else node.op.backward
-            upstream, constant = step(coefficients, self.relaxation(m, problems))
+            relaxation = self.relaxation(m, problems)
+            if lower_slopes and m in lower_slopes:
+                relaxation = (lower_slopes[m], *relaxation[1:])
+            upstream, constant = step(coefficients, relaxation)
             total += constant
             for j, c in zip(node.inputs, upstream):
                 self._accumulate(pending, j, c)

@@ -90,6 +90,8 @@ class CertifiedRadii:
         lower: the margin lower bound at the returned radius (the margin at x0 for radius 0).
         evaluations: how many bound evaluations (one radius, all targets) the search took.
         layers: the per-layer method report, merged over all evaluations.
+        unoptimized: with optimised slopes (`optimize_seconds`), the radii CROWN's own slopes
+            certified (`radii` / `unoptimized` is the gain); None without.
     """
 
     targets: np.ndarray
@@ -97,6 +99,7 @@ class CertifiedRadii:
     lower: np.ndarray
     evaluations: int
     layers: tuple[LayerReport, ...]
+    unoptimized: np.ndarray | None = None
 
 
 PERTURBATION_NORMS: tuple[LpNorm, ...] = (L1, L2, LINF)

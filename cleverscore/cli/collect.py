@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certify_budget", type=number(minimum=0), default=0.0,
                    help="with --certify: seconds per image for tightening the certified Lipschitz bound by splitting "
                         "its derivative ranges (branch and bound; 0: one pass of bound propagation)")
+    p.add_argument("--certify_optimize", type=number(minimum=0), default=0.0,
+                   help="with --certify: seconds per image for pushing the CROWN radii further with optimised ReLU "
+                        "lower slopes (alpha-CROWN on the margin's pass); 0: CROWN's own slopes")
     p.add_argument("--exact", action="store_true",
                    help="also compute exact answers by MILP (small ReLU MLPs): the minimal Linf and L1 distortion "
                         "and, with --sample_norm li, the exact Lipschitz constant over the sampled ball")
@@ -124,6 +127,8 @@ def validate(args: argparse.Namespace) -> None:
             head_endpoint(args.ray)  # a malformed address is refused before anything loads
     if args.certify_budget and not args.certify:
         raise UsageError("--certify_budget needs --certify")
+    if args.certify_optimize and not args.certify:
+        raise UsageError("--certify_optimize needs --certify")
     if (args.certify or args.exact) and args.order == 2:
         raise UsageError("--certify and --exact work with --order 1")
     if args.rel_tol and args.order == 2:
@@ -156,7 +161,7 @@ def settings_from_args(args: argparse.Namespace) -> CollectSettings:
         transform=args.transform or None, rel_tol=args.rel_tol or None, search_steps=args.search_steps,
         sampler=args.sampler, nthreads=args.nthreads, devices=args.devices, seed=args.seed)
     bounds = BoundSettings(certify=args.certify, exact=args.exact, exact_time_limit=args.exact_time_limit,
-                           certify_budget=args.certify_budget)
+                           certify_budget=args.certify_budget, certify_optimize=args.certify_optimize)
     return CollectSettings(
         model=model_settings(args), data=data_settings(args), sampling=sampling, bounds=bounds, save=Path(args.save),
         overwrite=args.overwrite, quiet=args.quiet, verbose=args.verbose, ray=args.ray or None, ray_workers=args.ray_workers,

@@ -6,7 +6,9 @@ For each (image, target) of an item this adds `.mat` keys:
   `Gi_certified`: the smaller of the Fast-Lip bound and the bound through the backward pass,
   `certify/jacobian.py`, with `lipschitz_parts` parts bounded by its split search), and two proofs
   of a robust radius per perturbation norm: CROWN's (`certified_radius_crown_L1`, `_L2`, `_Li`: the
-  largest ball whose margin bound stays positive) and the Lipschitz bound's
+  largest ball whose margin bound stays positive; with `--certify_optimize`, with optimised ReLU
+  lower slopes, CROWN's own slopes' radius kept as `certified_radius_unoptimized_L1`, ...) and the
+  Lipschitz bound's
   (`certified_radius_lipschitz_L1`, ...: min(R_p, g(x0) / L), R_p the radius of the largest
   p-ball inside the sampled ball). `certified_radius_L1`, `_L2`, `_Li` is the larger of the two,
   `certified_radius_by_L1`, ... says which (`crown` or `lipschitz`). How each layer's bounds were
@@ -74,15 +76,17 @@ def layer_report(layers) -> str:
 
 
 def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: SamplingSettings,
-                   box: tuple[float, float], split_seconds: float = 0.0) -> list[dict]:
-    """Per target, the `--certify` keys (see the module docstring); `split_seconds` as `certify_budget`."""
+                   box: tuple[float, float], split_seconds: float = 0.0, optimize_seconds: float = 0.0) -> list[dict]:
+    """Per target, the `--certify` keys (see the module docstring); `split_seconds` as `certify_budget`,
+    `optimize_seconds` as `certify_optimize`."""
     from cleverscore.certify import certified_radius, from_keras, lipschitz_upper_bounds
 
     inner, mean, std = certifiable_model(model)
     begin = time.perf_counter()
     graph = from_keras(inner, input_mean=mean, input_std=std)
     budget = certify_memory_budget()
-    radii = {norm: certified_radius(graph, x0, c, targets, norm, box, memory_budget=budget) for norm in NORMS}
+    radii = {norm: certified_radius(graph, x0, c, targets, norm, box, memory_budget=budget,
+                                    optimize_seconds=optimize_seconds / len(NORMS)) for norm in NORMS}
     ball = sampling.scale[1]
     lipschitz = lipschitz_upper_bounds(graph, x0, c, targets, ball, sampling.sample_norm, box,
                                        memory_budget=budget, split_seconds=split_seconds)
@@ -97,6 +101,8 @@ def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampli
             by_lipschitz = lipschitz_radius(logits[c] - logits[j], float(lipschitz.for_norm(norm)[k]), supported)
             by_crown = float(radii[norm].radii[k])
             row[f"certified_radius_crown_{norm.label}"] = by_crown
+            if radii[norm].unoptimized is not None:
+                row[f"certified_radius_unoptimized_{norm.label}"] = float(radii[norm].unoptimized[k])
             row[f"certified_radius_lipschitz_{norm.label}"] = by_lipschitz
             row[f"certified_radius_{norm.label}"] = max(by_crown, by_lipschitz)
             row[f"certified_radius_by_{norm.label}"] = "lipschitz" if by_lipschitz > by_crown else "crown"
@@ -170,7 +176,8 @@ def bound_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampling: 
     """Per target, every key the bound settings ask for (an empty dict each when none)."""
     keys = [{} for _ in targets]
     if bounds.certify:
-        for row, extra in zip(keys, certified_keys(model, x0, c, targets, sampling, box, bounds.certify_budget)):
+        extras = certified_keys(model, x0, c, targets, sampling, box, bounds.certify_budget, bounds.certify_optimize)
+        for row, extra in zip(keys, extras):
             row.update(extra)
     if bounds.exact:
         for row, extra in zip(keys, exact_keys(model, x0, c, targets, sampling, box, bounds.exact_time_limit)):

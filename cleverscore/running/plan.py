@@ -86,6 +86,8 @@ def required_keys(settings: CollectSettings) -> tuple[str, ...]:
     keys = ("G2_max", "g_x0")
     if settings.bounds.certify:
         keys += ("certified_radius_lipschitz_Li",)  # files of versions before the Lipschitz radius are redone
+    if settings.bounds.certify_optimize:
+        keys += ("certified_radius_unoptimized_Li",)
     if settings.bounds.exact:
         keys += ("exact_distortion_Li",)
     return keys

@@ -1,0 +1,102 @@
+"""Optimised ReLU lower slopes (alpha-CROWN on the objective's pass), against exact answers.
+
+Known truths: the MILP's exact minimal Linf distortion of tiny ReLU networks (no certified radius
+may exceed it), the exact minimum margin over a ball where the MILP gives it, sampled points of
+the ball, and networks without unstable ReLUs (nothing to optimise: the plain bound).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cleverscore.certify import certified_radius, from_keras
+from cleverscore.certify.crown import _margin_lower, prepare
+from cleverscore.certify.milp import minimal_distortion, relu_network_from_keras
+from cleverscore.certify.slopes import optimized_lower
+from cleverscore.errors import UsageError
+from cleverscore.norms import L2, LINF
+from test_certify_ops import sample_ball
+
+
+def tiny_relu_mlp(seed: int, hidden: tuple[int, ...] = (8, 8)):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    stack = [keras.Input((10,)), *(keras.layers.Dense(h, activation="relu") for h in hidden), keras.layers.Dense(3)]
+    return keras.Sequential(stack)
+
+
+def case(seed: int):
+    model = tiny_relu_mlp(seed)
+    x0 = np.random.default_rng(seed).uniform(-0.3, 0.3, 10)
+    graph = from_keras(model, dtype=tf.float64)
+    label = int(np.argmax(graph.forward(x0[None])[0].numpy()))
+    return model, graph, x0, label, (label + 1) % 3
+
+
+def margins(graph, points: np.ndarray, label: int, target: int) -> np.ndarray:
+    logits = graph.forward(points).numpy()
+    return logits[:, label] - logits[:, target]
+
+
+@pytest.fixture(scope="module")
+def exact_cases():
+    """Tiny ReLU MLPs with the MILP's exact minimal Linf distortion."""
+    cases = []
+    for seed in range(6):
+        model, graph, x0, label, target = case(seed)
+        exact = minimal_distortion(relu_network_from_keras(model), x0, label, target, LINF, time_limit=30)
+        assert exact.exact
+        cases.append((graph, x0, label, target, exact.value))
+    return cases
+
+
+def test_the_optimised_margin_bound_is_never_below_crowns_nor_above_any_sampled_margin(exact_cases):
+    rng = np.random.default_rng(0)
+    raised = 0
+    for graph, x0, label, target, eps in exact_cases:
+        problem = prepare(graph, x0, label, [target])
+        for radius in (0.5 * eps, eps, 1.5 * eps):
+            bp = problem.propagate(np.array([radius]), LINF, 1 << 28)
+            plain = _margin_lower(bp, problem.spec[None])[0, 0]
+            optimized, _ = optimized_lower(bp, problem.spec[None], seconds=10.0)
+            sampled = margins(graph, sample_ball(rng, x0, radius, LINF, 2000), label, target)
+            assert optimized[0, 0] >= plain - 1e-12
+            assert optimized[0, 0] <= sampled.min() + 1e-9, (radius, optimized, sampled.min())
+            raised += optimized[0, 0] > plain + 1e-6
+    assert raised >= 6  # the slopes CROWN picks by its rule of thumb are not the best on most balls
+
+
+def test_the_optimised_radius_is_never_below_crowns_nor_above_the_exact_minimal_distortion(exact_cases):
+    gained = 0
+    for graph, x0, label, target, eps in exact_cases:
+        plain = certified_radius(graph, x0, label, [target], LINF)
+        optimized = certified_radius(graph, x0, label, [target], LINF, optimize_seconds=4.0)
+        assert optimized.unoptimized[0] == pytest.approx(plain.radii[0], rel=1e-12)
+        assert plain.radii[0] <= optimized.radii[0] <= eps * (1 + 1e-9), (plain.radii, optimized.radii, eps)
+        gained += optimized.radii[0] > plain.radii[0] * 1.002
+    assert gained >= 2
+
+
+def test_without_unstable_relus_there_is_nothing_to_optimise_and_the_bound_is_crowns():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    graph = from_keras(model, dtype=tf.float64)
+    x0 = np.full(4, 0.1)
+    label = int(np.argmax(graph.forward(x0[None])[0].numpy()))
+    problem = prepare(graph, x0, label, [(label + 1) % 3, (label + 2) % 3], (-1.0, 1.0))
+    bp = problem.propagate(np.array([0.05]), L2, 1 << 28)
+    optimized, steps = optimized_lower(bp, problem.spec[None], seconds=5.0)
+    assert steps == 0
+    np.testing.assert_allclose(optimized, _margin_lower(bp, problem.spec[None]), rtol=1e-12)
+
+
+def test_a_negative_or_nan_budget_is_a_usage_error(exact_cases):
+    graph, x0, label, target, _ = exact_cases[0]
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(UsageError, match="optimize_seconds"):
+            certified_radius(graph, x0, label, [target], LINF, optimize_seconds=bad)
