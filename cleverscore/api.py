@@ -88,7 +88,7 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
                   input_range: tuple[float, float] = (-0.5, 0.5), method: str = "mle_reg",
                   shape_reg: float = SHAPE_REG, input_mean: Sequence[float] | None = None,
                   input_std: Sequence[float] | None = None, input_layout: str = "auto",
-                  certify: bool = False) -> CleverResult:
+                  certify: bool = False, certify_budget: float = 0.0, certify_optimize: float = 0.0) -> CleverResult:
     """CLEVER scores of `image` for a model that returns logits.
 
     Args:
@@ -110,10 +110,14 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
         certify: also prove a radius per target and norm and bound the Lipschitz constants over
             the sampled ball, as `collect_gradients.py --certify` (Keras models only; seconds to
             minutes per target on a CNN).
+        certify_budget, certify_optimize: seconds per image for the split search of the Lipschitz
+            bound and for optimised ReLU slopes of the radii, as `--certify_budget` and
+            `--certify_optimize` (with `certify` only).
     Returns:
         CleverResult with `scores` = the minimum over the targets of each norm's score, and with
         `certify`, `certified_radius` = the minimum over the targets of each norm's radius.
     """
+    _check_certify_seconds(certify, certify_budget=certify_budget, certify_optimize=certify_optimize)
     x0 = np.asarray(image, np.float32)
     from cleverscore.data.user import looks_nchw
 
@@ -142,8 +146,16 @@ def clever_scores(model, image: np.ndarray, target: int | list[int] | None = Non
     result = CleverResult(c, predicted, {n.label: min(t.scores[n.label] for t in per_target) for n in NORMS},
                           per_target)
     if certify:
-        _add_certified(result, est, x0, sampling)
+        _add_certified(result, est, x0, sampling, certify_budget, certify_optimize)
     return result
+
+
+def _check_certify_seconds(certify: bool, **seconds: float) -> None:
+    for name, value in seconds.items():
+        if not (np.isfinite(value) and value >= 0):
+            raise UsageError(f"`{name}` must be a finite number of seconds >= 0, got {value}")
+        if value and not certify:
+            raise UsageError(f"`{name}` needs `certify=True`")
 
 
 def _target_scores(res, method: str, shape_reg: float) -> TargetScores:
@@ -157,12 +169,14 @@ def _target_scores(res, method: str, shape_reg: float) -> TargetScores:
         {n.label: end_point_interval(m).score_interval(res.g_x0) for n, m in zip(NORMS, maxima)})
 
 
-def _add_certified(result: CleverResult, est: EstimateLipschitz, x0: np.ndarray, sampling: SamplingSettings) -> None:
+def _add_certified(result: CleverResult, est: EstimateLipschitz, x0: np.ndarray, sampling: SamplingSettings,
+                   split_seconds: float, optimize_seconds: float) -> None:
     """The `--certify` keys of every target (running/bounds.py, the CLI's code), filled into `result`."""
     from cleverscore.running.bounds import certified_keys
 
     targets = [t.target for t in result.targets]
-    keys = certified_keys(est.model, x0, result.true_label, targets, sampling, est.input_range)
+    keys = certified_keys(est.model, x0, result.true_label, targets, sampling, est.input_range, split_seconds,
+                          optimize_seconds)
     for scores, row in zip(result.targets, keys):
         scores.certified_radius = {n.label: row[f"certified_radius_{n.label}"] for n in NORMS}
         scores.lipschitz_certified = {n.label: row[n.certified_key] for n in NORMS}

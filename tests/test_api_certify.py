@@ -37,6 +37,34 @@ def test_certified_radii_lie_below_the_exact_minimal_distortion(mlp_and_image):
         assert result.certified_radius[label] == min(t.certified_radius[label] for t in result.targets)
 
 
+def test_optimised_slopes_from_python_never_lower_a_radius_nor_pass_the_exact_one(mlp_and_image):
+    from cleverscore.api import clever_scores
+    from cleverscore.certify.milp import minimal_distortion, relu_network_from_keras
+    from cleverscore.norms import LINF
+
+    model, x = mlp_and_image
+    kwargs = dict(nsamps=16, niters=3, sample_norm="li", radius=RADIUS, certify=True)
+    plain = clever_scores(model, x, **kwargs)
+    optimized = clever_scores(model, x, certify_optimize=3.0, **kwargs)
+    net = relu_network_from_keras(model)
+    for before, after in zip(plain.targets, optimized.targets):
+        exact = minimal_distortion(net, x, plain.true_label, before.target, LINF, (-0.5, 0.5), 30)
+        assert before.certified_radius["Li"] <= after.certified_radius["Li"] <= exact.value * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"certify": True, "certify_optimize": -1.0}, "`certify_optimize` must be a finite number"),
+    ({"certify": True, "certify_budget": float("nan")}, "`certify_budget` must be a finite number"),
+    ({"certify_optimize": 2.0}, "`certify_optimize` needs `certify=True`"),
+])
+def test_bad_certify_budgets_are_usage_errors_before_any_work(mlp_and_image, kwargs, message):
+    from cleverscore.api import clever_scores
+
+    model, x = mlp_and_image
+    with pytest.raises(UsageError, match=message):
+        clever_scores(model, x, nsamps=16, niters=3, **kwargs)
+
+
 def test_certify_refuses_a_plain_callable_before_sampling(mlp_and_image):
     from cleverscore.api import clever_scores
 
@@ -51,6 +79,9 @@ def test_certify_refuses_a_plain_callable_before_sampling(mlp_and_image):
     (BoundSettings(certify=True), {"certified_radius_Li": 0.01}, True),  # before the Lipschitz radius: redone
     (BoundSettings(certify=True), {"certified_radius_lipschitz_Li": 0.01}, False),
     (BoundSettings(exact=True), {"certified_radius_lipschitz_Li": 0.01}, True),
+    (BoundSettings(certify=True, certify_optimize=5.0), {"certified_radius_lipschitz_Li": 0.01}, True),
+    (BoundSettings(certify=True, certify_optimize=5.0),
+     {"certified_radius_lipschitz_Li": 0.01, "certified_radius_unoptimized_Li": 0.01}, False),
 ])
 def test_a_file_without_the_bounds_asked_for_is_recomputed_not_skipped(tmp_path, bounds, extra, recomputed):
     sampling = SamplingSettings(nsamps=8, niters=5)
