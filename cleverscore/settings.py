@@ -119,12 +119,20 @@ class BoundSettings:
         exact_time_limit: seconds per MILP problem; past it the solver's proven bounds are kept.
         certify_budget: seconds per image that `certify` may spend splitting the ranges of the
             derivatives to tighten the Lipschitz bound (0: one pass of bound propagation).
+        attacks: names of minimal-distortion attacks (`attacks.ATTACKS`) run on each (image, target)
+            through the sampled model (with its `transform`, by BPDA); () runs none.
     """
 
     certify: bool = False
     exact: bool = False
     exact_time_limit: float = 60.0
     certify_budget: float = 0.0
+    attacks: tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is computed beside the maxima."""
+        return self.certify or self.exact or bool(self.attacks)
 
 
 @dataclass(frozen=True)
