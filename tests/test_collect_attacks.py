@@ -84,11 +84,11 @@ def test_recorded_distortion_is_the_exact_affine_distance_within_1_percent_per_n
 
 @pytest.mark.slow
 def test_each_norm_names_the_attack_that_found_it_and_the_attacks_run(runs):
-    strongest = ["pgd_li", "fab_li", "ddn_l2", "fab_l2", "pgd_l1", "fab_l1"]
+    default = ["pgd_li", "ddn_l2", "fab_l1"]  # --attacks alone
     for m in mats(runs["folders"][0]):
-        assert str(m["attack_names"][0]).split(",") == strongest
+        assert str(m["attack_names"][0]).split(",") == default
         for norm in NORMS:
-            assert str(m[f"attack_source_{norm}"][0]) in strongest
+            assert str(m[f"attack_source_{norm}"][0]) in default
         assert m["attack_seconds"].item() > 0
 
 
