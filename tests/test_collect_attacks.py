@@ -144,3 +144,15 @@ def test_bpda_logits_are_the_model_at_the_transformed_point_with_its_gradient():
     np.testing.assert_allclose(out.numpy(), np.asarray(model(moved)), rtol=1e-5, atol=1e-5)
     grad = tape.gradient(margin, x).numpy().reshape(3, -1)
     np.testing.assert_allclose(grad, np.tile(weights[:, 1] - weights[:, 0], (3, 1)), rtol=1e-5, atol=1e-5)
+
+
+def test_with_exact_too_its_closer_attack_distortion_is_kept_and_named():
+    from cleverscore.running.bounds import merged_attack_keys
+
+    exact_row = {"attack_distortion_Li": 0.10, "attack_distortion_L1": 5.0}
+    attacks = {"attack_distortion_Li": 0.12, "attack_source_Li": "pgd_li", "attack_distortion_L1": 4.0,
+               "attack_source_L1": "fab_l1", "attack_distortion_L2": 1.0, "attack_source_L2": "ddn_l2"}
+    merged = merged_attack_keys(exact_row, attacks)
+    assert (merged["attack_distortion_Li"], merged["attack_source_Li"]) == (0.10, "exact")
+    assert (merged["attack_distortion_L1"], merged["attack_source_L1"]) == (4.0, "fab_l1")
+    assert (merged["attack_distortion_L2"], merged["attack_source_L2"]) == (1.0, "ddn_l2")
