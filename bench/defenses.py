@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "normal"
 MORE, NOT_MORE = 1.2, 1.1  # the truth call's thresholds on the attack (and certified) ratios
 NORMS = ("L2", "Li", "L1")
+NOTES = "<!-- notes: the text below this line is kept when the script rewrites the report -->\n"
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,9 @@ def main(argv=None) -> int:
         print(line)
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     if args.markdown:
-        Path(args.markdown).write_text(report(args, rows, goals, runner, folders, certified, total))
+        path = Path(args.markdown)
+        notes = path.read_text().partition(NOTES)[2] if path.exists() else ""
+        path.write_text(report(args, rows, goals, runner, folders, certified, total) + "\n" + NOTES + notes)
         print(f"wrote {args.markdown}")
     return 0
 
