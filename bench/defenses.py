@@ -81,8 +81,8 @@ class Runner:
         self.commands: list[str] = []
         self.env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
 
-    def run(self, key: str, args: list[str], ok=(0,)) -> subprocess.CompletedProcess:
-        shown = "python3 " + " ".join(shlex.quote(str(a)) for a in args)
+    def run(self, key: str, args: list, ok=(0,)) -> subprocess.CompletedProcess:
+        shown = "python3 " + " ".join(shlex.quote(shown_path(a)) for a in args)
         self.commands.append(shown)
         print(f"[{time.strftime('%H:%M:%S')}] {shown}", flush=True)
         begin = time.perf_counter()
@@ -97,9 +97,16 @@ class Runner:
         return res
 
 
+def shown_path(arg) -> str:
+    """A path under the checkout as it is written from its root (the commands are run from there)."""
+    if isinstance(arg, Path) and arg.is_absolute() and ROOT in arg.parents:
+        return str(arg.relative_to(ROOT))
+    return str(arg)
+
+
 def collect(runner: Runner, args, defense: Defense, images: int, kind: str) -> Path:
     """collect_gradients.py for one model: `main` (CLEVER + attacks) or `certified` (radii, cheap sampling)."""
-    save = Path(args.out) / kind / defense.name
+    save = Path(args.out).resolve() / kind / defense.name
     common = ["collect_gradients.py", *defense.flags, "-n", images, "--target_type", 1, "--data_dir", args.data_dir,
               "-s", save, "--quiet"]
     if kind == "main":
@@ -113,7 +120,7 @@ def collect(runner: Runner, args, defense: Defense, images: int, kind: str) -> P
 
 def compare(runner: Runner, args, a: Path, b: Path, key: str) -> tuple[dict, int]:
     """`clever.py --compare a b`: its summary rows by norm (top-2 targets) and its exit status."""
-    path = Path(args.out) / "compare" / f"{key}.json"
+    path = Path(args.out).resolve() / "compare" / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     res = runner.run(f"compare/{key}", ["clever.py", "--compare", a, b, "--json", path], ok=(0, 1, 3))
     rows = {r["norm"]: r for r in json.loads(path.read_text())["summary"] if r["info"] == "top2"}
@@ -240,9 +247,10 @@ def report(args, rows, goals, runner: Runner, folders, certified, total: float) 
         "",
         "Columns: CLEVER B/A with its rerun interval (`clever.py --compare`, default `--compare_bound rerun`); "
         "attack B/A: the ratio of the mean best-attack distortions, with its image-bootstrap interval; certified "
-        "B/A likewise (on the certified images); the final verdict as `--compare` prints it (exit 3: contradicted by "
-        "the evidence); the truth call from attacks and certified radii alone: **more robust** when both rise "
-        f">= {MORE}x, **not more robust** when the attacks rise < {NOT_MORE}x.",
+        "B/A likewise (on the certified images); the final verdict as `--compare` prints it; exit: the status of "
+        "that `--compare` as a whole, all three norms (3: some norm's verdict is contradicted by the evidence, 1: "
+        "images of A left out because B has fewer); the truth call from attacks and certified radii alone: "
+        f"**more robust** when both rise >= {MORE}x, **not more robust** when the attacks rise < {NOT_MORE}x.",
         "",
         "| B | norm | pairs | CLEVER B/A [rerun] | attack B/A | certified B/A | `--compare` verdict | exit | truth |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -250,11 +258,12 @@ def report(args, rows, goals, runner: Runner, folders, certified, total: float) 
     body = [f"| {r['defense']} | {r['norm']} | {r['pairs']} | {r['clever']} | {r['attack']} | {r['certified']} | "
             f"{r['verdict']} | {r['exit']} | {r['truth']} |" for r in rows]
     timing = ["", "## Times", "",
-              f"This invocation: {total:.0f} s (steps already done are resumed, not recomputed). Per step, when it ran "
-              "(2-core VM shared with other jobs, one thread per job):", "",
+              f"The study: {sum(times.values()):.0f} s in all, the sum of its steps, each timed when it did its work "
+              "(2-core VM shared with other developers' jobs, one thread per job; steps run one after another). "
+              f"A rerun resumes finished steps (this invocation: {total:.0f} s).", "",
               "| step | seconds |", "|---|---|"]
     timing += [f"| {k} | {v:.0f} |" for k, v in sorted(times.items())]
-    timing += ["", f"Sum of the steps: {sum(times.values()):.0f} s. Mean attack time per (image, target) of each B "
+    timing += ["", "Mean attack time per (image, target) of each B "
                "(`attack_seconds`): " + ", ".join(f"{r['defense']} {r['attack_seconds_b']:.1f} s"
                                                    for r in rows if r["norm"] == "L2") + "."]
     commands = ["", "## Commands", "", "From a fresh clone (the MNIST files in `--data_dir`):", "", "```bash",
