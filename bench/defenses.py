@@ -248,8 +248,9 @@ def report(args, rows, goals, runner: Runner, folders, certified, total: float) 
         "Columns: CLEVER B/A with its rerun interval (`clever.py --compare`, default `--compare_bound rerun`); "
         "attack B/A: the ratio of the mean best-attack distortions, with its image-bootstrap interval; certified "
         "B/A likewise (on the certified images); the final verdict as `--compare` prints it; exit: the status of "
-        "that `--compare` as a whole, all three norms (3: some norm's verdict is contradicted by the evidence, 1: "
-        "images of A left out because B has fewer); the truth call from attacks and certified radii alone: "
+        "that `--compare` as a whole, all three norms (3: some norm's verdict is contradicted by the evidence; "
+        "the images only A has are left out of the pairs, which does not change it); the truth call from attacks "
+        "and certified radii alone: "
         f"**more robust** when both rise >= {MORE}x, **not more robust** when the attacks rise < {NOT_MORE}x.",
         "",
         "| B | norm | pairs | CLEVER B/A [rerun] | attack B/A | certified B/A | `--compare` verdict | exit | truth |",
