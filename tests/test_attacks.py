@@ -183,6 +183,22 @@ def test_found_candidates_that_all_tip_back_are_left_unshortened_and_dropped(aff
     assert not res.success.any() and np.isinf(res.l2).all()
 
 
+def test_a_candidate_stopped_a_hair_short_of_the_boundary_is_pushed_across_but_not_one_1_percent_short(affine_case):
+    from cleverscore.attacks import targeted
+    from cleverscore.attacks.result import finished
+
+    model, x, targets, exact = affine_case
+    grad = np.asarray(model.layers[-1].get_weights()[0], np.float64)
+    normal = (grad[:, targets[0]] - grad[:, 1 - targets[0]]).reshape(x[0].shape)
+    direction = normal / np.linalg.norm(normal)  # the L2-shortest way to the boundary
+    for short, counted in ((2e-5, True), (1e-2, False)):
+        cand = (x[:1] + (1 - short) * exact["l2"][0] * direction).astype(np.float32)
+        res = finished(model, x[:1], cand, np.ones(1, bool), targeted(targets[:1]), (-0.5, 0.5))
+        assert bool(res.success[0]) is counted, short
+        if counted:
+            assert exact["l2"][0] * (1 - 1e-6) <= res.l2[0] <= exact["l2"][0] * 1.001
+
+
 def test_a_failed_attack_reports_no_distortion_and_the_original_image(affine_case):
     from cleverscore.attacks import ifgsm
 
