@@ -121,6 +121,8 @@ class BoundSettings:
             derivatives to tighten the Lipschitz bound (0: one pass of bound propagation).
         certify_optimize: seconds per image that `certify` may spend pushing the CROWN radii
             further with optimised ReLU lower slopes (0: CROWN's own slopes).
+        attacks: names of minimal-distortion attacks (`attacks.ATTACKS`) run on each (image, target)
+            through the sampled model (with its `transform`, by BPDA); () runs none.
     """
 
     certify: bool = False
@@ -128,6 +130,12 @@ class BoundSettings:
     exact_time_limit: float = 60.0
     certify_budget: float = 0.0
     certify_optimize: float = 0.0
+    attacks: tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is computed beside the maxima."""
+        return self.certify or self.exact or bool(self.attacks)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,19 @@ def affine_model(weights: np.ndarray, bias: np.ndarray, image_shape=(28, 28, 1))
     return model
 
 
+def exact_l1(x: np.ndarray, w: np.ndarray, need: float, box=(-0.5, 0.5)) -> float:
+    """The smallest L1 step that raises w.x by `need` inside the box: coordinates of largest |w| first."""
+    flat = x.reshape(-1).astype(np.float64)
+    room = np.where(w > 0, box[1] - flat, flat - box[0])
+    cost = gained = 0.0
+    for i in np.argsort(-np.abs(w)):
+        gain = abs(w[i]) * room[i]
+        if gained + gain >= need:
+            return cost + (need - gained) / abs(w[i])
+        gained, cost = gained + gain, cost + room[i]
+    return np.inf
+
+
 def run_script(*args: str, env: dict | None = None, timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run one of the project's scripts with the current interpreter."""
     # Without TF_CPP_MIN_LOG_LEVEL, as a user runs them: the scripts keep TensorFlow's start-up lines quiet.

@@ -6,24 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import affine_model, run_cli_in_process, run_script, shared_dataset
+from conftest import affine_model, exact_l1, run_cli_in_process, run_script, shared_dataset
 
 SHAPE = (28, 28, 1)
 SMALL = (6, 6, 1)  # the affine and tiny-network checks: the attacks' loops are the same, the graphs smaller
 NEW_ATTACKS = ["pgd_li", "fab_li", "pgd_l2", "ddn_l2", "fab_l2", "pgd_l1", "fab_l1"]
-
-
-def exact_l1(x: np.ndarray, w: np.ndarray, need: float, box=(-0.5, 0.5)) -> float:
-    """The smallest L1 step that raises w.x by `need` inside the box: coordinates of largest |w| first."""
-    flat = x.reshape(-1).astype(np.float64)
-    room = np.where(w > 0, box[1] - flat, flat - box[0])
-    cost = gained = 0.0
-    for i in np.argsort(-np.abs(w)):
-        gain = abs(w[i]) * room[i]
-        if gained + gain >= need:
-            return cost + (need - gained) / abs(w[i])
-        gained, cost = gained + gain, cost + room[i]
-    return np.inf
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +171,32 @@ def test_a_candidate_is_only_counted_when_the_model_agrees_and_it_is_inside_the_
     delta = (candidates[[0, 3]].astype(np.float64) - x[[0, 3]]).reshape(2, -1)
     np.testing.assert_allclose(res.l1[[0, 3]], np.abs(delta).sum(axis=1), rtol=1e-12)
     np.testing.assert_allclose(res.linf[[0, 3]], np.abs(delta).max(axis=1), rtol=1e-12)
+
+
+def test_found_candidates_that_all_tip_back_are_left_unshortened_and_dropped(affine_case):
+    from cleverscore.attacks import targeted
+    from cleverscore.attacks.result import finished
+
+    model, x, targets, _ = affine_case
+    # the attack says "found" for the image itself, which is not adversarial: nothing to shorten
+    res = finished(model, x[:1], x[:1], np.ones(1, bool), targeted(targets[:1]), (-0.5, 0.5))
+    assert not res.success.any() and np.isinf(res.l2).all()
+
+
+def test_a_candidate_stopped_a_hair_short_of_the_boundary_is_pushed_across_but_not_one_1_percent_short(affine_case):
+    from cleverscore.attacks import targeted
+    from cleverscore.attacks.result import finished
+
+    model, x, targets, exact = affine_case
+    grad = np.asarray(model.layers[-1].get_weights()[0], np.float64)
+    normal = (grad[:, targets[0]] - grad[:, 1 - targets[0]]).reshape(x[0].shape)
+    direction = normal / np.linalg.norm(normal)  # the L2-shortest way to the boundary
+    for short, counted in ((2e-5, True), (1e-2, False)):
+        cand = (x[:1] + (1 - short) * exact["l2"][0] * direction).astype(np.float32)
+        res = finished(model, x[:1], cand, np.ones(1, bool), targeted(targets[:1]), (-0.5, 0.5))
+        assert bool(res.success[0]) is counted, short
+        if counted:
+            assert exact["l2"][0] * (1 - 1e-6) <= res.l2[0] <= exact["l2"][0] * 1.001
 
 
 def test_a_failed_attack_reports_no_distortion_and_the_original_image(affine_case):

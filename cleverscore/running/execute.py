@@ -38,7 +38,7 @@ def compute_item(estimator, sampling: SamplingSettings, item: WorkItem, progress
                 found = searched_norms(estimator, item.x0, item.true_label, targets, sampling, item.image_id)
                 for result, row in zip(results, found):
                     result.search_max = np.maximum(row, result.grad_max.max(0))
-            if bounds is not None and (bounds.certify or bounds.exact):
+            if bounds is not None and bounds.any:
                 extra = bound_keys(estimator.model, item.x0, item.true_label, targets, sampling, bounds,
                                    estimator.input_range)
                 for result, keys in zip(results, extra):

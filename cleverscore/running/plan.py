@@ -90,6 +90,8 @@ def required_keys(settings: CollectSettings) -> tuple[str, ...]:
         keys += ("certified_radius_unoptimized_Li",)
     if settings.bounds.exact:
         keys += ("exact_distortion_Li",)
+    if settings.bounds.attacks:
+        keys += ("attack_distortion_L2",)  # --exact's files hold only the Linf and L1 attack distortions
     return keys
 
 
