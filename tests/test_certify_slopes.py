@@ -69,6 +69,7 @@ def test_the_optimised_margin_bound_is_never_below_crowns_nor_above_any_sampled_
     assert raised >= 6  # the slopes CROWN picks by its rule of thumb are not the best on most balls
 
 
+@pytest.mark.slow  # 18 s; test_api_certify checks the same order on one network in CI
 def test_the_optimised_radius_is_never_below_crowns_nor_above_the_exact_minimal_distortion(exact_cases):
     gained = 0
     for graph, x0, label, target, eps in exact_cases:
