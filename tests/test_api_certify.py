@@ -82,6 +82,10 @@ def test_certify_refuses_a_plain_callable_before_sampling(mlp_and_image):
     (BoundSettings(certify=True, certify_optimize=5.0), {"certified_radius_lipschitz_Li": 0.01}, True),
     (BoundSettings(certify=True, certify_optimize=5.0),
      {"certified_radius_lipschitz_Li": 0.01, "certified_radius_unoptimized_Li": 0.01}, False),
+    (BoundSettings(attacks=("pgd_li", "ddn_l2")), {"attack_distortion_L2": 0.5, "attack_names": "pgd_li,ddn_l2"}, False),
+    (BoundSettings(attacks=("pgd_li", "ddn_l2")), {"attack_distortion_L2": 0.5, "attack_names": "pgd_li"}, True),
+    (BoundSettings(attacks=("pgd_li",)), {"attack_distortion_L2": 0.5, "attack_names": "pgd_li,fab_l1"}, True),
+    (BoundSettings(attacks=("pgd_li",)), {"attack_distortion_Li": 0.5}, True),  # --exact's keys only
 ])
 def test_a_file_without_the_bounds_asked_for_is_recomputed_not_skipped(tmp_path, bounds, extra, recomputed):
     sampling = SamplingSettings(nsamps=8, niters=5)

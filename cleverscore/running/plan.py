@@ -11,7 +11,7 @@ import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
 from cleverscore.log_lines import datagen_line
-from cleverscore.mat_files import MatName, result_folder, result_status
+from cleverscore.mat_files import MatName, load_mat, mat_text, result_folder, result_status
 from cleverscore.models.user import model_label
 from cleverscore.running.targets import USER, choose_targets, read_ids_file
 from cleverscore.settings import CollectSettings, DataSettings, ModelSettings
@@ -113,6 +113,11 @@ def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true
             if settings.verbose:
                 print(f"[INFO] {path} has no {' or '.join(k for k in keys[2:])}; recomputing it with them")
             status = "incomplete"
+        if status == "complete" and settings.bounds.attacks and attacked_by_others(path, settings.bounds.attacks):
+            if settings.verbose:
+                print(f"[INFO] {path} was attacked by other attacks than {','.join(settings.bounds.attacks)}; "
+                      "recomputing it")
+            status = "incomplete"
         if status == "complete":
             if settings.verbose:
                 print(f"file {path} already exists. Skipping this sample...")
@@ -123,6 +128,18 @@ def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true
                   "recomputing it", file=sys.stderr)
         todo.append((target, info, path))
     return todo
+
+
+def attacked_by_others(path: Path, wanted: tuple[str, ...]) -> bool:
+    """Whether a file's attack distortions came from another set of attacks than `wanted`.
+
+    Two folders compared on their attack distortions must have been attacked alike, so a rerun
+    with other `--attacks` recomputes the file rather than keep evidence of another strength."""
+    try:
+        recorded = mat_text(load_mat(path).get("attack_names", ""))
+    except Exception:  # noqa: BLE001 - an unreadable file is recomputed anyway
+        return True
+    return set(filter(None, recorded.split(","))) != set(wanted)
 
 
 def plan_items(settings: CollectSettings, test_x, test_y, images, logits, names, folder,
