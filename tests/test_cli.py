@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import numpy as np
@@ -131,3 +132,14 @@ def test_a_bad_file_is_reported_and_the_rest_still_scored(targeted_run, tmp_path
     assert res.returncode == 1  # a summary that left a file out says so in its exit status
     assert "skipping" in res.stderr and "skipped 1 of 7" in res.stderr
     assert res.stdout.count("[STATS][L0]") == 3
+
+
+def test_command_lines_pool_tensorflows_cpu_memory_unless_the_user_chose(monkeypatch):
+    from cleverscore.cli.common import pool_cpu_memory
+
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+    pool_cpu_memory()
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "false")
+    pool_cpu_memory()
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "false"
