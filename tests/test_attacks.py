@@ -334,6 +334,25 @@ def test_attacks_cli_writes_best_rows_untargeted_rows_and_ids_targets(user_run, 
     assert "[ATTACK][SUMMARY] attack = best, info = untargeted, succeeded = 1/1" in res.stdout
 
 
+def test_attacks_through_a_transformation_fool_the_defended_model_not_just_the_bare_one(user_run, tmp_path):
+    import keras
+
+    from cleverscore.sampling.pool import apply_transform
+
+    out, adv_file = tmp_path / "t.csv", tmp_path / "t.npz"
+    res = run_cli_in_process("attacks.py", "--model_path", str(user_run / "mlp.keras"), "--data_path",
+                             str(user_run / "data.npz"), "-n", "3", "--target_type", "1", "--transform",
+                             "defend_reduce", "--attacks", "pgd_li,fab_l2", "--csv", str(out), "--save_adv",
+                             str(adv_file))
+    assert res.returncode == 0, res.stderr
+    adv = np.load(adv_file)
+    ok = adv["success"]
+    assert ok.sum() >= 3  # most pairs broken: the check below has examples to look at
+    model = keras.models.load_model(user_run / "mlp.keras")
+    defended = np.argmax(np.asarray(model(apply_transform("defend_reduce", adv["adv"][ok], (-0.5, 0.5)))), axis=1)
+    np.testing.assert_array_equal(defended, adv["target_label"][ok])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--attacks", "fgsm"], "unknown attack(s) fgsm"),
     (["--attacks", "pgd_li,bestt"], "unknown attack(s) bestt"),
@@ -346,6 +365,7 @@ def test_attacks_cli_writes_best_rows_untargeted_rows_and_ids_targets(user_run, 
     (["--ddn_gamma", "1.5"], "--ddn_gamma: must be < 1"),
     (["-f", "10000"], "--firstimg 10000 is past the end of the test set"),
     (["--save_adv", "adv.txt"], "--save_adv must name an .npz file"),
+    (["--transform", "defend_blur"], "unknown --transform 'defend_blur'"),
 ])
 def test_attacks_cli_rejects_bad_flags_in_one_line(tmp_path, args, message):
     res = run_cli_in_process("attacks.py", "--csv", str(tmp_path / "a.csv"), *args)

@@ -40,6 +40,7 @@ from cleverscore.errors import UsageError
 from cleverscore.locations import program_name
 from cleverscore.mat_files import check_writable_file
 from cleverscore.norms import L1, L2, LINF
+from cleverscore.sampling.transforms import TRANSFORMS
 
 # What runs without --attacks: the paper's three, the strongest Linf and L2 attacks, and best.
 DEFAULT_ATTACKS = ("cw_l2", "ifgsm_l2", "ifgsm_li", "pgd_li", "fab_li", "ddn_l2", "fab_l2", BEST)
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bit mask: 1 top-2, 2 random, 4 least likely, 8 --ids targets, 16 untargeted")
     p.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                    help=f"comma-separated, from {', '.join(ATTACKS)} and {BEST}")
+    p.add_argument("--transform", default="",
+                   help=f"attack the model behind this input transformation, through BPDA (as collect_gradients.py "
+                        f"--transform): one of {', '.join(TRANSFORMS)}")
     p.add_argument("--csv", required=True, help="output CSV (one row per image, target and attack)")
     p.add_argument("--save_adv", default="", metavar="FILE.npz",
                    help="also save the adversarial images, one per attack row (adv, id, true_label, target_label, "
@@ -115,6 +119,8 @@ def validate(args: argparse.Namespace) -> tuple[list[str], bool]:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if args.firstimg < 0:
         raise UsageError("--firstimg must be >= 0")
+    if args.transform and args.transform not in TRANSFORMS:
+        raise UsageError(f"unknown --transform {args.transform!r}; valid names: {', '.join(TRANSFORMS)}")
     check_user_model_flags(args)
     check_writable_file(args.csv, "--csv")
     if args.save_adv:
@@ -203,6 +209,10 @@ def attack_images(args: argparse.Namespace, names: list[str], want_best: bool) -
     model_spec, data_spec = model_settings(args), data_settings(args)
     model, test_x, test_y = load_model_and_data(model_spec, data_spec)
     check_image_shape(model, test_x.shape[1:])
+    if args.transform:  # the defended model: predictions, attacks and every check go through it
+        from cleverscore.attacks.bpda import bpda_logits
+
+        model = bpda_logits(model, args.transform, tuple(model_spec.input_range))
     settings = attack_settings(args, model_spec.input_range)
     ids = select_images(data_spec, len(test_x), None)
     x_all, labels = test_x[[i for i, _ in ids]], test_y[[i for i, _ in ids]]
