@@ -222,7 +222,7 @@ def test_no_sample_within_the_certified_radius_is_misclassified(which, norms, re
 
 def sampled_gradient_norms(graph, points: np.ndarray, label: int, targets) -> np.ndarray:
     """(T, 3): the largest sampled ||grad g_j||_q for q = inf, 2, 1 (duals of L1, L2, Linf)."""
-    x = tf.constant(points)
+    x = tf.constant(points, graph.dtype)
     out = []
     for j in targets:
         with tf.GradientTape() as tape:

@@ -17,23 +17,10 @@ from cleverscore.certify.milp import local_lipschitz, minimal_distortion, relu_n
 from cleverscore.certify.ops import Interval
 from cleverscore.norms import L1, L2, LINF, NORMS
 from cleverscore.running.bounds import lipschitz_radius
+from test_certify_crown import sampled_gradient_norms
 from test_certify_ops import LAYER_MODELS, build, predicted, random_input, sample_ball
 
 TOL = 1e-9
-
-
-def gradient_norms(graph, points: np.ndarray, label: int, targets) -> np.ndarray:
-    """(T, 3): the largest ||grad (f_label - f_j)||_q over the points, q = inf, 2, 1 (the bound's columns)."""
-    x = tf.constant(points, graph.dtype)
-    out = []
-    for j in targets:
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = graph.forward(x)
-            m = logits[:, label] - logits[:, j]
-        g = tape.gradient(m, x).numpy().reshape(len(points), -1)
-        out.append([np.linalg.norm(g, ord=q, axis=1).max() for q in (np.inf, 2, 1)])
-    return np.array(out)
 
 
 def test_the_product_chord_lies_below_every_product_and_is_exact_where_the_gradient_keeps_its_sign():
@@ -51,17 +38,22 @@ def test_the_product_chord_lies_below_every_product_and_is_exact_where_the_gradi
     np.testing.assert_allclose((slope * t.lo.numpy() + constant)[same_sign], worst[same_sign], atol=1e-12)
 
 
-@pytest.mark.parametrize("name", sorted(LAYER_MODELS))
-def test_the_bound_holds_every_sampled_gradient_and_is_never_above_the_interval_bound(name):
+def layer_case(name: str, seed: int):
+    """A layer model of test_certify_ops in float64, a random input, its label and the other two classes."""
     model = build(name)
     graph = from_keras(model, dtype=tf.float64)
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(seed)
     x0 = random_input(rng, graph.input_shape)
     label = predicted(model, x0)
-    targets = [j for j in range(3) if j != label]
+    return graph, rng, x0, label, [j for j in range(3) if j != label]
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_MODELS))
+def test_the_bound_holds_every_sampled_gradient_and_is_never_above_the_interval_bound(name):
+    graph, rng, x0, label, targets = layer_case(name, seed=11)
     for norm, radius in zip(NORMS, (0.6, 0.25, 0.08)):
         result = lipschitz_upper_bounds(graph, x0, label, targets, radius, norm)
-        sampled = gradient_norms(graph, sample_ball(rng, x0, radius, norm, 400), label, targets)
+        sampled = sampled_gradient_norms(graph, sample_ball(rng, x0, radius, norm, 400), label, targets)
         assert np.all(result.values >= sampled * (1 - 1e-9)), (name, norm.label)
         assert np.all(result.values <= result.interval * (1 + 1e-12)), (name, norm.label)
 
@@ -183,7 +175,7 @@ def test_a_max_pooling_network_is_never_below_the_largest_gradient_at_every_vert
     corners = np.array(list(itertools.product((-radius, radius), repeat=16))).reshape(-1, 4, 4, 1)  # 2^16 vertices
     points = np.concatenate([np.clip(x0 + corners, -0.5, 0.5), sample_ball(rng, x0, radius, LINF, 4000)])
     result = lipschitz_upper_bounds(graph, x0, label, targets, radius, LINF)
-    found = gradient_norms(graph, points, label, targets)
+    found = sampled_gradient_norms(graph, points, label, targets)
     assert np.all(result.values >= found * (1 - 1e-9))
     gp_problem = prepare(graph, x0, label, targets)
     forward = gp_problem.propagate(np.array([radius]), LINF, 1 << 28)
@@ -215,12 +207,8 @@ def test_bad_arguments_are_one_line_usage_errors():
 @pytest.mark.parametrize("name", ["conv_valid", "conv_same_stride2", "maxpool_valid_odd", "maxpool_same", "avgpool_valid",
                                   "batch_norm", "add_residual", "gap"])
 def test_windowed_passes_give_the_bounds_of_dense_ones(name):
-    model = build(name)
-    graph = from_keras(model, dtype=tf.float64)
-    rng = np.random.default_rng(5)
-    x0 = random_input(rng, graph.input_shape)
-    label = predicted(model, x0)
-    problem = prepare(graph, x0, label, [j for j in range(3) if j != label])
+    graph, _, x0, label, targets = layer_case(name, seed=5)
+    problem = prepare(graph, x0, label, targets)
     forward = problem.propagate(np.array([0.1]), LINF, 1 << 28)
     windowed = GradientPropagation(forward, problem.spec, 1 << 28)
     dense = GradientPropagation(forward, problem.spec, 1 << 28, patches=False)
