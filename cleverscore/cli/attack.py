@@ -35,7 +35,13 @@ from cleverscore.attacks import (
     STRONGEST,
 )
 from cleverscore.cli.common import Parser, flag_names, flags_named, number, quiet_tensorflow, run_cli
-from cleverscore.cli.flags import add_user_model_flags, check_user_model_flags, data_settings, model_settings
+from cleverscore.cli.flags import (
+    add_user_model_flags,
+    check_transform,
+    check_user_model_flags,
+    data_settings,
+    model_settings,
+)
 from cleverscore.errors import UsageError
 from cleverscore.locations import program_name
 from cleverscore.mat_files import check_writable_file
@@ -119,8 +125,7 @@ def validate(args: argparse.Namespace) -> tuple[list[str], bool]:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if args.firstimg < 0:
         raise UsageError("--firstimg must be >= 0")
-    if args.transform and args.transform not in TRANSFORMS:
-        raise UsageError(f"unknown --transform {args.transform!r}; valid names: {', '.join(TRANSFORMS)}")
+    check_transform(args.transform)
     check_user_model_flags(args)
     check_writable_file(args.csv, "--csv")
     if args.save_adv:

@@ -16,6 +16,7 @@ from pathlib import Path
 from cleverscore.cli.common import Parser, flag_names, flags_named, number, quiet_tensorflow, run_cli
 from cleverscore.cli.flags import (
     add_user_model_flags,
+    check_transform,
     check_user_model_flags,
     data_settings,
     described_flags,
@@ -151,8 +152,7 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--search_steps works with --order 1, --sample_norm l2 or li, and no --transform")
     if not 0 < args.target_type < 32:
         raise UsageError(f"--target_type must be a bit mask between 1 and 31, got {args.target_type}")
-    if args.transform and args.transform not in TRANSFORMS:
-        raise UsageError(f"unknown --transform {args.transform!r}; valid names: {', '.join(TRANSFORMS)}")
+    check_transform(args.transform)
     if args.target_type & USER and not args.ids and args.target_type == USER:
         raise UsageError("--target_type 8 needs an --ids file with a 'target' column")
     if args.dataset == "imagenet" and not args.model_path:

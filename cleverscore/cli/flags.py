@@ -81,6 +81,14 @@ BUILTIN_MODEL_FLAGS = ("model_name", "activation", "weights")
 BUILTIN_DATA_FLAGS = ("dataset", "data_dir", "labels")
 
 
+def check_transform(name: str) -> None:
+    """Refuse an unknown `--transform` in one line (collect_gradients.py and attacks.py share the flag)."""
+    from cleverscore.sampling.transforms import TRANSFORMS
+
+    if name and name not in TRANSFORMS:
+        raise UsageError(f"unknown --transform {name!r}; valid names: {', '.join(TRANSFORMS)}")
+
+
 def described_flags(args) -> dict:
     """The flags as printed and recorded in each `.mat` (`args`): without the built-in defaults that
     do not apply (`'dataset': 'mnist'` next to a CIFAR `--data_path`, `'model_name': 'normal'` next to
