@@ -64,12 +64,6 @@ class LpDistance:
         """`count` points uniform in the unit ball."""
         return tf_unit_ball(seed, self.norm, count, dim)
 
-    def box_diameter(self, low, high):
-        """Per row, the largest distance a point of the box can have from the centre."""
-        import tensorflow as tf
-
-        return self.measure(tf.maximum(-low, high))
-
 
 def _room(direction, low, high):
     """How far each coordinate can move along the sign of `direction` before leaving the box."""
