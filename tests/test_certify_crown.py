@@ -151,6 +151,30 @@ def test_crown_node_bounds_lie_inside_interval_node_bounds(cnn):
         assert np.all(a.lo.numpy() >= b.lo.numpy() - TOL) and np.all(a.hi.numpy() <= b.hi.numpy() + TOL)
 
 
+@pytest.mark.parametrize("norm", NORMS, ids=lambda n: n.label)
+def test_bounds_within_a_larger_balls_bounds_hold_on_samples_and_refine_fewer_neurons(cnn, norm):
+    _, graph, x0, label, targets = cnn
+    problem = prepare(graph, x0, label, targets)
+    radius = {L1: 1.0, L2: 0.3, LINF: 0.03}[norm]
+    outer = problem.propagate(np.array([1.2 * radius]), norm, 1 << 30)
+    plain = problem.propagate(np.array([radius]), norm, 1 << 30)
+    warm = problem.propagate(np.array([radius]), norm, 1 << 30, within=outer.bounds)
+    samples = sample_ball(np.random.default_rng(5), x0, radius, norm, 1000)
+    for i, value in enumerate(graph.forward_all(samples)):
+        v, lo, hi = value.numpy(), warm.bounds[i].lo.numpy(), warm.bounds[i].hi.numpy()
+        slack = TOL * (1 + np.abs(v))
+        assert np.all(lo <= v + slack) and np.all(v <= hi + slack), graph.nodes[i].name
+        # Within the larger ball's bounds too, which are sound for this smaller ball.
+        assert np.all(lo >= outer.bounds[i].lo.numpy() - TOL) and np.all(hi <= outer.bounds[i].hi.numpy() + TOL)
+    # Neurons the larger ball already proved stable are not refined again (the point of it) ...
+    refined = [sum(r.refined for r in bp.reports) for bp in (plain, warm)]
+    assert refined[1] < refined[0]
+    # ... and the margin bound is as good (observed; CROWN is not monotone in its inputs' bounds
+    # by construction, so this checks the saving costs nothing here, not a theorem).
+    last, spec = len(graph.nodes) - 1, problem.spec[None]
+    assert np.all(warm.backward_lower(last, spec).numpy() >= plain.backward_lower(last, spec).numpy() - 1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Soundness against attacks and dense sampling.
 
@@ -284,7 +308,9 @@ def test_radius_search_stops_within_its_tolerance(mlp):
         r = result.radii[k]
         assert margin_lower_bounds(graph, x0, label, [j], r, L2).lower[0] > 0
         assert margin_lower_bounds(graph, x0, label, [j], r * (1 + 2e-3), L2).lower[0] <= 0
-    assert result.evaluations <= 25
+    # Steps to the root of the bound's local power law: a few per target, where bisection from the
+    # first-order estimate would take over ten.
+    assert result.evaluations <= 6 * len(targets)
 
 
 def test_radius_is_zero_for_a_target_above_the_label_and_infinite_when_the_box_is_certified():

@@ -7,6 +7,11 @@ to the input and concretised over the ball, and the result is intersected with t
 bounds. Because later interval bounds start from these refined bounds and interval propagation
 is monotone, bounds with CROWN are never looser than pure interval bounds, layer by layer.
 
+Bounds already proven over a ball that contains these balls (`within`: a larger radius, same
+centre, norm and box) are sound here too: every node's interval bounds are intersected with them
+before CROWN chooses its rows, so a neuron proven stable over the larger ball is not refined
+again. A radius search probing inside a failed radius gets tighter bounds for less work.
+
 The CROWN pass for a node holds coefficient tensors of shape (B, 2 * rows, ...) for every node
 it passes: dense, or on each row's receptive field in feature maps (`patches.py`). A memory
 estimate decides per node how deep the pass may go: to the input, or, where that does not fit
@@ -51,10 +56,14 @@ class BoundPropagation:
         memory_budget: bytes a CROWN pass for one node may use (see the module docstring).
         crown: False gives pure interval bounds for every node.
         patches: False keeps all backward coefficients dense (the same bounds, for testing).
+        within: the final `bounds` of a propagation over balls that contain these ones (same
+            centre, norm and box, radii at least as large; batch 1 or B), intersected with every
+            node's bounds here (see the module docstring).
     """
 
     def __init__(self, graph: Graph, x0: tf.Tensor, radius: tf.Tensor, norm: LpNorm, box: Interval,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True, patches: bool = True):
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True, patches: bool = True,
+                 within: list[Interval | None] | None = None):
         self.graph = graph
         self.x0 = x0
         self.radius = radius
@@ -64,6 +73,7 @@ class BoundPropagation:
         self.memory_budget = memory_budget
         self.crown = crown
         self.patches = patches
+        self.within = within
         self.bounds: list[Interval | None] = [None] * len(graph.nodes)
         self._relaxations: dict[int, object] = {}
         self.reports: list[LayerReport] = []
@@ -73,6 +83,9 @@ class BoundPropagation:
         self.bounds[0] = Interval(self.x0 + self.offsets.lo, self.x0 + self.offsets.hi)
         for i, node in enumerate(self.graph.nodes[1:], start=1):
             self.bounds[i] = node.op.interval(*[self.bounds[j] for j in node.inputs])
+            if self.within is not None and self.within[i] is not None:
+                outer = self.within[i]
+                self.bounds[i] = Interval(tf.maximum(self.bounds[i].lo, outer.lo), tf.minimum(self.bounds[i].hi, outer.hi))
             if self.graph.needs_bounds(i):
                 self._refine(i)
 

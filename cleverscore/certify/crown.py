@@ -30,7 +30,7 @@ DEFAULT_BOX: Box = (-0.5, 0.5)
 # A target's search stops once its bracket is below this fraction of the largest radius searched.
 _SMALLEST_RADIUS = 1e-12
 _EVALUATIONS_PER_TARGET = 60
-_SECANT_STEPS = 6
+_MODEL_STEPS = 3
 _SHRINK = 4.0
 # The optimised bound costs a pass per target and step: its search stops at a coarser bracket.
 _OPTIMIZED_REL_TOL = 2e-3
@@ -48,13 +48,13 @@ class Problem:
     box: Interval            # broadcast to the input shape
 
     def propagate(self, radii: np.ndarray, norm: LpNorm, memory_budget: int, crown: bool = True,
-                  patches: bool = True) -> BoundPropagation:
+                  patches: bool = True, within: list[Interval | None] | None = None) -> BoundPropagation:
         radius = tf.constant(np.asarray(radii, dtype=self.graph.dtype.as_numpy_dtype).reshape(-1))
-        return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches)
+        return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches, within)
 
     def margins_at_x0(self) -> np.ndarray:
         logits = self.graph.forward(self.x0[None])[0].numpy()
-        return logits[self.true_label] - logits[self.targets]
+        return (logits[self.true_label] - logits[self.targets]).astype(np.float64)
 
     def margin_gradients(self) -> np.ndarray:
         """Gradients (T, d) of f_c - f_j at x0, for the first probe of the radius search."""
@@ -151,50 +151,92 @@ def covering_radius(problem: Problem, norm: LpNorm) -> float:
     return float(np.linalg.norm(reach.ravel(), ord=norm.p))
 
 
+class _OuterBounds:
+    """The bounds of earlier probes of one search, for the later probes inside them.
+
+    A probe below a radius already propagated lies in a ball that contains its own, so that
+    pass's bounds are sound for it too (`BoundPropagation`'s `within`): the closest larger radius
+    gives the tightest. Only radii that are some target's failing end are kept: every later probe
+    of that target lies below it, and the bounds of a deep CNN are megabytes per probe.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[float, list[Interval | None]] = {}
+
+    def around(self, radius: float) -> list[Interval | None] | None:
+        larger = [r for r in self.kept if r >= radius]
+        return self.kept[min(larger)] if larger else None
+
+    def add(self, radius: float, bp: BoundPropagation, failing_ends: np.ndarray) -> None:
+        self.kept[radius] = bp.bounds
+        ends = set(failing_ends[np.isfinite(failing_ends)].tolist())
+        self.kept = {r: b for r, b in self.kept.items() if r in ends}
+
+
 class _Search:
     """Per-target brackets lo (certified) < root <= hi (not certified), shrunk by probes shared by all targets.
 
     Each probe radius is evaluated for every target in one pass (the intermediate bounds, which
     cost the most, depend on the radius only), and updates every target whose bracket holds it.
-    The next probe is the one the target with the widest bracket asks for. The margin bound
-    falls with the radius, nearly linearly for small radii, so a target asks for the secant root
-    of the bound values at its bracket's ends (Illinois variant: an end kept twice in a row has
-    its value halved, so both ends move), kept at least rel_tol/2 inside the bracket so that a
-    good estimate closes it at the next step; after two of its probes in a row that hardly
-    narrowed its bracket (in log scale), or a few that did not close it, it asks for geometric
-    midpoints instead. Before a failing radius is
-    known it extrapolates upward from the first-order estimate.
+    The next probe is the one the target with the widest bracket asks for.
+
+    The margin bound b(r) falls from g0 = g(x0) by a loss f(r) = g0 - b(r) that starts as s r,
+    s = ||grad g(x0)||_dual (CROWN is exact to first order at a point), and grows faster as ReLUs
+    become unstable: locally a power of r. So a target asks for the root of f(r) = g0 on the line
+    through the two points it has seen (every probe bounds every target) closest to the root in
+    log f, in log-log coordinates (a secant step there; the first-order line at a radius 1000x
+    below g0 / s counts as a point), kept at least rel_tol/2 inside the bracket so that a good
+    estimate closes it at the next step. When three of its steps in a row have not halved its
+    bracket (in log scale), its next step is a geometric midpoint (a jump where a layer's method
+    changes, for instance, is no power law). The first probe is the first-order estimate g0 / s.
     """
 
-    def __init__(self, first_probe: np.ndarray, top: float, margins: np.ndarray, rel_tol: float):
+    def __init__(self, first_probe: np.ndarray, top: float, margins: np.ndarray, slopes: np.ndarray,
+                 rel_tol: float):
         self.first = first_probe
         self.top = top
         self.rel_tol = rel_tol
-        self.g0 = margins
+        self.g0, self.slope = margins, slopes
         self.lo, self.hi = np.zeros_like(first_probe), np.full_like(first_probe, np.inf)
         self.lower = margins.copy()
-        self.w_lo, self.w_hi = margins.copy(), np.full_like(first_probe, -np.inf)
-        self.last = np.zeros(first_probe.shape, dtype=int)
-        self.slow_steps = np.zeros(first_probe.shape, dtype=int)
-        self.own_steps = np.zeros(first_probe.shape, dtype=int)
+        self.seen_radii: list[float] = []
+        self.seen_bounds: list[np.ndarray] = []
+        self.window_width = np.full(first_probe.shape, np.inf)
+        self.window_steps = np.zeros(first_probe.shape, dtype=int)
         self.bisecting = np.zeros(first_probe.shape, dtype=bool)
         self.active = margins > 0
 
+    def _model_root(self, t: int) -> float:
+        """Target t's root of the loss's log-log line through its two points nearest the root (NaN without)."""
+        g0, slope = self.g0[t], self.slope[t]
+        if not (g0 > 0 and slope > 0) or not self.seen_radii:
+            return np.nan
+        r = np.asarray(self.seen_radii)
+        loss = g0 - np.asarray([b[t] for b in self.seen_bounds])
+        usable = (r > 0) & (loss > 0) & np.isfinite(loss)
+        # The first-order line, where CROWN is exact, 1000x below the first-order estimate.
+        tiny = g0 / slope / 1000
+        r, loss = np.log(np.append(r[usable], tiny)), np.log(np.append(loss[usable], slope * tiny))
+        nearest = np.argsort(np.abs(loss - np.log(g0)), kind="stable")[:2]
+        (r1, r2), (f1, f2) = r[nearest], loss[nearest]
+        if not f1 != f2:
+            return np.nan
+        return float(np.exp(r1 + (np.log(g0) - f1) * (r2 - r1) / (f2 - f1)))
+
+    def _model_roots(self) -> np.ndarray:
+        return np.array([self._model_root(t) for t in range(len(self.g0))])
+
     def _upward(self) -> np.ndarray:
-        lo, b_lo = self.lo, self.lower
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slope = (self.g0 - b_lo) / lo
-            root = np.where(slope > 0, lo + b_lo / slope, np.inf)
-        grown = np.where(np.isfinite(root), np.maximum(2 * lo, 1.5 * root), _SHRINK * lo)
+        lo = self.lo
+        root = self._model_roots()
+        grown = np.where(np.isfinite(root) & (root > lo), np.maximum(root, lo * (1 + self.rel_tol)), _SHRINK * lo)
         return np.minimum(self.top, np.where(lo > 0, grown, self.first))
 
     def _inward(self) -> np.ndarray:
         lo, hi = self.lo, np.where(np.isfinite(self.hi), self.hi, 1.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            secant = lo + (hi - lo) * self.w_lo / (self.w_lo - self.w_hi)
         margin = 1 + self.rel_tol / 2
         floor = np.where(lo > 0, lo * margin, hi * 1e-9)
-        probe = np.clip(secant, floor, hi / margin)
+        probe = np.clip(self._model_roots(), floor, hi / margin)
         bisect = np.where(lo > 0, np.sqrt(lo * hi), hi / _SHRINK)
         return np.where(np.isfinite(probe) & ~self.bisecting, probe, bisect)
 
@@ -204,33 +246,33 @@ class _Search:
     def update(self, which: np.ndarray, probe: float, bounds: np.ndarray, own: int) -> None:
         """Move the brackets of targets `which` to `probe`, given their bounds there; `own` asked for it.
 
-        Only the target that asked for the probe keeps the Illinois and slow-step books: a probe
-        that another target asked for says nothing about how well its own steps work.
+        Only the target that asked for the probe judges the step: a probe that another target
+        asked for says nothing about how well its own steps work.
         """
         certified = bounds > 0
         mine = which == own
         before = self._log_width(which[mine])
         up, down = which[certified], which[~certified]
-        self.lo[up], self.lower[up], self.w_lo[up] = probe, bounds[certified], bounds[certified]
-        self.hi[down], self.w_hi[down] = probe, bounds[~certified]
-        if mine.any():
-            side = 1 if certified[mine][0] else -1
-            if self.last[own] == side:
-                # Kept the same end twice: halve the value of the other, stale end.
-                if side == 1:
-                    self.w_hi[own] /= 2
-                else:
-                    self.w_lo[own] /= 2
-            self.last[own] = side
-            # Two own steps in a row that hardly narrowed the bracket (in log scale) mean the bound
-            # is far from linear there, a jump where a layer's method changes for instance; and
-            # secant steps that have not closed the bracket after a few tries are no better.
-            slow = np.isfinite(before) & (self._log_width(which[mine]) > 0.9 * before)
-            self.slow_steps[own] = self.slow_steps[own] + 1 if slow[0] else 0
-            self.own_steps[own] += np.isfinite(before[0])
-            self.bisecting[own] |= (self.slow_steps[own] >= 2) | (self.own_steps[own] > _SECANT_STEPS)
+        self.lo[up], self.lower[up] = probe, bounds[certified]
+        self.hi[down] = probe
+        if mine.any() and np.isfinite(before[0]):
+            self._judge_own_step(own, float(before[0]))
         converged = self.hi <= self.lo * (1 + self.rel_tol)
         self.active &= ~(converged | (self.lo >= self.top) | (self.hi <= _SMALLEST_RADIUS * self.top))
+
+    def _judge_own_step(self, own: int, before: float) -> None:
+        """Brent's safeguard: when model steps have not halved the bracket (in log scale) in
+        _MODEL_STEPS tries, the bound is far from the model there (a jump where a layer's method
+        changes, for instance): the next step is a geometric midpoint."""
+        if self.bisecting[own]:
+            self.bisecting[own], self.window_steps[own] = False, 0
+            return
+        if self.window_steps[own] == 0:
+            self.window_width[own] = before
+        self.window_steps[own] += 1
+        if self.window_steps[own] == _MODEL_STEPS:
+            self.window_steps[own] = 0
+            self.bisecting[own] = self._log_width(np.array([own]))[0] > 0.5 * self.window_width[own]
 
     def next_probe(self) -> tuple[float, int]:
         """The probe of the active target with the widest bracket (the smallest among unbracketed ones), and that target."""
@@ -241,6 +283,8 @@ class _Search:
 
     def record(self, probe: float, bounds: np.ndarray, own: int) -> None:
         """The bounds (T,) of all targets at `probe`, for the targets whose bracket holds it."""
+        self.seen_radii.append(probe)
+        self.seen_bounds.append(np.asarray(bounds, np.float64))
         which = np.flatnonzero(self.active & (self.lo < probe) & (probe < self.hi))
         self.update(which, probe, bounds[which], own)
 
@@ -255,10 +299,11 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
                      memory_budget: int = DEFAULT_MEMORY_BUDGET, optimize_seconds: float = 0.0) -> CertifiedRadii:
     """Per target, the largest radius whose ball (intersected with the box) CROWN certifies.
 
-    The search brackets each target's radius and shrinks the bracket (secant steps on the bound,
-    safeguarded by bisection) until its relative width is at most `rel_tol`. Each probe radius is
-    evaluated for all targets in one pass and serves every target whose bracket holds it. The
-    first probe is the first-order estimate g(x0) / ||grad g(x0)||_dual.
+    The search brackets each target's radius and shrinks the bracket (secant steps on a log-log
+    model of the bound, safeguarded by bisection; see `_Search`) until its relative width is at
+    most `rel_tol`. Each probe radius is evaluated for all targets in one pass and serves every
+    target whose bracket holds it; a probe inside a failed radius starts from that pass's bounds.
+    The first probe is the first-order estimate g(x0) / ||grad g(x0)||_dual.
 
     Args:
         r_max: the largest radius to consider (default: the radius of a ball holding the whole box).
@@ -277,18 +322,19 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
     grad_norm = np.linalg.norm(problem.margin_gradients(), ord=norm.dual, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         first = np.where(grad_norm > 0, margins / grad_norm, top)
-    search = _Search(np.clip(np.nan_to_num(first, nan=top), 1e-9 * top, top), top, margins, rel_tol)
-    runs, evaluations = [], 0
+    search = _Search(np.clip(np.nan_to_num(first, nan=top), 1e-9 * top, top), top, margins, grad_norm, rel_tol)
+    runs, evaluations, outer = [], 0, _OuterBounds()
     while search.active.any() and evaluations < _EVALUATIONS_PER_TARGET * len(margins) and top > 0:
         probe, own = search.next_probe()
-        bp = problem.propagate(np.array([probe]), norm, memory_budget)
+        bp = problem.propagate(np.array([probe]), norm, memory_budget, within=outer.around(probe))
         search.record(probe, _margin_lower(bp, problem.spec[None])[0], own)
+        outer.add(probe, bp, search.hi)
         runs.append(tuple(bp.reports))
         evaluations += 1
     radii, lower, plain = search.lo.copy(), search.lower.copy(), None
     if optimize_seconds > 0:
         plain = radii.copy()
-        extension = _SlopeExtension(problem, norm, memory_budget, search, max(rel_tol, _OPTIMIZED_REL_TOL))
+        extension = _SlopeExtension(problem, norm, memory_budget, search, max(rel_tol, _OPTIMIZED_REL_TOL), outer)
         evaluations += extension.run(optimize_seconds, runs)
         radii, lower = extension.lo, extension.lower
     if r_max is None:
@@ -306,8 +352,10 @@ class _SlopeExtension:
     optimised one, so a radius never falls.
     """
 
-    def __init__(self, problem: Problem, norm: LpNorm, memory_budget: int, search: _Search, rel_tol: float):
+    def __init__(self, problem: Problem, norm: LpNorm, memory_budget: int, search: _Search, rel_tol: float,
+                 outer: _OuterBounds):
         self.problem, self.norm, self.memory_budget, self.rel_tol = problem, norm, memory_budget, rel_tol
+        self.outer = outer
         self.lo, self.lower = search.lo.copy(), search.lower.copy()
         self.hi = np.full_like(self.lo, np.inf)
         self.step = np.full_like(self.lo, 2 * rel_tol)
@@ -326,12 +374,14 @@ class _SlopeExtension:
             with np.errstate(divide="ignore"):
                 width = np.where(np.isfinite(self.hi[active]), np.log(self.hi[active] / self.lo[active]), np.inf)
             probe = float(self._probes()[active[np.argmax(width)]])
-            bp = self.problem.propagate(np.array([probe]), self.norm, self.memory_budget)
+            bp = self.problem.propagate(np.array([probe]), self.norm, self.memory_budget,
+                                        within=self.outer.around(probe))
             left = max(0.0, deadline - time.perf_counter())
             # The optimisation's first step is CROWN's own bound, so only the interval bound is added.
             optimized = optimized_lower(bp, self.problem.spec[None], left)[0][0]
             interval = bp.interval_lower(len(bp.graph.nodes) - 1, self.problem.spec[None]).numpy()[0]
             self._record(probe, np.maximum(interval, optimized))
+            self.outer.add(probe, bp, self.hi)
             runs.append(tuple(bp.reports))
             evaluations += 1
         return evaluations
