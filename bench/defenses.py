@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Will the MNIST CNN become more robust with defense X? CLEVER, attacks and certified radii side by side.
+"""Will the MNIST (or CIFAR-10) CNN become more robust with defense X? CLEVER, attacks and certified radii side by side.
 
-A = the normal CNN (`-m normal`); B = each defense: the zoo's `distilled`, `brelu`, `adv_0.1`,
-`adv_0.3`, and the normal CNN behind each `--transform` (BPDA). Per (A, B) and norm:
+A = the normal CNN (`-m normal`); B = each defense: the zoo's adversarially trained CNNs (MNIST:
+`adv_0.1`, `adv_0.3`; CIFAR: `adv_0.008`), `distilled`, `brelu`, and the normal CNN behind each
+`--transform` (BPDA). `--dataset` picks the data and the adversarially trained names; the code path
+is the same for both. Per (A, B) and norm:
 - `clever.py --compare A B` on folders collected with `--attacks`: CLEVER's B/A with its rerun
   interval, the attack B/A (the attacks' minimal distortions) and the final verdict;
 - `clever.py --compare` on smaller folders collected with `--certify` (cheap sampling: only the
@@ -11,9 +13,12 @@ A = the normal CNN (`-m normal`); B = each defense: the zoo's `distilled`, `brel
   and the certified radius both rise >= 1.2x, not more robust when the attacks rise < 1.1x.
 
 Every step is a subprocess of the project's command lines, resumable (collect_gradients.py skips
-finished files), each timed; `docs/defenses.md` gets the table, the times and the commands.
+finished files), each timed; `docs/defenses.md` (CIFAR: `docs/defenses_cifar.md`) gets the table,
+the times and the commands. `--only` runs some defenses; a later run without it (or naming the rest)
+resumes the finished ones and reports them all.
 
     python3 bench/defenses.py --data_dir ../shared/data/mnist --markdown docs/defenses.md
+    python3 bench/defenses.py --dataset cifar --data_dir ../shared/data/cifar10 --markdown docs/defenses_cifar.md
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ NORMS = ("L2", "Li", "L1")
 NOTES = "<!-- notes: the text below this line is kept when the script rewrites the report -->\n"
 
 
+# Per dataset: its name in the report and the zoo's adversarially trained CNNs (Linf radius in input units).
+DATASETS = {"mnist": "MNIST", "cifar": "CIFAR-10"}
+ADVERSARIAL = {"mnist": ("adv_0.1", "adv_0.3"), "cifar": ("adv_0.008",)}
+TRANSFORMS = ("defend_reduce", "defend_jpeg", "defend_png")
+
+
 @dataclass(frozen=True)
 class Defense:
     name: str
@@ -44,32 +55,47 @@ class Defense:
     certifiable: bool  # --certify applies (a Keras model without a transformation)
 
 
-DEFENSES = (
-    Defense("adv_0.1", ("-m", "adv_0.1"), True, True),
-    Defense("adv_0.3", ("-m", "adv_0.3"), True, True),
-    Defense("distilled", ("-m", "distilled"), False, True),
-    Defense("brelu", ("-m", "brelu"), False, True),
-    Defense("defend_reduce", ("-m", "normal", "--transform", "defend_reduce"), False, False),
-    Defense("defend_jpeg", ("-m", "normal", "--transform", "defend_jpeg"), False, False),
-    Defense("defend_png", ("-m", "normal", "--transform", "defend_png"), False, False),
-)
+def defenses(dataset: str) -> tuple[Defense, ...]:
+    """The study's B models for `dataset`, in the report's order: adversarially trained, distilled, BReLU, transforms."""
+    return (
+        *(Defense(name, ("-m", name), True, True) for name in ADVERSARIAL[dataset]),
+        Defense("distilled", ("-m", "distilled"), False, True),
+        Defense("brelu", ("-m", "brelu"), False, True),
+        *(Defense(name, ("-m", "normal", "--transform", name), False, False) for name in TRANSFORMS),
+    )
+
+
 BASE = Defense(BASELINE, ("-m", "normal"), True, True)
+DEFENSES = defenses("mnist")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", required=True, help="the MNIST folder (collect_gradients.py --data_dir)")
-    p.add_argument("--out", default=str(ROOT / "bench/results/defenses"), help="work folder (resumable)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                   help="the data and its zoo models (the adversarially trained names differ)")
+    p.add_argument("--data_dir", required=True, help="the dataset's folder (collect_gradients.py --data_dir)")
+    p.add_argument("--out", default="",
+                   help="work folder (resumable; default bench/results/defenses, for CIFAR bench/results/defenses_cifar)")
     p.add_argument("--images", type=int, default=20, help="images for the normal and adversarially trained CNNs")
     p.add_argument("--images_other", type=int, default=8, help="images for the other defenses")
     p.add_argument("--certified_images", type=int, default=2, help="images certified per model (0: none)")
-    p.add_argument("--certified_for", default="normal,adv_0.1,adv_0.3",
-                   help="comma-separated models to certify (certifiable ones only)")
+    p.add_argument("--certified_for", default="",
+                   help="comma-separated models to certify (certifiable ones only; default: normal and the "
+                        "adversarially trained ones)")
     p.add_argument("-N", "--Nsamps", type=int, default=128)
     p.add_argument("-i", "--Niters", type=int, default=50)
     p.add_argument("--only", default="", help="comma-separated defenses (default: all)")
     p.add_argument("--markdown", default="", help="write the report here (e.g. docs/defenses.md)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    names = [d.name for d in defenses(args.dataset)]
+    unknown = [n for n in filter(None, args.only.split(",")) if n not in names]
+    if unknown:
+        p.error(f"--only: no defense {', '.join(unknown)} for {args.dataset}; choose among {', '.join(names)}")
+    if not args.out:
+        args.out = str(ROOT / ("bench/results/defenses" + ("" if args.dataset == "mnist" else f"_{args.dataset}")))
+    if not args.certified_for:
+        args.certified_for = ",".join((BASELINE, *ADVERSARIAL[args.dataset]))
+    return args
 
 
 class Runner:
@@ -107,8 +133,8 @@ def shown_path(arg) -> str:
 def collect(runner: Runner, args, defense: Defense, images: int, kind: str) -> Path:
     """collect_gradients.py for one model: `main` (CLEVER + attacks) or `certified` (radii, cheap sampling)."""
     save = Path(args.out).resolve() / kind / defense.name
-    common = ["collect_gradients.py", *defense.flags, "-n", images, "--target_type", 1, "--data_dir", args.data_dir,
-              "-s", save, "--quiet"]
+    common = ["collect_gradients.py", "-d", args.dataset, *defense.flags, "-n", images, "--target_type", 1,
+              "--data_dir", args.data_dir, "-s", save, "--quiet"]
     if kind == "main":
         extra = ["-N", args.Nsamps, "-i", args.Niters, "--attacks"]
     else:
@@ -165,7 +191,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out)
-    chosen = [d for d in DEFENSES if not args.only or d.name in args.only.split(",")]
+    every = defenses(args.dataset)
+    chosen = [d for d in every if not args.only or d.name in args.only.split(",")]
     certify_names = set(args.certified_for.split(",")) if args.certified_images else set()
     begin = time.perf_counter()
     folders = {BASELINE: collect(runner, args, BASE, args.images, "main")}
@@ -200,22 +227,23 @@ def main(argv=None) -> int:
                 "attack_seconds_b": mean_key(folders[d.name], "attack_seconds"),
             })
     total = time.perf_counter() - begin
-    goals = goal_lines(rows)
+    goals = goal_lines(rows, ADVERSARIAL[args.dataset])
     for line in goals:
         print(line)
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     if args.markdown:
         path = Path(args.markdown)
         notes = path.read_text().partition(NOTES)[2] if path.exists() else ""
-        path.write_text(report(args, rows, goals, runner, folders, certified, total) + "\n" + NOTES + notes)
+        left_out = [d.name for d in every if d not in chosen]
+        path.write_text(report(args, rows, goals, runner, certified, total, left_out) + "\n" + NOTES + notes)
         print(f"wrote {args.markdown}")
     return 0
 
 
-def goal_lines(rows: list[dict]) -> list[str]:
-    """The issue's two goals, checked on the table."""
+def goal_lines(rows: list[dict], adversarial: tuple[str, ...]) -> list[str]:
+    """The issue's two goals, checked on the table (`adversarial`: the adversarially trained CNNs' names)."""
     lines = []
-    for name in ("adv_0.1", "adv_0.3"):
+    for name in adversarial:
         for norm in ("L2", "Li"):
             r = next((x for x in rows if x["defense"] == name and x["norm"] == norm), None)
             if r is None:
@@ -233,17 +261,37 @@ def goal_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def report(args, rows, goals, runner: Runner, folders, certified, total: float) -> str:
+def study_command(args) -> str:
+    """The command line that reruns this study (the flags that differ from the defaults, and the report's path)."""
+    defaults = parse_args(["--dataset", args.dataset, "--data_dir", args.data_dir])
+    words = ["python3", "bench/defenses.py"] + (["--dataset", args.dataset] if args.dataset != "mnist" else [])
+    words += ["--data_dir", args.data_dir]
+    if Path(args.out).resolve() != Path(defaults.out).resolve():
+        words += ["--out", shown_path(Path(args.out).resolve())]
+    for flag in ("images", "images_other", "certified_images", "certified_for", "Nsamps", "Niters", "only"):
+        if getattr(args, flag) != getattr(defaults, flag) and not (flag == "certified_for" and not args.certified_images):
+            words += [f"--{flag}", str(getattr(args, flag))]
+    if args.markdown:
+        words += ["--markdown", shown_path(Path(args.markdown).resolve())]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def report(args, rows, goals, runner: Runner, certified, total: float, left_out=()) -> str:
     times = runner.times
+    data = DATASETS[args.dataset]
+    main_names = ", ".join((BASELINE, *ADVERSARIAL[args.dataset]))
     head = [
-        "# Is defense X worth it? The MNIST CNN against its defenses",
+        f"# Is defense X worth it? The {data} CNN against its defenses",
         "",
         "Generated by `bench/defenses.py` (the numbers below are this run's; the prose around them is the script's).",
-        f"A = the normal CNN (`-m normal`), B = each defense. Top-2 targets; CLEVER `-N {args.Nsamps} -i {args.Niters}`"
-        f" on {args.images} images (normal, adv_0.1, adv_0.3) or {args.images_other} (the others); attacks "
+        f"{data} test images. A = the normal CNN (`-m normal`), B = each defense. Top-2 targets; "
+        f"CLEVER `-N {args.Nsamps} -i {args.Niters}`"
+        f" on {args.images} images ({main_names}) or {args.images_other} (the others); attacks "
         "`collect_gradients.py --attacks` (pgd_li, ddn_l2, fab_l1: the best distortion per norm over the three, "
-        "through the transformation by BPDA where there is one); certified radii (`--certify`) on the first "
-        f"{args.certified_images} images of {', '.join(sorted(certified))} only, for their cost.",
+        "through the transformation by BPDA where there is one); "
+        + (f"certified radii (`--certify`) on the first {args.certified_images} images of "
+           f"{', '.join(sorted(certified))} only, for their cost." if certified
+           else "no certified radii (`--certified_images 0`)."),
         "",
         "Columns: CLEVER B/A with its rerun interval (`clever.py --compare`, default `--compare_bound rerun`); "
         "attack B/A: the ratio of the mean best-attack distortions, with its image-bootstrap interval; certified "
@@ -253,6 +301,8 @@ def report(args, rows, goals, runner: Runner, folders, certified, total: float) 
         "and certified radii alone: "
         f"**more robust** when both rise >= {MORE}x, **not more robust** when the attacks rise < {NOT_MORE}x.",
         "",
+        *([f"Not in this run (`--only`): {', '.join(left_out)}; a later run naming them resumes the rest.", ""]
+          if left_out else []),
         "| B | norm | pairs | CLEVER B/A [rerun] | attack B/A | certified B/A | `--compare` verdict | exit | truth |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -267,10 +317,12 @@ def report(args, rows, goals, runner: Runner, folders, certified, total: float) 
     timing += ["", "Mean attack time per (image, target) of each B "
                "(`attack_seconds`): " + ", ".join(f"{r['defense']} {r['attack_seconds_b']:.1f} s"
                                                    for r in rows if r["norm"] == "L2") + "."]
-    commands = ["", "## Commands", "", "From a fresh clone (the MNIST files in `--data_dir`):", "", "```bash",
-                "python3 bench/defenses.py --data_dir ../shared/data/mnist --markdown docs/defenses.md", "```", "",
+    commands = ["", "## Commands", "", f"From a fresh clone (the {data} files in `--data_dir`):", "", "```bash",
+                study_command(args), "```", "",
                 "which runs, single-threaded (`TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1`):", "", "```bash",
                 *runner.commands, "```"]
+    goals = goals or ["- none to check in this run (no adversarially trained CNN, no row whose attacks show < "
+                      f"{NOT_MORE}x)"]
     return "\n".join(head + body + ["", "## Goals", "", *goals] + timing + commands) + "\n"
 
 
