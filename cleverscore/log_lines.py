@@ -243,10 +243,11 @@ class ProgressBar:
 
     CLEAR_TO_END = "\x1b[K"
 
-    def __init__(self, label: str, total: int, samples_per_step: int, stream: TextIO = sys.stderr,
+    def __init__(self, label: str, total: int, samples_per_step: int, stream: TextIO | None = None,
                  unit: str = "samples"):
         self.label, self.total, self.samples, self.unit = label, total, samples_per_step, unit
-        self.stream = stream
+        # sys.stderr as it is now, not as it was at import (a caller may have redirected it since).
+        self.stream = stream = sys.stderr if stream is None else stream
         self.start = time.perf_counter()
         self.tty = stream.isatty()
         self._next_report = 0.0
@@ -275,7 +276,7 @@ class RunProgress:
     """One progress bar over a whole run: each work item's iterations advance it (the estimator's
     `progress(niters, nsamps)` factory is `item`). An item that stops early (`rel_tol`) jumps ahead."""
 
-    def __init__(self, label: str, total_iterations: int, samples_per_step: int, stream: TextIO = sys.stderr):
+    def __init__(self, label: str, total_iterations: int, samples_per_step: int, stream: TextIO | None = None):
         self.bar = ProgressBar(label, max(total_iterations, 1), samples_per_step, stream)
         self.offset = 0
 

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=program_name("attacks.py", __name__), description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", choices=["mnist", "cifar"], default="mnist")
-    p.add_argument("-m", "--model_name", default="normal", help="2-layer, normal, distilled, brelu, or N,M,tag")
+    p.add_argument("-m", "--model_name", default="normal", help="2-layer, normal, distilled, brelu, adv_EPS, or N,M,tag")
     p.add_argument("--activation", default="relu")
     p.add_argument("-n", "--numimg", type=int, default=1, help="number of test images")
     p.add_argument("-f", "--firstimg", type=int, default=0, help="first test image (or first row of --ids)")

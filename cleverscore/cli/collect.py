@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-d", "--dataset", choices=["mnist", "cifar", "imagenet"], default="mnist")
     p.add_argument("-m", "--model_name", default="normal",
-                   help="2-layer, normal, distilled, brelu, or N,M,tag for an N-layer MLP with M hidden units")
+                   help="2-layer, normal, distilled, brelu, adv_EPS (the CNN adversarially trained at Linf radius EPS, "
+                        "e.g. adv_0.1), or N,M,tag for an N-layer MLP with M hidden units")
     p.add_argument("--activation", default="relu",
                    choices=["relu", "tanh", "sigmoid", "elu", "softplus", "hard_sigmoid", "arctan"])
     p.add_argument("-N", "--Nsamps", type=int, default=1024, help="samples per iteration")
