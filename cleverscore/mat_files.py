@@ -210,6 +210,11 @@ def result_status(path: Path, model_id: str | None = None, keys: tuple[str, ...]
         mat = load_mat(path)
     except Exception:  # noqa: BLE001 - any unreadable file counts as incomplete
         return "incomplete"
+    return mat_status(mat, model_id, keys)
+
+
+def mat_status(mat: dict, model_id: str | None = None, keys: tuple[str, ...] = ("G2_max", "g_x0")) -> str:
+    """`result_status` of a result file already loaded: 'incomplete', 'complete' or 'other model'."""
     complete = all(k in mat for k in keys) if "H2_max" not in mat else "g_x0" in mat
     if not complete:
         return "incomplete"

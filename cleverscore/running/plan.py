@@ -11,7 +11,7 @@ import numpy as np
 
 from cleverscore.errors import CleverError, UsageError
 from cleverscore.log_lines import datagen_line
-from cleverscore.mat_files import MatName, load_mat, mat_text, result_folder, result_status
+from cleverscore.mat_files import MatName, load_mat, mat_status, mat_text, result_folder
 from cleverscore.models.user import model_label
 from cleverscore.running.targets import USER, choose_targets, read_ids_file
 from cleverscore.settings import CollectSettings, DataSettings, ModelSettings
@@ -108,16 +108,10 @@ def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true
     for target, info in chosen:
         name = MatName(s.nsamps, s.niters, image_id, true_label, target, info, settings.model.activation, s.order)
         path = folder / name.filename
-        status = "missing" if settings.overwrite else result_status(path, model_id)
-        if status == "complete" and result_status(path, model_id, keys) == "incomplete":
-            if settings.verbose:
-                print(f"[INFO] {path} has no {' or '.join(k for k in keys[2:])}; recomputing it with them")
-            status = "incomplete"
-        if status == "complete" and settings.bounds.attacks and attacked_by_others(path, settings.bounds.attacks):
-            if settings.verbose:
-                print(f"[INFO] {path} was attacked by other attacks than {','.join(settings.bounds.attacks)}; "
-                      "recomputing it")
-            status = "incomplete"
+        status, redo = ("missing", "") if settings.overwrite else existing_status(path, model_id, keys,
+                                                                                  settings.bounds.attacks)
+        if redo and settings.verbose:
+            print(f"[INFO] {path} {redo}; recomputing it")
         if status == "complete":
             if settings.verbose:
                 print(f"file {path} already exists. Skipping this sample...")
@@ -130,16 +124,25 @@ def pending_targets(settings: CollectSettings, folder: Path, image_id: int, true
     return todo
 
 
-def attacked_by_others(path: Path, wanted: tuple[str, ...]) -> bool:
-    """Whether a file's attack distortions came from another set of attacks than `wanted`.
-
-    Two folders compared on their attack distortions must have been attacked alike, so a rerun
-    with other `--attacks` recomputes the file rather than keep evidence of another strength."""
+def existing_status(path: Path, model_id: str | None, keys: tuple[str, ...], attacks: tuple[str, ...]) -> tuple[str, str]:
+    """`result_status` of a result file for this run (loaded once), and why a file complete for the
+    original is redone ('' when it is not): it lacks keys this run writes, or its attack distortions
+    came from another set of attacks (folders compared on them must have been attacked alike)."""
+    if not path.is_file():
+        return "missing", ""
     try:
-        recorded = mat_text(load_mat(path).get("attack_names", ""))
-    except Exception:  # noqa: BLE001 - an unreadable file is recomputed anyway
-        return True
-    return set(filter(None, recorded.split(","))) != set(wanted)
+        mat = load_mat(path)
+    except Exception:  # noqa: BLE001 - any unreadable file counts as incomplete
+        return "incomplete", ""
+    status = mat_status(mat, model_id)
+    if status != "complete":
+        return status, ""
+    if mat_status(mat, model_id, keys) == "incomplete":
+        return "incomplete", f"has no {' or '.join(k for k in keys[2:])}"
+    recorded = set(filter(None, mat_text(mat.get("attack_names", "")).split(",")))
+    if attacks and recorded != set(attacks):
+        return "incomplete", f"was attacked by other attacks than {','.join(attacks)}"
+    return "complete", ""
 
 
 def plan_items(settings: CollectSettings, test_x, test_y, images, logits, names, folder,
