@@ -226,22 +226,22 @@ class _Search:
     def _model_roots(self) -> np.ndarray:
         return np.array([self._model_root(t) for t in range(len(self.g0))])
 
-    def _upward(self) -> np.ndarray:
+    def _upward(self, root: np.ndarray) -> np.ndarray:
         lo = self.lo
-        root = self._model_roots()
         grown = np.where(np.isfinite(root) & (root > lo), np.maximum(root, lo * (1 + self.rel_tol)), _SHRINK * lo)
         return np.minimum(self.top, np.where(lo > 0, grown, self.first))
 
-    def _inward(self) -> np.ndarray:
+    def _inward(self, root: np.ndarray) -> np.ndarray:
         lo, hi = self.lo, np.where(np.isfinite(self.hi), self.hi, 1.0)
         margin = 1 + self.rel_tol / 2
         floor = np.where(lo > 0, lo * margin, hi * 1e-9)
-        probe = np.clip(self._model_roots(), floor, hi / margin)
+        probe = np.clip(root, floor, hi / margin)
         bisect = np.where(lo > 0, np.sqrt(lo * hi), hi / _SHRINK)
         return np.where(np.isfinite(probe) & ~self.bisecting, probe, bisect)
 
     def probes(self) -> np.ndarray:
-        return np.where(np.isinf(self.hi), self._upward(), self._inward())
+        root = self._model_roots()
+        return np.where(np.isinf(self.hi), self._upward(root), self._inward(root))
 
     def update(self, which: np.ndarray, probe: float, bounds: np.ndarray, own: int) -> None:
         """Move the brackets of targets `which` to `probe`, given their bounds there; `own` asked for it.

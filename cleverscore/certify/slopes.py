@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -69,7 +70,7 @@ def _optimize_row(bp: BoundPropagation, last: int, row: tf.Tensor, masks: dict[i
     """The best lower bound (B, 1) of one objective row over projected Adam steps on the slopes."""
     start = {m: bp.relaxation(m)[0] for m in masks}
     slopes = {m: tf.Variable(start[m]) for m in masks}
-    adam = _Adam(learning_rate, slopes)
+    adam = keras.optimizers.Adam(learning_rate)
     best = None
     stale = 0
     deadline = time.perf_counter() + seconds
@@ -86,29 +87,8 @@ def _optimize_row(bp: BoundPropagation, last: int, row: tf.Tensor, masks: dict[i
         stale = stale + 1 if rise <= _MIN_RISE * max(1.0, float(np.max(np.abs(best)))) else 0
         if stale >= PATIENCE or time.perf_counter() > deadline:
             break
-        adam.step(tape.gradient(loss, slopes))
+        grads = tape.gradient(loss, slopes)
+        adam.apply_gradients([(g, slopes[m]) for m, g in grads.items() if g is not None])
+        for var in slopes.values():  # projected steps: slopes of lines below a ReLU lie in [0, 1]
+            var.assign(tf.clip_by_value(var, 0.0, 1.0))
     return best, taken
-
-
-class _Adam:
-    """Adam steps on a dict of variables, each projected back onto [0, 1] (slopes of ReLU lower lines)."""
-
-    def __init__(self, learning_rate: float, variables: dict[int, tf.Variable], beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8):
-        self.lr, self.beta1, self.beta2, self.eps = learning_rate, beta1, beta2, eps
-        self.variables = variables
-        self.m = {k: tf.zeros_like(v) for k, v in variables.items()}
-        self.v = {k: tf.zeros_like(v) for k, v in variables.items()}
-        self.t = 0
-
-    def step(self, grads: dict[int, tf.Tensor | None]) -> None:
-        self.t += 1
-        for k, var in self.variables.items():
-            g = grads.get(k)
-            if g is None:
-                continue
-            self.m[k] = self.beta1 * self.m[k] + (1 - self.beta1) * g
-            self.v[k] = self.beta2 * self.v[k] + (1 - self.beta2) * tf.square(g)
-            m_hat = self.m[k] / (1 - self.beta1 ** self.t)
-            v_hat = self.v[k] / (1 - self.beta2 ** self.t)
-            var.assign(tf.clip_by_value(var - self.lr * m_hat / (tf.sqrt(v_hat) + self.eps), 0.0, 1.0))
