@@ -78,9 +78,9 @@ def verified(logits_fn: Callable, x: np.ndarray, candidates: np.ndarray, found: 
 
 
 def nudged_outward(logits_fn: Callable, x: np.ndarray, candidates: np.ndarray, rows: np.ndarray,
-                   criterion: Criterion, box: tuple[float, float]) -> np.ndarray:
+                   criterion: Criterion, box: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """The candidates of `rows` that are not adversarial in float32 moved a hair further from x (`NUDGES`),
-    where that makes them adversarial; the others unchanged."""
+    where that makes them adversarial; the others unchanged. Also returns the rows adversarial now."""
     out = candidates.copy()
     todo = rows[~criterion.rows(rows).adversarial(predict(logits_fn, out[rows]))]
     for nudge in NUDGES:
@@ -90,7 +90,7 @@ def nudged_outward(logits_fn: Callable, x: np.ndarray, candidates: np.ndarray, r
         hit = criterion.rows(todo).adversarial(predict(logits_fn, trial))
         out[todo[hit]] = trial[hit]
         todo = todo[~hit]
-    return out
+    return out, np.setdiff1d(rows, todo)
 
 
 def towards_original(logits_fn: Callable, x: np.ndarray, candidates: np.ndarray, found: np.ndarray,
@@ -105,8 +105,7 @@ def towards_original(logits_fn: Callable, x: np.ndarray, candidates: np.ndarray,
     rows = np.flatnonzero(np.asarray(found, bool))
     if not len(rows):
         return candidates
-    candidates = nudged_outward(logits_fn, x, candidates, rows, criterion, box)
-    rows = rows[criterion.rows(rows).adversarial(predict(logits_fn, candidates[rows]))]
+    candidates, rows = nudged_outward(logits_fn, x, candidates, rows, criterion, box)
     if not len(rows):  # every candidate tipped back in float32: nothing to shorten (`verified` drops them)
         return candidates
     shape = (-1,) + (1,) * (x.ndim - 1)
