@@ -35,6 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cleverscore.sampling.transforms import TRANSFORMS  # noqa: E402 - after the checkout is on the path
+
 BASELINE = "normal"
 MORE, NOT_MORE = 1.2, 1.1  # the truth call's thresholds on the attack (and certified) ratios
 NORMS = ("L2", "Li", "L1")
@@ -44,7 +48,6 @@ NOTES = "<!-- notes: the text below this line is kept when the script rewrites t
 # Per dataset: its name in the report and the zoo's adversarially trained CNNs (Linf radius in input units).
 DATASETS = {"mnist": "MNIST", "cifar": "CIFAR-10"}
 ADVERSARIAL = {"mnist": ("adv_0.1", "adv_0.3"), "cifar": ("adv_0.008",)}
-TRANSFORMS = ("defend_reduce", "defend_jpeg", "defend_png")
 
 
 @dataclass(frozen=True)
