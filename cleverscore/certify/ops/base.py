@@ -48,23 +48,49 @@ def interval_product(g: Interval, d: Interval) -> Interval:
     return Interval(tf.reduce_min(candidates, 0), tf.reduce_max(candidates, 0))
 
 
+class Line(NamedTuple):
+    """The line slope * t + constant, elementwise."""
+
+    slope: tf.Tensor
+    constant: tf.Tensor
+
+
+def product_lines(d: Interval, t: Interval) -> tuple[Line, Line]:
+    """Lines below and above d * t for every d in [d.lo, d.hi] (d.lo <= d.hi) and t in [t.lo, t.hi], elementwise.
+
+    The lower line is the chord of min(d.lo t, d.hi t) over [t.lo, t.hi], the upper one the chord of
+    max(d.lo t, d.hi t): the best linear bounds of that concave and that convex function, and exact
+    where t keeps its sign.
+    """
+    return _chord(d.hi, d.lo, t), _chord(d.lo, d.hi, t)
+
+
+def lower_product_line(d: Interval, t: Interval) -> Line:
+    """The lower line of `product_lines` alone."""
+    return _chord(d.hi, d.lo, t)
+
+
+def _chord(negative_side: tf.Tensor, positive_side: tf.Tensor, t: Interval) -> Line:
+    """The chord over [t.lo, t.hi] of the function that is negative_side * t for t < 0 and positive_side * t above."""
+    crossing = (t.lo < 0) & (t.hi > 0)
+    width = tf.where(crossing, t.hi - t.lo, tf.ones_like(t.hi))
+    slope = (positive_side * t.hi - negative_side * t.lo) / width
+    return Line(tf.where(crossing, slope, tf.where(t.lo >= 0, positive_side, negative_side)),
+                tf.where(crossing, (negative_side - slope) * t.lo, tf.zeros_like(slope)))
+
+
 def product_chord(a: tf.Tensor, d: Interval, t: Interval) -> tuple[tf.Tensor, tf.Tensor]:
     """(slope, constant) with slope * t + constant <= a * d * t for every d in [d.lo, d.hi] and t in [t.lo, t.hi].
 
-    Elementwise; `a` is (B, S, ...), `d` and `t` broadcast to it. Where t keeps one sign the bound
-    is exact (min over d of a linear function of d); where it changes sign it is the chord of
-    min(a d_lo t, a d_hi t) over [t.lo, t.hi], the best linear lower bound of that concave function.
+    Elementwise; `a` is (B, S, ...), `d` and `t` broadcast to it. Where a >= 0 this is a times the
+    lower line of d * t (`product_lines`), elsewhere a times the upper one: the chord of
+    min over d of a d t, the best linear lower bound. The lines depend on d and t only, so they are
+    computed at their (smaller) broadcast shape and a touches them twice.
     """
-    low, high = a * d.lo, a * d.hi
-    smaller, larger = tf.minimum(low, high), tf.maximum(low, high)
-    crossing = (t.lo < 0) & (t.hi > 0)
-    f_lo = t.lo * larger                     # min over d at t = t.lo < 0
-    f_hi = t.hi * smaller                    # min over d at t = t.hi > 0
-    width = tf.where(crossing, t.hi - t.lo, tf.ones_like(t.hi - t.lo))
-    chord = (f_hi - f_lo) / width
-    slope = tf.where(crossing, chord, tf.where(t.lo >= 0, smaller, larger))
-    constant = tf.where(crossing, f_lo - chord * t.lo, tf.zeros_like(chord))
-    return slope, constant
+    below, above = product_lines(d, t)
+    positive = tf.nn.relu(a)
+    return (a * above.slope + positive * (below.slope - above.slope),
+            a * above.constant + positive * (below.constant - above.constant))
 
 
 class Operator:
@@ -153,13 +179,15 @@ class Operator:
         """`gradient_chord` for coefficients on windows; `d` and `g` are whole maps (B or 1, 1, *shape)."""
         from ..patches import Patches, patch_sum
 
-        t = self.spread_bounds(g)
-        window_d, window_t = Interval(p.gather(d.lo), p.gather(d.hi)), Interval(p.gather(t.lo), p.gather(t.hi))
-        slope, constant = product_chord(p.a, window_d, window_t)
+        below, above = product_lines(d, self.spread_bounds(g))
+        positive = Patches(tf.nn.relu(p.a), p.top, p.left, p.map_shape)
+        # a * (the upper line) + relu(a) * (lower - upper): the lines are read window by window.
+        slope = p.a * p.gather(above.slope) + positive.a * p.gather(below.slope - above.slope)
+        constant = patch_sum(p, p.gather(above.constant)) + patch_sum(positive, p.gather(below.constant - above.constant))
         onward = self.patch_gather_spread(Patches(slope, p.top, p.left, p.map_shape))
         if onward is None:
             return None
-        return onward, patch_sum(Patches(constant, p.top, p.left, p.map_shape), tf.ones_like(constant[:1, :1]))
+        return onward, constant
 
     def spread_bounds(self, g: Interval) -> Interval:
         """Bounds of the output's gradient laid out per input element (nonlinear nodes; the identity for an

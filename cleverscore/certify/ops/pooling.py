@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..patches import Patches, patch_sum
-from .base import Interval, Operator, expand_spec, fold_spec, product_chord, sum_spec, unfold_spec
+from .base import Interval, Operator, expand_spec, fold_spec, lower_product_line, sum_spec, unfold_spec
 from .linear import LinearOperator
 
 
@@ -184,15 +184,36 @@ class MaxPooling2D(Operator):
         flat, lead = fold_spec(a, 3)
         windows = self._windows(flat, 0.0)
         windows = tf.reshape(windows, tf.concat([lead, tf.shape(windows)[1:]], 0))
-        return self._route(windows, self._candidates(d.lo[:, 0], d.hi[:, 0])[:, None], g)
+        candidates = self._candidates(d.lo[:, 0], d.hi[:, 0])[:, None]
+        big = _big(a.dtype)
+        lowest = tf.reduce_min(tf.where(candidates, windows, big), axis=-1)
+        highest = tf.reduce_max(tf.where(candidates, windows, -big), axis=-1)
+        return self._route(lowest, highest, ~tf.reduce_any(candidates, axis=-1), g)
 
     def patch_gradient_chord(self, p: Patches, d: Interval, g: Interval) -> tuple[Patches, tf.Tensor]:
-        cells, on_input, on_output = self._widen(p)
-        cells = _cells_last(cells)                                                   # (B, S, ch, cw, C, k)
-        d_cells = Interval(*(_cells_last(self._read_cells(on_input, t)) for t in (d.lo, d.hi)))
-        candidates = self._candidates_of_cells(d_cells)
-        slope, constant = self._route(cells, candidates, Interval(on_output.gather(g.lo), on_output.gather(g.hi)))
+        cells, on_input, on_output = self._widen(p)                                  # (B, S, ch, ph, cw, pw, C)
+        candidates = self._candidates(d.lo[:, 0], d.hi[:, 0])                         # (B, Ho, Wo, C, k)
+        # Candidacy is a property of the map: it is laid out on the map once and read on each window.
+        on_map = self._unwindow(tf.reshape(tf.cast(candidates, cells.dtype), (-1, *candidates.shape[1:]))) > 0
+        lowest, highest = self._cell_extremes(cells, self._read_cells(on_input, on_map))
+        some = on_output.gather(tf.reduce_any(candidates, axis=-1))
+        slope, constant = self._route(lowest, highest, ~some, Interval(on_output.gather(g.lo), on_output.gather(g.hi)))
         return p.moved(slope, on_output.top, on_output.left, on_output.map_shape), constant
+
+    def _cell_extremes(self, cells: tf.Tensor, candidates: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Min and max (B, S, ch, cw, C) over each cell's candidates of cells (B, S, ch, ph, cw, pw, C).
+
+        (ch, ph, cw, pw) is the row-major layout of a (ch ph) x (cw pw) image, so TF's max pooling
+        reduces the cells in place, much faster than a reduction over two inner axes."""
+        shape = tf.shape(cells)
+        images = (-1, shape[2] * shape[3], shape[4] * shape[5], shape[6])
+        big = _big(cells.dtype)
+
+        def pooled_max(values: tf.Tensor) -> tf.Tensor:
+            out = tf.nn.max_pool2d(tf.reshape(tf.where(candidates, values, -big), images), self.pool, self.pool, "VALID")
+            return tf.reshape(out, tf.stack([shape[0], shape[1], shape[2], shape[4], shape[6]]))
+
+        return -pooled_max(-cells), pooled_max(cells)
 
     def _read_cells(self, window: Patches, maps: tf.Tensor) -> tf.Tensor:
         """Maps (B, 1, H, W, C) read on a widened window: (B, S, ch, ph, cw, pw, C)."""
@@ -201,24 +222,19 @@ class MaxPooling2D(Operator):
         return tf.reshape(read, tf.concat([tf.shape(read)[:2], [hh // ph, ph, ww // pw, pw, -1]], 0))
 
     def _candidates(self, lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
-        """Per window (B, Ho, Wo, C, k): the entries that may receive the gradient."""
-        return self._candidates_of_cells(Interval(self._windows(lo, 0.0), self._windows(hi, 0.0)))
+        """Per window (B, Ho, Wo, C, k): the entries that may receive the gradient (d.hi > 0, or the entries
+        forced to 1 where the split search fixed one)."""
+        lo_w, hi_w = self._windows(lo, 0.0), self._windows(hi, 0.0)
+        forced = lo_w > 0
+        return tf.where(tf.reduce_any(forced, axis=-1, keepdims=True), forced, hi_w > 0)
 
     @staticmethod
-    def _candidates_of_cells(d: Interval) -> tf.Tensor:
-        forced = d.lo > 0
-        return tf.where(tf.reduce_any(forced, axis=-1, keepdims=True), forced, d.hi > 0)
-
-    @staticmethod
-    def _route(windows: tf.Tensor, candidates: tf.Tensor, g: Interval) -> tuple[tf.Tensor, tf.Tensor]:
-        """The chord of min over the candidates of a_i t, per window; windows (B, S, Ho, Wo, C, k)."""
-        big = tf.constant(np.finfo(windows.dtype.as_numpy_dtype).max, windows.dtype)
-        lowest = tf.reduce_min(tf.where(candidates, windows, big), axis=-1)
-        highest = tf.reduce_max(tf.where(candidates, windows, -big), axis=-1)
-        none = ~tf.reduce_any(candidates, axis=-1)                      # no entry of the map (dropped cells)
+    def _route(lowest: tf.Tensor, highest: tf.Tensor, none: tf.Tensor, g: Interval) -> tuple[tf.Tensor, tf.Tensor]:
+        """The chord of min over a window's candidates of a_i t, from the min and max of their a_i; `none` marks
+        windows without a candidate (cells off the map)."""
         lowest, highest = tf.where(none, tf.zeros_like(lowest), lowest), tf.where(none, tf.zeros_like(highest), highest)
-        slope, constant = product_chord(tf.ones_like(lowest), Interval(lowest, highest), g)
-        return slope, sum_spec(constant)
+        line = lower_product_line(Interval(lowest, highest), g)
+        return line.slope, sum_spec(line.constant)
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
@@ -235,15 +251,14 @@ class MaxPooling2D(Operator):
         return [Interval(*out)]
 
 
+def _big(dtype: tf.DType) -> tf.Tensor:
+    """A stand-in for +infinity that keeps masked reductions finite."""
+    return tf.constant(np.finfo(dtype.as_numpy_dtype).max, dtype)
+
+
 def _sized(p: Patches, hh: int, ww: int) -> Patches:
     """A zero-valued window of (hh, ww) cells at p's positions, for reading maps with `gather`."""
     return Patches(tf.zeros((1, len(p.top), hh, ww, 1), p.a.dtype), p.top, p.left, p.map_shape)
-
-
-def _cells_last(cells: tf.Tensor) -> tf.Tensor:
-    """(B, S, ch, ph, cw, pw, C) -> (B, S, ch, cw, C, ph * pw): each cell's entries on the last axis."""
-    moved = tf.transpose(cells, (0, 1, 2, 4, 6, 3, 5))
-    return tf.reshape(moved, tf.concat([tf.shape(moved)[:5], [-1]], 0))
 
 
 class AveragePooling2D(LinearOperator):
