@@ -14,10 +14,46 @@ scattered back into dense form.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
+
+
+class _Layout(NamedTuple):
+    """Where a set of windows lies on its map: cell rows and columns (S, ph, pw), whether each lies on the
+    map, and the flat index each reads (the map's size, a zero cell, for those off it)."""
+
+    y: np.ndarray
+    x: np.ndarray
+    inside: np.ndarray
+    index: tf.Tensor
+
+
+# A backward step reads several maps on the same windows (the relaxation's tensors, the multipliers,
+# the signal bounds), and new coefficients keep their rows' positions: the layout is computed once.
+# Entries hold their position arrays, so an id in a key cannot be reused while the entry lives.
+_LAYOUTS: OrderedDict = OrderedDict()
+_LAYOUTS_KEPT = 8
+
+
+def _layout(top: np.ndarray, left: np.ndarray, window: tuple[int, int], map_shape: tuple[int, ...]) -> _Layout:
+    key = (id(top), id(left), window, tuple(map_shape))
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit[0] is top and hit[1] is left:
+        _LAYOUTS.move_to_end(key)
+        return hit[2]
+    (ph, pw), (h, w) = window, map_shape[:2]
+    y = top[:, None, None] + np.arange(ph)[None, :, None] + np.zeros(pw, int)[None, None, :]
+    x = left[:, None, None] + np.arange(pw)[None, None, :] + np.zeros(ph, int)[None, :, None]
+    inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+    layout = _Layout(y, x, inside, tf.constant(np.where(inside, y * w + x, h * w).astype(np.int32)))
+    _LAYOUTS[key] = (top, left, layout)
+    if len(_LAYOUTS) > _LAYOUTS_KEPT:
+        _LAYOUTS.popitem(last=False)
+    return layout
 
 
 @dataclass(frozen=True)
@@ -35,11 +71,8 @@ class Patches:
 
     def positions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Map row and column (S, ph, pw) of every window cell, and whether it lies on the map."""
-        ph, pw = self.window
-        y = self.top[:, None, None] + np.arange(ph)[None, :, None] + np.zeros(pw, int)[None, None, :]
-        x = self.left[:, None, None] + np.arange(pw)[None, None, :] + np.zeros(ph, int)[None, :, None]
-        h, w, _ = self.map_shape
-        return y, x, (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        layout = _layout(self.top, self.left, self.window, self.map_shape)
+        return layout.y, layout.x, layout.inside
 
     def covers_map(self) -> bool:
         ph, pw = self.window
@@ -64,9 +97,7 @@ class Patches:
         h, w, _ = self.map_shape
         flat = tf.reshape(maps, (tf.shape(maps)[0], h * w, maps.shape[-1]))
         flat = tf.concat([flat, tf.zeros_like(flat[:, :1])], axis=1)
-        y, x, inside = self.positions()
-        index = np.where(inside, y * w + x, h * w).astype(np.int32)
-        return tf.gather(flat, index, axis=1)
+        return tf.gather(flat, _layout(self.top, self.left, self.window, self.map_shape).index, axis=1)
 
     def dense(self) -> tf.Tensor:
         """The same coefficients on the whole map: (B, S, H, W, C)."""
