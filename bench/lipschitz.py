@@ -3,6 +3,7 @@
 
     python3 bench/lipschitz.py --part mlp --images 10 --radii 0.02,0.05 --split 10
     python3 bench/lipschitz.py --part cnn --images 10 --split 0
+    python3 bench/lipschitz.py --part cost --against ../older-checkout
 
 `--part mlp`: the shipped 784-32-32-10 and 784-64-64-10 ReLU MLPs, Linf balls of each radius, the
 first `--images` MNIST test images x (top-2, least likely). Per pair: the exact constant L* (max
@@ -17,6 +18,12 @@ CROWN-certified radius and at twice it. Per pair: the largest gradient norms fou
 proven/found, the CROWN radius, the radius the Lipschitz bound proves over the CROWN-radius ball,
 and the seconds of each step.
 
+`--part cost`: the default `--certify` of the issue's cost goal, `collect_gradients.py -n 1
+--target_type 5 --certify` (MNIST CNN, image 0, top-2 and least likely, three norms and the
+Lipschitz bounds), run from this checkout and, with `--against CHECKOUT`, from another one right
+after it; prints `certify_seconds` per target, the ratio to the other checkout and to the goal
+(38 s).
+
 Rows go to `--out` (CSV, one per pair and radius); the summary is printed. Numbers in README and
 the issue notes come from here.
 """
@@ -25,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -162,6 +171,34 @@ def cnn_rows(args) -> list[dict]:
     return rows
 
 
+COST_GOAL_SECONDS = 38.0
+
+
+def certify_seconds(checkout: Path, data_dir: str | None) -> float:
+    """`certify_seconds` per target of the cost goal's command run from `checkout`."""
+    from scipy.io import loadmat
+
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, str(checkout / "collect_gradients.py"), "-n", "1", "--target_type", "5",
+                   "--certify", "-N", "16", "-i", "3", "--save", out]
+        if data_dir:
+            command += ["--data_dir", data_dir]
+        subprocess.run(command, check=True, cwd=out, stdout=subprocess.DEVNULL)
+        files = sorted(Path(out).rglob("*.mat"))
+        if not files:
+            raise SystemExit(f"{checkout}: the command wrote no result file")
+        return float(np.mean([float(loadmat(f)["certify_seconds"].ravel()[0]) for f in files]))
+
+
+def cost(args) -> None:
+    seconds = certify_seconds(ROOT, args.data_dir)
+    print(f"this checkout: certify_seconds {seconds:.1f} s per target; goal {COST_GOAL_SECONDS:g} s: "
+          f"ratio {seconds / COST_GOAL_SECONDS:.3f}")
+    if args.against:
+        other = certify_seconds(Path(args.against).resolve(), args.data_dir)
+        print(f"{args.against}: certify_seconds {other:.1f} s per target; this checkout / that one: {seconds / other:.3f}")
+
+
 def summarise_mlp(rows: list[dict]) -> None:
     for name in MLPS:
         for radius in sorted({r["radius"] for r in rows}):
@@ -194,7 +231,7 @@ def summarise_cnn(rows: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["mlp", "cnn"], required=True)
+    p.add_argument("--part", choices=["mlp", "cnn", "cost"], required=True)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--radii", default="0.02,0.05", help="MLP Linf radii")
     p.add_argument("--split", type=float, default=10.0, help="seconds of split search per image (0: one pass)")
@@ -203,7 +240,11 @@ def main() -> None:
     p.add_argument("--data_dir", default=None)
     p.add_argument("--cifar_dir", default=None)
     p.add_argument("--out", default="bench/results/lipschitz.csv")
+    p.add_argument("--against", default=None, help="--part cost: another checkout to time right after this one")
     args = p.parse_args()
+    if args.part == "cost":
+        cost(args)
+        return
     args.radii = [float(r) for r in args.radii.split(",")]
     rows = mlp_rows(args) if args.part == "mlp" else cnn_rows(args)
     out = Path(args.out)
