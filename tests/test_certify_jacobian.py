@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from cleverscore.certify import from_keras, lipschitz_upper_bounds
 from cleverscore.certify.crown import prepare
-from cleverscore.certify.jacobian import GradientPropagation, gradient_norm_bounds
+from cleverscore.certify.jacobian import GradientPropagation, _clamped_forward, _crossed, gradient_norm_bounds
+from cleverscore.certify.ops.activation import ReLU
 from cleverscore.certify.ops.base import product_chord
 from cleverscore.certify.milp import local_lipschitz, minimal_distortion, relu_network_from_keras
 from cleverscore.certify.ops import Interval
@@ -96,18 +97,61 @@ def test_never_below_the_exact_constant_and_tighter_than_the_interval_bound_on_m
     assert tighter >= 6, tighter
 
 
-def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_of_the_gap(relu_cases):
+@pytest.mark.parametrize("clamp", [True, False])
+def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_of_the_gap(relu_cases, clamp):
     closed = []
     for graph, x0, label, target, radius, exact in relu_cases:
         problem = prepare(graph, x0, label, [target])
         forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
         one_pass, _ = gradient_norm_bounds(forward, problem.spec, 1 << 28)
-        split, report = gradient_norm_bounds(forward, problem.spec, 1 << 28, objective=2, time_budget=1.0)
+        split, report = gradient_norm_bounds(forward, problem.spec, 1 << 28, objective=2, time_budget=1.0,
+                                             clamp=clamp)
         assert np.all(split <= one_pass * (1 + 1e-12))
         assert split[0, 2] >= exact * (1 - 1e-9) and report["parts"] >= 1
         if one_pass[0, 2] > exact * (1 + 1e-6):
             closed.append((one_pass[0, 2] - split[0, 2]) / (one_pass[0, 2] - exact))
     assert closed and np.median(closed) >= 0.5, closed
+
+
+def test_clamped_forward_bounds_hold_on_every_sampled_point_of_their_side_and_tighten_later_layers():
+    _, graph, _, x0, label, target, radius = relu_case(3, radius=0.2)
+    problem = prepare(graph, x0, label, [target])
+    forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
+    relu = next(m for m, node in enumerate(graph.nodes) if isinstance(node.op, ReLU))
+    z = graph.nodes[relu].inputs[0]
+    lo, hi = (t.numpy().ravel() for t in forward.bounds[z])
+    unstable = np.flatnonzero((lo < 0) & (hi > 0))
+    assert len(unstable) >= 2
+    a, b = (int(i) for i in unstable[:2])
+    fixed = [{(relu, a): (0.0, 0.0)}, {(relu, a): (1.0, 1.0)}, {(relu, a): (1.0, 1.0), (relu, b): (0.0, 0.0)}]
+    split = _clamped_forward(forward, fixed, {relu: z}, 1 << 28)
+    points = x0 + np.random.default_rng(0).uniform(-radius, radius, (20000, 10))
+    values = [v.numpy().reshape(len(points), -1) for v in graph.forward_all(tf.constant(points))]
+    sides = [values[z][:, a] <= 0, values[z][:, a] >= 0, (values[z][:, a] >= 0) & (values[z][:, b] <= 0)]
+    tighter = 0
+    for k, side in enumerate(sides):
+        assert side.sum() > 100
+        for i, bounds in enumerate(split.bounds):
+            lo_k, hi_k = bounds.lo.numpy()[k].ravel(), bounds.hi.numpy()[k].ravel()
+            assert np.all(values[i][side] >= lo_k - 1e-9) and np.all(values[i][side] <= hi_k + 1e-9)
+            outer = forward.bounds[i]
+            assert np.all(lo_k >= outer.lo.numpy().ravel() - 1e-12) and np.all(hi_k <= outer.hi.numpy().ravel() + 1e-12)
+            tighter += i > z and np.any(hi_k - lo_k < (outer.hi - outer.lo).numpy().ravel() * (1 - 1e-6))
+    assert tighter >= 3, tighter
+    assert not _crossed(split).any()
+
+
+def test_a_part_whose_fixings_contradict_the_forward_bounds_is_empty_and_bounds_nothing():
+    _, graph, _, x0, label, target, radius = relu_case(3, radius=0.05)
+    problem = prepare(graph, x0, label, [target])
+    forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
+    relu = next(m for m, node in enumerate(graph.nodes) if isinstance(node.op, ReLU))
+    z = graph.nodes[relu].inputs[0]
+    lo, hi = (t.numpy().ravel() for t in forward.bounds[z])
+    inactive, unstable = int(np.argmin(hi)), int(np.flatnonzero((lo < 0) & (hi > 0))[0])
+    assert hi[inactive] < 0
+    split = _clamped_forward(forward, [{(relu, inactive): (1.0, 1.0)}, {(relu, unstable): (1.0, 1.0)}], {relu: z}, 1 << 28)
+    assert _crossed(split).tolist() == [True, False]
 
 
 def smooth_case(activation: str, conv: bool):

@@ -59,21 +59,26 @@ class BoundPropagation:
         within: the final `bounds` of a propagation over balls that contain these ones (same
             centre, norm and box, radii at least as large; batch 1 or B), intersected with every
             node's bounds here (see the module docstring).
+        clamps: node index -> bounds (B or 1, *shape) that the node's value is known to keep, as
+            on one side of a split ReLU; the bounds then hold for the points of the balls where
+            the clamps hold (those an input split keeps), not for the whole balls.
     """
 
     def __init__(self, graph: Graph, x0: tf.Tensor, radius: tf.Tensor, norm: LpNorm, box: Interval,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True, patches: bool = True,
-                 within: list[Interval | None] | None = None):
+                 within: list[Interval | None] | None = None, clamps: dict[int, Interval] | None = None):
         self.graph = graph
         self.x0 = x0
         self.radius = radius
         self.norm = norm
+        self.box = box
         self.batch = int(radius.shape[0])
         self.offsets = feasible_offsets(x0, radius, box)
         self.memory_budget = memory_budget
         self.crown = crown
         self.patches = patches
         self.within = within
+        self.clamps = clamps or {}
         self.bounds: list[Interval | None] = [None] * len(graph.nodes)
         self._relaxations: dict[int, object] = {}
         self.reports: list[LayerReport] = []
@@ -84,8 +89,9 @@ class BoundPropagation:
         for i, node in enumerate(self.graph.nodes[1:], start=1):
             self.bounds[i] = node.op.interval(*[self.bounds[j] for j in node.inputs])
             if self.within is not None and self.within[i] is not None:
-                outer = self.within[i]
-                self.bounds[i] = Interval(tf.maximum(self.bounds[i].lo, outer.lo), tf.minimum(self.bounds[i].hi, outer.hi))
+                self.bounds[i] = _intersect(self.bounds[i], self.within[i])
+            if i in self.clamps:
+                self.bounds[i] = _intersect(self.bounds[i], self.clamps[i])
             if self.graph.needs_bounds(i):
                 self._refine(i)
 
@@ -302,6 +308,10 @@ class BoundPropagation:
         lo, hi = (tf.expand_dims(t, 1) for t in self.bounds[start])
         pos = tf.nn.relu(a)
         return constant + tf.reduce_sum(tf.reshape(pos * lo + (a - pos) * hi, tf.concat([tf.shape(a)[:2], [-1]], 0)), -1)
+
+
+def _intersect(bounds: Interval, outer: Interval) -> Interval:
+    return Interval(tf.maximum(bounds.lo, outer.lo), tf.minimum(bounds.hi, outer.hi))
 
 
 def _values(a: tf.Tensor | Patches) -> tf.Tensor:

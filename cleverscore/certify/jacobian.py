@@ -32,6 +32,13 @@ is lost is that the multipliers are treated as independent. `split_search` wins 
 time budget: it splits the multiplier that can move the bound the most (a ReLU's into 0 and 1, a
 smooth activation's range in halves), bounds both halves, and keeps splitting the part with the
 largest bound. The maximum over the parts is a bound for the whole, never above the unsplit one.
+A ReLU's multiplier is 0 exactly where its input is <= 0 and 1 where it is > 0, so a split ReLU
+also splits the ball: each part's forward bounds are propagated again with that input clamped to
+its side (and within the unsplit bounds), which makes later neurons stable and their multipliers
+fixed. A part whose clamped bounds cross (some lower bound above its upper bound) holds no point
+of the ball, and bounds nothing. When the first batch's forward propagation takes longer than its
+gradient pass, the search stops clamping (a part is then bounded over the whole ball, which is
+sound too) and spends the time on more parts instead.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import tensorflow as tf
 from .bounds import BoundPropagation
 from .graph import Graph
 from .ops import Interval
+from .ops.activation import ReLU
 from .ops.base import expand_spec, sum_spec
 from .patches import Patches, negate_and_stack, unit_patches
 
@@ -54,6 +62,7 @@ _BYTES_PER_FLOAT = 4
 # Live tensors of a coefficient's size during one step of a pass (the coefficients, the spread
 # copy, the chord's slopes and TF's workspace).
 _PASS_COPIES = 8
+_CROSSING_TOLERANCE = 1e-5
 # Column order of the norm bounds: the duals of the L1, L2 and Linf perturbation norms.
 DUAL_NORMS = ("inf", "2", "1")
 
@@ -314,16 +323,18 @@ class _Part:
     target: int = field(compare=False)
     fixed: dict = field(compare=False)
     bounds: np.ndarray = field(compare=False)                      # (3,) norm bounds
-    choice: tuple[int, int, bool] | None = field(compare=False)    # where to split next, and whether binary
+    # Where to split next: node, flat index, whether binary, and the multiplier's range in this part.
+    choice: tuple[int, int, bool, float, float] | None = field(compare=False)
 
 
 def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, objective: int = 2,
-                         time_budget: float = 0.0, max_batch: int = 16) -> tuple[np.ndarray, dict]:
+                         time_budget: float = 0.0, max_batch: int = 16, clamp: bool = True) -> tuple[np.ndarray, dict]:
     """(T, 3) norm bounds (q = inf, 2, 1) for each target's spec row, and a report of the search.
 
     With `time_budget` > 0, `split_search` tightens column `objective` (2: the L1 gradient norm, the
     dual of Linf balls) by splitting multipliers until the time is spent; every column is the maximum
-    over the parts, so each stays a sound bound and none ends above the unsplit one.
+    over the parts, so each stays a sound bound and none ends above the unsplit one. `clamp` False
+    never clamps the forward bounds of split ReLUs (see the module docstring).
     """
     base = default_multipliers(forward)
     gp = GradientPropagation(forward, spec, memory_budget, base)
@@ -332,22 +343,27 @@ def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budg
     report = {"parts": int(spec.shape[0]), "unsplit": first.copy(), "refined": dict(gp.refined)}
     if time_budget <= 0:
         return first, report
-    bounds = split_search(forward, spec, memory_budget, base, first, slack, objective, time_budget, max_batch)
-    report["parts"] = bounds[1]
-    return np.minimum(first, bounds[0]), report
+    bounds, report["parts"], report["clamped"] = split_search(forward, spec, memory_budget, base, first, slack,
+                                                              objective, time_budget, max_batch, clamp)
+    return np.minimum(first, bounds), report
 
 
 def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, base: dict[int, Interval],
                  first: np.ndarray, slack: dict, objective: int, time_budget: float,
-                 max_batch: int) -> tuple[np.ndarray, int]:
-    """Branch and bound over the multipliers (see the module docstring); (T, 3) bounds and the parts bounded."""
+                 max_batch: int, clamp: bool = True) -> tuple[np.ndarray, int, bool]:
+    """Branch and bound over the multipliers (see the module docstring): (T, 3) bounds, the parts bounded,
+    and whether the forward bounds were still clamped at the end.
+
+    `clamp` False leaves the forward bounds unsplit (each part's multipliers are fixed, nothing else).
+    """
     deadline = time.perf_counter() + time_budget
     graph = forward.graph
     binary = {m for m in base if graph.nodes[m].op.binary_multipliers}
+    relu_inputs = {m: graph.nodes[m].inputs[0] for m in base if clamp and isinstance(graph.nodes[m].op, ReLU)}
     serial = 0
     heaps: list[list[_Part]] = []
     for t in range(int(spec.shape[0])):
-        choice = _best_split(base, {}, {m: s[t] for m, s in slack.items()}, binary)
+        choice = _best_split(_row(base, 0), {m: s[t] for m, s in slack.items()}, binary)
         heaps.append([_Part(-first[t, objective], serial, t, {}, first[t], choice)])
         serial += 1
     parts = len(heaps)
@@ -360,37 +376,78 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
                 break
         if not batch:
             break
-        children = [child for part in batch for child in _halves(part, base)]
-        gp = GradientPropagation(forward, tf.stack([spec[c.target] for c in children]), memory_budget,
-                                 _batched_multipliers(base, [c.fixed for c in children]))
+        children = [child for part in batch for child in _halves(part)]
+        fixed = [c.fixed for c in children]
+        empty = np.zeros(len(children), bool)
+        begin = time.perf_counter()
+        if relu_inputs:
+            split_forward = _clamped_forward(forward, fixed, relu_inputs, memory_budget)
+            empty = _crossed(split_forward)
+            multipliers = _batched_multipliers(default_multipliers(split_forward), fixed)
+        else:
+            multipliers = _batched_multipliers(base, fixed)
+        forward_seconds = time.perf_counter() - begin
+        gp = GradientPropagation(forward, tf.stack([spec[c.target] for c in children]), memory_budget, multipliers)
         slack = {}
-        values = gp.norm_bounds(slack)
+        values = np.where(empty[:, None], 0.0, gp.norm_bounds(slack))
+        if relu_inputs and parts == len(heaps) and forward_seconds > time.perf_counter() - begin - forward_seconds:
+            relu_inputs = {}
         for k, child in enumerate(children):
             child.bounds = values[k]
             child.priority = -values[k, objective]
             child.serial = serial
             serial += 1
-            child.choice = _best_split(base, child.fixed, {m: s[k] for m, s in slack.items()}, binary)
+            child.choice = None if empty[k] else _best_split(_row(multipliers, k), {m: s[k] for m, s in slack.items()},
+                                                             binary)
             heapq.heappush(heaps[child.target], child)
         parts += len(children)
     out = np.stack([np.max([p.bounds for p in heap], axis=0) for heap in heaps])
-    return out, parts
+    return out, parts, bool(relu_inputs)
 
 
-def _halves(part: _Part, base: dict[int, Interval]) -> list[_Part]:
-    m, index, is_binary = part.choice
-    unsplit = (float(tf.reshape(base[m].lo, (-1,))[index]), float(tf.reshape(base[m].hi, (-1,))[index]))
-    lo, hi = part.fixed.get((m, index), unsplit)
+def _clamped_forward(forward: BoundPropagation, fixed: Sequence[dict], relu_inputs: dict[int, int],
+                     memory_budget: int) -> BoundPropagation:
+    """Forward bounds of one problem per entry of `fixed`, each ReLU fixed to 0 (1) clamping its input to <= 0 (>= 0)."""
+    lows = {j: np.full((len(fixed), forward.graph.nodes[j].size), -np.inf) for j in relu_inputs.values()}
+    highs = {j: np.full((len(fixed), forward.graph.nodes[j].size), np.inf) for j in relu_inputs.values()}
+    for k, fix in enumerate(fixed):
+        for (m, index), (lo, _) in fix.items():
+            if m in relu_inputs:
+                (lows if lo > 0 else highs)[relu_inputs[m]][k, index] = 0.0
+    dtype = forward.graph.dtype.as_numpy_dtype
+    clamps = {j: Interval(tf.constant(lows[j].reshape(len(fixed), *forward.graph.nodes[j].shape), dtype),
+                          tf.constant(highs[j].reshape(len(fixed), *forward.graph.nodes[j].shape), dtype))
+              for j in lows if np.isfinite(lows[j]).any() or np.isfinite(highs[j]).any()}
+    radius = tf.fill((len(fixed),), forward.radius[0])
+    return BoundPropagation(forward.graph, forward.x0, radius, forward.norm, forward.box, memory_budget,
+                            forward.crown, forward.patches, within=forward.bounds, clamps=clamps)
+
+
+def _crossed(forward: BoundPropagation) -> np.ndarray:
+    """(B,) whether some node's lower bound lies above its upper bound: the problem's region is empty."""
+    crossed = np.zeros(forward.batch, bool)
+    for bounds in forward.bounds:
+        if bounds is not None:
+            # A margin for rounding: a region that is one point (z = 0 exactly) is not empty.
+            slack = _CROSSING_TOLERANCE * (1.0 + tf.abs(bounds.lo) + tf.abs(bounds.hi))
+            gap = tf.reshape(bounds.lo - bounds.hi - slack, (forward.batch, -1))
+            crossed |= tf.reduce_any(gap > 0, axis=1).numpy()
+    return crossed
+
+
+def _halves(part: _Part) -> list[_Part]:
+    m, index, is_binary, lo, hi = part.choice
     pieces = [(lo, lo), (hi, hi)] if is_binary else [(lo, (lo + hi) / 2), ((lo + hi) / 2, hi)]
     return [_Part(0.0, 0, part.target, {**part.fixed, (m, index): piece}, part.bounds, None) for piece in pieces]
 
 
 def _batched_multipliers(base: dict[int, Interval], fixed: Sequence[dict]) -> dict[int, Interval]:
-    """The base multipliers broadcast to one problem per entry of `fixed`, with each problem's fixings applied."""
+    """The base multipliers (batch 1 or one per entry of `fixed`), one problem per entry of `fixed`, with each
+    problem's fixings applied."""
     out = {}
     for m, d in base.items():
-        lo = np.repeat(d.lo.numpy().reshape(1, -1), len(fixed), axis=0)
-        hi = np.repeat(d.hi.numpy().reshape(1, -1), len(fixed), axis=0)
+        lo = np.broadcast_to(d.lo.numpy().reshape(d.lo.shape[0], -1), (len(fixed), int(np.prod(d.lo.shape[2:])))).copy()
+        hi = np.broadcast_to(d.hi.numpy().reshape(d.hi.shape[0], -1), lo.shape).copy()
         for k, fix in enumerate(fixed):
             for (node, index), (a, b) in fix.items():
                 if node == m:
@@ -400,20 +457,21 @@ def _batched_multipliers(base: dict[int, Interval], fixed: Sequence[dict]) -> di
     return out
 
 
-def _best_split(base: dict[int, Interval], fixed: dict, slack: dict[int, tf.Tensor],
-                binary: set[int]) -> tuple[int, int, bool] | None:
-    """The multiplier that can move the objective's pass the most and can still be split."""
+def _row(multipliers: dict[int, Interval], k: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Problem k's multiplier bounds, flat, per node."""
+    return {m: (tf.reshape(d.lo[k], (-1,)).numpy(), tf.reshape(d.hi[k], (-1,)).numpy()) for m, d in multipliers.items()}
+
+
+def _best_split(multipliers: dict[int, tuple[np.ndarray, np.ndarray]], slack: dict[int, tf.Tensor],
+                binary: set[int]) -> tuple[int, int, bool, float, float] | None:
+    """The multiplier that can move the objective's pass the most and can still be split, with its range."""
     best, where = 0.0, None
     for m, gap in slack.items():
         g = np.array(tf.reshape(gap, (-1,)), dtype=np.float64)
-        lo = tf.reshape(base[m].lo, (-1,)).numpy()
-        hi = tf.reshape(base[m].hi, (-1,)).numpy()
-        for (node, index), (a, b) in fixed.items():
-            if node == m:
-                lo[index], hi[index] = a, b
+        lo, hi = multipliers[m]
         splittable = hi - lo > (0.0 if m in binary else 1e-3 * np.maximum(np.abs(hi), 1e-12))
         g = np.where(splittable, g, 0.0)
         k = int(np.argmax(g))
         if g[k] > best:
-            best, where = float(g[k]), (m, k, m in binary)
+            best, where = float(g[k]), (m, k, m in binary, float(lo[k]), float(hi[k]))
     return where
