@@ -87,7 +87,8 @@ def mlp_rows(args) -> list[dict]:
                 one_pass_s = time.perf_counter() - begin
                 interval = dual_norms(gradient_interval(forward, problem.spec[None]))[0]
                 begin = time.perf_counter()
-                split, report = gradient_norm_bounds(forward, problem.spec, BUDGET, 2, args.split)
+                split, report = gradient_norm_bounds(forward, problem.spec, BUDGET, 2, args.split,
+                                                     clamp=not args.no_clamp)
                 split_s = time.perf_counter() - begin
                 for k, t in enumerate(targets):
                     exact = earlier.get((name, radius, image, t)) or local_lipschitz(net, x, c, t, radius,
@@ -258,6 +259,8 @@ def main() -> None:
     p.add_argument("--radii", default="0.02,0.05", help="MLP Linf radii")
     p.add_argument("--split", type=float, default=10.0, help="seconds of split search per image (0: one pass)")
     p.add_argument("--time_limit", type=float, default=60.0, help="seconds per MILP")
+    p.add_argument("--no_clamp", action="store_true",
+                   help="--part mlp: split ReLUs without clamping the forward bounds (the search before clamping)")
     p.add_argument("--milp_from", default=None,
                    help="--part mlp: take the MILP's answers from this earlier CSV instead of solving again")
     p.add_argument("--datasets", default="mnist", help="--part cnn: comma-separated datasets (mnist, cifar)")
