@@ -36,7 +36,7 @@ class _Layout(NamedTuple):
 # the signal bounds), and new coefficients keep their rows' positions: the layout is computed once.
 # Entries hold their position arrays, so an id in a key cannot be reused while the entry lives.
 _LAYOUTS: OrderedDict = OrderedDict()
-_LAYOUTS_KEPT = 8
+_LAYOUTS_KEPT = 4  # a layout holds about 13 bytes per window cell
 
 
 def _layout(top: np.ndarray, left: np.ndarray, window: tuple[int, int], map_shape: tuple[int, ...]) -> _Layout:
@@ -46,10 +46,10 @@ def _layout(top: np.ndarray, left: np.ndarray, window: tuple[int, int], map_shap
         _LAYOUTS.move_to_end(key)
         return hit[2]
     (ph, pw), (h, w) = window, map_shape[:2]
-    y = top[:, None, None] + np.arange(ph)[None, :, None] + np.zeros(pw, int)[None, None, :]
-    x = left[:, None, None] + np.arange(pw)[None, None, :] + np.zeros(ph, int)[None, :, None]
+    y = (top[:, None, None] + np.arange(ph)[None, :, None] + np.zeros(pw, int)[None, None, :]).astype(np.int32)
+    x = (left[:, None, None] + np.arange(pw)[None, None, :] + np.zeros(ph, int)[None, :, None]).astype(np.int32)
     inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-    layout = _Layout(y, x, inside, tf.constant(np.where(inside, y * w + x, h * w).astype(np.int32)))
+    layout = _Layout(y, x, inside, tf.constant(np.where(inside, y * w + x, h * w), tf.int32))
     _LAYOUTS[key] = (top, left, layout)
     if len(_LAYOUTS) > _LAYOUTS_KEPT:
         _LAYOUTS.popitem(last=False)
