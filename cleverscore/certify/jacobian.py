@@ -367,7 +367,9 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         heaps.append([_Part(-first[t, objective], serial, t, {}, first[t], choice)])
         serial += 1
     parts = len(heaps)
-    while time.perf_counter() < deadline:
+    last_batch = 0.0  # a batch starts only if one as long as the last still ends in time
+    while time.perf_counter() + last_batch < deadline:
+        batch_begin = time.perf_counter()
         batch = []
         for heap in heaps:  # each target's worst part, while it can still be split
             if heap and heap[0].choice is not None:
@@ -401,6 +403,7 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
                                                              binary)
             heapq.heappush(heaps[child.target], child)
         parts += len(children)
+        last_batch = time.perf_counter() - batch_begin
     out = np.stack([np.max([p.bounds for p in heap], axis=0) for heap in heaps])
     return out, parts, bool(relu_inputs)
 
