@@ -22,13 +22,12 @@ Every activation here is monotone non-decreasing, so interval propagation is exa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
 
-from ..patches import Patches, patch_sum
-from .base import Interval, Operator, expand_spec, interval_product, sum_spec
+from ..patches import Patches
+from .base import Interval, Line, Operator, expand_spec, interval_product, patch_through_lines, sum_spec, through_lines
 
 _BISECTION_STEPS = 30
 
@@ -69,24 +68,16 @@ class Activation(Operator):
 
     def backward(self, a: tf.Tensor, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[tf.Tensor], tf.Tensor]:
         a_l, b_l, a_u, b_u = relaxation
-        # A lower bound of A . f(x) takes the lower relaxation where A > 0 and the upper where A < 0.
-        # Written with `where` so that no more than two tensors of A's size are alive at once.
-        positive = a >= 0
-        constant = sum_spec(a * tf.where(positive, b_l, b_u))
-        return [a * tf.where(positive, a_l, a_u)], constant
+        coef, constant = through_lines(a, Line(a_l, b_l), Line(a_u, b_u))
+        return [coef], sum_spec(constant)
 
     def patch_window(self, ph: int, pw: int) -> tuple[int, int]:
         return ph, pw
 
     def patch_backward(self, p: Patches, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[Patches], tf.Tensor]:
         a_l, b_l, a_u, b_u = relaxation
-        # A . relaxation = A a_u + relu(A) (a_l - a_u), read window by window; one window-sized
-        # gather at a time keeps the peak memory low.
-        pos = Patches(tf.nn.relu(p.a), p.top, p.left, p.map_shape)
-        constant = patch_sum(p, p.gather(b_u)) + patch_sum(pos, p.gather(b_l - b_u))
-        coef = p.a * p.gather(a_u)
-        coef += pos.a * p.gather(a_l - a_u)
-        return [replace(p, a=coef)], constant
+        coef, constant = patch_through_lines(p, Line(a_l, b_l), Line(a_u, b_u))
+        return [coef], constant
 
     def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
         d = self.derivative_range(bounds.lo, bounds.hi)

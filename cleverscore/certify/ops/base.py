@@ -85,12 +85,33 @@ def product_chord(a: tf.Tensor, d: Interval, t: Interval) -> tuple[tf.Tensor, tf
     Elementwise; `a` is (B, S, ...), `d` and `t` broadcast to it. Where a >= 0 this is a times the
     lower line of d * t (`product_lines`), elsewhere a times the upper one: the chord of
     min over d of a d t, the best linear lower bound. The lines depend on d and t only, so they are
-    computed at their (smaller) broadcast shape and a touches them twice.
+    computed at their (smaller) broadcast shape.
     """
-    below, above = product_lines(d, t)
-    positive = tf.nn.relu(a)
-    return (a * above.slope + positive * (below.slope - above.slope),
-            a * above.constant + positive * (below.constant - above.constant))
+    return through_lines(a, *product_lines(d, t))
+
+
+def through_lines(a: tf.Tensor, below: Line, above: Line) -> tuple[tf.Tensor, tf.Tensor]:
+    """For coefficients a (B, S, ...) on y with below(t) <= y <= above(t) elementwise: the coefficients on t and
+    the elementwise constants of the least value of a . y, the lower line where a >= 0 and the upper elsewhere.
+
+    Written with `where` so that no more than two tensors of a's size are alive at once."""
+    positive = a >= 0
+    return a * tf.where(positive, below.slope, above.slope), a * tf.where(positive, below.constant, above.constant)
+
+
+def patch_through_lines(p: Any, below: Line, above: Line) -> tuple[Any, tf.Tensor]:
+    """`through_lines` for coefficients on windows (`patches.Patches`), the lines given on whole maps
+    (B or 1, 1, *shape): the coefficients on t (windows) and the constants summed, (B, S).
+
+    a * upper + relu(a) * (lower - upper), read window by window; one window-sized gather at a time
+    keeps the peak memory low."""
+    from ..patches import Patches, patch_sum
+
+    positive = Patches(tf.nn.relu(p.a), p.top, p.left, p.map_shape)
+    constant = patch_sum(p, p.gather(above.constant)) + patch_sum(positive, p.gather(below.constant - above.constant))
+    coef = p.a * p.gather(above.slope)
+    coef += positive.a * p.gather(below.slope - above.slope)
+    return Patches(coef, p.top, p.left, p.map_shape), constant
 
 
 class Operator:
@@ -177,17 +198,9 @@ class Operator:
 
     def patch_gradient_chord(self, p: Any, d: Interval, g: Interval) -> tuple[Any, tf.Tensor] | None:
         """`gradient_chord` for coefficients on windows; `d` and `g` are whole maps (B or 1, 1, *shape)."""
-        from ..patches import Patches, patch_sum
-
-        below, above = product_lines(d, self.spread_bounds(g))
-        positive = Patches(tf.nn.relu(p.a), p.top, p.left, p.map_shape)
-        # a * (the upper line) + relu(a) * (lower - upper): the lines are read window by window.
-        slope = p.a * p.gather(above.slope) + positive.a * p.gather(below.slope - above.slope)
-        constant = patch_sum(p, p.gather(above.constant)) + patch_sum(positive, p.gather(below.constant - above.constant))
-        onward = self.patch_gather_spread(Patches(slope, p.top, p.left, p.map_shape))
-        if onward is None:
-            return None
-        return onward, constant
+        onward, constant = patch_through_lines(p, *product_lines(d, self.spread_bounds(g)))
+        onward = self.patch_gather_spread(onward)
+        return None if onward is None else (onward, constant)
 
     def spread_bounds(self, g: Interval) -> Interval:
         """Bounds of the output's gradient laid out per input element (nonlinear nodes; the identity for an
