@@ -362,8 +362,9 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
     relu_inputs = {m: graph.nodes[m].inputs[0] for m in base if clamp and isinstance(graph.nodes[m].op, ReLU)}
     serial = 0
     heaps: list[list[_Part]] = []
+    first_row, first_slack = _batched_multipliers(base, [{}])[1], _flat(slack, int(spec.shape[0]))
     for t in range(int(spec.shape[0])):
-        choice = _best_split(_row(base, 0), {m: s[t] for m, s in slack.items()}, binary)
+        choice = _best_split(_row(first_row, 0), {m: gap[t] for m, gap in first_slack.items()}, binary)
         heaps.append([_Part(-first[t, objective], serial, t, {}, first[t], choice)])
         serial += 1
     parts = len(heaps)
@@ -385,21 +386,23 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         if relu_inputs:
             split_forward = _clamped_forward(forward, fixed, relu_inputs, memory_budget)
             empty = _crossed(split_forward)
-            multipliers = _batched_multipliers(default_multipliers(split_forward), fixed)
+            multipliers, rows = _batched_multipliers(default_multipliers(split_forward), fixed)
         else:
-            multipliers = _batched_multipliers(base, fixed)
+            multipliers, rows = _batched_multipliers(base, fixed)
         forward_seconds = time.perf_counter() - begin
         gp = GradientPropagation(forward, tf.stack([spec[c.target] for c in children]), memory_budget, multipliers)
         slack = {}
         values = np.where(empty[:, None], 0.0, gp.norm_bounds(slack))
-        if relu_inputs and parts == len(heaps) and forward_seconds > time.perf_counter() - begin - forward_seconds:
+        slack = _flat(slack, len(children))
+        gradient_seconds = time.perf_counter() - begin - forward_seconds
+        if relu_inputs and parts == len(heaps) and forward_seconds > gradient_seconds:
             relu_inputs = {}
         for k, child in enumerate(children):
             child.bounds = values[k]
             child.priority = -values[k, objective]
             child.serial = serial
             serial += 1
-            child.choice = None if empty[k] else _best_split(_row(multipliers, k), {m: s[k] for m, s in slack.items()},
+            child.choice = None if empty[k] else _best_split(_row(rows, k), {m: gap[k] for m, gap in slack.items()},
                                                              binary)
             heapq.heappush(heaps[child.target], child)
         parts += len(children)
@@ -444,10 +447,10 @@ def _halves(part: _Part) -> list[_Part]:
     return [_Part(0.0, 0, part.target, {**part.fixed, (m, index): piece}, part.bounds, None) for piece in pieces]
 
 
-def _batched_multipliers(base: dict[int, Interval], fixed: Sequence[dict]) -> dict[int, Interval]:
+def _batched_multipliers(base: dict[int, Interval], fixed: Sequence[dict]) -> tuple[dict[int, Interval], dict]:
     """The base multipliers (batch 1 or one per entry of `fixed`), one problem per entry of `fixed`, with each
-    problem's fixings applied."""
-    out = {}
+    problem's fixings applied; also the same bounds flat on the host, node -> (lo, hi), each (problems, size)."""
+    out, flat = {}, {}
     for m, d in base.items():
         lo = np.broadcast_to(d.lo.numpy().reshape(d.lo.shape[0], -1), (len(fixed), int(np.prod(d.lo.shape[2:])))).copy()
         hi = np.broadcast_to(d.hi.numpy().reshape(d.hi.shape[0], -1), lo.shape).copy()
@@ -457,23 +460,28 @@ def _batched_multipliers(base: dict[int, Interval], fixed: Sequence[dict]) -> di
                     lo[k, index], hi[k, index] = a, b
         shape = (len(fixed), 1, *d.lo.shape[2:])
         out[m] = Interval(tf.constant(lo.reshape(shape), d.lo.dtype), tf.constant(hi.reshape(shape), d.hi.dtype))
-    return out
+        flat[m] = (lo, hi)
+    return out, flat
 
 
-def _row(multipliers: dict[int, Interval], k: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Problem k's multiplier bounds, flat, per node."""
-    return {m: (tf.reshape(d.lo[k], (-1,)).numpy(), tf.reshape(d.hi[k], (-1,)).numpy()) for m, d in multipliers.items()}
+def _flat(slack: dict[int, tf.Tensor], problems: int) -> dict[int, np.ndarray]:
+    """Each node's reach (problems, *shape) on the host, (problems, size), read once per batch."""
+    return {m: np.asarray(s, np.float64).reshape(problems, -1) for m, s in slack.items()}
 
 
-def _best_split(multipliers: dict[int, tuple[np.ndarray, np.ndarray]], slack: dict[int, tf.Tensor],
+def _row(flat: dict[int, tuple[np.ndarray, np.ndarray]], k: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Problem k's multiplier bounds per node, from `_batched_multipliers`' host arrays."""
+    return {m: (lo[k], hi[k]) for m, (lo, hi) in flat.items()}
+
+
+def _best_split(multipliers: dict[int, tuple[np.ndarray, np.ndarray]], slack: dict[int, np.ndarray],
                 binary: set[int]) -> tuple[int, int, bool, float, float] | None:
     """The multiplier that can move the objective's pass the most and can still be split, with its range."""
     best, where = 0.0, None
     for m, gap in slack.items():
-        g = np.array(tf.reshape(gap, (-1,)), dtype=np.float64)
         lo, hi = multipliers[m]
         splittable = hi - lo > (0.0 if m in binary else 1e-3 * np.maximum(np.abs(hi), 1e-12))
-        g = np.where(splittable, g, 0.0)
+        g = np.where(splittable, gap, 0.0)
         k = int(np.argmax(g))
         if g[k] > best:
             best, where = float(g[k]), (m, k, m in binary, float(lo[k]), float(hi[k]))
