@@ -113,13 +113,18 @@ def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_
     assert closed and np.median(closed) >= 0.5, closed
 
 
-def test_clamped_forward_bounds_hold_on_every_sampled_point_of_their_side_and_tighten_later_layers():
-    _, graph, _, x0, label, target, radius = relu_case(3, radius=0.2)
-    problem = prepare(graph, x0, label, [target])
-    forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
+def first_relu_layer(radius: float):
+    """A tiny ReLU MLP's forward bounds over an Linf ball, its first ReLU node, that ReLU's input node and its
+    input's flat bounds (lo, hi)."""
+    _, graph, _, x0, label, target, radius = relu_case(3, radius=radius)
+    forward = prepare(graph, x0, label, [target]).propagate(np.array([radius]), LINF, 1 << 28)
     relu = next(m for m, node in enumerate(graph.nodes) if isinstance(node.op, ReLU))
     z = graph.nodes[relu].inputs[0]
-    lo, hi = (t.numpy().ravel() for t in forward.bounds[z])
+    return graph, x0, radius, forward, relu, z, tuple(t.numpy().ravel() for t in forward.bounds[z])
+
+
+def test_clamped_forward_bounds_hold_on_every_sampled_point_of_their_side_and_tighten_later_layers():
+    graph, x0, radius, forward, relu, z, (lo, hi) = first_relu_layer(radius=0.2)
     unstable = np.flatnonzero((lo < 0) & (hi > 0))
     assert len(unstable) >= 2
     a, b = (int(i) for i in unstable[:2])
@@ -142,12 +147,7 @@ def test_clamped_forward_bounds_hold_on_every_sampled_point_of_their_side_and_ti
 
 
 def test_a_part_whose_fixings_contradict_the_forward_bounds_is_empty_and_bounds_nothing():
-    _, graph, _, x0, label, target, radius = relu_case(3, radius=0.05)
-    problem = prepare(graph, x0, label, [target])
-    forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
-    relu = next(m for m, node in enumerate(graph.nodes) if isinstance(node.op, ReLU))
-    z = graph.nodes[relu].inputs[0]
-    lo, hi = (t.numpy().ravel() for t in forward.bounds[z])
+    _, _, _, forward, relu, z, (lo, hi) = first_relu_layer(radius=0.05)
     inactive, unstable = int(np.argmin(hi)), int(np.flatnonzero((lo < 0) & (hi > 0))[0])
     assert hi[inactive] < 0
     split = _clamped_forward(forward, [{(relu, inactive): (1.0, 1.0)}, {(relu, unstable): (1.0, 1.0)}], {relu: z}, 1 << 28)
