@@ -5,13 +5,16 @@ minimal distortion for the radius the bound proves."""
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cleverscore.certify import from_keras, lipschitz_upper_bounds
 from cleverscore.certify.crown import prepare
-from cleverscore.certify.jacobian import GradientPropagation, _clamped_forward, _crossed, gradient_norm_bounds
+from cleverscore.certify.jacobian import (GradientPropagation, _best_splits, _clamped_forward, _crossed, _Part,
+                                         _worst_parts, gradient_norm_bounds)
 from cleverscore.certify.ops.activation import ReLU
 from cleverscore.certify.ops.base import product_chord
 from cleverscore.certify.milp import local_lipschitz, minimal_distortion, relu_network_from_keras
@@ -111,6 +114,56 @@ def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_
         if one_pass[0, 2] > exact * (1 + 1e-6):
             closed.append((one_pass[0, 2] - split[0, 2]) / (one_pass[0, 2] - exact))
     assert closed and np.median(closed) >= 0.5, closed
+
+
+def test_one_search_over_several_targets_bounds_each_one_soundly_and_tightly():
+    # 24 ReLUs and two targets: many parts per batch, batches that grow, each target's heap its own.
+    model = tiny_relu_mlp(11, hidden=(12, 12))
+    graph, net = from_keras(model, dtype=tf.float64), relu_network_from_keras(model)
+    x0 = np.random.default_rng(11).uniform(-0.3, 0.3, 10)
+    label = int(np.argmax(model(x0[None].astype(np.float32)).numpy()))
+    targets = [(label + 1) % 3, (label + 2) % 3]
+    exact = []
+    for t in targets:
+        answer = local_lipschitz(net, x0, label, t, 0.15, time_limit=60)
+        assert answer.exact
+        exact.append(answer.value)
+    forward = prepare(graph, x0, label, targets).propagate(np.array([0.15]), LINF, 1 << 28)
+    one_pass, _ = gradient_norm_bounds(forward, prepare(graph, x0, label, targets).spec, 1 << 28)
+    split, report = gradient_norm_bounds(forward, prepare(graph, x0, label, targets).spec, 1 << 28, objective=2,
+                                         time_budget=2.0)
+    assert report["parts"] > 2 * len(targets)
+    for k, value in enumerate(exact):
+        assert value * (1 - 1e-9) <= split[k, 2] <= one_pass[k, 2] * (1 + 1e-12)
+        if one_pass[k, 2] > value * (1 + 1e-6):
+            assert (one_pass[k, 2] - split[k, 2]) / (one_pass[k, 2] - value) >= 0.5
+
+
+def test_batches_take_each_targets_worst_splittable_parts_in_turn():
+    def part(target, bound, splittable=True):
+        return _Part(-bound, int(bound), target, {}, np.array([0.0, 0.0, bound]),
+                     (0, 0, True, 0.0, 1.0) if splittable else None)
+
+    heaps = [[part(0, 9), part(0, 7), part(0, 5)], [part(1, 8), part(1, 6)], [part(2, 10, splittable=False)]]
+    for heap in heaps:
+        heapq.heapify(heap)
+    batch = _worst_parts(heaps, 4)
+    # Target 2's worst part cannot be split, so nothing can lower that target's bound: it gives none.
+    assert [(p.target, p.bounds[2]) for p in batch] == [(0, 9), (1, 8), (0, 7), (1, 6)]
+    assert [len(h) for h in heaps] == [1, 0, 1]
+    assert [p.bounds[2] for p in _worst_parts(heaps, 4)] == [5]
+
+
+def test_each_problem_splits_its_splittable_multiplier_of_largest_reach():
+    lo = {3: np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), 5: np.array([[0.2, 0.5], [0.5, 0.5]])}
+    hi = {3: np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), 5: np.array([[0.4, 0.5], [0.5, 0.5]])}
+    reach = {3: np.array([[1.0, 2.0, 9.0], [5.0, 5.0, 5.0]]), 5: np.array([[3.0, 8.0], [1.0, 1.0]])}
+    multipliers = {m: (lo[m], hi[m]) for m in lo}
+    choices = _best_splits(multipliers, reach, binary={3})
+    # Problem 0: node 3's index 2 and node 5's index 1 are fixed; node 5's index 0 (reach 3) beats node 3's 2.
+    assert choices[0] == (5, 0, False, 0.2, 0.4)
+    assert choices[1] is None  # everything fixed
+    assert _best_splits(multipliers, {3: reach[3], 5: np.zeros((2, 2))}, binary={3})[0] == (3, 1, True, 0.0, 1.0)
 
 
 def first_relu_layer(radius: float):

@@ -63,6 +63,9 @@ _BYTES_PER_FLOAT = 4
 # copy, the chord's slopes and TF's workspace).
 _PASS_COPIES = 8
 _CROSSING_TOLERANCE = 1e-5
+# The split search grows its batches (more parts per TF call are cheaper per part) while one batch
+# takes less than this fraction of the budget, so that a slow network still gets many small batches.
+_SHORT_BATCHES = 16
 # Column order of the norm bounds: the duals of the L1, L2 and Linf perturbation norms.
 DUAL_NORMS = ("inf", "2", "1")
 
@@ -153,11 +156,13 @@ class GradientPropagation:
         node = self.graph.nodes[k]
         new_lo, new_hi = [], []
         for group in np.array_split(rows, max(1, -(-len(rows) // self._rows_per_pass(k)))):
+            # The rows are the same for every problem: one copy (batch 1) is carried until the first
+            # multiplier, whose per-problem bounds broadcast it.
             if self._windowed(k):
-                a = negate_and_stack(unit_patches(group, node.shape, self.graph.dtype, self.problems))
+                a = negate_and_stack(unit_patches(group, node.shape, self.graph.dtype, 1))
             else:
                 unit = tf.reshape(tf.one_hot(group, node.size, dtype=self.graph.dtype), (len(group), *node.shape))
-                a = tf.broadcast_to(tf.concat([unit, -unit], 0)[None], (self.problems, 2 * len(group), *node.shape))
+                a = tf.concat([unit, -unit], 0)[None]
             lower = self.lower(k, a)
             new_lo.append(lower[:, :len(group)])
             new_hi.append(-lower[:, len(group):])
@@ -328,7 +333,7 @@ class _Part:
 
 
 def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, objective: int = 2,
-                         time_budget: float = 0.0, max_batch: int = 16, clamp: bool = True) -> tuple[np.ndarray, dict]:
+                         time_budget: float = 0.0, max_batch: int = 256, clamp: bool = True) -> tuple[np.ndarray, dict]:
     """(T, 3) norm bounds (q = inf, 2, 1) for each target's spec row, and a report of the search.
 
     With `time_budget` > 0, `split_search` tightens column `objective` (2: the L1 gradient norm, the
@@ -362,21 +367,17 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
     relu_inputs = {m: graph.nodes[m].inputs[0] for m in base if clamp and isinstance(graph.nodes[m].op, ReLU)}
     serial = 0
     heaps: list[list[_Part]] = []
-    first_row, first_slack = _batched_multipliers(base, [{}])[1], _flat(slack, int(spec.shape[0]))
-    for t in range(int(spec.shape[0])):
-        choice = _best_split(_row(first_row, 0), {m: gap[t] for m, gap in first_slack.items()}, binary)
-        heaps.append([_Part(-first[t, objective], serial, t, {}, first[t], choice)])
+    targets = int(spec.shape[0])
+    choices = _best_splits(_batched_multipliers(base, [{}] * targets)[1], _flat(slack, targets), binary)
+    for t in range(targets):
+        heaps.append([_Part(-first[t, objective], serial, t, {}, first[t], choices[t])])
         serial += 1
     parts = len(heaps)
     last_batch = 0.0  # a batch starts only if one as long as the last still ends in time
+    size = 2 * len(heaps)  # children per batch: one part per target at first, doubled while batches are short
     while time.perf_counter() + last_batch < deadline:
         batch_begin = time.perf_counter()
-        batch = []
-        for heap in heaps:  # each target's worst part, while it can still be split
-            if heap and heap[0].choice is not None:
-                batch.append(heapq.heappop(heap))
-            if len(batch) * 2 >= max_batch:
-                break
+        batch = _worst_parts(heaps, size // 2)
         if not batch:
             break
         children = [child for part in batch for child in _halves(part)]
@@ -390,25 +391,39 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         else:
             multipliers, rows = _batched_multipliers(base, fixed)
         forward_seconds = time.perf_counter() - begin
-        gp = GradientPropagation(forward, tf.stack([spec[c.target] for c in children]), memory_budget, multipliers)
+        gp = GradientPropagation(forward, tf.gather(spec, [c.target for c in children]), memory_budget, multipliers)
         slack = {}
         values = np.where(empty[:, None], 0.0, gp.norm_bounds(slack))
-        slack = _flat(slack, len(children))
+        choices = _best_splits(rows, _flat(slack, len(children)), binary)
         gradient_seconds = time.perf_counter() - begin - forward_seconds
         if relu_inputs and parts == len(heaps) and forward_seconds > gradient_seconds:
             relu_inputs = {}
         for k, child in enumerate(children):
-            child.bounds = values[k]
-            child.priority = -values[k, objective]
+            child.bounds = np.minimum(values[k], child.bounds)  # a part of its parent: the parent's bound holds too
+            child.priority = -child.bounds[objective]
             child.serial = serial
             serial += 1
-            child.choice = None if empty[k] else _best_split(_row(rows, k), {m: gap[k] for m, gap in slack.items()},
-                                                             binary)
+            child.choice = None if empty[k] else choices[k]
             heapq.heappush(heaps[child.target], child)
         parts += len(children)
         last_batch = time.perf_counter() - batch_begin
+        if last_batch < time_budget / _SHORT_BATCHES and size < max_batch:
+            size = min(2 * size, max_batch)
     out = np.stack([np.max([p.bounds for p in heap], axis=0) for heap in heaps])
     return out, parts, bool(relu_inputs)
+
+
+def _worst_parts(heaps: list[list[_Part]], count: int) -> list[_Part]:
+    """Up to `count` parts to split, taken from the targets in turn, each target's worst first, while they can be split."""
+    batch: list[_Part] = []
+    while len(batch) < count:
+        taken = len(batch)
+        for heap in heaps:
+            if len(batch) < count and heap and heap[0].choice is not None:
+                batch.append(heapq.heappop(heap))
+        if len(batch) == taken:
+            break
+    return batch
 
 
 def _clamped_forward(forward: BoundPropagation, fixed: Sequence[dict], relu_inputs: dict[int, int],
@@ -469,20 +484,18 @@ def _flat(slack: dict[int, tf.Tensor], problems: int) -> dict[int, np.ndarray]:
     return {m: np.asarray(s, np.float64).reshape(problems, -1) for m, s in slack.items()}
 
 
-def _row(flat: dict[int, tuple[np.ndarray, np.ndarray]], k: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Problem k's multiplier bounds per node, from `_batched_multipliers`' host arrays."""
-    return {m: (lo[k], hi[k]) for m, (lo, hi) in flat.items()}
-
-
-def _best_split(multipliers: dict[int, tuple[np.ndarray, np.ndarray]], slack: dict[int, np.ndarray],
-                binary: set[int]) -> tuple[int, int, bool, float, float] | None:
-    """The multiplier that can move the objective's pass the most and can still be split, with its range."""
-    best, where = 0.0, None
+def _best_splits(multipliers: dict[int, tuple[np.ndarray, np.ndarray]], slack: dict[int, np.ndarray],
+                 binary: set[int]) -> list[tuple[int, int, bool, float, float] | None]:
+    """For each problem, the multiplier that can move the objective's pass the most and can still be split, with
+    its range: (node, flat index, whether binary, lo, hi), or None. Arrays are (problems, size) per node."""
+    problems = len(next(iter(multipliers.values()))[0])
+    best, where = np.zeros(problems), [None] * problems
     for m, gap in slack.items():
         lo, hi = multipliers[m]
         splittable = hi - lo > (0.0 if m in binary else 1e-3 * np.maximum(np.abs(hi), 1e-12))
         g = np.where(splittable, gap, 0.0)
-        k = int(np.argmax(g))
-        if g[k] > best:
-            best, where = float(g[k]), (m, k, m in binary, float(lo[k]), float(hi[k]))
+        k = np.argmax(g, axis=1)
+        value = g[np.arange(problems), k]
+        for b in np.flatnonzero(value > best):
+            best[b], where[b] = value[b], (m, int(k[b]), m in binary, float(lo[b, k[b]]), float(hi[b, k[b]]))
     return where
