@@ -78,8 +78,10 @@ def mlp_rows(args) -> list[dict]:
     data = load_dataset("mnist", args.data_dir)
     earlier = earlier_milp(args.milp_from)
     rows = []
-    for name, zoo_name in MLPS.items():
-        model = load_zoo_model("mnist", zoo_name)
+    for name in args.models.split(","):
+        if name not in MLPS:
+            raise SystemExit(f"--models: unknown MLP {name!r}; choose from {', '.join(MLPS)}")
+        model = load_zoo_model("mnist", MLPS[name])
         graph, net = from_keras(model), relu_network_from_keras(model)
         searcher = EstimateLipschitz(log=None)
         searcher.load_model(model=model)
@@ -286,6 +288,7 @@ def main() -> None:
     p.add_argument("--part", choices=["mlp", "cnn", "cost"], required=True)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--radii", default="0.02,0.05", help="MLP Linf radii")
+    p.add_argument("--models", default=",".join(MLPS), help="--part mlp: comma-separated MLPs")
     p.add_argument("--split", type=float, default=10.0, help="seconds of split search per image (0: one pass)")
     p.add_argument("--time_limit", type=float, default=60.0, help="seconds per MILP")
     p.add_argument("--no_clamp", action="store_true",
