@@ -252,6 +252,9 @@ def test_smooth_networks_are_never_below_what_gradient_ascent_finds(activation, 
     bound = lipschitz_upper_bounds(graph, x0, label, [target], radius, LINF).for_norm(LINF)[0]
     found = ascended_norm(graph, x0, radius, label, target, rng)
     assert bound >= found * (1 - 1e-9) and bound < np.inf
+    # Halving the derivatives' ranges, each part with its own (through convolutions: windowed) multipliers.
+    split = lipschitz_upper_bounds(graph, x0, label, [target], radius, LINF, split_seconds=0.5)
+    assert found * (1 - 1e-9) <= split.for_norm(LINF)[0] <= bound * (1 + 1e-12) and split.parts > 1
 
 
 def test_a_max_pooling_network_is_never_below_the_largest_gradient_at_every_vertex_of_the_ball():
@@ -261,8 +264,11 @@ def test_a_max_pooling_network_is_never_below_the_largest_gradient_at_every_vert
 
     keras.utils.set_random_seed(9)
     layers = keras.layers
+    # The hidden ReLU after the pooling makes the gradient at the pooling's output uncertain, so passes start
+    # at the ReLU before it and meet the pooling's relaxation on windows.
     model = keras.Sequential([keras.Input((4, 4, 1)), layers.Conv2D(2, 2, padding="same", activation="relu"),
-                              layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(3)])
+                              layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(4, activation="relu"),
+                              layers.Dense(3)])
     graph = from_keras(model, dtype=tf.float64)
     rng = np.random.default_rng(4)
     x0 = random_input(rng, graph.input_shape)
@@ -274,6 +280,10 @@ def test_a_max_pooling_network_is_never_below_the_largest_gradient_at_every_vert
     result = lipschitz_upper_bounds(graph, x0, label, targets, radius, LINF)
     found = sampled_gradient_norms(graph, points, label, targets)
     assert np.all(result.values >= found * (1 - 1e-9))
+    # The split search's parts carry their own multipliers (and windows' candidates) through windowed passes.
+    split = lipschitz_upper_bounds(graph, x0, label, targets, radius, LINF, split_seconds=1.0)
+    assert split.parts > len(targets)
+    assert np.all(split.values >= found * (1 - 1e-9)) and np.all(split.values <= result.values * (1 + 1e-12))
     gp_problem = prepare(graph, x0, label, targets)
     forward = gp_problem.propagate(np.array([radius]), LINF, 1 << 28)
     assert any(float(tf.reduce_max(m.hi - m.lo)) > 0 for m in

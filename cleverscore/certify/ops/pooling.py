@@ -205,12 +205,14 @@ class MaxPooling2D(Operator):
 
         (ch, ph, cw, pw) is the row-major layout of a (ch ph) x (cw pw) image, so TF's max pooling
         reduces the cells in place, much faster than a reduction over two inner axes."""
-        shape = tf.shape(cells)
-        images = (-1, shape[2] * shape[3], shape[4] * shape[5], shape[6])
         big = _big(cells.dtype)
 
         def pooled_max(values: tf.Tensor) -> tf.Tensor:
-            out = tf.nn.max_pool2d(tf.reshape(tf.where(candidates, values, -big), images), self.pool, self.pool, "VALID")
+            # The shape after the mask: coefficients shared by all problems (batch 1) meet per-problem candidates.
+            masked = tf.where(candidates, values, -big)
+            shape = tf.shape(masked)
+            images = (-1, shape[2] * shape[3], shape[4] * shape[5], shape[6])
+            out = tf.nn.max_pool2d(tf.reshape(masked, images), self.pool, self.pool, "VALID")
             return tf.reshape(out, tf.stack([shape[0], shape[1], shape[2], shape[4], shape[6]]))
 
         return -pooled_max(-cells), pooled_max(cells)
