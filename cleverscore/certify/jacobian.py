@@ -30,8 +30,10 @@ elementwise bounds; the smallest is kept.
 Each chord is the best linear bound for its neuron, so there is no slope left to optimise; what
 is lost is that the multipliers are treated as independent. `split_search` wins it back within a
 time budget: it splits the multiplier that can move the bound the most (a ReLU's into 0 and 1, a
-smooth activation's range in halves), bounds both halves, and keeps splitting the part with the
-largest bound. The maximum over the parts is a bound for the whole, never above the unsplit one.
+smooth activation's range in halves), bounds both halves, and keeps splitting the parts with the
+largest bounds, each target's worst ones in turn, in batches that double (up to `max_batch`
+halves) while one takes less than 1/16 of the budget. The maximum over the parts is a bound for
+the whole, never above the unsplit one, and a half keeps its parent's bound where its own is higher.
 A ReLU's multiplier is 0 exactly where its input is <= 0 and 1 where it is > 0, so a split ReLU
 also splits the ball: each part's forward bounds are propagated again with that input clamped to
 its side (and within the unsplit bounds), which makes later neurons stable and their multipliers
@@ -338,8 +340,9 @@ def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budg
 
     With `time_budget` > 0, `split_search` tightens column `objective` (2: the L1 gradient norm, the
     dual of Linf balls) by splitting multipliers until the time is spent; every column is the maximum
-    over the parts, so each stays a sound bound and none ends above the unsplit one. `clamp` False
-    never clamps the forward bounds of split ReLUs (see the module docstring).
+    over the parts, so each stays a sound bound and none ends above the unsplit one. `max_batch` caps
+    the halves bounded in one batched pass. `clamp` False never clamps the forward bounds of split
+    ReLUs (see the module docstring).
     """
     base = default_multipliers(forward)
     gp = GradientPropagation(forward, spec, memory_budget, base)
