@@ -117,8 +117,8 @@ def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_
 
 
 def test_one_search_over_several_targets_bounds_each_one_soundly_and_tightly():
-    # 24 ReLUs and two targets: many parts per batch, batches that grow, each target's heap its own.
-    model = tiny_relu_mlp(11, hidden=(12, 12))
+    # 20 ReLUs and two targets: many parts per batch, batches that grow, each target's heap its own.
+    model = tiny_relu_mlp(11, hidden=(10, 10))
     graph, net = from_keras(model, dtype=tf.float64), relu_network_from_keras(model)
     x0 = np.random.default_rng(11).uniform(-0.3, 0.3, 10)
     label = int(np.argmax(model(x0[None].astype(np.float32)).numpy()))
