@@ -279,9 +279,13 @@ def test_lipschitz_bound_of_an_affine_model_is_the_weight_norm():
     model, w = affine()
     graph = from_keras(model, dtype=tf.float64)
     result = lipschitz_upper_bounds(graph, np.zeros((4, 4, 1)), 0, [1, 2, 3], 0.3, L2)
+    # A split search has nothing to split: the same exact bounds, one part per target.
+    split = lipschitz_upper_bounds(graph, np.zeros((4, 4, 1)), 0, [1, 2, 3], 0.3, L2, split_seconds=0.2)
+    assert split.parts == 3
     for norm in NORMS:
         expected = np.linalg.norm((w[:, [0]] - w[:, [1, 2, 3]]).T, ord=norm.dual, axis=1)
         np.testing.assert_allclose(result.for_norm(norm), expected, rtol=1e-12)
+        np.testing.assert_allclose(split.for_norm(norm), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("norm", NORMS, ids=lambda n: n.label)

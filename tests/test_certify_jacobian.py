@@ -128,10 +128,10 @@ def test_one_search_over_several_targets_bounds_each_one_soundly_and_tightly():
         answer = local_lipschitz(net, x0, label, t, 0.15, time_limit=60)
         assert answer.exact
         exact.append(answer.value)
-    forward = prepare(graph, x0, label, targets).propagate(np.array([0.15]), LINF, 1 << 28)
-    one_pass, _ = gradient_norm_bounds(forward, prepare(graph, x0, label, targets).spec, 1 << 28)
-    split, report = gradient_norm_bounds(forward, prepare(graph, x0, label, targets).spec, 1 << 28, objective=2,
-                                         time_budget=2.0)
+    problem = prepare(graph, x0, label, targets)
+    forward = problem.propagate(np.array([0.15]), LINF, 1 << 28)
+    one_pass, _ = gradient_norm_bounds(forward, problem.spec, 1 << 28)
+    split, report = gradient_norm_bounds(forward, problem.spec, 1 << 28, objective=2, time_budget=2.0)
     assert report["parts"] > 2 * len(targets)
     for k, value in enumerate(exact):
         assert value * (1 - 1e-9) <= split[k, 2] <= one_pass[k, 2] * (1 + 1e-12)
@@ -159,11 +159,12 @@ def test_each_problem_splits_its_splittable_multiplier_of_largest_reach():
     hi = {3: np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), 5: np.array([[0.4, 0.5], [0.5, 0.5]])}
     reach = {3: np.array([[1.0, 2.0, 9.0], [5.0, 5.0, 5.0]]), 5: np.array([[3.0, 8.0], [1.0, 1.0]])}
     multipliers = {m: (lo[m], hi[m]) for m in lo}
-    choices = _best_splits(multipliers, reach, binary={3})
+    choices = _best_splits(multipliers, reach, binary={3}, problems=2)
     # Problem 0: node 3's index 2 and node 5's index 1 are fixed; node 5's index 0 (reach 3) beats node 3's 2.
     assert choices[0] == (5, 0, False, 0.2, 0.4)
     assert choices[1] is None  # everything fixed
-    assert _best_splits(multipliers, {3: reach[3], 5: np.zeros((2, 2))}, binary={3})[0] == (3, 1, True, 0.0, 1.0)
+    assert _best_splits(multipliers, {3: reach[3], 5: np.zeros((2, 2))}, binary={3}, problems=2)[0] == \
+        (3, 1, True, 0.0, 1.0)
 
 
 def first_relu_layer(radius: float):

@@ -371,7 +371,7 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
     serial = 0
     heaps: list[list[_Part]] = []
     targets = int(spec.shape[0])
-    choices = _best_splits(_batched_multipliers(base, [{}] * targets)[1], _flat(slack, targets), binary)
+    choices = _best_splits(_batched_multipliers(base, [{}] * targets)[1], _flat(slack, targets), binary, targets)
     for t in range(targets):
         heaps.append([_Part(-first[t, objective], serial, t, {}, first[t], choices[t])])
         serial += 1
@@ -397,7 +397,7 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         gp = GradientPropagation(forward, tf.gather(spec, [c.target for c in children]), memory_budget, multipliers)
         slack = {}
         values = np.where(empty[:, None], 0.0, gp.norm_bounds(slack))
-        choices = _best_splits(rows, _flat(slack, len(children)), binary)
+        choices = _best_splits(rows, _flat(slack, len(children)), binary, len(children))
         gradient_seconds = time.perf_counter() - begin - forward_seconds
         if relu_inputs and parts == len(heaps) and forward_seconds > gradient_seconds:
             relu_inputs = {}
@@ -449,14 +449,14 @@ def _clamped_forward(forward: BoundPropagation, fixed: Sequence[dict], relu_inpu
 
 def _crossed(forward: BoundPropagation) -> np.ndarray:
     """(B,) whether some node's lower bound lies above its upper bound: the problem's region is empty."""
-    crossed = np.zeros(forward.batch, bool)
+    crossed = tf.zeros(forward.batch, tf.bool)
     for bounds in forward.bounds:
         if bounds is not None:
             # A margin for rounding: a region that is one point (z = 0 exactly) is not empty.
             slack = _CROSSING_TOLERANCE * (1.0 + tf.abs(bounds.lo) + tf.abs(bounds.hi))
             gap = tf.reshape(bounds.lo - bounds.hi - slack, (forward.batch, -1))
-            crossed |= tf.reduce_any(gap > 0, axis=1).numpy()
-    return crossed
+            crossed |= tf.reduce_any(gap > 0, axis=1)
+    return crossed.numpy()
 
 
 def _halves(part: _Part) -> list[_Part]:
@@ -468,18 +468,21 @@ def _halves(part: _Part) -> list[_Part]:
 def _batched_multipliers(base: dict[int, Interval], fixed: Sequence[dict]) -> tuple[dict[int, Interval], dict]:
     """The base multipliers (batch 1 or one per entry of `fixed`), one problem per entry of `fixed`, with each
     problem's fixings applied; also the same bounds flat on the host, node -> (lo, hi), each (problems, size)."""
-    out, flat = {}, {}
+    flat = {m: (_host_rows(d.lo, len(fixed)), _host_rows(d.hi, len(fixed))) for m, d in base.items()}
+    for k, fix in enumerate(fixed):  # one pass over every problem's fixings
+        for (m, index), (a, b) in fix.items():
+            flat[m][0][k, index], flat[m][1][k, index] = a, b
+    out = {}
     for m, d in base.items():
-        lo = np.broadcast_to(d.lo.numpy().reshape(d.lo.shape[0], -1), (len(fixed), int(np.prod(d.lo.shape[2:])))).copy()
-        hi = np.broadcast_to(d.hi.numpy().reshape(d.hi.shape[0], -1), lo.shape).copy()
-        for k, fix in enumerate(fixed):
-            for (node, index), (a, b) in fix.items():
-                if node == m:
-                    lo[k, index], hi[k, index] = a, b
         shape = (len(fixed), 1, *d.lo.shape[2:])
+        lo, hi = flat[m]
         out[m] = Interval(tf.constant(lo.reshape(shape), d.lo.dtype), tf.constant(hi.reshape(shape), d.hi.dtype))
-        flat[m] = (lo, hi)
     return out, flat
+
+
+def _host_rows(t: tf.Tensor, problems: int) -> np.ndarray:
+    """Multiplier bounds (1 or problems, 1, *shape) as a writable host array (problems, size)."""
+    return np.broadcast_to(t.numpy().reshape(t.shape[0], -1), (problems, int(np.prod(t.shape[2:])))).copy()
 
 
 def _flat(slack: dict[int, tf.Tensor], problems: int) -> dict[int, np.ndarray]:
@@ -488,10 +491,10 @@ def _flat(slack: dict[int, tf.Tensor], problems: int) -> dict[int, np.ndarray]:
 
 
 def _best_splits(multipliers: dict[int, tuple[np.ndarray, np.ndarray]], slack: dict[int, np.ndarray],
-                 binary: set[int]) -> list[tuple[int, int, bool, float, float] | None]:
+                 binary: set[int], problems: int) -> list[tuple[int, int, bool, float, float] | None]:
     """For each problem, the multiplier that can move the objective's pass the most and can still be split, with
-    its range: (node, flat index, whether binary, lo, hi), or None. Arrays are (problems, size) per node."""
-    problems = len(next(iter(multipliers.values()))[0])
+    its range: (node, flat index, whether binary, lo, hi), or None (also for a network without any).
+    Arrays are (problems, size) per node."""
     best, where = np.zeros(problems), [None] * problems
     for m, gap in slack.items():
         lo, hi = multipliers[m]
