@@ -96,7 +96,7 @@ def mlp_rows(args) -> list[dict]:
                 interval = dual_norms(gradient_interval(forward, problem.spec[None]))[0]
                 begin = time.perf_counter()
                 split, report = gradient_norm_bounds(forward, problem.spec, BUDGET, 2, args.split,
-                                                     clamp=not args.no_clamp)
+                                                     clamp=not args.no_clamp, cut_steps=args.cut_steps)
                 split_s = time.perf_counter() - begin
                 for k, t in enumerate(targets):
                     exact = earlier.get((name, radius, image, t)) or local_lipschitz(net, x, c, t, radius,
@@ -201,7 +201,7 @@ def cnn_rows(args) -> list[dict]:
                     problem = prepare(graph, x, c, [t])
                     begin = time.perf_counter()
                     forward = problem.propagate(np.array([radius]), LINF, budget)
-                    new, _ = gradient_norm_bounds(forward, problem.spec, budget, 2, args.split)
+                    new, _ = gradient_norm_bounds(forward, problem.spec, budget, 2, args.split, cut_steps=args.cut_steps)
                     new_s = time.perf_counter() - begin
                     old = dual_norms(gradient_interval(forward, problem.spec[None]))[0]
                     sampled = found_norms(model, x, c, t, radius)
@@ -284,6 +284,8 @@ def summarise_cnn(rows: list[dict]) -> None:
 
 
 def main() -> None:
+    from cleverscore.certify.jacobian import CUT_STEPS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["mlp", "cnn", "cost"], required=True)
     p.add_argument("--images", type=int, default=10)
@@ -291,6 +293,8 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MLPS), help="--part mlp: comma-separated MLPs")
     p.add_argument("--split", type=float, default=10.0, help="seconds of split search per image (0: one pass)")
     p.add_argument("--time_limit", type=float, default=60.0, help="seconds per MILP")
+    p.add_argument("--cut_steps", type=int, default=None,
+                   help="steps on the split ReLUs' input cuts per pass (default: the library's; 0: no cuts)")
     p.add_argument("--no_clamp", action="store_true",
                    help="--part mlp: split ReLUs without clamping the forward bounds (the search before clamping)")
     p.add_argument("--milp_from", default=None,
@@ -304,6 +308,8 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/lipschitz.csv")
     p.add_argument("--against", default=None, help="--part cost: another checkout to time right after this one")
     args = p.parse_args()
+    if args.cut_steps is None:
+        args.cut_steps = CUT_STEPS
     if args.part == "cost":
         cost(args)
         return

@@ -100,15 +100,16 @@ def test_never_below_the_exact_constant_and_tighter_than_the_interval_bound_on_m
     assert tighter >= 6, tighter
 
 
-@pytest.mark.parametrize("clamp", [True, False])
-def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_of_the_gap(relu_cases, clamp):
+@pytest.mark.parametrize("clamp,cut_steps", [(True, 2), (True, 0), (False, 0)])
+def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_of_the_gap(relu_cases, clamp,
+                                                                                          cut_steps):
     closed = []
     for graph, x0, label, target, radius, exact in relu_cases:
         problem = prepare(graph, x0, label, [target])
         forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
         one_pass, _ = gradient_norm_bounds(forward, problem.spec, 1 << 28)
         split, report = gradient_norm_bounds(forward, problem.spec, 1 << 28, objective=2, time_budget=1.0,
-                                             clamp=clamp)
+                                             clamp=clamp, cut_steps=cut_steps)
         assert np.all(split <= one_pass * (1 + 1e-12))
         assert split[0, 2] >= exact * (1 - 1e-9) and report["parts"] >= 1
         if one_pass[0, 2] > exact * (1 + 1e-6):

@@ -28,6 +28,7 @@ import tensorflow as tf
 from cleverscore.norms import LpNorm
 
 from .concretize import concretize_lower, feasible_offsets
+from .cuts import Cuts, cut_lower, cuts_from_linear_bounds
 from .graph import Graph
 from .ops import Activation, Interval, LinearOperator
 from .ops.base import expand_spec, sum_spec
@@ -62,11 +63,15 @@ class BoundPropagation:
         clamps: node index -> bounds (B or 1, *shape) that the node's value is known to keep, as
             on one side of a split ReLU; the bounds then hold for the points of the balls where
             the clamps hold (those an input split keeps), not for the whole balls.
+        cut_steps: with clamps, > 0 also turns each clamped neuron into a cut of the input (its
+            CROWN bounds in the input, `cuts.py`) and bounds every later pass over the ball and
+            the cuts, with this many projected steps on the cuts' multipliers per pass.
     """
 
     def __init__(self, graph: Graph, x0: tf.Tensor, radius: tf.Tensor, norm: LpNorm, box: Interval,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True, patches: bool = True,
-                 within: list[Interval | None] | None = None, clamps: dict[int, Interval] | None = None):
+                 within: list[Interval | None] | None = None, clamps: dict[int, Interval] | None = None,
+                 cut_steps: int = 0):
         self.graph = graph
         self.x0 = x0
         self.radius = radius
@@ -79,6 +84,8 @@ class BoundPropagation:
         self.patches = patches
         self.within = within
         self.clamps = clamps or {}
+        self.cut_steps = cut_steps
+        self.cuts: Cuts | None = None
         self.bounds: list[Interval | None] = [None] * len(graph.nodes)
         self._relaxations: dict[int, object] = {}
         self.reports: list[LayerReport] = []
@@ -92,6 +99,8 @@ class BoundPropagation:
                 self.bounds[i] = _intersect(self.bounds[i], self.within[i])
             if i in self.clamps:
                 self.bounds[i] = _intersect(self.bounds[i], self.clamps[i])
+                if self.cut_steps > 0 and self.crown:
+                    self._add_cuts(i)
             if self.graph.needs_bounds(i):
                 self._refine(i)
 
@@ -232,6 +241,42 @@ class BoundPropagation:
         merged = tf.tensor_scatter_nd_update(flat, index, pick(tf.gather(flat, rows), tf.transpose(new)))
         return tf.reshape(tf.transpose(merged), tf.shape(old))
 
+    def _add_cuts(self, i: int) -> None:
+        """Cuts of the input from node i's clamped neurons (see `cuts.py`), if their passes to the input fit the budget.
+
+        Each problem carries only its own clamped neurons' rows: +e_k where z_k <= hi_k (a lower
+        bound of z_k gives the cut), -e_k where z_k >= lo_k.
+        """
+        node = self.graph.nodes[i]
+        shape = (self.batch, node.size)
+        ends = [np.broadcast_to(t.numpy().reshape(-1 if t.shape[0] == self.batch else 1, node.size), shape)
+                for t in (self.clamps[i].hi, -self.clamps[i].lo)]
+        rows = [[(k, sign) for sign, end in zip((1.0, -1.0), ends) for k in np.flatnonzero(np.isfinite(end[b]))]
+                for b in range(self.batch)]
+        count = max(len(r) for r in rows)
+        need = self.crown_bytes(i, -(-count // 2))
+        if count == 0 or need > self.memory_budget:
+            return
+        dtype = self.graph.dtype.as_numpy_dtype
+        spec = np.zeros((self.batch, count, node.size), dtype)
+        limit = np.full((self.batch, count), np.inf, dtype)
+        for b, problem_rows in enumerate(rows):
+            for r, (k, sign) in enumerate(problem_rows):
+                spec[b, r, k] = sign
+                limit[b, r] = ends[0 if sign > 0 else 1][b, k]
+        spec = tf.constant(spec.reshape(self.batch, count, *node.shape))
+        group = int(min(self.batch, max(1, self.memory_budget // need)))
+        lams, constants = [], []
+        for first in range(0, self.batch, group):
+            problems = slice(first, min(self.batch, first + group))
+            at_input, total = self._backward(i, spec[problems], tf.zeros((problems.stop - first, count), spec.dtype),
+                                             problems, 1)
+            lams.append(tf.reshape(_dense(at_input), (problems.stop - first, count, -1)))
+            constants.append(total)
+        cuts = cuts_from_linear_bounds(tf.concat(lams, 0), tf.concat(constants, 0), tf.constant(limit))
+        if cuts is not None:
+            self.cuts = cuts.join(self.cuts)
+
     def relaxation(self, i: int, problems: slice = slice(None)) -> object:
         """The linear relaxation of node i on its (final) input bounds, computed once; for some of the problems."""
         if i not in self._relaxations:
@@ -253,6 +298,19 @@ class BoundPropagation:
         relaxation's slopes of some activation nodes (node index -> (b, 1, *shape)); any slopes
         for which that line stays below the activation give a sound bound (`certify/slopes.py`).
         """
+        at_input, total = self._backward(start, a, constant, problems, floor, lower_slopes)
+        if at_input is None:
+            return total
+        offsets = Interval(self.offsets.lo[problems], self.offsets.hi[problems])
+        if self.cuts is not None:
+            cuts = Cuts(self.cuts.lam[problems], self.cuts.e[problems])
+            return total + cut_lower(_dense(at_input), self.x0, offsets, self.radius[problems], self.norm, cuts,
+                                     self.cut_steps)
+        return total + concretize_lower(at_input, self.x0, offsets, self.radius[problems], self.norm)
+
+    def _backward(self, start: int, a: tf.Tensor | Patches, constant: tf.Tensor | None, problems: slice, floor: int,
+                  lower_slopes: dict[int, tf.Tensor] | None = None) -> tuple[tf.Tensor | Patches | None, tf.Tensor]:
+        """`backward_lower` up to the input: the coefficients left on the input (None: none) and the constant so far."""
         pending: dict[int, tf.Tensor | Patches] = {start: a}
         total = constant if constant is not None else tf.zeros(tf.shape(_values(a))[:2], self.graph.dtype)
         for m in range(start, 0, -1):
@@ -273,10 +331,7 @@ class BoundPropagation:
             total += constant
             for j, c in zip(node.inputs, upstream):
                 self._accumulate(pending, j, c)
-        if 0 in pending:
-            offsets = Interval(self.offsets.lo[problems], self.offsets.hi[problems])
-            total += concretize_lower(pending[0], self.x0, offsets, self.radius[problems], self.norm)
-        return total
+        return pending.get(0), total
 
     def _interval_concretize(self, a: tf.Tensor | Patches, m: int, problems: slice) -> tf.Tensor:
         """The lower bound (b, S) of a . y_m from node m's interval bounds."""
@@ -316,3 +371,7 @@ def _intersect(bounds: Interval, outer: Interval) -> Interval:
 
 def _values(a: tf.Tensor | Patches) -> tf.Tensor:
     return a.a if isinstance(a, Patches) else a
+
+
+def _dense(a: tf.Tensor | Patches) -> tf.Tensor:
+    return a.dense() if isinstance(a, Patches) else a

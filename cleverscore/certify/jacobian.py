@@ -37,10 +37,13 @@ the whole, never above the unsplit one, and a half keeps its parent's bound wher
 A ReLU's multiplier is 0 exactly where its input is <= 0 and 1 where it is > 0, so a split ReLU
 also splits the ball: each part's forward bounds are propagated again with that input clamped to
 its side (and within the unsplit bounds), which makes later neurons stable and their multipliers
-fixed. A part whose clamped bounds cross (some lower bound above its upper bound) holds no point
-of the ball, and bounds nothing. When the first batch's forward propagation takes longer than its
-gradient pass, the search stops clamping (a part is then bounded over the whole ball, which is
-sound too) and spends the time on more parts instead.
+fixed. The side of a split ReLU also cuts the input (`cuts.py`): every later pass of the part's
+forward bounds is bounded over the ball and these cuts, which makes other neurons of the same and
+later layers stable too. A part whose clamped bounds cross (some lower bound above its upper bound)
+holds no point of the ball, and bounds nothing. When the second batch's forward propagation takes
+more than twice as long as its gradient pass (the first pays one-off tracing), the search stops
+clamping (a part is then bounded over the whole ball, which is sound too) and spends the time on
+more parts instead.
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ _CROSSING_TOLERANCE = 1e-5
 # The split search grows its batches (more parts per TF call are cheaper per part) while one batch
 # takes less than this fraction of the budget, so that a slow network still gets many small batches.
 _SHORT_BATCHES = 16
+# A split ReLU's side also cuts the input (`cuts.py`): projected steps on the cuts' multipliers per pass.
+CUT_STEPS = 2
+# Clamping (with its cuts) is dropped when it takes more than this many times the gradient pass.
+_FORWARD_SHARE = 2.0
 # Column order of the norm bounds: the duals of the L1, L2 and Linf perturbation norms.
 DUAL_NORMS = ("inf", "2", "1")
 
@@ -335,14 +342,15 @@ class _Part:
 
 
 def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, objective: int = 2,
-                         time_budget: float = 0.0, max_batch: int = 256, clamp: bool = True) -> tuple[np.ndarray, dict]:
+                         time_budget: float = 0.0, max_batch: int = 256, clamp: bool = True,
+                         cut_steps: int = CUT_STEPS) -> tuple[np.ndarray, dict]:
     """(T, 3) norm bounds (q = inf, 2, 1) for each target's spec row, and a report of the search.
 
     With `time_budget` > 0, `split_search` tightens column `objective` (2: the L1 gradient norm, the
     dual of Linf balls) by splitting multipliers until the time is spent; every column is the maximum
     over the parts, so each stays a sound bound and none ends above the unsplit one. `max_batch` caps
     the halves bounded in one batched pass. `clamp` False never clamps the forward bounds of split
-    ReLUs (see the module docstring).
+    ReLUs (see the module docstring); `cut_steps` 0 clamps them without cutting the input.
     """
     base = default_multipliers(forward)
     gp = GradientPropagation(forward, spec, memory_budget, base)
@@ -352,13 +360,14 @@ def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budg
     if time_budget <= 0:
         return first, report
     bounds, report["parts"], report["clamped"] = split_search(forward, spec, memory_budget, base, first, slack,
-                                                              objective, time_budget, max_batch, clamp)
+                                                              objective, time_budget, max_batch, clamp,
+                                                              cut_steps)
     return np.minimum(first, bounds), report
 
 
 def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, base: dict[int, Interval],
                  first: np.ndarray, slack: dict, objective: int, time_budget: float,
-                 max_batch: int, clamp: bool = True) -> tuple[np.ndarray, int, bool]:
+                 max_batch: int, clamp: bool = True, cut_steps: int = CUT_STEPS) -> tuple[np.ndarray, int, bool]:
     """Branch and bound over the multipliers (see the module docstring): (T, 3) bounds, the parts bounded,
     and whether the forward bounds were still clamped at the end.
 
@@ -377,6 +386,7 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         serial += 1
     parts = len(heaps)
     last_batch = 0.0  # a batch starts only if one as long as the last still ends in time
+    batches = 0
     size = 2 * len(heaps)  # children per batch: one part per target at first, doubled while batches are short
     while time.perf_counter() + last_batch < deadline:
         batch_begin = time.perf_counter()
@@ -388,7 +398,7 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         empty = np.zeros(len(children), bool)
         begin = time.perf_counter()
         if relu_inputs:
-            split_forward = _clamped_forward(forward, fixed, relu_inputs, memory_budget)
+            split_forward = _clamped_forward(forward, fixed, relu_inputs, memory_budget, cut_steps)
             empty = _crossed(split_forward)
             multipliers, rows = _batched_multipliers(default_multipliers(split_forward), fixed)
         else:
@@ -399,7 +409,9 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         values = np.where(empty[:, None], 0.0, gp.norm_bounds(slack))
         choices = _best_splits(rows, _flat(slack, len(children)), binary, len(children))
         gradient_seconds = time.perf_counter() - begin - forward_seconds
-        if relu_inputs and parts == len(heaps) and forward_seconds > gradient_seconds:
+        batches += 1
+        # The first batch pays one-off tracing, so the second one decides.
+        if relu_inputs and batches == 2 and forward_seconds > _FORWARD_SHARE * gradient_seconds:
             relu_inputs = {}
         for k, child in enumerate(children):
             child.bounds = np.minimum(values[k], child.bounds)  # a part of its parent: the parent's bound holds too
@@ -430,7 +442,7 @@ def _worst_parts(heaps: list[list[_Part]], count: int) -> list[_Part]:
 
 
 def _clamped_forward(forward: BoundPropagation, fixed: Sequence[dict], relu_inputs: dict[int, int],
-                     memory_budget: int) -> BoundPropagation:
+                     memory_budget: int, cut_steps: int = 0) -> BoundPropagation:
     """Forward bounds of one problem per entry of `fixed`, each ReLU fixed to 0 (1) clamping its input to <= 0 (>= 0)."""
     lows = {j: np.full((len(fixed), forward.graph.nodes[j].size), -np.inf) for j in relu_inputs.values()}
     highs = {j: np.full((len(fixed), forward.graph.nodes[j].size), np.inf) for j in relu_inputs.values()}
@@ -444,7 +456,7 @@ def _clamped_forward(forward: BoundPropagation, fixed: Sequence[dict], relu_inpu
               for j in lows if np.isfinite(lows[j]).any() or np.isfinite(highs[j]).any()}
     radius = tf.fill((len(fixed),), forward.radius[0])
     return BoundPropagation(forward.graph, forward.x0, radius, forward.norm, forward.box, memory_budget,
-                            forward.crown, forward.patches, within=forward.bounds, clamps=clamps)
+                            forward.crown, forward.patches, within=forward.bounds, clamps=clamps, cut_steps=cut_steps)
 
 
 def _crossed(forward: BoundPropagation) -> np.ndarray:
