@@ -65,7 +65,8 @@ class BoundPropagation:
             the clamps hold (those an input split keeps), not for the whole balls.
         cut_steps: with clamps, > 0 also turns each clamped neuron into a cut of the input (its
             CROWN bounds in the input, `cuts.py`) and bounds every later pass over the ball and
-            the cuts, with this many projected steps on the cuts' multipliers per pass.
+            the cuts, with this many projected steps on the cuts' multipliers per pass (a pass
+            whose coefficients reach the input on windows stays uncut).
     """
 
     def __init__(self, graph: Graph, x0: tf.Tensor, radius: tf.Tensor, norm: LpNorm, box: Interval,
@@ -249,7 +250,7 @@ class BoundPropagation:
         """
         node = self.graph.nodes[i]
         shape = (self.batch, node.size)
-        ends = [np.broadcast_to(t.numpy().reshape(-1 if t.shape[0] == self.batch else 1, node.size), shape)
+        ends = [np.broadcast_to(t.numpy().reshape(t.shape[0], node.size), shape)
                 for t in (self.clamps[i].hi, -self.clamps[i].lo)]
         rows = [[(k, sign) for sign, end in zip((1.0, -1.0), ends) for k in np.flatnonzero(np.isfinite(end[b]))]
                 for b in range(self.batch)]
@@ -302,9 +303,11 @@ class BoundPropagation:
         if at_input is None:
             return total
         offsets = Interval(self.offsets.lo[problems], self.offsets.hi[problems])
-        if self.cuts is not None:
+        if self.cuts is not None and not isinstance(at_input, Patches):
+            # Coefficients still on windows (early convolutions) stay uncut: made dense for every row they would
+            # outgrow the memory estimate their pass was planned with.
             cuts = Cuts(self.cuts.lam[problems], self.cuts.e[problems])
-            return total + cut_lower(_dense(at_input), self.x0, offsets, self.radius[problems], self.norm, cuts,
+            return total + cut_lower(at_input, self.x0, offsets, self.radius[problems], self.norm, cuts,
                                      self.cut_steps)
         return total + concretize_lower(at_input, self.x0, offsets, self.radius[problems], self.norm)
 
