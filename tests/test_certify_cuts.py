@@ -75,10 +75,12 @@ def test_a_row_whose_end_is_infinite_holds_no_cut():
     lam = tf.constant(np.arange(12, dtype=np.float64).reshape(1, 3, 4) - 5.0)
     constant = tf.constant([[0.5, 1.0, -2.0]], tf.float64)
     cuts = cuts_from_linear_bounds(lam, constant, tf.constant([[np.inf, 3.0, np.inf]], tf.float64))
-    assert cuts.count == 1                                # only the row with a finite end
+    # Rows without a finite end become the empty cut 0 >= 0: zero, so no multiplier can move the bound.
+    for r in (0, 2):
+        assert not np.any(cuts.lam.numpy()[0, r]) and cuts.e.numpy()[0, r] == 0
     row = lam.numpy()[0, 1]
-    np.testing.assert_allclose(cuts.lam.numpy()[0, 0], row / np.linalg.norm(row))
-    np.testing.assert_allclose(cuts.e.numpy()[0, 0], (3.0 - 1.0) / np.linalg.norm(row))
+    np.testing.assert_allclose(cuts.lam.numpy()[0, 1], row / np.linalg.norm(row))
+    np.testing.assert_allclose(cuts.e.numpy()[0, 1], (3.0 - 1.0) / np.linalg.norm(row))
     assert cuts_from_linear_bounds(lam, constant, tf.constant([[np.inf] * 3], tf.float64)) is None
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow as tf
 
 from cleverscore.norms import LpNorm
@@ -62,8 +63,6 @@ def cuts_from_linear_bounds(lam: tf.Tensor, constant: tf.Tensor, ends: tf.Tensor
     live = tf.math.is_finite(ends)
     if not bool(tf.reduce_any(live)):
         return None
-    keep = tf.reduce_any(live, axis=0)                                   # rows live for some problem
-    lam, constant, ends, live = (tf.boolean_mask(t, keep, axis=1) for t in (lam, constant, ends, live))
     # lam . x + constant <= y <= end, so (end - constant) - lam . x >= 0.
     scale = tf.norm(lam, axis=-1)
     usable = live & (scale > 0)
@@ -101,7 +100,7 @@ def _optimized(flat, x0, lo, hi, radius, lam, e, steps, learning_rate, norm):
     size = tf.norm(flat, axis=-1, keepdims=True)                        # (b, S, 1)
     beta = tf.zeros(tf.concat([tf.shape(flat)[:2], tf.shape(e)[1:]], 0), flat.dtype)
     first, second = tf.zeros_like(beta), tf.zeros_like(beta)
-    best = _bound(flat, x0, lo, hi, radius, lam, e, beta, size, norm)
+    best = tf.fill(tf.shape(flat)[:2], tf.constant(-np.inf, flat.dtype))
     for step in tf.range(1, steps + 1):
         with tf.GradientTape() as tape:
             tape.watch(beta)

@@ -342,7 +342,7 @@ class _Part:
 
 
 def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, objective: int = 2,
-                         time_budget: float = 0.0, max_batch: int = 256, clamp: bool = True,
+                         time_budget: float = 0.0, max_batch: int = 128, clamp: bool = True,
                          cut_steps: int = CUT_STEPS) -> tuple[np.ndarray, dict]:
     """(T, 3) norm bounds (q = inf, 2, 1) for each target's spec row, and a report of the search.
 
