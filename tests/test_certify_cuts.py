@@ -12,7 +12,7 @@ from cleverscore.certify.concretize import concretize_lower, feasible_offsets
 from cleverscore.certify.cuts import Cuts, cut_lower, cuts_from_linear_bounds
 from cleverscore.certify.jacobian import GradientPropagation, _batched_multipliers, _clamped_forward, default_multipliers
 from cleverscore.certify.ops import Interval
-from cleverscore.norms import L1, LINF
+from cleverscore.norms import L1, L2, LINF
 from test_certify_jacobian import first_relu_layer, relu_case
 
 BOX = (-0.5, 0.5)
@@ -153,3 +153,19 @@ def test_a_part_bounded_with_cuts_never_has_a_looser_gradient_bound_and_often_a_
         tighter += np.sum(bounds[1] < bounds[0] * (1 - 1e-6))
         parts_checked += len(parts)
     assert parts_checked >= 12 and tighter >= 2, (parts_checked, tighter)
+
+
+def test_cut_bounds_on_an_l2_ball_are_never_above_any_sampled_point_that_keeps_the_cuts():
+    from test_certify_ops import sample_ball
+
+    rng = np.random.default_rng(5)
+    radius = 0.3
+    for _ in range(4):
+        x0, lam, e, a = random_cut_problem(rng, d=12, cuts=3)
+        points = sample_ball(rng, x0, radius, L2, 200000).reshape(200000, -1)
+        kept = points[np.all(points @ lam.T <= e, axis=1)]
+        assert len(kept) > 1000
+        got, plain = bounds_with_cuts(a, x0, radius, L2, lam, e, 100)
+        assert np.all(got <= (kept @ a.T).min(axis=0) + 1e-9)     # sound: below every point of the part
+        assert np.all(got >= plain - 1e-9)
+        assert np.any(got > plain + 1e-3)                          # and the cuts do bite
