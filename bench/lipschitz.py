@@ -14,7 +14,8 @@ through the backward pass in one pass, and with `--split` seconds per image of s
 row checks that no bound is below that floor, and that the search never finds more than an exact L*.
 
 `--milp_from CSV` takes the MILP's answers from an earlier run's rows (e.g. docs/lipschitz_mlp.csv)
-instead of solving them again (an hour at 60 s per pair).
+instead of solving them again (an hour at 60 s per pair). `--cut_steps N` sets the steps on the split
+ReLUs' input cuts per pass (0: the search without cuts); `--no_clamp` the search before clamping.
 
 `--part cnn`: the shipped MNIST 7-layer CNN (`--datasets mnist,cifar`: and the CIFAR one), Linf balls at each pair's
 CROWN-certified radius and at twice it. Per pair: the largest gradient norms found at 4,096 points
@@ -284,8 +285,6 @@ def summarise_cnn(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    from cleverscore.certify.jacobian import CUT_STEPS
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["mlp", "cnn", "cost"], required=True)
     p.add_argument("--images", type=int, default=10)
@@ -309,6 +308,8 @@ def main() -> None:
     p.add_argument("--against", default=None, help="--part cost: another checkout to time right after this one")
     args = p.parse_args()
     if args.cut_steps is None:
+        from cleverscore.certify.jacobian import CUT_STEPS
+
         args.cut_steps = CUT_STEPS
     if args.part == "cost":
         cost(args)
