@@ -9,6 +9,7 @@ import tensorflow as tf
 from scipy.optimize import linprog
 
 from cleverscore.certify.concretize import concretize_lower, feasible_offsets
+from cleverscore.certify.crown import prepare
 from cleverscore.certify.cuts import Cuts, cut_lower, cuts_from_linear_bounds
 from cleverscore.certify.jacobian import GradientPropagation, _batched_multipliers, _clamped_forward, default_multipliers
 from cleverscore.certify.ops import Interval
@@ -130,8 +131,6 @@ def test_a_part_bounded_with_cuts_never_has_a_looser_gradient_bound_and_often_a_
     tighter, parts_checked = 0, 0
     for seed in range(4):
         _, graph, _, x0, label, target, radius = relu_case(seed, radius=0.2)
-        from cleverscore.certify.crown import prepare
-
         problem = prepare(graph, x0, label, [target])
         forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
         relus = [m for m, node in enumerate(graph.nodes) if node.op.__class__.__name__ == "ReLU"]

@@ -250,21 +250,20 @@ class BoundPropagation:
         """
         node = self.graph.nodes[i]
         shape = (self.batch, node.size)
-        ends = [np.broadcast_to(t.numpy().reshape(t.shape[0], node.size), shape)
-                for t in (self.clamps[i].hi, -self.clamps[i].lo)]
-        rows = [[(k, sign) for sign, end in zip((1.0, -1.0), ends) for k in np.flatnonzero(np.isfinite(end[b]))]
-                for b in range(self.batch)]
-        count = max(len(r) for r in rows)
+        # Per problem, its clamped neurons' ends: z_k <= hi_k (row +e_k), then -z_k <= -lo_k (row -e_k).
+        ends = np.concatenate([np.broadcast_to(t.numpy().reshape(t.shape[0], node.size), shape)
+                               for t in (self.clamps[i].hi, -self.clamps[i].lo)], axis=1)
+        finite = np.isfinite(ends)
+        count = int(finite.sum(axis=1).max())
         need = self.crown_bytes(i, -(-count // 2))
         if count == 0 or need > self.memory_budget:
             return
-        dtype = self.graph.dtype.as_numpy_dtype
-        spec = np.zeros((self.batch, count, node.size), dtype)
-        limit = np.full((self.batch, count), np.inf, dtype)
-        for b, problem_rows in enumerate(rows):
-            for r, (k, sign) in enumerate(problem_rows):
-                spec[b, r, k] = sign
-                limit[b, r] = ends[0 if sign > 0 else 1][b, k]
+        problem, column = np.nonzero(finite)
+        row = (np.cumsum(finite, axis=1) - 1)[problem, column]     # each problem's cuts packed to the front
+        spec = np.zeros((self.batch, count, node.size), self.graph.dtype.as_numpy_dtype)
+        spec[problem, row, column % node.size] = np.where(column < node.size, 1.0, -1.0)
+        limit = np.full((self.batch, count), np.inf, spec.dtype)
+        limit[problem, row] = ends[problem, column]
         spec = tf.constant(spec.reshape(self.batch, count, *node.shape))
         group = int(min(self.batch, max(1, self.memory_budget // need)))
         lams, constants = [], []

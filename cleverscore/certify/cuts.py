@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from cleverscore.norms import LpNorm
 
-from .concretize import min_linear
+from .concretize import concretize_lower
 from .ops.base import Interval
 
 LEARNING_RATE = 0.3
@@ -44,10 +44,6 @@ class Cuts:
 
     lam: tf.Tensor
     e: tf.Tensor
-
-    @property
-    def count(self) -> int:
-        return int(self.lam.shape[1])
 
     def join(self, other: Cuts | None) -> Cuts:
         if other is None:
@@ -89,8 +85,7 @@ def cut_lower(a: tf.Tensor, x0: tf.Tensor, offsets: Interval, radius: tf.Tensor,
 def _bound(flat, x0, lo, hi, radius, lam, e, beta_rel, size, norm):
     beta = beta_rel * size                                              # (b, S, K)
     shifted = flat + tf.einsum("bsk,bkd->bsd", beta, lam)
-    centre = tf.einsum("bsd,d->bs", shifted, x0)
-    return centre + min_linear(shifted, Interval(lo, hi), radius, norm) - tf.einsum("bsk,bk->bs", beta, e)
+    return concretize_lower(shifted, x0, Interval(lo, hi), radius, norm) - tf.einsum("bsk,bk->bs", beta, e)
 
 
 @tf.function(reduce_retracing=True)
