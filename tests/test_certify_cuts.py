@@ -13,6 +13,7 @@ from cleverscore.certify.crown import prepare
 from cleverscore.certify.cuts import Cuts, cut_lower, cuts_from_linear_bounds
 from cleverscore.certify.jacobian import GradientPropagation, _batched_multipliers, _clamped_forward, default_multipliers
 from cleverscore.certify.ops import Interval
+from cleverscore.certify.ops.activation import ReLU
 from cleverscore.norms import L1, L2, LINF
 from test_certify_jacobian import first_relu_layer, relu_case
 
@@ -101,7 +102,7 @@ def split_points(graph, x0: np.ndarray, radius: float, fixings: dict, nodes: dic
 
 def test_cut_forward_bounds_hold_on_every_sampled_point_of_the_part_and_are_never_looser_than_clamping():
     graph, x0, radius, forward, relu, z, (lo, hi) = first_relu_layer(radius=0.25)
-    relus = [m for m, node in enumerate(graph.nodes) if node.op.__class__.__name__ == "ReLU"]
+    relus = [m for m, node in enumerate(graph.nodes) if isinstance(node.op, ReLU)]
     nodes = {m: graph.nodes[m].inputs[0] for m in relus}
     unstable = np.flatnonzero((lo < 0) & (hi > 0))
     second = nodes[relus[1]]
@@ -133,7 +134,7 @@ def test_a_part_bounded_with_cuts_never_has_a_looser_gradient_bound_and_often_a_
         _, graph, _, x0, label, target, radius = relu_case(seed, radius=0.2)
         problem = prepare(graph, x0, label, [target])
         forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
-        relus = [m for m, node in enumerate(graph.nodes) if node.op.__class__.__name__ == "ReLU"]
+        relus = [m for m, node in enumerate(graph.nodes) if isinstance(node.op, ReLU)]
         nodes = {m: graph.nodes[m].inputs[0] for m in relus}
         lo, hi = (t.numpy().ravel() for t in forward.bounds[nodes[relus[0]]])
         unstable = [int(i) for i in np.flatnonzero((lo < 0) & (hi > 0))]
