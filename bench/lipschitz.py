@@ -10,8 +10,11 @@ first `--images` MNIST test images x (top-2, least likely). Per pair: the exact 
 ||grad g||_1 over the ball, MILP, `--time_limit` seconds), or for a pair the MILP leaves open the
 largest norm found (a lower bound of L*: the larger of the MILP's best region and the project's
 gradient-norm search, `--search_steps`); the Fast-Lip bound (the old `G1_certified`), the bound
-through the backward pass in one pass, and with `--split` seconds per image of split search. Every
-row checks that no bound is below that floor, and that the search never finds more than an exact L*.
+through the backward pass in one pass, and with `--split` seconds per image of split search (with
+`attained` 1 where the search proved its bound is a gradient norm in the ball, `certify/leaves.py`,
+which then counts as found too, and `empty_leaves` the leaves its LPs found empty). Every row checks
+that no bound is below that floor, that the search never finds more than an exact L*, and that an
+attained bound is the exact L* where the MILP has it.
 
 `--milp_from CSV` takes the MILP's answers from an earlier run's rows (e.g. docs/lipschitz_mlp.csv)
 instead of solving them again (an hour at 60 s per pair). `--cut_steps N` sets the steps on the split
@@ -106,8 +109,13 @@ def mlp_rows(args) -> list[dict]:
                     if exact.exact and searched > exact.value * (1 + 1e-5):
                         raise SystemExit(f"WRONG MILP: {name} r={radius} image {image} target {t}: the search found "
                                          f"{searched} above the exact {exact.value}")
-                    # Any norm found is a lower bound of L*; the MILP's and the search's, whichever is larger.
-                    floor = exact.value if exact.exact else max(exact.lower_bound, searched)
+                    attained = bool(report["attained"][k])  # the split bound is a gradient norm in the ball
+                    if attained and exact.exact and abs(split[k, 2] - exact.value) > 1e-4 * exact.value:  # float32 bounds
+                        raise SystemExit(f"WRONG LEAF: {name} r={radius} image {image} target {t}: the split search "
+                                         f"says {split[k, 2]} is attained, the exact constant is {exact.value}")
+                    # Any norm found is a lower bound of L*: the MILP's, the search's or an attained split bound.
+                    floor = exact.value if exact.exact else max(exact.lower_bound, searched,
+                                                                split[k, 2] * (1 - 1e-6) if attained else 0.0)
                     bounds = {"interval": interval[k, 2], "one_pass": min(interval[k, 2], one_pass[k, 2]),
                               "split": min(interval[k, 2], split[k, 2])}
                     below = [b for b, v in bounds.items() if v < floor * (1 - 1e-5)]
@@ -118,7 +126,8 @@ def mlp_rows(args) -> list[dict]:
                            "exact_upper": exact.upper_bound, "milp_found": exact.value if exact.exact else
                            exact.lower_bound, "searched": searched, "found": floor, **bounds,
                            "one_pass_s": one_pass_s / len(targets), "split_s": split_s / len(targets),
-                           "parts": report["parts"]}
+                           "parts": report["parts"], "attained": int(attained),
+                           "empty_leaves": report.get("empty_leaves", 0)}
                     rows.append(row)
                     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                           flush=True)
@@ -267,7 +276,8 @@ def summarise_mlp(rows: list[dict]) -> None:
                   f"found, a lower bound of L*): {parts}; the split search's median against exact L* alone: "
                   f"{np.median([r['split'] / r['exact'] for r in exact]) if exact else float('nan'):.3f}; "
                   f"seconds per pair: one pass {np.median([r['one_pass_s'] for r in sel]):.2f}, "
-                  f"split {np.median([r['split_s'] for r in sel]):.2f}")
+                  f"split {np.median([r['split_s'] for r in sel]):.2f}; split bound attained (exact) on "
+                  f"{sum(r['attained'] for r in sel)} pairs")
 
 
 def summarise_cnn(rows: list[dict]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cleverscore.certify import from_keras, lipschitz_upper_bounds
+from cleverscore.certify import from_keras, jacobian, lipschitz_upper_bounds
 from cleverscore.certify.crown import prepare
 from cleverscore.certify.jacobian import (GradientPropagation, _best_splits, _clamped_forward, _crossed, _Part,
                                          _worst_parts, gradient_norm_bounds)
@@ -115,6 +115,26 @@ def test_the_split_search_stays_sound_never_ends_above_one_pass_and_closes_most_
         if one_pass[0, 2] > exact * (1 + 1e-6):
             closed.append((one_pass[0, 2] - split[0, 2]) / (one_pass[0, 2] - exact))
     assert closed and np.median(closed) >= 0.5, closed
+
+
+def test_a_search_checking_its_leaves_ends_at_the_exact_constant_and_says_so(relu_cases, monkeypatch):
+    # Without the LP check of leaves (leaves.py) a search can run out of parts above the exact constant:
+    # its worst leaves hold no point of the ball.
+    attained, closed = 0, 0
+    for graph, x0, label, target, radius, exact in relu_cases:
+        problem = prepare(graph, x0, label, [target])
+        forward = problem.propagate(np.array([radius]), LINF, 1 << 28)
+        checked, report = gradient_norm_bounds(forward, problem.spec, 1 << 28, objective=2, time_budget=4.0)
+        assert checked[0, 2] >= exact * (1 - 1e-9)
+        if report["attained"][0]:
+            assert checked[0, 2] == pytest.approx(exact, rel=1e-6)
+            attained += 1
+        with monkeypatch.context() as patch:
+            patch.setattr(jacobian, "_leaf_checker", lambda forward: None)
+            unchecked, plain = gradient_norm_bounds(forward, problem.spec, 1 << 28, objective=2, time_budget=4.0)
+        assert not plain["attained"][0] and plain["empty_leaves"] == 0
+        closed += report["attained"][0] and unchecked[0, 2] > 1.01 * exact
+    assert attained >= 5 and closed >= 2, (attained, closed)
 
 
 def test_one_search_over_several_targets_bounds_each_one_soundly_and_tightly():

@@ -58,6 +58,7 @@ import tensorflow as tf
 
 from .bounds import BoundPropagation
 from .graph import Graph
+from .leaves import Leaf, LeafChecker, leaf_checker
 from .ops import Interval
 from .ops.activation import ReLU
 from .ops.base import expand_spec, sum_spec
@@ -339,6 +340,10 @@ class _Part:
     bounds: np.ndarray = field(compare=False)                      # (3,) norm bounds
     # Where to split next: node, flat index, whether binary, and the multiplier's range in this part.
     choice: tuple[int, int, bool, float, float] | None = field(compare=False)
+    # A leaf of a ReLU MLP (nothing left to split): its ReLU multipliers (lo, hi) per hidden layer until
+    # `leaves.py` has checked it, then None; `attained` once a point of the ball was shown to have them.
+    relus: list | None = field(default=None, compare=False)
+    attained: bool = field(default=False, compare=False)
 
 
 def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, objective: int = 2,
@@ -359,17 +364,19 @@ def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budg
     report = {"parts": int(spec.shape[0]), "unsplit": first.copy(), "refined": dict(gp.refined)}
     if time_budget <= 0:
         return first, report
-    bounds, report["parts"], report["clamped"] = split_search(forward, spec, memory_budget, base, first, slack,
-                                                              objective, time_budget, max_batch, clamp,
-                                                              cut_steps)
+    bounds, search = split_search(forward, spec, memory_budget, base, first, slack, objective, time_budget,
+                                  max_batch, clamp, cut_steps)
+    report.update(search)
     return np.minimum(first, bounds), report
 
 
 def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int, base: dict[int, Interval],
                  first: np.ndarray, slack: dict, objective: int, time_budget: float,
-                 max_batch: int, clamp: bool = True, cut_steps: int = CUT_STEPS) -> tuple[np.ndarray, int, bool]:
-    """Branch and bound over the multipliers (see the module docstring): (T, 3) bounds, the parts bounded,
-    and whether the forward bounds were still clamped at the end.
+                 max_batch: int, clamp: bool = True, cut_steps: int = CUT_STEPS) -> tuple[np.ndarray, dict]:
+    """Branch and bound over the multipliers (see the module docstring): (T, 3) bounds, and a report: the parts
+    bounded (`parts`), whether the forward bounds were still clamped at the end (`clamped`), the leaves found
+    empty by their LP (`empty_leaves`) and, per target, whether the bound is attained in the ball (`attained`:
+    its worst part is a leaf of a ReLU MLP that a point of the ball meets, so the bound is the exact constant).
 
     `clamp` False leaves the forward bounds unsplit (each part's multipliers are fixed, nothing else).
     """
@@ -377,6 +384,8 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
     graph = forward.graph
     binary = {m for m in base if graph.nodes[m].op.binary_multipliers}
     relu_inputs = {m: graph.nodes[m].inputs[0] for m in base if clamp and isinstance(graph.nodes[m].op, ReLU)}
+    leaves = _leaf_checker(forward)
+    empty_leaves = 0
     serial = 0
     heaps: list[list[_Part]] = []
     targets = int(spec.shape[0])
@@ -390,6 +399,8 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
     size = 2 * len(heaps)  # children per batch: one part per target at first, doubled while batches are short
     while time.perf_counter() + last_batch < deadline:
         batch_begin = time.perf_counter()
+        if leaves is not None:
+            empty_leaves += _settle_leaves(heaps, leaves, deadline)
         batch = _worst_parts(heaps, size // 2)
         if not batch:
             break
@@ -419,13 +430,40 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
             child.serial = serial
             serial += 1
             child.choice = None if empty[k] else choices[k]
+            if leaves is not None and child.choice is None and not empty[k]:
+                child.relus = [(rows[m][0][k].copy(), rows[m][1][k].copy()) for m in leaves.relu_nodes]
             heapq.heappush(heaps[child.target], child)
         parts += len(children)
         last_batch = time.perf_counter() - batch_begin
         if last_batch < time_budget / _SHORT_BATCHES and size < max_batch:
             size = min(2 * size, max_batch)
     out = np.stack([np.max([p.bounds for p in heap], axis=0) for heap in heaps])
-    return out, parts, bool(relu_inputs)
+    attained = [heap[0].attained for heap in heaps]  # each heap's first part is its worst
+    return out, {"parts": parts, "clamped": bool(relu_inputs), "empty_leaves": empty_leaves, "attained": attained}
+
+
+def _leaf_checker(forward: BoundPropagation) -> LeafChecker | None:
+    """The LP check of leaves (`leaves.py`) for this ball, if the network is a ReLU MLP."""
+    inputs = forward.bounds[0]  # the box intersected with the ball's Linf box, (B, *input shape)
+    return leaf_checker(forward.graph, forward.x0.numpy(), inputs.lo.numpy()[0], inputs.hi.numpy()[0],
+                        float(forward.radius[0]), forward.norm.p)
+
+
+def _settle_leaves(heaps: list[list[_Part]], leaves: LeafChecker, deadline: float) -> int:
+    """Check each target's worst parts while they are unchecked leaves: drop the empty ones (never a target's
+    last part) and mark those a point of the ball meets. Returns how many were dropped."""
+    dropped = 0
+    for heap in heaps:
+        while heap and heap[0].relus is not None and time.perf_counter() < deadline:
+            part = heapq.heappop(heap)
+            verdict = leaves.check(part.relus)
+            part.relus = None
+            if verdict is Leaf.EMPTY and heap:
+                dropped += 1
+                continue
+            part.attained = verdict is Leaf.ATTAINED
+            heapq.heappush(heap, part)
+    return dropped
 
 
 def _worst_parts(heaps: list[list[_Part]], count: int) -> list[_Part]:

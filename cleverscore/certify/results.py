@@ -116,6 +116,9 @@ class LipschitzBounds:
         layers: how the pre-activation bounds were obtained.
         interval: the Fast-Lip (interval) bounds alone, shape (T, 3); `values` is never above them.
         parts: how many parts of the derivatives' ranges were bounded (T without a split search).
+        attained: shape (T,); whether the bound in the dual of the sampling norm is attained at a point of
+            the ball, and so is the exact constant (the split search of a ReLU MLP ended on a leaf that a
+            point of the ball meets, `leaves.py`); None without a split search.
     """
 
     targets: np.ndarray
@@ -123,6 +126,7 @@ class LipschitzBounds:
     layers: tuple[LayerReport, ...]
     interval: np.ndarray | None = None
     parts: int = 0
+    attained: np.ndarray | None = None
 
     def for_norm(self, norm: LpNorm) -> np.ndarray:
         """The bounds (T,) that hold for perturbations measured in `norm` (gradients in its dual norm)."""

@@ -1,0 +1,127 @@
+"""The split search's leaves on a ReLU MLP: whether a fully split part holds a point, by one LP.
+
+A part of the split search (`jacobian.py`) in which every ReLU is fixed - split, or stable over
+the part's forward bounds - has one activation pattern. Every pre-activation is then an affine map
+of the input, and the part is the polytope of the ball (intersected with the box) where each
+pre-activation keeps its sign; its gradient bound is that pattern's gradient norm. The forward
+bounds and cuts of a part relax the layers after the first, so they can miss that the polytope is
+empty: on the 784-32-32-10 MLP at Linf radius 0.02 the search ran out of parts above the exact
+constant because its worst leaves held no point (the LP below put them 0.003-0.008 away, in Linf,
+from meeting their own pattern). One LP per leaf settles it, the one of `milp.regions.centre`:
+the point of the ball deepest inside the pattern's region.
+
+- Deepest margin below -tolerance: the leaf holds no point of the ball and is dropped.
+- Above +tolerance, on a Linf or L1 ball (LPs): the point has the pattern, with the gradient the
+  leaf's bound is; the bound is attained and the search has the exact constant once such a leaf
+  is its worst part.
+- Otherwise (within the tolerance, or an L2 ball, where the LP is over the Linf and L1 balls that
+  contain it, so only its emptiness is proof), the leaf stays as it is.
+
+Leaves are checked lazily, when one becomes the worst part of its target: a few LPs per search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from .graph import Graph
+from .milp.model import Model
+from .milp.network import Layers
+from .milp.regions import margin_rows
+from .ops.activation import ReLU
+from .ops.linear import Dense, Reshape
+
+# Margins are Linf distances to the pattern's switching hyperplanes; the network runs in float32.
+_TOLERANCE = 1e-5
+
+
+class Leaf(Enum):
+    EMPTY = "empty"        # no point of the ball has the pattern: the part bounds nothing
+    ATTAINED = "attained"  # a point of the ball has the pattern strictly: the bound is a gradient norm there
+    OPEN = "open"          # neither is proven
+
+
+@dataclass(frozen=True)
+class LeafChecker:
+    """The LP of a pattern's region in one ball: the network as dense layers and the ball's geometry."""
+
+    layers: Layers
+    relu_nodes: tuple[int, ...]     # the graph's ReLU nodes, one per hidden layer, in order
+    x0: np.ndarray                  # flat centre
+    lower: np.ndarray               # the box intersected with the ball's Linf box (flat)
+    upper: np.ndarray
+    l1_radius: float | None         # an L1 ball constraint (L1 balls; L2 balls: the L1 ball holding them)
+    exact_ball: bool                # whether the LP's region is the ball itself (Linf, L1)
+
+    def check(self, multipliers: Sequence[tuple[np.ndarray, np.ndarray]]) -> Leaf:
+        """The verdict on a part whose ReLU multipliers (lo, hi) per hidden layer are given (flat, 0/1)."""
+        if any(np.any(lo != hi) for lo, hi in multipliers):
+            return Leaf.OPEN  # a ReLU still free: no single pattern
+        margin = self.deepest_margin([hi > 0.5 for _, hi in multipliers])
+        if margin < -_TOLERANCE:
+            return Leaf.EMPTY
+        return Leaf.ATTAINED if margin > _TOLERANCE and self.exact_ball else Leaf.OPEN
+
+    def deepest_margin(self, pattern: list[np.ndarray]) -> float:
+        """max over the ball of the least signed Linf distance to the pattern's switching hyperplanes (nan if the
+        solver gave no answer, which proves nothing)."""
+        matrix, offset = margin_rows(self.layers, pattern)
+        if matrix.shape[0] == 0:
+            return np.inf
+        model = Model()
+        x = model.add_vars(self.lower, self.upper, self.lower.size)
+        t = model.add_vars(-np.inf, float(np.max(self.upper - self.lower, initial=0.0)) + 1.0, 1)
+        model.add_rows([(matrix, x), (-np.ones(matrix.shape[0]), np.full(matrix.shape[0], t[0]))], -offset, np.inf)
+        if self.l1_radius is not None:
+            n = self.x0.size
+            u = model.add_vars(0.0, np.inf, n)  # u >= |x - x0|, sum u <= r
+            eye = np.arange(n)
+            model.add_rows([(np.ones(n), u), (-np.ones(n), x[eye])], -self.x0, np.inf)
+            model.add_rows([(np.ones(n), u), (np.ones(n), x[eye])], self.x0, np.inf)
+            model.add_rows([(np.ones((1, n)), u)], -np.inf, self.l1_radius)
+        outcome = model.solve([(-np.ones(1), t)], presolve=False)  # presolve doubles the time of these small LPs
+        return np.nan if outcome.x is None else float(outcome.x[t[0]])  # nan: no verdict
+
+
+def leaf_checker(graph: Graph, x0: np.ndarray, lower: np.ndarray, upper: np.ndarray, radius: float,
+                 p: float) -> LeafChecker | None:
+    """A checker for a network of Dense layers with ReLUs between them (Flatten/Reshape before the first),
+    in the ball of `radius` (norm order `p`) around x0 within [lower, upper]; None for any other network."""
+    layers, relus = _dense_relu_chain(graph)
+    if layers is None:
+        return None
+    flat0 = np.asarray(x0, np.float64).reshape(-1)
+    lo = np.maximum(np.asarray(lower, np.float64).reshape(-1), flat0 - radius)
+    hi = np.minimum(np.asarray(upper, np.float64).reshape(-1), flat0 + radius)
+    l1 = None if p == np.inf else (radius if p == 1 else radius * np.sqrt(flat0.size))
+    return LeafChecker(layers, relus, flat0, lo, hi, l1, p in (1, np.inf))
+
+
+def _dense_relu_chain(graph: Graph) -> tuple[Layers | None, tuple[int, ...]]:
+    """The graph as dense layers [(W, b), ...] (ReLU after all but the last) and its ReLU nodes, if it is one."""
+    layers: Layers = []
+    relus: list[int] = []
+    expect_relu = False
+    for k, node in enumerate(graph.nodes[1:], start=1):
+        if node.inputs != (k - 1,):
+            return None, ()
+        op = node.op
+        if isinstance(op, Reshape) and not layers:
+            continue
+        if isinstance(op, Dense) and not expect_relu and len(node.shape) == 1:
+            w = op.kernel.numpy().astype(np.float64).T
+            b = np.zeros(w.shape[0]) if op.bias is None else op.bias.numpy().astype(np.float64).reshape(-1)
+            layers.append((w, b))
+            expect_relu = True
+        elif isinstance(op, ReLU) and expect_relu:
+            relus.append(k)
+            expect_relu = False
+        else:
+            return None, ()
+    if not layers or not expect_relu:  # the last node must be a Dense (the logits)
+        return None, ()
+    return layers, tuple(relus)
