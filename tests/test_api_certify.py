@@ -94,3 +94,27 @@ def test_a_file_without_the_bounds_asked_for_is_recomputed_not_skipped(tmp_path,
     write_mat(tmp_path / name.filename, np.linspace(1, 2, 5), **extra)
     todo = pending_targets(settings, tmp_path, 0, 7, [(2, "top2")])
     assert [path.name for *_, path in todo] == ([name.filename] if recomputed else [])
+
+
+def test_a_lipschitz_bound_flagged_exact_is_the_milps_exact_constant(mlp_and_image):
+    from cleverscore.certify.milp import local_lipschitz, relu_network_from_keras
+    from cleverscore.norms import LINF
+    from cleverscore.running.bounds import certified_keys
+
+    model, x = mlp_and_image
+    logits = model(x[None]).numpy()[0]
+    label = int(np.argmax(logits))
+    targets = [j for j in range(3) if j != label]
+    radius = 0.2  # wide enough for unstable ReLUs: the one pass is not exact, the split search ends on leaves
+    rows = certified_keys(model, x, label, targets, SamplingSettings(sample_norm=LINF, radius=radius), (-0.5, 0.5),
+                          split_seconds=3.0)
+    net = relu_network_from_keras(model)
+    flagged = 0
+    for row, target in zip(rows, targets):
+        exact = local_lipschitz(net, x, label, target, radius, time_limit=30)
+        assert exact.exact and row["G1_certified"] >= exact.value * (1 - 1e-5)
+        assert row["lipschitz_exact"] in (0, 1)
+        if row["lipschitz_exact"]:
+            assert row["G1_certified"] == pytest.approx(exact.value, rel=1e-4)
+            flagged += 1
+    assert flagged >= 1

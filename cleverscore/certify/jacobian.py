@@ -40,10 +40,13 @@ its side (and within the unsplit bounds), which makes later neurons stable and t
 fixed. The side of a split ReLU also cuts the input (`cuts.py`): every later pass of the part's
 forward bounds is bounded over the ball and these cuts, which makes other neurons of the same and
 later layers stable too. A part whose clamped bounds cross (some lower bound above its upper bound)
-holds no point of the ball, and bounds nothing. When the second batch's forward propagation takes
-more than twice as long as its gradient pass (the first pays one-off tracing), the search stops
-clamping (a part is then bounded over the whole ball, which is sound too) and spends the time on
-more parts instead.
+holds no point of the ball, and bounds nothing. On a ReLU MLP a part with nothing left to split has
+one activation pattern, and one LP (`leaves.py`) says whether a point of the ball has it: if not, the
+part is dropped; if so, its bound is a gradient norm in the ball and, once it is the worst part, the
+exact constant (`attained`). When the forward propagation takes more than twice as long as the
+gradient pass on each of the second to fourth batches (the first pays one-off tracing, and a later
+one may trace a new shape), the search stops clamping (a part is then bounded over the whole ball,
+which is sound too) and spends the time on more parts instead.
 """
 
 from __future__ import annotations
@@ -74,8 +77,10 @@ _CROSSING_TOLERANCE = 1e-5
 _SHORT_BATCHES = 16
 # A split ReLU's side also cuts the input (`cuts.py`): projected steps on the cuts' multipliers per pass.
 CUT_STEPS = 2
-# Clamping (with its cuts) is dropped when it takes more than this many times the gradient pass.
+# Clamping (with its cuts) is dropped when it takes more than this many times the gradient pass on each of
+# these batches (the first pays one-off tracing; later ones may trace new shapes).
 _FORWARD_SHARE = 2.0
+_JUDGED_BATCHES = (2, 3, 4)
 # Column order of the norm bounds: the duals of the L1, L2 and Linf perturbation norms.
 DUAL_NORMS = ("inf", "2", "1")
 
@@ -396,6 +401,7 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
     parts = len(heaps)
     last_batch = 0.0  # a batch starts only if one as long as the last still ends in time
     batches = 0
+    shares: list[float] = []  # forward / gradient seconds of the judged batches
     size = 2 * len(heaps)  # children per batch: one part per target at first, doubled while batches are short
     while time.perf_counter() + last_batch < deadline:
         batch_begin = time.perf_counter()
@@ -421,9 +427,11 @@ def split_search(forward: BoundPropagation, spec: tf.Tensor, memory_budget: int,
         choices = _best_splits(rows, _flat(slack, len(children)), binary, len(children))
         gradient_seconds = time.perf_counter() - begin - forward_seconds
         batches += 1
-        # The first batch pays one-off tracing, so the second one decides.
-        if relu_inputs and batches == 2 and forward_seconds > _FORWARD_SHARE * gradient_seconds:
-            relu_inputs = {}
+        if relu_inputs and batches in _JUDGED_BATCHES:
+            shares.append(forward_seconds / max(gradient_seconds, 1e-9))
+            # Tracing (a new batch size, the first cuts of a layer) slows single batches: judge the least share.
+            if batches == _JUDGED_BATCHES[-1] and min(shares) > _FORWARD_SHARE:
+                relu_inputs = {}
         for k, child in enumerate(children):
             child.bounds = np.minimum(values[k], child.bounds)  # a part of its parent: the parent's bound holds too
             child.priority = -child.bounds[objective]
