@@ -113,8 +113,22 @@ def test_a_lipschitz_bound_flagged_exact_is_the_milps_exact_constant(mlp_and_ima
     for row, target in zip(rows, targets):
         exact = local_lipschitz(net, x, label, target, radius, time_limit=30)
         assert exact.exact and row["G1_certified"] >= exact.value * (1 - 1e-5)
-        assert row["lipschitz_exact"] in (0, 1)
-        if row["lipschitz_exact"]:
+        assert row["lipschitz_certified_exact"] in (0, 1)
+        if row["lipschitz_certified_exact"]:
             assert row["G1_certified"] == pytest.approx(exact.value, rel=1e-4)
             flagged += 1
     assert flagged >= 1
+
+
+def test_the_score_tables_exact_constant_is_the_milps_else_a_certified_bound_proven_attained():
+    from cleverscore.norms import L2, LINF
+    from cleverscore.scoring.folder import exact_constant
+
+    ball = {"sample_norm": np.array(["li"]), "sample_radius": np.array([[0.02]]), "input_dim": np.array([[784]])}
+    certified = {"G1_certified": np.array([[5.0]]), "G2_certified": np.array([[0.5]])}
+    attained = {**ball, **certified, "lipschitz_certified_exact": np.array([[1]])}
+    assert exact_constant(attained, LINF) == 5.0  # the dual of the sampling norm: the bound the search proved
+    assert exact_constant(attained, L2) is None  # other norms' bounds are maxima over its parts, not attained
+    assert exact_constant({**attained, "lipschitz_certified_exact": np.array([[0]])}, LINF) is None
+    assert exact_constant({**attained, "G1_exact": np.array([[4.5]])}, LINF) == 4.5  # the MILP's answer first
+    assert exact_constant({**certified, "lipschitz_certified_exact": np.array([[1]])}, LINF) is None  # no ball

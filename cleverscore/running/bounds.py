@@ -4,8 +4,8 @@ For each (image, target) of an item this adds `.mat` keys:
 - `--certify` (any supported Keras model): the certified upper bound of the local Lipschitz
   constant over the sampled ball in each dual norm (`G2_certified`, `G1_certified`,
   `Gi_certified`: the smaller of the Fast-Lip bound and the bound through the backward pass,
-  `certify/jacobian.py`, with `lipschitz_parts` parts bounded by its split search, `lipschitz_exact` 1 when
-  that search proved its bound attained in the ball), and two proofs
+  `certify/jacobian.py`, with `lipschitz_parts` parts bounded by its split search, `lipschitz_certified_exact`
+  1 when that search proved its bound in the sampling norm's dual attained in the ball), and two proofs
   of a robust radius per perturbation norm: CROWN's (`certified_radius_crown_L1`, `_L2`, `_Li`: the
   largest ball whose margin bound stays positive; with `--certify_optimize`, with optimised ReLU
   lower slopes, CROWN's own slopes' radius kept as `certified_radius_unoptimized_L1`, ...) and the
@@ -116,7 +116,7 @@ def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampli
             row[norm.certified_key] = float(lipschitz.for_norm(norm)[k])
         exact = lipschitz.attained is not None and bool(lipschitz.attained[k])
         row.update(certify_layers=report, certify_seconds=seconds, lipschitz_parts=lipschitz.parts,
-                   lipschitz_exact=int(exact))
+                   lipschitz_certified_exact=int(exact))
         keys.append(row)
     return keys
 

@@ -185,8 +185,7 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
                              for n in NORMS],
         "certified_by": [str(np.squeeze(mat[f"certified_radius_by_{n.label}"]))
                          if order == 1 and f"certified_radius_by_{n.label}" in mat else None for n in NORMS],
-        "exact_lipschitz": [_scalar(mat, n.grad_key.replace("_max", "_exact")) if order == 1 and not use_slope else None
-                            for n in NORMS],
+        "exact_lipschitz": [exact_constant(mat, n) if order == 1 and not use_slope else None for n in NORMS],
         "exact_distortion": [_scalar(mat, f"exact_distortion_{n.label}") if order == 1 else None for n in NORMS],
         "attack_distortion": [_scalar(mat, f"attack_distortion_{n.label}") if order == 1 else None for n in NORMS],
     }
@@ -196,6 +195,18 @@ def read_maxima(path: Path, use_slope: bool, num_samples: int) -> tuple[dict, li
 def _scalar(mat: dict, key: str) -> float | None:
     """A scalar key of a `.mat` as a float, None when absent (files of older versions, flags not used)."""
     return float(np.squeeze(mat[key])) if key in mat else None
+
+
+def exact_constant(mat: dict, norm: LpNorm) -> float | None:
+    """The exact Lipschitz constant behind `norm`'s score, if known: `--exact`'s MILP answer, or the certified
+    bound where the split search proved it attained (`lipschitz_certified_exact`, for the sampling norm's dual)."""
+    exact = _scalar(mat, norm.grad_key.replace("_max", "_exact"))
+    if exact is not None and math.isfinite(exact):
+        return exact
+    ball = sampled_ball(mat)
+    if ball is not None and ball[0] == norm and _scalar(mat, "lipschitz_certified_exact") == 1:
+        return _scalar(mat, norm.certified_key)
+    return exact
 
 
 def ceiling(mat: dict, norm: LpNorm) -> float | None:
