@@ -1,5 +1,6 @@
 """The LP check of the split search's leaves (certify/leaves.py), against known truths: patterns met at
-sampled points of the ball are never found empty (and, on Linf and L1 balls, are found met), a pattern
+sampled points of the ball are never found empty (and are found met: on L2 balls through the L1 ball
+inside them), a pattern
 that contradicts a neuron's sign over the whole ball is found empty, and the dense layers read from the
 graph give the model's logits."""
 
@@ -47,10 +48,27 @@ def test_patterns_met_in_the_ball_are_never_found_empty_and_are_found_met_where_
     assert len(patterns) >= 3  # the ball crosses switching hyperplanes
     verdicts = [checker.check(as_multipliers(p)) for p in patterns.values()]
     assert Leaf.EMPTY not in verdicts
-    if norm is L2:
-        assert set(verdicts) == {Leaf.OPEN}  # the LP is over balls holding the L2 ball: emptiness only
-    else:
+    for pattern, verdict in zip(patterns.values(), verdicts):
+        if verdict is Leaf.ATTAINED:  # its witness is a point of the ball (and the box) with the pattern
+            assert_witness(checker, net, x0, norm, pattern)
+    if norm is not L2:
         assert verdicts.count(Leaf.ATTAINED) >= 0.8 * len(verdicts), verdicts
+        return
+    # On an L2 ball a pattern is found met through the L1 ball of the same radius, which lies inside it.
+    near = sample_ball(np.random.default_rng(4), x0, RADII[L2], L1, 300)
+    met = {tuple(np.concatenate(activation_pattern(net, p))): activation_pattern(net, p) for p in near}
+    found = [checker.check(as_multipliers(p)) for p in met.values()]
+    assert len(met) >= 2 and found.count(Leaf.ATTAINED) >= 0.8 * len(found), found
+    for pattern in met.values():
+        assert_witness(checker, net, x0, norm, pattern)
+
+
+def assert_witness(checker, net, x0, norm, pattern):
+    w = checker.witness(pattern)
+    assert w is not None
+    assert np.linalg.norm(w - x0, ord=norm.p) <= RADII[norm] * (1 + 1e-6) + 1e-9
+    assert np.all(w >= BOX[0] - 1e-9) and np.all(w <= BOX[1] + 1e-9)
+    assert all(np.array_equal(a, b) for a, b in zip(activation_pattern(net, w), pattern))
 
 
 @pytest.mark.parametrize("norm", [LINF, L1, L2], ids=lambda n: n.label)

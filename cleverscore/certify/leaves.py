@@ -11,11 +11,13 @@ from meeting their own pattern). One LP per leaf settles it, the one of `milp.re
 the point of the ball deepest inside the pattern's region.
 
 - Deepest margin below -tolerance: the leaf holds no point of the ball and is dropped.
-- Above +tolerance, on a Linf or L1 ball (LPs): the point has the pattern, with the gradient the
+- Above +tolerance, on an Linf or L1 ball (LPs): the point has the pattern, with the gradient the
   leaf's bound is; the bound is attained and the search has the exact constant once such a leaf
   is its worst part.
-- Otherwise (within the tolerance, or an L2 ball, where the LP is over the Linf and L1 balls that
-  contain it, so only its emptiness is proof), the leaf stays as it is.
+- On an L2 ball the LP is over the Linf and L1 balls that contain it, so only its emptiness is
+  proof; a second LP over the L1 ball of the same radius, which lies inside the L2 ball, can
+  still find a point that meets the pattern.
+- Otherwise (within the tolerance), the leaf stays as it is.
 
 Leaves are checked lazily, when one becomes the worst part of its target: a few LPs per search.
 """
@@ -56,35 +58,56 @@ class LeafChecker:
     upper: np.ndarray
     l1_radius: float | None         # an L1 ball constraint (L1 balls; L2 balls: the L1 ball holding them)
     exact_ball: bool                # whether the LP's region is the ball itself (Linf, L1)
+    inner_l1_radius: float | None = None  # L2 balls: the L1 ball of the same radius, which lies inside
 
     def check(self, multipliers: Sequence[tuple[np.ndarray, np.ndarray]]) -> Leaf:
         """The verdict on a part whose ReLU multipliers (lo, hi) per hidden layer are given (flat, 0/1)."""
         if any(np.any(lo != hi) for lo, hi in multipliers):
             return Leaf.OPEN  # a ReLU still free: no single pattern
-        margin = self.deepest_margin([hi > 0.5 for _, hi in multipliers])
+        pattern = [hi > 0.5 for _, hi in multipliers]
+        margin = self.deepest_margin(pattern, self.l1_radius)
         if margin < -_TOLERANCE:
             return Leaf.EMPTY
-        return Leaf.ATTAINED if margin > _TOLERANCE and self.exact_ball else Leaf.OPEN
+        if not margin > _TOLERANCE:
+            return Leaf.OPEN
+        if self.exact_ball:
+            return Leaf.ATTAINED
+        # An L2 ball: a point of the pattern in the L1 ball inside it is a point of the ball.
+        return Leaf.OPEN if self.witness(pattern) is None else Leaf.ATTAINED
 
-    def deepest_margin(self, pattern: list[np.ndarray]) -> float:
-        """max over the ball of the least signed Linf distance to the pattern's switching hyperplanes (nan if the
-        solver gave no answer, which proves nothing)."""
+    def witness(self, pattern: list[np.ndarray]) -> np.ndarray | None:
+        """A point of the ball (in the box) that meets the pattern with a margin above the tolerance, if the LP
+        finds one: over the ball itself (Linf, L1) or over the L1 ball inside it (L2)."""
+        radius = self.l1_radius if self.exact_ball else self.inner_l1_radius
+        if not self.exact_ball and radius is None:
+            return None
+        margin, point = self._deepest(pattern, radius)
+        return point if margin > _TOLERANCE else None
+
+    def deepest_margin(self, pattern: list[np.ndarray], l1_radius: float | None = None) -> float:
+        """max over the Linf box, and the L1 ball of `l1_radius` if given, of the least signed Linf distance to the
+        pattern's switching hyperplanes (nan if the solver gave no answer, which proves nothing)."""
+        return self._deepest(pattern, l1_radius)[0]
+
+    def _deepest(self, pattern: list[np.ndarray], l1_radius: float | None) -> tuple[float, np.ndarray | None]:
         matrix, offset = margin_rows(self.layers, pattern)
         if matrix.shape[0] == 0:
-            return np.inf
+            return np.inf, self.x0.copy()
         model = Model()
         x = model.add_vars(self.lower, self.upper, self.lower.size)
         t = model.add_vars(-np.inf, float(np.max(self.upper - self.lower, initial=0.0)) + 1.0, 1)
         model.add_rows([(matrix, x), (-np.ones(matrix.shape[0]), np.full(matrix.shape[0], t[0]))], -offset, np.inf)
-        if self.l1_radius is not None:
+        if l1_radius is not None:
             n = self.x0.size
             u = model.add_vars(0.0, np.inf, n)  # u >= |x - x0|, sum u <= r
             eye = np.arange(n)
             model.add_rows([(np.ones(n), u), (-np.ones(n), x[eye])], -self.x0, np.inf)
             model.add_rows([(np.ones(n), u), (np.ones(n), x[eye])], self.x0, np.inf)
-            model.add_rows([(np.ones((1, n)), u)], -np.inf, self.l1_radius)
+            model.add_rows([(np.ones((1, n)), u)], -np.inf, l1_radius)
         outcome = model.solve([(-np.ones(1), t)], presolve=False)  # presolve doubles the time of these small LPs
-        return np.nan if outcome.x is None else float(outcome.x[t[0]])  # nan: no verdict
+        if outcome.x is None:
+            return np.nan, None  # nan: no verdict
+        return float(outcome.x[t[0]]), outcome.x[x]
 
 
 def leaf_checker(graph: Graph, x0: np.ndarray, lower: np.ndarray, upper: np.ndarray, radius: float,
@@ -98,7 +121,7 @@ def leaf_checker(graph: Graph, x0: np.ndarray, lower: np.ndarray, upper: np.ndar
     lo = np.maximum(np.asarray(lower, np.float64).reshape(-1), flat0 - radius)
     hi = np.minimum(np.asarray(upper, np.float64).reshape(-1), flat0 + radius)
     l1 = None if p == np.inf else (radius if p == 1 else radius * np.sqrt(flat0.size))
-    return LeafChecker(layers, relus, flat0, lo, hi, l1, p in (1, np.inf))
+    return LeafChecker(layers, relus, flat0, lo, hi, l1, p in (1, np.inf), radius if p == 2 else None)
 
 
 def _dense_relu_chain(graph: Graph) -> tuple[Layers | None, tuple[int, ...]]:
