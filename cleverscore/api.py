@@ -35,6 +35,9 @@ class TargetScores:
     `certified_radius_<label>`), and `lipschitz_certified[label]`,
     a proven upper bound of the Lipschitz constant behind that norm's score over the sampled ball
     (`G2_certified` for L2, `G1_certified` for Li, `Gi_certified` for L1); empty dicts otherwise.
+    `lipschitz_exact[label]`: that bound where the split search (`certify_budget`) proved it attained
+    in the ball, i.e. the exact constant (the sampling norm's label only; `.mat` key
+    `lipschitz_certified_exact`); empty otherwise.
     """
 
     target: int
@@ -44,6 +47,7 @@ class TargetScores:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     certified_radius: dict[str, float] = field(default_factory=dict)
     lipschitz_certified: dict[str, float] = field(default_factory=dict)
+    lipschitz_exact: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,4 +184,7 @@ def _add_certified(result: CleverResult, est: EstimateLipschitz, x0: np.ndarray,
     for scores, row in zip(result.targets, keys):
         scores.certified_radius = {n.label: row[f"certified_radius_{n.label}"] for n in NORMS}
         scores.lipschitz_certified = {n.label: row[n.certified_key] for n in NORMS}
+        if row["lipschitz_certified_exact"]:
+            norm = sampling.sample_norm
+            scores.lipschitz_exact = {norm.label: row[norm.certified_key]}
     result.certified_radius = {n.label: min(t.certified_radius[n.label] for t in result.targets) for n in NORMS}

@@ -132,3 +132,20 @@ def test_the_score_tables_exact_constant_is_the_milps_else_a_certified_bound_pro
     assert exact_constant({**attained, "lipschitz_certified_exact": np.array([[0]])}, LINF) is None
     assert exact_constant({**attained, "G1_exact": np.array([[4.5]])}, LINF) == 4.5  # the MILP's answer first
     assert exact_constant({**certified, "lipschitz_certified_exact": np.array([[1]])}, LINF) is None  # no ball
+
+
+def test_clever_scores_gives_the_exact_constant_the_split_search_proved(mlp_and_image):
+    from cleverscore.api import clever_scores
+    from cleverscore.certify.milp import local_lipschitz, relu_network_from_keras
+
+    model, x = mlp_and_image
+    result = clever_scores(model, x, nsamps=16, niters=3, sample_norm="li", radius=0.2, certify=True,
+                           certify_budget=3.0)
+    net = relu_network_from_keras(model)
+    for scores in result.targets:
+        assert set(scores.lipschitz_exact) <= {"Li"}
+        if scores.lipschitz_exact:
+            exact = local_lipschitz(net, x, result.true_label, scores.target, 0.2, time_limit=30)
+            assert scores.lipschitz_exact["Li"] == pytest.approx(exact.value, rel=1e-4)
+            assert scores.lipschitz_exact["Li"] == scores.lipschitz_certified["Li"]
+    assert any(scores.lipschitz_exact for scores in result.targets)
