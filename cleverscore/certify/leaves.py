@@ -6,9 +6,10 @@ of the input, and the part is the polytope of the ball (intersected with the box
 pre-activation keeps its sign; its gradient bound is that pattern's gradient norm. The forward
 bounds and cuts of a part relax the layers after the first, so they can miss that the polytope is
 empty: on the 784-32-32-10 MLP at Linf radius 0.02 the search ran out of parts above the exact
-constant because its worst leaves held no point (the LP below put them 0.003-0.008 away, in Linf,
-from meeting their own pattern). One LP per leaf settles it, the one of `milp.regions.centre`:
-the point of the ball deepest inside the pattern's region.
+constant on 11 of 16 pairs because its worst leaves held no point (on image 0 the LP below put
+them 0.003-0.008 away, in Linf, from meeting their own pattern). One LP per leaf settles it (the
+one of `milp.regions.centre`, over the ball): the point of the ball deepest inside the pattern's
+region.
 
 - Deepest margin below -tolerance: the leaf holds no point of the ball and is dropped.
 - Above +tolerance, on an Linf or L1 ball (LPs): the point has the pattern, with the gradient the
