@@ -127,7 +127,7 @@ def mlp_rows(args) -> list[dict]:
                            exact.lower_bound, "searched": searched, "found": floor, **bounds,
                            "one_pass_s": one_pass_s / len(targets), "split_s": split_s / len(targets),
                            "parts": report["parts"], "attained": int(attained),
-                           "empty_leaves": report.get("empty_leaves", 0)}
+                           "empty_leaves": report["empty_leaves"]}
                     rows.append(row)
                     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                           flush=True)

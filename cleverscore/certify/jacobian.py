@@ -366,7 +366,8 @@ def gradient_norm_bounds(forward: BoundPropagation, spec: tf.Tensor, memory_budg
     gp = GradientPropagation(forward, spec, memory_budget, base)
     slack: dict[int, tf.Tensor] = {}
     first = gp.norm_bounds(slack)
-    report = {"parts": int(spec.shape[0]), "unsplit": first.copy(), "refined": dict(gp.refined)}
+    report = {"parts": int(spec.shape[0]), "unsplit": first.copy(), "refined": dict(gp.refined),
+              "attained": [False] * int(spec.shape[0]), "empty_leaves": 0}
     if time_budget <= 0:
         return first, report
     bounds, search = split_search(forward, spec, memory_budget, base, first, slack, objective, time_budget,

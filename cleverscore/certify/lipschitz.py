@@ -80,6 +80,5 @@ def lipschitz_upper_bounds(graph: Graph, x0: np.ndarray, true_label: int, target
         return LipschitzBounds(problem.targets, interval, tuple(bp.reports), interval, len(problem.targets))
     found, report = gradient_norm_bounds(bp, problem.spec, memory_budget, PERTURBATION_NORMS.index(sample_norm),
                                          split_seconds)
-    attained = np.asarray(report["attained"], bool) if "attained" in report else None
     return LipschitzBounds(problem.targets, np.minimum(interval, found), tuple(bp.reports), interval,
-                           report["parts"], attained)
+                           report["parts"], np.asarray(report["attained"], bool))

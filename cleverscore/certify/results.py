@@ -118,7 +118,7 @@ class LipschitzBounds:
         parts: how many parts of the derivatives' ranges were bounded (T without a split search).
         attained: shape (T,); whether the bound in the dual of the sampling norm is attained at a point of
             the ball, and so is the exact constant (the split search of a ReLU MLP ended on a leaf that a
-            point of the ball meets, `leaves.py`); None without a split search.
+            point of the ball meets, `leaves.py`); None for the interval method.
     """
 
     targets: np.ndarray

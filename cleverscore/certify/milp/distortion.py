@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cleverscore.certify.milp.bounds import Bound, preactivation_bounds
-from cleverscore.certify.milp.model import Model, Outcome, Term
+from cleverscore.certify.milp.model import Model, Outcome, Term, add_l1_distance
 from cleverscore.certify.milp.network import Layers
 from cleverscore.certify.milp.problem import (
     BOUND_SHARE,
@@ -186,10 +186,7 @@ def _distortion_objective(model: Model, x: np.ndarray, x0: np.ndarray, lower: np
         model.add_rows([(ones, x), (-ones, spread)], -np.inf, x0)
         model.add_rows([(ones, x), (ones, spread)], x0, np.inf)
         return [(np.ones(1), eps)]
-    dist = model.add_vars(0.0, reach, n)
-    model.add_rows([(ones, dist), (-ones, x)], -x0, np.inf)
-    model.add_rows([(ones, dist), (ones, x)], x0, np.inf)
-    return [(ones, dist)]
+    return [(ones, add_l1_distance(model, x, x0, lower, upper))]
 
 
 def _distortion_result(rounds: list[_Round], x0: np.ndarray, norm: LpNorm, eps_max: float | None) -> DistortionResult:

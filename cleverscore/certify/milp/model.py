@@ -164,6 +164,17 @@ class Model:
         return self._matrix
 
 
+def add_l1_distance(model: Model, x: np.ndarray, x0: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Variables d >= |x - x0| coordinate-wise, for inputs `x` in the box [lower, upper]; returns their indices
+    (sum d is then an upper bound of ||x - x0||_1, equal to it where a row minimises or caps the sum)."""
+    n = x0.size
+    ones = np.ones(n)
+    dist = model.add_vars(0.0, np.maximum(x0 - lower, upper - x0), n)
+    model.add_rows([(ones, dist), (-ones, x)], -x0, np.inf)
+    model.add_rows([(ones, dist), (ones, x)], x0, np.inf)
+    return dist
+
+
 def add_relu_layer(model: Model, w: np.ndarray, b: np.ndarray, inputs: np.ndarray, lower: np.ndarray,
                    upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode a = ReLU(W v + b) for input variables `inputs`, given pre-activation bounds [lower, upper].

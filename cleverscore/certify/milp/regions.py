@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cleverscore.certify.milp.bounds import interval_bounds
-from cleverscore.certify.milp.model import Model
+from cleverscore.certify.milp.model import Model, add_l1_distance
 from cleverscore.certify.milp.network import Layers, activation_pattern, input_gradient, margin_gradient
 
 CANDIDATES_PER_MOVE = 30  # improving neighbours, best first, a move tries to reach before it gives up
@@ -53,26 +53,32 @@ def margin_rows(layers: Layers, pattern: list[np.ndarray]) -> tuple[np.ndarray, 
     return np.concatenate(rows), np.concatenate(offsets)
 
 
-def centre(layers: Layers, pattern: list[np.ndarray], lower: np.ndarray,
-           upper: np.ndarray) -> tuple[np.ndarray | None, float]:
+def centre(layers: Layers, pattern: list[np.ndarray], lower: np.ndarray, upper: np.ndarray,
+           l1_ball: tuple[np.ndarray, float] | None = None,
+           presolve: bool = True) -> tuple[np.ndarray | None, float]:
     """The point of the region farthest (in Linf) from the pattern's switching boundaries, by one LP.
 
     `pattern` may cover only the first hidden layers (then `layers` holds those and the next one).
-    Returns it with its margin t (None and -inf if the LP fails): t >= 0 means the pattern is met
-    in the closed region, t > 0 that g is differentiable at the point.
+    `l1_ball` (centre, radius) also keeps the point in that L1 ball. Returns it with its margin t
+    (None and -inf if the LP fails): t >= 0 means the pattern is met in the closed region, t > 0
+    that g is differentiable at the point.
     """
     matrix, offset = margin_rows(layers, pattern)
-    if matrix.shape[0] == 0:
+    if matrix.shape[0] == 0 and l1_ball is None:
         return (lower + upper) / 2.0, np.inf
     model = Model()
     x = model.add_vars(lower, upper, lower.size)
     t = model.add_vars(-np.inf, float(np.max(upper - lower, initial=0.0)) + 1.0, 1)
     model.add_rows([(matrix, x), (-np.ones(matrix.shape[0]), np.full(matrix.shape[0], t[0]))], -offset, np.inf)
-    outcome = model.solve([(-np.ones(1), t)])
+    if l1_ball is not None:
+        x0, radius = l1_ball
+        dist = add_l1_distance(model, x, x0, lower, upper)
+        model.add_rows([(np.ones((1, x0.size)), dist)], -np.inf, radius)
+    outcome = model.solve([(-np.ones(1), t)], presolve=presolve)
     if outcome.x is None:
         return None, -np.inf
     point = outcome.x[x]
-    return point, float(np.min(matrix @ point + offset))
+    return point, float(np.min(matrix @ point + offset, initial=np.inf))
 
 
 def region_margin(layers: Layers, pattern: list[np.ndarray], x: np.ndarray) -> float:
