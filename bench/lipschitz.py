@@ -26,7 +26,10 @@ CROWN-certified radius and at twice it. Per pair: the largest gradient norms fou
 (`--search_steps` steps, as `collect_gradients.py --search_steps`; the larger is "found"),
 the Fast-Lip and the new bounds in all three dual norms,
 proven/found, the CROWN radius, the radius the Lipschitz bound proves over the CROWN-radius ball,
-and the seconds of each step.
+and the seconds of each step. `--radius_from CSV` puts the balls at the CROWN radii of an earlier
+run's rows instead (`earlier_crown_radius`; e.g. docs/lipschitz_cnn.csv), so that a change to the
+certifier is measured on the same balls, and its radius against the earlier one (`radius_gain`).
+`--optimize SECONDS` also pushes each image's radii with optimised slopes (`optimized_radius`).
 
 `--part cost`: the default `--certify` of the issue's cost goal, `collect_gradients.py -n 1
 --target_type 5 --certify` (MNIST CNN, image 0, top-2 and least likely, three norms and the
@@ -180,6 +183,14 @@ def searched_norms(searcher, x: np.ndarray, c: int, t: int, radius: float, steps
     return np.array([gi, g2, g1], dtype=np.float64)
 
 
+def earlier_radii(path: str | None) -> dict:
+    """(dataset, image, target) -> the CROWN radius of an earlier run's rows (`--radius_from`)."""
+    if not path:
+        return {}
+    with open(path, newline="") as f:
+        return {(r["dataset"], int(r["image"]), int(r["target"])): float(r["crown_radius"]) for r in csv.DictReader(f)}
+
+
 def cnn_rows(args) -> list[dict]:
     from cleverscore.certify import certified_radius, from_keras
     from cleverscore.certify.crown import prepare
@@ -191,7 +202,7 @@ def cnn_rows(args) -> list[dict]:
     from cleverscore.running.bounds import CERTIFY_MEMORY_CAP, lipschitz_radius
     from cleverscore.sampling.estimator import EstimateLipschitz
 
-    rows = []
+    rows, earlier = [], earlier_radii(args.radius_from)
     for dataset in args.datasets.split(","):
         data = load_dataset(dataset, args.data_dir if dataset == "mnist" else args.cifar_dir)
         model = load_zoo_model(dataset, "normal")
@@ -204,10 +215,15 @@ def cnn_rows(args) -> list[dict]:
             budget = BUDGET if dataset == "mnist" else CERTIFY_MEMORY_CAP
             crown = certified_radius(graph, x, c, targets, LINF, memory_budget=budget).radii
             crown_s = time.perf_counter() - begin
+            optimized = certified_radius(graph, x, c, targets, LINF, memory_budget=budget,
+                                         optimize_seconds=args.optimize).radii if args.optimize > 0 else crown
             logits = model(x[None]).numpy()[0].astype(np.float64)
             for k, t in enumerate(targets):
+                basis = earlier.get((dataset, image, int(t)), float(crown[k])) if earlier else float(crown[k])
+                if earlier and (dataset, image, int(t)) not in earlier:
+                    print(f"[INFO] {dataset} image {image} target {t}: no earlier radius; the balls use this run's")
                 for factor in (1.0, 2.0):
-                    radius = float(crown[k]) * factor
+                    radius = basis * factor
                     problem = prepare(graph, x, c, [t])
                     begin = time.perf_counter()
                     forward = problem.propagate(np.array([radius]), LINF, budget)
@@ -222,6 +238,8 @@ def cnn_rows(args) -> list[dict]:
                         raise SystemExit(f"UNSOUND: {dataset} image {image} target {t}: {bound} below found {found}")
                     row = {"dataset": dataset, "image": image, "target": t, "info": "top2" if k == 0 else "least",
                            "factor": factor, "radius": radius, "crown_radius": float(crown[k]),
+                           "earlier_crown_radius": basis, "radius_gain": float(crown[k]) / basis,
+                           "optimized_radius": float(optimized[k]),
                            "lipschitz_radius": lipschitz_radius(logits[c] - logits[t], bound[2], radius),
                            "crown_s": crown_s / len(targets), "lipschitz_s": new_s}
                     for q, col in (("inf", 0), ("2", 1), ("1", 2)):
@@ -292,6 +310,12 @@ def summarise_cnn(rows: list[dict]) -> None:
                   f"{np.median([r['lipschitz_radius'] / r['crown_radius'] for r in sel]):.3g}; seconds per pair: "
                   f"CROWN radius {np.median([r['crown_s'] for r in sel]):.1f}, Lipschitz bounds "
                   f"{np.median([r['lipschitz_s'] for r in sel]):.1f}")
+        sel = [r for r in rows if r["dataset"] == dataset and r["factor"] == 1.0]
+        gains = np.array([r["radius_gain"] for r in sel])
+        optimized = np.array([r["optimized_radius"] / r["earlier_crown_radius"] for r in sel])
+        print(f"{dataset} CNN radius / the balls' (earlier) CROWN radius: median {np.median(gains):.4g} "
+              f"(range {gains.min():.4g}-{gains.max():.4g}); with optimised slopes median {np.median(optimized):.4g} "
+              f"(range {optimized.min():.4g}-{optimized.max():.4g})")
 
 
 def main() -> None:
@@ -311,6 +335,10 @@ def main() -> None:
     p.add_argument("--search_steps", type=int, default=50,
                    help="steps of the gradient-norm search for the found end (--part cnn: 0 for sampled points "
                         "only; --part mlp: 0 for the MILP's alone)")
+    p.add_argument("--radius_from", default=None,
+                   help="--part cnn: balls at the CROWN radii of this earlier CSV's rows (same dataset, image, target)")
+    p.add_argument("--optimize", type=float, default=0.0,
+                   help="--part cnn: seconds per image of optimised slopes for the radius (optimized_radius)")
     p.add_argument("--datasets", default="mnist", help="--part cnn: comma-separated datasets (mnist, cifar)")
     p.add_argument("--data_dir", default=None)
     p.add_argument("--cifar_dir", default=None)

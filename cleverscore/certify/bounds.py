@@ -29,9 +29,11 @@ from cleverscore.norms import LpNorm
 
 from .concretize import concretize_lower, feasible_offsets
 from .cuts import Cuts, cut_lower, cuts_from_linear_bounds
+from .dominance import window_order
 from .graph import Graph
 from .ops import Activation, Interval, LinearOperator
 from .ops.base import expand_spec, sum_spec
+from .ops.pooling import MaxPooling2D, WindowOrder
 from .patches import Patches, negate_and_stack, patch_sum, unit_patches
 from .results import CROWN, ELEMENTWISE, INTERVAL, TRUNCATED, LayerReport
 
@@ -67,12 +69,19 @@ class BoundPropagation:
             CROWN bounds in the input, `cuts.py`) and bounds every later pass over the ball and
             the cuts, with this many projected steps on the cuts' multipliers per pass (a pass
             whose coefficients reach the input on windows stays uncut).
+        within_orders: max pooling node -> the `WindowOrder` proven over balls that contain these
+            (as `within`); its dominated entries are not tested again.
+        order_windows: False leaves max pooling windows unordered (interval facts alone; for comparison).
+
+    Max pooling windows are ordered before their node is bounded (`dominance.py`): entries that
+    never exceed the window's chosen entry over the ball drop out of its relaxation (`orders`).
     """
 
     def __init__(self, graph: Graph, x0: tf.Tensor, radius: tf.Tensor, norm: LpNorm, box: Interval,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True, patches: bool = True,
                  within: list[Interval | None] | None = None, clamps: dict[int, Interval] | None = None,
-                 cut_steps: int = 0):
+                 cut_steps: int = 0, within_orders: dict[int, WindowOrder | None] | None = None,
+                 order_windows: bool = True):
         self.graph = graph
         self.x0 = x0
         self.radius = radius
@@ -87,6 +96,10 @@ class BoundPropagation:
         self.clamps = clamps or {}
         self.cut_steps = cut_steps
         self.cuts: Cuts | None = None
+        self.within_orders = within_orders or {}
+        self.order_windows = order_windows
+        self.orders: dict[int, WindowOrder | None] = {}
+        self._centre: list[tf.Tensor] | None = None
         self.bounds: list[Interval | None] = [None] * len(graph.nodes)
         self._relaxations: dict[int, object] = {}
         self.reports: list[LayerReport] = []
@@ -95,7 +108,9 @@ class BoundPropagation:
     def _run(self) -> None:
         self.bounds[0] = Interval(self.x0 + self.offsets.lo, self.x0 + self.offsets.hi)
         for i, node in enumerate(self.graph.nodes[1:], start=1):
-            self.bounds[i] = node.op.interval(*[self.bounds[j] for j in node.inputs])
+            if self.order_windows and isinstance(node.op, MaxPooling2D):
+                self.orders[i] = window_order(self, i, self.within_orders.get(i))
+            self.bounds[i] = node.op.interval(*[self.bounds[j] for j in node.inputs], **self.op_facts(i))
             if self.within is not None and self.within[i] is not None:
                 self.bounds[i] = _intersect(self.bounds[i], self.within[i])
             if i in self.clamps:
@@ -104,6 +119,17 @@ class BoundPropagation:
                     self._add_cuts(i)
             if self.graph.needs_bounds(i):
                 self._refine(i)
+
+    def op_facts(self, i: int) -> dict:
+        """Keyword arguments of node i's operator beyond its input bounds: a max pooling's proven `order`."""
+        order = self.orders.get(i)
+        return {} if order is None else {"order": order}
+
+    def centre_values(self) -> list[tf.Tensor]:
+        """Every node's value (1, *shape) at the centre of the balls."""
+        if self._centre is None:
+            self._centre = self.graph.forward_all(self.x0[None])
+        return self._centre
 
     def _wanted(self, i: int, bounds: Interval) -> tuple[tf.Tensor, tf.Tensor]:
         """Which neurons of node i (B, *shape) nonlinear operators downstream want tight bounds on.
@@ -281,7 +307,7 @@ class BoundPropagation:
         """The linear relaxation of node i on its (final) input bounds, computed once; for some of the problems."""
         if i not in self._relaxations:
             node = self.graph.nodes[i]
-            self._relaxations[i] = node.op.relax(*[self.bounds[j] for j in node.inputs])
+            self._relaxations[i] = node.op.relax(*[self.bounds[j] for j in node.inputs], **self.op_facts(i))
         relaxation = self._relaxations[i]
         if relaxation is None or problems == slice(None):
             return relaxation

@@ -90,7 +90,7 @@ def default_multipliers(forward: BoundPropagation) -> dict[int, Interval]:
     graph, out = forward.graph, {}
     for m, node in enumerate(graph.nodes[1:], start=1):
         if node.op.nonlinear:
-            mult = node.op.gradient_multipliers(*[forward.bounds[j] for j in node.inputs])
+            mult = node.op.gradient_multipliers(*[forward.bounds[j] for j in node.inputs], **forward.op_facts(m))
             out[m] = Interval(expand_spec(mult.lo), expand_spec(mult.hi))
     return out
 
@@ -503,7 +503,8 @@ def _clamped_forward(forward: BoundPropagation, fixed: Sequence[dict], relu_inpu
               for j in lows if np.isfinite(lows[j]).any() or np.isfinite(highs[j]).any()}
     radius = tf.fill((len(fixed),), forward.radius[0])
     return BoundPropagation(forward.graph, forward.x0, radius, forward.norm, forward.box, memory_budget,
-                            forward.crown, forward.patches, within=forward.bounds, clamps=clamps, cut_steps=cut_steps)
+                            forward.crown, forward.patches, within=forward.bounds, clamps=clamps, cut_steps=cut_steps,
+                            within_orders=forward.orders)
 
 
 def _crossed(forward: BoundPropagation) -> np.ndarray:

@@ -42,7 +42,7 @@ def gradient_interval(bp: BoundPropagation, spec: tf.Tensor) -> Interval:
         if m not in pending:
             continue
         node = graph.nodes[m]
-        upstream = node.op.gradient_backward(pending.pop(m), *[bp.bounds[j] for j in node.inputs])
+        upstream = node.op.gradient_backward(pending.pop(m), *[bp.bounds[j] for j in node.inputs], **bp.op_facts(m))
         for j, g in zip(node.inputs, upstream):
             pending[j] = Interval(pending[j].lo + g.lo, pending[j].hi + g.hi) if j in pending else g
     if 0 not in pending:

@@ -1,15 +1,20 @@
 """Pooling: max pooling (nonlinear), average and global average pooling (linear).
 
 Max pooling over non-overlapping windows (strides equal to the pool size, as in the zoo and
-in auto_LiRPA's relaxation). In each window with input bounds [l_i, u_i], let s be the entry
-with the largest lower bound. Then y = max_i x_i >= x_s always; and y <= x_s when l_s is at
-least every other entry's upper bound (the window is stable: s is always the maximum), else
-y <= max_i u_i, a constant. For gradients, a stable window routes the gradient to s; otherwise
-any entry whose upper bound reaches l_s may be the maximum and receives an interval that holds
-both 0 and the incoming gradient.
+in auto_LiRPA's relaxation). In each window with input bounds [l_i, u_i], let s be the chosen
+entry: the one with the largest lower bound (ties: the one that reaches highest), or, given a
+`WindowOrder`, the entry largest at the centre of the ball. Then y = max_i x_i >= x_s always.
+Another entry k is a candidate, i.e. may be the strict maximum, if u_k > l_s and no order proves
+x_s >= x_k over the ball (`certify/dominance.py`). Without a candidate the window is stable and
+y = x_s. With one candidate k whose gap x_k - x_s the order bounds in [g_lo, g_hi] around 0,
+y = x_s + relu(x_k - x_s) <= that ReLU's chord; otherwise y <= max u_i over s and the candidates,
+a constant. For gradients, a stable window routes the gradient to s; otherwise s and each
+candidate may receive it.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +22,17 @@ import tensorflow as tf
 from ..patches import Patches, patch_sum
 from .base import Interval, Operator, expand_spec, fold_spec, lower_product_line, sum_spec, unfold_spec
 from .linear import LinearOperator
+
+
+class WindowOrder(NamedTuple):
+    """What a max pooling's windows are known to keep over a ball: in every window, entry `chosen` (Ho, Wo, C)
+    is at least each entry marked in `dominated` (B or 1, Ho, Wo, C, k), which so is never the strict maximum;
+    and, where given, x_k - x_s lies in [gap_lo, gap_hi] (B or 1, Ho, Wo, C, k) for every entry k."""
+
+    chosen: tf.Tensor
+    dominated: tf.Tensor
+    gap_lo: tf.Tensor | None = None
+    gap_hi: tf.Tensor | None = None
 
 
 class MaxPooling2D(Operator):
@@ -44,9 +60,6 @@ class MaxPooling2D(Operator):
     def forward(self, x: tf.Tensor) -> tf.Tensor:
         return tf.nn.max_pool2d(x, self.pool, self.pool, self.padding)
 
-    def interval(self, bounds: Interval) -> Interval:
-        return Interval(self.forward(bounds.lo), self.forward(bounds.hi))
-
     def _windows(self, t: tf.Tensor, fill: float) -> tf.Tensor:
         """(N, H, W, C) -> (N, Ho, Wo, C, ph*pw); 'same' padding entries hold `fill`, 'valid' drops the rest."""
         (ho, wo), (ph, pw) = self.out_hw, self.pool
@@ -67,14 +80,30 @@ class MaxPooling2D(Operator):
             return t[:, self.pads[0][0]:self.pads[0][0] + h, self.pads[1][0]:self.pads[1][0] + w, :]
         return tf.pad(t, [[0, 0], [0, h - ho * ph], [0, w - wo * pw], [0, 0]])
 
-    def _window_facts(self, bounds: Interval) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Per window: one-hot of the entry s with the largest lower bound, l_s, stability, max upper bound."""
+    def _window_facts(self, bounds: Interval, order: WindowOrder | None = None
+                      ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Per window: one-hot of the chosen entry s, l_s, stability, the upper bounds, and the candidates (the
+        other entries that may be the strict maximum)."""
         lo_w = self._windows(bounds.lo, float("-inf"))
         hi_w = self._windows(bounds.hi, float("-inf"))
-        chosen = tf.one_hot(tf.argmax(lo_w, axis=-1), lo_w.shape[-1], dtype=lo_w.dtype)
-        lo_chosen = tf.reduce_max(lo_w, axis=-1)
-        hi_others = tf.reduce_max(tf.where(chosen > 0, tf.cast(float("-inf"), hi_w.dtype), hi_w), axis=-1)
-        return chosen, lo_chosen, lo_chosen >= hi_others, hi_w
+        lowest = tf.cast(float("-inf"), hi_w.dtype)
+        if order is None:
+            # Ties in the lower bound are common (ReLU outputs at 0): the entry that can reach highest.
+            top = tf.reduce_max(lo_w, axis=-1, keepdims=True)
+            pick = tf.argmax(tf.where(lo_w >= top, hi_w, lowest), axis=-1)
+            dominated = tf.zeros_like(lo_w, dtype=tf.bool)
+        else:
+            pick, dominated = tf.broadcast_to(order.chosen, tf.shape(lo_w)[:-1]), order.dominated
+        chosen = tf.one_hot(pick, lo_w.shape[-1], dtype=lo_w.dtype)
+        lo_chosen = tf.reduce_max(tf.where(chosen > 0, lo_w, lowest), axis=-1)
+        candidates = (hi_w > tf.expand_dims(lo_chosen, -1)) & (chosen == 0) & ~dominated
+        return chosen, lo_chosen, ~tf.reduce_any(candidates, axis=-1), hi_w, candidates
+
+    def interval(self, bounds: Interval, order: WindowOrder | None = None) -> Interval:
+        """max l_i <= y <= max u_i over s and the candidates (the others never exceed x_s)."""
+        chosen, _, _, hi_w, candidates = self._window_facts(bounds, order)
+        hi = tf.reduce_max(tf.where(candidates | (chosen > 0), hi_w, tf.cast(float("-inf"), hi_w.dtype)), axis=-1)
+        return Interval(self.forward(bounds.lo), hi)
 
     def refine_mask(self, bounds: Interval) -> tf.Tensor:
         """Entries that may be the maximum of a window that is not stable: only their bounds shape the relaxation.
@@ -82,21 +111,38 @@ class MaxPooling2D(Operator):
         In a stable window the relaxation is exact, and an entry whose upper bound is below the
         chosen entry's lower bound never matters; tighter bounds keep both facts true.
         """
-        _, lo_chosen, stable, hi_w = self._window_facts(bounds)
-        matters = (hi_w >= tf.expand_dims(lo_chosen, -1)) & ~tf.expand_dims(stable, -1)
+        chosen, _, stable, _, candidates = self._window_facts(bounds)
+        matters = (candidates | (chosen > 0)) & ~tf.expand_dims(stable, -1)
         flat = tf.reshape(tf.cast(matters, bounds.lo.dtype), (-1, *matters.shape[1:]))
         return self._unwindow(flat) > 0
 
-    def relax(self, bounds: Interval) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        chosen, _, stable, hi_w = self._window_facts(bounds)
-        constant = tf.where(stable, tf.zeros_like(hi_w[..., 0]), tf.reduce_max(hi_w, axis=-1))
-        return expand_spec(chosen), expand_spec(tf.cast(stable, chosen.dtype)), expand_spec(constant)
+    def relax(self, bounds: Interval, order: WindowOrder | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(one-hot of s, upper weights, upper constant): x_s <= y <= upper weights . x + constant.
+
+        Stable: y = x_s. One candidate k with x_k - x_s in [g_lo, g_hi] (g_lo < 0 < g_hi, from an order):
+        y = x_s + relu(x_k - x_s), and the ReLU's chord gives y <= (1 - lam) x_s + lam x_k - lam g_lo with
+        lam = g_hi / (g_hi - g_lo), which keeps how y moves with its inputs. Otherwise the constant upper bound.
+        """
+        chosen, _, stable, _, candidates = self._window_facts(bounds, order)
+        top = self.interval(bounds, order).hi
+        weights = tf.where(tf.expand_dims(stable, -1), chosen, tf.zeros_like(chosen))
+        constant = tf.where(stable, tf.zeros_like(top), top)
+        if order is not None and order.gap_lo is not None:
+            picked = tf.cast(candidates, chosen.dtype)
+            g_lo = tf.reduce_sum(tf.where(candidates, order.gap_lo, tf.zeros_like(order.gap_lo)), axis=-1)
+            g_hi = tf.reduce_sum(tf.where(candidates, order.gap_hi, tf.zeros_like(order.gap_hi)), axis=-1)
+            chord = (tf.reduce_sum(picked, axis=-1) == 1) & (g_lo < 0) & (g_hi > 0)
+            lam = tf.where(chord, g_hi / tf.where(chord, g_hi - g_lo, tf.ones_like(g_hi)), tf.zeros_like(g_hi))
+            weights = tf.where(tf.expand_dims(chord, -1), (1 - lam[..., None]) * chosen + lam[..., None] * picked,
+                               weights)
+            constant = tf.where(chord, -lam * g_lo, constant)
+        return expand_spec(chosen), expand_spec(weights), expand_spec(constant)
 
     def backward(self, a: tf.Tensor, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[tf.Tensor], tf.Tensor]:
-        chosen, stable, constant = relaxation
+        chosen, weights, constant = relaxation
         constant = sum_spec(tf.minimum(a, 0) * constant)
-        # Both relaxations select x_s, except the upper one of an unstable window (a constant).
-        coef = tf.expand_dims(tf.where((a >= 0) | (stable > 0), a, 0), -1) * chosen
+        # A positive coefficient takes the lower bound x_s, a negative one the upper bound.
+        coef = tf.expand_dims(tf.nn.relu(a), -1) * chosen + tf.expand_dims(tf.minimum(a, 0), -1) * weights
         flat, lead = fold_spec(coef, 4)
         return [unfold_spec(self._unwindow(flat), lead)], constant
 
@@ -104,13 +150,10 @@ class MaxPooling2D(Operator):
         return ph * self.pool[0], pw * self.pool[1]
 
     def patch_backward(self, p: Patches, relaxation: tuple[tf.Tensor, ...]) -> tuple[list[Patches], tf.Tensor]:
-        chosen, stable, constant = relaxation
-        k = chosen.shape[-1]
-        chosen = p.gather(tf.reshape(chosen, (-1, *chosen.shape[2:4], chosen.shape[4] * k)))
-        chosen = tf.reshape(chosen, tf.concat([tf.shape(chosen)[:4], [self.in_shape[-1], *self.pool]], 0))
-        stable, constant = p.gather(stable), p.gather(constant)
-        total = patch_sum(Patches(tf.minimum(p.a, 0), p.top, p.left, p.map_shape), constant)
-        coef = tf.where((p.a >= 0) | (stable > 0), p.a, 0)[..., None, None] * chosen
+        chosen, weights, constant = relaxation
+        chosen, weights = self._gather_windows(p, chosen), self._gather_windows(p, weights)
+        total = patch_sum(Patches(tf.minimum(p.a, 0), p.top, p.left, p.map_shape), p.gather(constant))
+        coef = tf.nn.relu(p.a)[..., None, None] * chosen + tf.minimum(p.a, 0)[..., None, None] * weights
         coef = tf.transpose(coef, (0, 1, 2, 5, 3, 6, 4))                 # (B, S, ph, p1, pw, p2, C)
         ph, pw = self.patch_window(*p.window)
         coef = tf.reshape(coef, tf.concat([tf.shape(coef)[:2], [ph, pw, self.in_shape[-1]]], 0))
@@ -118,11 +161,17 @@ class MaxPooling2D(Operator):
         left = p.left * self.pool[1] - self.pads[1][0]
         return [p.moved(coef, top, left, self.in_shape)], total
 
-    def gradient_multipliers(self, bounds: Interval) -> Interval:
+    def _gather_windows(self, p: Patches, per_entry: tf.Tensor) -> tf.Tensor:
+        """Per-entry window values (B, 1, Ho, Wo, C, k) read on each row's window: (B, S, h, w, C, ph, pw)."""
+        k = per_entry.shape[-1]
+        read = p.gather(tf.reshape(per_entry, (-1, *per_entry.shape[2:4], per_entry.shape[4] * k)))
+        return tf.reshape(read, tf.concat([tf.shape(read)[:4], [self.in_shape[-1], *self.pool]], 0))
+
+    def gradient_multipliers(self, bounds: Interval, order: WindowOrder | None = None) -> Interval:
         """Per input entry: 1 for the maximum of a stable window, [0, 1] for an entry that may be the maximum of an
         unstable window, 0 otherwise (the constraint that a window routes to one entry is given up)."""
-        chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
-        maybe_max = tf.cast(hi_w >= tf.expand_dims(lo_chosen, -1), hi_w.dtype)
+        chosen, _, stable, _, candidates = self._window_facts(bounds, order)
+        maybe_max = tf.cast(candidates | (chosen > 0), chosen.dtype)
         stable = tf.expand_dims(stable, -1)
         lo = tf.where(stable, chosen, tf.zeros_like(chosen))
         hi = tf.where(stable, chosen, maybe_max)
@@ -238,9 +287,9 @@ class MaxPooling2D(Operator):
         line = lower_product_line(Interval(lowest, highest), g)
         return line.slope, sum_spec(line.constant)
 
-    def gradient_backward(self, g: Interval, bounds: Interval) -> list[Interval]:
-        chosen, lo_chosen, stable, hi_w = self._window_facts(bounds)
-        maybe_max = tf.cast(hi_w >= tf.expand_dims(lo_chosen, -1), hi_w.dtype)
+    def gradient_backward(self, g: Interval, bounds: Interval, order: WindowOrder | None = None) -> list[Interval]:
+        chosen, _, stable, _, candidates = self._window_facts(bounds, order)
+        maybe_max = tf.cast(candidates | (chosen > 0), chosen.dtype)
         chosen, maybe_max = expand_spec(chosen), expand_spec(maybe_max)
         stable = expand_spec(tf.expand_dims(stable, -1))
         g_lo, g_hi = tf.expand_dims(g.lo, -1), tf.expand_dims(g.hi, -1)

@@ -1,0 +1,114 @@
+"""Which entries of a max-pooling window can never be its maximum over the ball.
+
+Interval bounds compare the entries of a window one bound at a time: entry k may be the maximum
+whenever its upper bound reaches the chosen entry's lower bound. But the entries of a window
+share most of their inputs and move together, so z_s - z_k can stay positive over the whole ball
+while the intervals of z_s and z_k overlap. One CROWN pass bounds such differences directly: an
+objective per pair on the window, through the layers below.
+
+In each window, s is the entry largest at the centre of the ball (the same for every ball around
+it, so all problems share the pairs). A lower bound of z_s - z_k above 0 proves that k is never
+the strict maximum. When the pool reads a monotone activation y = f(z), the difference is taken on
+z: z_s > z_k gives f(z_s) >= f(z_k), and where the two tie, f is flat between them, so a gradient
+routed to either is zero. A window left with s alone is stable: y = x_s, and its gradient goes
+to s (`ops/pooling.py`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .ops import Activation
+from .ops.activation import BoundedReLU, ReLU
+from .ops.pooling import MaxPooling2D, WindowOrder
+from .patches import Patches
+
+# Between these, y_k - y_s lies within [-relu(z_s - z_k), relu(z_k - z_s)]: monotone and 1-Lipschitz.
+_ONE_LIPSCHITZ = (ReLU, BoundedReLU)
+
+
+def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | None:
+    """The order proven over the balls of `bp` (a BoundPropagation whose nodes below i are bounded) for max pooling
+    node i; `known` holds what was proven over balls containing these. None without CROWN."""
+    graph = bp.graph
+    op: MaxPooling2D = graph.nodes[i].op
+    source = graph.nodes[i].inputs[0]
+    activation = graph.nodes[source].op if isinstance(graph.nodes[source].op, Activation) else None
+    compared = graph.nodes[source].inputs[0] if activation is not None else source
+    if not bp.crown or compared == 0:
+        return known
+    centre = bp.centre_values()[compared]
+    chosen = tf.argmax(op._windows(centre, float("-inf")), axis=-1, output_type=tf.int32)[0]
+    gap_lo, gap_hi = _interval_gaps(op, bp.bounds[source], chosen)
+    dominated = np.zeros(gap_lo.shape, bool)
+    if known is not None:
+        dominated |= known.dominated.numpy()
+        gap_lo, gap_hi = np.maximum(gap_lo, known.gap_lo.numpy()), np.minimum(gap_hi, known.gap_hi.numpy())
+    *_, candidates = op._window_facts(bp.bounds[source], WindowOrder(chosen, tf.constant(dominated)))
+    pairs = np.argwhere(tf.reduce_any(candidates, axis=0).numpy())          # (n, 4): window row, column, channel, k
+    if len(pairs):
+        lower = _pair_lower_bounds(bp, op, compared, chosen.numpy(), pairs)
+        below, above = lower[:, :len(pairs)], lower[:, len(pairs):]          # of z_s - z_k, of z_k - z_s
+        at = (slice(None), pairs[:, 0], pairs[:, 1], pairs[:, 2], pairs[:, 3])
+        dominated[at] |= below > 0
+        if activation is None:
+            gap_hi[at], gap_lo[at] = np.minimum(gap_hi[at], -below), np.maximum(gap_lo[at], above)
+        elif isinstance(activation, _ONE_LIPSCHITZ):
+            gap_hi[at] = np.minimum(gap_hi[at], np.maximum(-below, 0.0))
+            gap_lo[at] = np.maximum(gap_lo[at], -np.maximum(-above, 0.0))
+    dtype = graph.dtype
+    return WindowOrder(chosen, tf.constant(dominated), tf.constant(gap_lo, dtype), tf.constant(gap_hi, dtype))
+
+
+def _interval_gaps(op: MaxPooling2D, bounds, chosen: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(B, Ho, Wo, C, k) interval bounds of x_k - x_s in the pool's input ('same' padding entries: -inf)."""
+    lo_w = op._windows(bounds.lo, float("-inf")).numpy()
+    hi_w = op._windows(bounds.hi, float("-inf")).numpy()
+    s = chosen.numpy()[None, ..., None]
+    lo_s, hi_s = np.take_along_axis(lo_w, s, -1), np.take_along_axis(hi_w, s, -1)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(lo_w - hi_s, nan=-np.inf), np.nan_to_num(hi_w - lo_s, nan=-np.inf)
+
+
+def _pair_lower_bounds(bp, op: MaxPooling2D, node: int, chosen: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(B, 2n) lower bounds of z_s - z_k, then of z_k - z_s, over each ball for the pairs (window, k) of node
+    `node`'s map: the larger of CROWN's (in passes that fit the memory budget) and the intervals'."""
+    ph, pw = op.pool
+    top_pad, left_pad = op._pad_offsets()
+    s = chosen[pairs[:, 0], pairs[:, 1], pairs[:, 2]]
+    a = np.zeros((len(pairs), ph, pw, bp.graph.nodes[node].shape[-1]), bp.graph.dtype.as_numpy_dtype)
+    rows = np.arange(len(pairs))
+    a[rows, s // pw, s % pw, pairs[:, 2]] += 1.0
+    a[rows, pairs[:, 3] // pw, pairs[:, 3] % pw, pairs[:, 2]] -= 1.0
+    a = np.concatenate([a, -a])
+    top = np.tile((pairs[:, 0] * ph - top_pad).astype(np.int64), 2)
+    left = np.tile((pairs[:, 1] * pw - left_pad).astype(np.int64), 2)
+    shape = tuple(bp.graph.nodes[node].shape)
+    interval = _interval_differences(bp.bounds[node], top, left, a, shape)
+    per_row = bp.crown_bytes(node, max(1, ph * pw // 2))
+    if per_row > bp.memory_budget:
+        return interval
+    group = bp.batch if per_row * bp.batch <= bp.memory_budget else max(1, bp.memory_budget // per_row)
+    chunk = max(1, bp.memory_budget // (per_row * group))
+    out = []
+    for first in range(0, bp.batch, group):
+        problems = slice(first, min(bp.batch, first + group))
+        b = problems.stop - problems.start
+        parts = []
+        for start in range(0, len(a), chunk):
+            piece = slice(start, start + chunk)
+            coefficients = tf.broadcast_to(tf.constant(a[piece])[None], (b, *a[piece].shape))
+            p = Patches(coefficients, top[piece], left[piece], shape)
+            parts.append(bp.backward_lower(node, p if bp.patches else p.dense(), problems=problems))
+        out.append(tf.concat(parts, axis=1))
+    return np.maximum(tf.concat(out, axis=0).numpy(), interval)
+
+
+def _interval_differences(bounds, top: np.ndarray, left: np.ndarray, a: np.ndarray, shape) -> np.ndarray:
+    """(B, n) lower bounds of each row's difference from the node's interval bounds."""
+    p = Patches(tf.constant(a)[None], top, left, tuple(shape))
+    lo, hi = p.gather(bounds.lo), p.gather(bounds.hi)                       # (B, n, ph, pw, C)
+    coefficients = tf.constant(a)[None]
+    low = tf.where(coefficients > 0, coefficients * lo, coefficients * hi)
+    return tf.reduce_sum(tf.reshape(low, (tf.shape(low)[0], len(top), -1)), axis=-1).numpy()
