@@ -48,9 +48,11 @@ class Problem:
     box: Interval            # broadcast to the input shape
 
     def propagate(self, radii: np.ndarray, norm: LpNorm, memory_budget: int, crown: bool = True,
-                  patches: bool = True, within: list[Interval | None] | None = None) -> BoundPropagation:
+                  patches: bool = True, within: list[Interval | None] | None = None,
+                  within_orders: dict | None = None) -> BoundPropagation:
         radius = tf.constant(np.asarray(radii, dtype=self.graph.dtype.as_numpy_dtype).reshape(-1))
-        return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches, within)
+        return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches, within,
+                                within_orders=within_orders)
 
     def margins_at_x0(self) -> np.ndarray:
         logits = self.graph.forward(self.x0[None])[0].numpy()
@@ -157,18 +159,23 @@ class _OuterBounds:
     A probe below a radius already propagated lies in a ball that contains its own, so that
     pass's bounds are sound for it too (`BoundPropagation`'s `within`): the closest larger radius
     gives the tightest. Only radii that are some target's failing end are kept: every later probe
-    of that target lies below it, and the bounds of a deep CNN are megabytes per probe.
+    of that target lies below it, and the bounds of a deep CNN are megabytes per probe. The max
+    poolings' window orders are kept with them (`within_orders`).
     """
 
     def __init__(self) -> None:
-        self.kept: dict[float, list[Interval | None]] = {}
+        self.kept: dict[float, tuple[list[Interval | None], dict]] = {}
 
-    def around(self, radius: float) -> list[Interval | None] | None:
+    def around(self, radius: float) -> dict:
+        """Keyword arguments `within` and `within_orders` for a probe at this radius (empty: none larger kept)."""
         larger = [r for r in self.kept if r >= radius]
-        return self.kept[min(larger)] if larger else None
+        if not larger:
+            return {}
+        bounds, orders = self.kept[min(larger)]
+        return {"within": bounds, "within_orders": orders}
 
     def add(self, radius: float, bp: BoundPropagation, failing_ends: np.ndarray) -> None:
-        self.kept[radius] = bp.bounds
+        self.kept[radius] = (bp.bounds, bp.orders)
         ends = set(failing_ends[np.isfinite(failing_ends)].tolist())
         self.kept = {r: b for r, b in self.kept.items() if r in ends}
 
@@ -326,7 +333,7 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
     runs, evaluations, outer = [], 0, _OuterBounds()
     while search.active.any() and evaluations < _EVALUATIONS_PER_TARGET * len(margins) and top > 0:
         probe, own = search.next_probe()
-        bp = problem.propagate(np.array([probe]), norm, memory_budget, within=outer.around(probe))
+        bp = problem.propagate(np.array([probe]), norm, memory_budget, **outer.around(probe))
         search.record(probe, _margin_lower(bp, problem.spec[None])[0], own)
         outer.add(probe, bp, search.hi)
         runs.append(tuple(bp.reports))
@@ -374,8 +381,7 @@ class _SlopeExtension:
             with np.errstate(divide="ignore"):
                 width = np.where(np.isfinite(self.hi[active]), np.log(self.hi[active] / self.lo[active]), np.inf)
             probe = float(self._probes()[active[np.argmax(width)]])
-            bp = self.problem.propagate(np.array([probe]), self.norm, self.memory_budget,
-                                        within=self.outer.around(probe))
+            bp = self.problem.propagate(np.array([probe]), self.norm, self.memory_budget, **self.outer.around(probe))
             left = max(0.0, deadline - time.perf_counter())
             # The optimisation's first step is CROWN's own bound, so only the interval bound is added.
             optimized = optimized_lower(bp, self.problem.spec[None], left)[0][0]
