@@ -26,6 +26,7 @@ from .patches import Patches
 
 # Between these, y_k - y_s lies within [-relu(z_s - z_k), relu(z_k - z_s)]: monotone and 1-Lipschitz.
 _ONE_LIPSCHITZ = (ReLU, BoundedReLU)
+_SAMPLED_PAIRS = 256
 
 
 def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | None:
@@ -47,16 +48,29 @@ def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | 
         gap_lo, gap_hi = np.maximum(gap_lo, known.gap_lo.numpy()), np.minimum(gap_hi, known.gap_hi.numpy())
     *_, candidates = op._window_facts(bp.bounds[source], WindowOrder(chosen, tf.constant(dominated)))
     pairs = np.argwhere(tf.reduce_any(candidates, axis=0).numpy())          # (n, 4): window row, column, channel, k
+    # On a ball too large for any order (the original's L2 sampling ball on the MNIST CNN: 0 of 16,896
+    # pairs proven), a spread-out sample of the pairs says so for a small part of the cost.
+    lower = np.full((bp.batch, len(pairs)), -np.inf)
+    tested = np.zeros(len(pairs), bool)
     if len(pairs):
-        lower = _pair_lower_bounds(bp, op, compared, chosen.numpy(), pairs)
-        below, above = lower[:, :len(pairs)], lower[:, len(pairs):]          # of z_s - z_k, of z_k - z_s
-        at = (slice(None), pairs[:, 0], pairs[:, 1], pairs[:, 2], pairs[:, 3])
-        dominated[at] |= below > 0
-        if activation is None:
-            gap_hi[at], gap_lo[at] = np.minimum(gap_hi[at], -below), np.maximum(gap_lo[at], above)
-        elif isinstance(activation, _ONE_LIPSCHITZ):
-            gap_hi[at] = np.minimum(gap_hi[at], np.maximum(-below, 0.0))
-            gap_lo[at] = np.maximum(gap_lo[at], -np.maximum(-above, 0.0))
+        tested[np.unique(np.linspace(0, len(pairs) - 1, min(len(pairs), _SAMPLED_PAIRS)).astype(int))] = True
+        lower[:, tested] = _lower_bounds(bp, op, compared, chosen, pairs[tested], 1.0)
+        if np.any(lower[:, tested] > 0) and not tested.all():
+            lower[:, ~tested] = _lower_bounds(bp, op, compared, chosen, pairs[~tested], 1.0)
+            tested[:] = True
+        at = _at(pairs[tested])
+        dominated[at] |= lower[:, tested] > 0
+        if activation is None or isinstance(activation, _ONE_LIPSCHITZ):
+            below = lower[:, tested]                                          # of z_s - z_k
+            gap_hi[at] = np.minimum(gap_hi[at], -below if activation is None else np.maximum(-below, 0.0))
+    # The chord needs the gap's lower end, only where one candidate is left.
+    *_, left = op._window_facts(bp.bounds[source], WindowOrder(chosen, tf.constant(dominated)))
+    left = left.numpy()
+    single = np.argwhere(np.any(left & (left.sum(-1, keepdims=True) == 1), axis=0))
+    if len(single) and (activation is None or isinstance(activation, _ONE_LIPSCHITZ)):
+        above = _lower_bounds(bp, op, compared, chosen, single, -1.0)        # of z_k - z_s
+        at = _at(single)
+        gap_lo[at] = np.maximum(gap_lo[at], above if activation is None else -np.maximum(-above, 0.0))
     dtype = graph.dtype
     return WindowOrder(chosen, tf.constant(dominated), tf.constant(gap_lo, dtype), tf.constant(gap_hi, dtype))
 
@@ -71,19 +85,23 @@ def _interval_gaps(op: MaxPooling2D, bounds, chosen: tf.Tensor) -> tuple[np.ndar
         return np.nan_to_num(lo_w - hi_s, nan=-np.inf), np.nan_to_num(hi_w - lo_s, nan=-np.inf)
 
 
-def _pair_lower_bounds(bp, op: MaxPooling2D, node: int, chosen: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """(B, 2n) lower bounds of z_s - z_k, then of z_k - z_s, over each ball for the pairs (window, k) of node
-    `node`'s map: the larger of CROWN's (in passes that fit the memory budget) and the intervals'."""
+def _at(pairs: np.ndarray) -> tuple:
+    """Index of the pairs (window row, column, channel, k) in (B, Ho, Wo, C, k) arrays, for every problem."""
+    return (slice(None), pairs[:, 0], pairs[:, 1], pairs[:, 2], pairs[:, 3])
+
+
+def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.ndarray, sign: float) -> np.ndarray:
+    """(B, n) lower bounds of sign (z_s - z_k) over each ball for the pairs (window, k) of node `node`'s map: the
+    larger of CROWN's (in passes that fit the memory budget) and the intervals'."""
     ph, pw = op.pool
     top_pad, left_pad = op._pad_offsets()
-    s = chosen[pairs[:, 0], pairs[:, 1], pairs[:, 2]]
+    s = chosen.numpy()[pairs[:, 0], pairs[:, 1], pairs[:, 2]]
     a = np.zeros((len(pairs), ph, pw, bp.graph.nodes[node].shape[-1]), bp.graph.dtype.as_numpy_dtype)
     rows = np.arange(len(pairs))
-    a[rows, s // pw, s % pw, pairs[:, 2]] += 1.0
-    a[rows, pairs[:, 3] // pw, pairs[:, 3] % pw, pairs[:, 2]] -= 1.0
-    a = np.concatenate([a, -a])
-    top = np.tile((pairs[:, 0] * ph - top_pad).astype(np.int64), 2)
-    left = np.tile((pairs[:, 1] * pw - left_pad).astype(np.int64), 2)
+    a[rows, s // pw, s % pw, pairs[:, 2]] += sign
+    a[rows, pairs[:, 3] // pw, pairs[:, 3] % pw, pairs[:, 2]] -= sign
+    top = (pairs[:, 0] * ph - top_pad).astype(np.int64)
+    left = (pairs[:, 1] * pw - left_pad).astype(np.int64)
     shape = tuple(bp.graph.nodes[node].shape)
     interval = _interval_differences(bp.bounds[node], top, left, a, shape)
     per_row = bp.crown_bytes(node, max(1, ph * pw // 2))
