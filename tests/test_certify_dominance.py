@@ -227,3 +227,22 @@ def test_one_candidate_with_a_bounded_gap_gets_the_chord_of_its_relu_which_holds
     chosen, weights, constant = (t.numpy().ravel() for t in op.relax(bounds, order._replace(gap_lo=None)))
     np.testing.assert_array_equal(weights, [0, 0])
     np.testing.assert_array_equal(constant, [4])
+
+
+def test_an_order_proven_over_a_larger_ball_carries_into_a_smaller_one_and_its_bounds_still_hold():
+    rng = np.random.default_rng(3)
+    _, graph, x0, label, targets = pooled_cnn(1)
+    problem = prepare(graph, x0, label, targets)
+    outer = propagate(graph, x0, label, targets, 0.04, LINF)
+    inner = BoundPropagation(graph, problem.x0, tf.constant([0.03], graph.dtype), LINF, problem.box, BUDGET,
+                             within=outer.bounds, within_orders=outer.orders)
+    alone = propagate(graph, x0, label, targets, 0.03, LINF)
+    for pool in pool_nodes(graph):
+        carried, own, fresh = outer.orders[pool], inner.orders[pool], alone.orders[pool]
+        assert np.all(own.dominated.numpy() >= carried.dominated.numpy())
+        assert np.all(own.gap_hi.numpy() <= carried.gap_hi.numpy()) and np.all(own.gap_lo.numpy() >= carried.gap_lo.numpy())
+        assert np.all(own.dominated.numpy() >= fresh.dominated.numpy())
+    assert sum(int(np.sum(outer.orders[p].dominated.numpy())) for p in pool_nodes(graph)) > 0
+    logits = graph.forward(tf.constant(sample_ball(rng, x0, 0.03, LINF, 2000))).numpy()
+    sampled = np.array([np.min(logits[:, label] - logits[:, t]) for t in targets])
+    assert np.all(_margin_lower(inner, problem.spec[None])[0] <= sampled + 1e-9)
