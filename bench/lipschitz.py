@@ -26,7 +26,9 @@ CROWN-certified radius and at twice it. Per pair: the largest gradient norms fou
 (`--search_steps` steps, as `collect_gradients.py --search_steps`; the larger is "found"),
 the Fast-Lip and the new bounds in all three dual norms,
 proven/found, the CROWN radius, the radius the Lipschitz bound proves over the CROWN-radius ball,
-and the seconds of each step. `--radius_from CSV` puts the balls at the CROWN radii of an earlier
+and the seconds of each step. Every pair's radii are checked against the smallest Linf distortion the
+project's strongest Linf attacks find (`attack_distortion`; the run stops if a radius is above it).
+`--radius_from CSV` puts the balls at the CROWN radii of an earlier
 run's rows instead (`earlier_crown_radius`; e.g. docs/lipschitz_cnn.csv), so that a change to the
 certifier is measured on the same balls, and its radius against the earlier one (`radius_gain`).
 `--optimize SECONDS` also pushes each image's radii with optimised slopes (`optimized_radius`).
@@ -191,6 +193,17 @@ def earlier_radii(path: str | None) -> dict:
         return {(r["dataset"], int(r["image"]), int(r["target"])): float(r["crown_radius"]) for r in csv.DictReader(f)}
 
 
+def attack_distortions(model, x: np.ndarray, targets) -> np.ndarray:
+    """(T,) the smallest Linf distortion of the project's strongest Linf attacks toward each target (an upper bound
+    of the exact minimal distortion, so no certified radius may exceed it)."""
+    from cleverscore.attacks.best import strongest
+    from cleverscore.attacks.criteria import targeted
+    from cleverscore.norms import LINF
+
+    images = np.repeat(x[None], len(targets), axis=0).astype(np.float32)
+    return strongest(model, images, targeted(np.asarray(targets)), [LINF])[0].distortion[LINF]
+
+
 def cnn_rows(args) -> list[dict]:
     from cleverscore.certify import certified_radius, from_keras
     from cleverscore.certify.crown import prepare
@@ -217,6 +230,10 @@ def cnn_rows(args) -> list[dict]:
             crown_s = time.perf_counter() - begin
             optimized = certified_radius(graph, x, c, targets, LINF, memory_budget=budget,
                                          optimize_seconds=args.optimize).radii if args.optimize > 0 else crown
+            attacked = attack_distortions(model, x, targets)
+            if np.any(np.maximum(crown, optimized) > attacked * (1 + 1e-6)):
+                raise SystemExit(f"UNSOUND: {dataset} image {image}: certified radii {crown} / {optimized} above "
+                                 f"the attacks' distortions {attacked}")
             logits = model(x[None]).numpy()[0].astype(np.float64)
             for k, t in enumerate(targets):
                 basis = earlier.get((dataset, image, int(t)), float(crown[k])) if earlier else float(crown[k])
@@ -239,7 +256,7 @@ def cnn_rows(args) -> list[dict]:
                     row = {"dataset": dataset, "image": image, "target": t, "info": "top2" if k == 0 else "least",
                            "factor": factor, "radius": radius, "crown_radius": float(crown[k]),
                            "earlier_crown_radius": basis, "radius_gain": float(crown[k]) / basis,
-                           "optimized_radius": float(optimized[k]),
+                           "optimized_radius": float(optimized[k]), "attack_distortion": float(attacked[k]),
                            "lipschitz_radius": lipschitz_radius(logits[c] - logits[t], bound[2], radius),
                            "crown_s": crown_s / len(targets), "lipschitz_s": new_s}
                     for q, col in (("inf", 0), ("2", 1), ("1", 2)):
