@@ -27,6 +27,7 @@ from .patches import Patches
 # Between these, y_k - y_s lies within [-relu(z_s - z_k), relu(z_k - z_s)]: monotone and 1-Lipschitz.
 _ONE_LIPSCHITZ = (ReLU, BoundedReLU)
 _SAMPLED_PAIRS = 256
+_ONE_PASS_PAIRS = 768     # below this a sample pass costs about what it saves
 
 
 def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | None:
@@ -48,29 +49,27 @@ def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | 
         gap_lo, gap_hi = np.maximum(gap_lo, known.gap_lo.numpy()), np.minimum(gap_hi, known.gap_hi.numpy())
     *_, candidates = op._window_facts(bp.bounds[source], WindowOrder(chosen, tf.constant(dominated)))
     pairs = np.argwhere(tf.reduce_any(candidates, axis=0).numpy())          # (n, 4): window row, column, channel, k
-    # On a ball too large for any order (the original's L2 sampling ball on the MNIST CNN: 0 of 16,896
-    # pairs proven), a spread-out sample of the pairs says so for a small part of the cost.
-    lower = np.full((bp.batch, len(pairs)), -np.inf)
+    # A pass bounds its pairs both ways. On a ball too large for any order (the original's L2
+    # sampling ball on the MNIST CNN: 0 of 16,896 pairs proven; the first probes of a radius search),
+    # a spread-out sample of the pairs says so first, for a small part of the cost.
+    below = np.full((bp.batch, len(pairs)), -np.inf)                        # lower bounds of z_s - z_k
+    above = np.full((bp.batch, len(pairs)), -np.inf)                        # lower bounds of z_k - z_s
     tested = np.zeros(len(pairs), bool)
-    if len(pairs):
-        tested[np.unique(np.linspace(0, len(pairs) - 1, min(len(pairs), _SAMPLED_PAIRS)).astype(int))] = True
-        lower[:, tested] = _lower_bounds(bp, op, compared, chosen, pairs[tested], 1.0)
-        if np.any(lower[:, tested] > 0) and not tested.all():
-            lower[:, ~tested] = _lower_bounds(bp, op, compared, chosen, pairs[~tested], 1.0)
-            tested[:] = True
-        at = _at(pairs[tested])
-        dominated[at] |= lower[:, tested] > 0
-        if activation is None or isinstance(activation, _ONE_LIPSCHITZ):
-            below = lower[:, tested]                                          # of z_s - z_k
-            gap_hi[at] = np.minimum(gap_hi[at], -below if activation is None else np.maximum(-below, 0.0))
-    # The chord needs the gap's lower end, only where one candidate is left.
-    *_, left = op._window_facts(bp.bounds[source], WindowOrder(chosen, tf.constant(dominated)))
-    left = left.numpy()
-    single = np.argwhere(np.any(left & (left.sum(-1, keepdims=True) == 1), axis=0))
-    if len(single) and (activation is None or isinstance(activation, _ONE_LIPSCHITZ)):
-        above = _lower_bounds(bp, op, compared, chosen, single, -1.0)        # of z_k - z_s
-        at = _at(single)
-        gap_lo[at] = np.maximum(gap_lo[at], above if activation is None else -np.maximum(-above, 0.0))
+    if len(pairs) > _ONE_PASS_PAIRS:
+        tested[np.unique(np.linspace(0, len(pairs) - 1, _SAMPLED_PAIRS).astype(int))] = True
+        below[:, tested], above[:, tested] = _lower_bounds(bp, op, compared, chosen, pairs[tested])
+    if len(pairs) and (not tested.any() or np.any(below[:, tested] > 0)):
+        rest = ~tested
+        below[:, rest], above[:, rest] = _lower_bounds(bp, op, compared, chosen, pairs[rest])
+        tested[:] = True
+    if tested.any():
+        at, below, above = _at(pairs[tested]), below[:, tested], above[:, tested]
+        dominated[at] |= below > 0
+        if activation is None:
+            gap_hi[at], gap_lo[at] = np.minimum(gap_hi[at], -below), np.maximum(gap_lo[at], above)
+        elif isinstance(activation, _ONE_LIPSCHITZ):
+            gap_hi[at] = np.minimum(gap_hi[at], np.maximum(-below, 0.0))
+            gap_lo[at] = np.maximum(gap_lo[at], -np.maximum(-above, 0.0))
     dtype = graph.dtype
     return WindowOrder(chosen, tf.constant(dominated), tf.constant(gap_lo, dtype), tf.constant(gap_hi, dtype))
 
@@ -90,23 +89,26 @@ def _at(pairs: np.ndarray) -> tuple:
     return (slice(None), pairs[:, 0], pairs[:, 1], pairs[:, 2], pairs[:, 3])
 
 
-def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.ndarray, sign: float) -> np.ndarray:
-    """(B, n) lower bounds of sign (z_s - z_k) over each ball for the pairs (window, k) of node `node`'s map: the
-    larger of CROWN's (in passes that fit the memory budget) and the intervals'."""
+def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(B, n) lower bounds of z_s - z_k and of z_k - z_s over each ball, for the pairs (window, k) of node `node`'s
+    map, in one pass: the larger of CROWN's (in passes that fit the memory budget) and the intervals'."""
     ph, pw = op.pool
     top_pad, left_pad = op._pad_offsets()
     s = chosen.numpy()[pairs[:, 0], pairs[:, 1], pairs[:, 2]]
     a = np.zeros((len(pairs), ph, pw, bp.graph.nodes[node].shape[-1]), bp.graph.dtype.as_numpy_dtype)
     rows = np.arange(len(pairs))
-    a[rows, s // pw, s % pw, pairs[:, 2]] += sign
-    a[rows, pairs[:, 3] // pw, pairs[:, 3] % pw, pairs[:, 2]] -= sign
+    a[rows, s // pw, s % pw, pairs[:, 2]] += 1.0
+    a[rows, pairs[:, 3] // pw, pairs[:, 3] % pw, pairs[:, 2]] -= 1.0
+    a = np.concatenate([a, -a])
+    pairs = np.concatenate([pairs, pairs])
     top = (pairs[:, 0] * ph - top_pad).astype(np.int64)
     left = (pairs[:, 1] * pw - left_pad).astype(np.int64)
     shape = tuple(bp.graph.nodes[node].shape)
     interval = _interval_differences(bp.bounds[node], top, left, a, shape)
     per_row = bp.crown_bytes(node, max(1, ph * pw // 2))
     if per_row > bp.memory_budget:
-        return interval
+        return interval[:, :len(rows)], interval[:, len(rows):]
     group = bp.batch if per_row * bp.batch <= bp.memory_budget else max(1, bp.memory_budget // per_row)
     chunk = max(1, bp.memory_budget // (per_row * group))
     out = []
@@ -120,7 +122,8 @@ def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.
             p = Patches(coefficients, top[piece], left[piece], shape)
             parts.append(bp.backward_lower(node, p if bp.patches else p.dense(), problems=problems))
         out.append(tf.concat(parts, axis=1))
-    return np.maximum(tf.concat(out, axis=0).numpy(), interval)
+    lower = np.maximum(tf.concat(out, axis=0).numpy(), interval)
+    return lower[:, :len(rows)], lower[:, len(rows):]
 
 
 def _interval_differences(bounds, top: np.ndarray, left: np.ndarray, a: np.ndarray, shape) -> np.ndarray:
