@@ -11,7 +11,9 @@ it, so all problems share the pairs). A lower bound of z_s - z_k above 0 proves 
 the strict maximum. When the pool reads a monotone activation y = f(z), the difference is taken on
 z: z_s > z_k gives f(z_s) >= f(z_k), and where the two tie, f is flat between them, so a gradient
 routed to either is zero. A window left with s alone is stable: y = x_s, and its gradient goes
-to s (`ops/pooling.py`).
+to s. The same pass bounds z_k - z_s; after a ReLU (monotone and 1-Lipschitz) both bound the gap
+y_k - y_s, which gives a window with one rival left the chord of y = y_s + relu(y_k - y_s)
+(`ops/pooling.py`).
 """
 
 from __future__ import annotations
