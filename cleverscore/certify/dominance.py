@@ -51,6 +51,8 @@ def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | 
         gap_lo, gap_hi = np.maximum(gap_lo, known.gap_lo.numpy()), np.minimum(gap_hi, known.gap_hi.numpy())
     *_, candidates = op._window_facts(bp.bounds[source], WindowOrder(chosen, tf.constant(dominated)))
     pairs = np.argwhere(tf.reduce_any(candidates, axis=0).numpy())          # (n, 4): window row, column, channel, k
+    counts = tf.reduce_max(tf.reduce_sum(tf.cast(candidates, tf.int32), axis=-1), axis=0).numpy()
+    lone = counts[pairs[:, 0], pairs[:, 1], pairs[:, 2]] == 1 if len(pairs) else np.zeros(0, bool)
     # A pass bounds its pairs both ways. On a ball too large for any order (the original's L2
     # sampling ball on the MNIST CNN: 0 of 16,896 pairs proven; the first probes of a radius search),
     # a spread-out sample of the pairs says so first, for a small part of the cost.
@@ -59,10 +61,10 @@ def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | 
     tested = np.zeros(len(pairs), bool)
     if len(pairs) > _ONE_PASS_PAIRS:
         tested[np.unique(np.linspace(0, len(pairs) - 1, _SAMPLED_PAIRS).astype(int))] = True
-        below[:, tested], above[:, tested] = _lower_bounds(bp, op, compared, chosen, pairs[tested])
+        below[:, tested], above[:, tested] = _lower_bounds(bp, op, compared, chosen, pairs[tested], lone[tested])
     if len(pairs) and (not tested.any() or np.any(below[:, tested] > 0)):
         rest = ~tested
-        below[:, rest], above[:, rest] = _lower_bounds(bp, op, compared, chosen, pairs[rest])
+        below[:, rest], above[:, rest] = _lower_bounds(bp, op, compared, chosen, pairs[rest], lone[rest])
         tested[:] = True
     if tested.any():
         at, below, above = _at(pairs[tested]), below[:, tested], above[:, tested]
@@ -91,7 +93,7 @@ def _at(pairs: np.ndarray) -> tuple:
     return (slice(None), pairs[:, 0], pairs[:, 1], pairs[:, 2], pairs[:, 3])
 
 
-def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.ndarray
+def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.ndarray, both: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(B, n) lower bounds of z_s - z_k and of z_k - z_s over each ball, for the pairs (window, k) of node `node`'s
     map, in one pass: the larger of CROWN's (in passes that fit the memory budget) and the intervals'."""
@@ -102,15 +104,15 @@ def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.
     rows = np.arange(len(pairs))
     a[rows, s // pw, s % pw, pairs[:, 2]] += 1.0
     a[rows, pairs[:, 3] // pw, pairs[:, 3] % pw, pairs[:, 2]] -= 1.0
-    a = np.concatenate([a, -a])
-    pairs = np.concatenate([pairs, pairs])
+    a = np.concatenate([a, -a[both]])
+    pairs = np.concatenate([pairs, pairs[both]])
     top = (pairs[:, 0] * ph - top_pad).astype(np.int64)
     left = (pairs[:, 1] * pw - left_pad).astype(np.int64)
     shape = tuple(bp.graph.nodes[node].shape)
     interval = _interval_differences(bp.bounds[node], top, left, a, shape)
     per_row = bp.crown_bytes(node, max(1, ph * pw // 2))
     if per_row > bp.memory_budget:
-        return interval[:, :len(rows)], interval[:, len(rows):]
+        return interval[:, :len(rows)], _spread_back(interval[:, len(rows):], both)
     group = bp.batch if per_row * bp.batch <= bp.memory_budget else max(1, bp.memory_budget // per_row)
     chunk = max(1, bp.memory_budget // (per_row * group))
     out = []
@@ -125,7 +127,14 @@ def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.
             parts.append(bp.backward_lower(node, p if bp.patches else p.dense(), problems=problems))
         out.append(tf.concat(parts, axis=1))
     lower = np.maximum(tf.concat(out, axis=0).numpy(), interval)
-    return lower[:, :len(rows)], lower[:, len(rows):]
+    return lower[:, :len(rows)], _spread_back(lower[:, len(rows):], both)
+
+
+def _spread_back(values: np.ndarray, both: np.ndarray) -> np.ndarray:
+    """(B, n) from the values of the pairs marked in `both` (-inf for the others: nothing proven)."""
+    out = np.full((values.shape[0], len(both)), -np.inf)
+    out[:, both] = values
+    return out
 
 
 def _interval_differences(bounds, top: np.ndarray, left: np.ndarray, a: np.ndarray, shape) -> np.ndarray:
