@@ -236,7 +236,7 @@ def cnn_rows(args) -> list[dict]:
                                  f"the attacks' distortions {attacked}")
             logits = model(x[None]).numpy()[0].astype(np.float64)
             for k, t in enumerate(targets):
-                basis = earlier.get((dataset, image, int(t)), float(crown[k])) if earlier else float(crown[k])
+                basis = earlier.get((dataset, image, int(t)), float(crown[k]))
                 if earlier and (dataset, image, int(t)) not in earlier:
                     print(f"[INFO] {dataset} image {image} target {t}: no earlier radius; the balls use this run's")
                 for factor in (1.0, 2.0):

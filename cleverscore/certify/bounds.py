@@ -347,7 +347,7 @@ class BoundPropagation:
             node = self.graph.nodes[m]
             coefficients = pending.pop(m)
             if m < floor:
-                total += self._interval_concretize(coefficients, m, problems)
+                total += self.interval_concretize(coefficients, m, problems)
                 continue
             if isinstance(coefficients, Patches) and self._keep_window(m, coefficients.window) is None:
                 coefficients = coefficients.dense()
@@ -361,7 +361,7 @@ class BoundPropagation:
                 self._accumulate(pending, j, c)
         return pending.get(0), total
 
-    def _interval_concretize(self, a: tf.Tensor | Patches, m: int, problems: slice) -> tf.Tensor:
+    def interval_concretize(self, a: tf.Tensor | Patches, m: int, problems: slice = slice(None)) -> tf.Tensor:
         """The lower bound (b, S) of a . y_m from node m's interval bounds."""
         lo, hi = (t[problems] for t in self.bounds[m])
         if isinstance(a, Patches):

@@ -42,8 +42,11 @@ def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | 
     compared = graph.nodes[source].inputs[0] if activation is not None else source
     if not bp.crown or compared == 0:
         return known
-    centre = bp.centre_values()[compared]
-    chosen = tf.argmax(op._windows(centre, float("-inf")), axis=-1, output_type=tf.int32)[0]
+    if known is not None:
+        chosen = known.chosen                  # the same centre
+    else:
+        centre = bp.centre_values()[compared]
+        chosen = tf.argmax(op._windows(centre, float("-inf")), axis=-1, output_type=tf.int32)[0]
     gap_lo, gap_hi = _interval_gaps(op, bp.bounds[source], chosen)
     dominated = np.zeros(gap_lo.shape, bool)
     if known is not None:
@@ -52,7 +55,9 @@ def window_order(bp, i: int, known: WindowOrder | None = None) -> WindowOrder | 
     *_, candidates = op._window_facts(bp.bounds[source], WindowOrder(chosen, tf.constant(dominated)))
     pairs = np.argwhere(tf.reduce_any(candidates, axis=0).numpy())          # (n, 4): window row, column, channel, k
     counts = tf.reduce_max(tf.reduce_sum(tf.cast(candidates, tf.int32), axis=-1), axis=0).numpy()
-    lone = counts[pairs[:, 0], pairs[:, 1], pairs[:, 2]] == 1 if len(pairs) else np.zeros(0, bool)
+    # The gap's lower end serves only the chord of a window with one rival, and only after a 1-Lipschitz activation.
+    gaps = activation is None or isinstance(activation, _ONE_LIPSCHITZ)
+    lone = (counts[pairs[:, 0], pairs[:, 1], pairs[:, 2]] == 1) & gaps if len(pairs) else np.zeros(0, bool)
     # A pass bounds its pairs both ways. On a ball too large for any order (the original's L2
     # sampling ball on the MNIST CNN: 0 of 16,896 pairs proven; the first probes of a radius search),
     # a spread-out sample of the pairs says so first, for a small part of the cost.
@@ -109,7 +114,7 @@ def _lower_bounds(bp, op: MaxPooling2D, node: int, chosen: tf.Tensor, pairs: np.
     top = (pairs[:, 0] * ph - top_pad).astype(np.int64)
     left = (pairs[:, 1] * pw - left_pad).astype(np.int64)
     shape = tuple(bp.graph.nodes[node].shape)
-    interval = _interval_differences(bp.bounds[node], top, left, a, shape)
+    interval = bp.interval_concretize(Patches(tf.constant(a)[None], top, left, shape), node).numpy()
     per_row = bp.crown_bytes(node, max(1, ph * pw // 2))
     if per_row > bp.memory_budget:
         return interval[:, :len(rows)], _spread_back(interval[:, len(rows):], both)
@@ -136,11 +141,3 @@ def _spread_back(values: np.ndarray, both: np.ndarray) -> np.ndarray:
     out[:, both] = values
     return out
 
-
-def _interval_differences(bounds, top: np.ndarray, left: np.ndarray, a: np.ndarray, shape) -> np.ndarray:
-    """(B, n) lower bounds of each row's difference from the node's interval bounds."""
-    p = Patches(tf.constant(a)[None], top, left, tuple(shape))
-    lo, hi = p.gather(bounds.lo), p.gather(bounds.hi)                       # (B, n, ph, pw, C)
-    coefficients = tf.constant(a)[None]
-    low = tf.where(coefficients > 0, coefficients * lo, coefficients * hi)
-    return tf.reduce_sum(tf.reshape(low, (tf.shape(low)[0], len(top), -1)), axis=-1).numpy()

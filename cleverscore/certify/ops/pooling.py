@@ -102,8 +102,7 @@ class MaxPooling2D(Operator):
     def interval(self, bounds: Interval, order: WindowOrder | None = None) -> Interval:
         """max l_i <= y <= max u_i over s and the candidates (the others never exceed x_s)."""
         chosen, _, _, hi_w, candidates = self._window_facts(bounds, order)
-        hi = tf.reduce_max(tf.where(candidates | (chosen > 0), hi_w, tf.cast(float("-inf"), hi_w.dtype)), axis=-1)
-        return Interval(self.forward(bounds.lo), hi)
+        return Interval(self.forward(bounds.lo), _highest(hi_w, chosen, candidates))
 
     def refine_mask(self, bounds: Interval) -> tf.Tensor:
         """Entries that may be the maximum of a window that is not stable: only their bounds shape the relaxation.
@@ -123,8 +122,8 @@ class MaxPooling2D(Operator):
         y = x_s + relu(x_k - x_s), and the ReLU's chord gives y <= (1 - lam) x_s + lam x_k - lam g_lo with
         lam = g_hi / (g_hi - g_lo), which keeps how y moves with its inputs. Otherwise the constant upper bound.
         """
-        chosen, _, stable, _, candidates = self._window_facts(bounds, order)
-        top = self.interval(bounds, order).hi
+        chosen, _, stable, hi_w, candidates = self._window_facts(bounds, order)
+        top = _highest(hi_w, chosen, candidates)
         weights = tf.where(tf.expand_dims(stable, -1), chosen, tf.zeros_like(chosen))
         constant = tf.where(stable, tf.zeros_like(top), top)
         if order is not None and order.gap_lo is not None:
@@ -300,6 +299,11 @@ class MaxPooling2D(Operator):
             flat, lead = fold_spec(w, 4)
             out.append(unfold_spec(self._unwindow(flat), lead))
         return [Interval(*out)]
+
+
+def _highest(hi_w: tf.Tensor, chosen: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+    """Per window, the largest upper bound of the chosen entry and its candidates: an upper bound of y."""
+    return tf.reduce_max(tf.where(candidates | (chosen > 0), hi_w, tf.cast(float("-inf"), hi_w.dtype)), axis=-1)
 
 
 def _big(dtype: tf.DType) -> tf.Tensor:
