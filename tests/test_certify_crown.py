@@ -16,7 +16,8 @@ from cleverscore.certify import (
     lipschitz_upper_bounds,
     margin_lower_bounds,
 )
-from cleverscore.certify.crown import prepare
+from cleverscore.certify.crown import prepare, wider_norm_scale
+from cleverscore.errors import UsageError
 from cleverscore.norms import L1, L2, LINF
 from test_certify_ops import NORMS, TOL, reference_min, sample_ball, scale_weights
 
@@ -315,6 +316,52 @@ def test_radius_search_stops_within_its_tolerance(mlp):
     # Steps to the root of the bound's local power law: a few per target, where bisection from the
     # first-order estimate would take over ten.
     assert result.evaluations <= 6 * len(targets)
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_a_search_started_from_a_wider_norms_radii_finds_the_same_radii(which, request):
+    _, graph, x0, label, targets = request.getfixturevalue(which)
+    rng = np.random.default_rng(21)
+    wider, alone_evaluations, chained_evaluations = None, 0, 0
+    for norm in (LINF, L2, L1):
+        alone = certified_radius(graph, x0, label, targets, norm)
+        chained = certified_radius(graph, x0, label, targets, norm, wider=wider)
+        if wider is not None:
+            # The ball of the wider norm contains this one's: its radii are certified here too.
+            assert np.all(chained.radii >= wider[1].radii)
+            alone_evaluations += alone.evaluations
+            chained_evaluations += chained.evaluations
+        np.testing.assert_allclose(chained.radii, alone.radii, rtol=2e-3)
+        for k, j in enumerate(targets):
+            r = chained.radii[k]
+            assert margin_lower_bounds(graph, x0, label, [j], r, norm).lower[0] > 0
+            # The margin bound reported at the radius holds on the ball's points.
+            sampled = margins(graph, sample_ball(rng, x0, r, norm, 1000), label, [j]).min()
+            assert 0 < chained.lower[k] <= sampled + TOL
+        wider = (norm, chained)
+    assert chained_evaluations <= alone_evaluations
+
+
+def test_the_first_probe_scale_is_how_much_farther_the_first_layer_reaches():
+    model = relu_mlp()
+    graph = from_keras(model, dtype=tf.float64)
+    x0, label, targets = centre(model)
+    w = model.layers[1].get_weights()[0].astype(np.float64)                     # (16 inputs, 16 neurons)
+    problem = prepare(graph, x0, label, targets)
+    np.testing.assert_allclose(problem.first_layer_rows(), w.T, rtol=1e-12)
+    for norm, wider in ((L2, LINF), (L1, L2), (L1, LINF)):
+        expected = np.median(np.linalg.norm(w, ord=wider.dual, axis=0) / np.linalg.norm(w, ord=norm.dual, axis=0))
+        np.testing.assert_allclose(wider_norm_scale(problem, norm, wider), expected, rtol=1e-12)
+        assert expected > 1
+
+
+def test_radii_of_a_narrower_norm_or_other_targets_do_not_start_a_search(mlp):
+    _, graph, x0, label, targets = mlp
+    l2 = certified_radius(graph, x0, label, targets, L2)
+    with pytest.raises(UsageError, match="do not bound"):
+        certified_radius(graph, x0, label, targets, LINF, wider=(L2, l2))
+    with pytest.raises(UsageError, match="targets"):
+        certified_radius(graph, x0, label, targets[:1], L1, wider=(L2, l2))
 
 
 def test_radius_is_zero_for_a_target_above_the_label_and_infinite_when_the_box_is_certified():

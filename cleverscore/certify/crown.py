@@ -34,6 +34,8 @@ _MODEL_STEPS = 3
 _SHRINK = 4.0
 # The optimised bound costs a pass per target and step: its search stops at a coarser bracket.
 _OPTIMIZED_REL_TOL = 2e-3
+# Rows of the first layer that set the first probe of a search that starts from a wider norm's radii.
+_SCALE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,24 @@ class Problem:
             logits = self.graph.forward(x)
             margins = tf.reduce_sum(logits * tf.reshape(self.spec, (len(self.targets), -1)), axis=1)
         return tape.gradient(margins, x).numpy().reshape(len(self.targets), -1)
+
+    def first_layer_rows(self, count: int = _SCALE_ROWS) -> np.ndarray:
+        """Up to `count` rows (R, d) of the affine map from the input to the first nonlinear node's input, spread
+        evenly over its neurons (none when the network has no nonlinear node)."""
+        nodes = self.graph.nodes
+        first = next((i for i, node in enumerate(nodes) if i > 0 and node.op.nonlinear), None)
+        if first is None:
+            return np.zeros((0, int(np.prod(self.graph.input_shape))))
+        feeding = nodes[first].inputs[0]
+        rows = np.unique(np.linspace(0, nodes[feeding].size - 1, min(count, nodes[feeding].size)).astype(np.int64))
+        x = tf.Variable(tf.broadcast_to(self.x0[None], (len(rows), *self.x0.shape)))
+        with tf.GradientTape() as tape:
+            values = [x]
+            for node in nodes[1:feeding + 1]:
+                values.append(node.op.forward(*[values[j] for j in node.inputs]))
+            picked = tf.reshape(values[feeding], (len(rows), -1))
+        unit = tf.one_hot(rows, nodes[feeding].size, dtype=picked.dtype)
+        return tape.gradient(picked, x, output_gradients=unit).numpy().reshape(len(rows), -1)
 
 
 def as_graph(model) -> Graph:
@@ -233,10 +253,19 @@ class _Search:
     def _model_roots(self) -> np.ndarray:
         return np.array([self._model_root(t) for t in range(len(self.g0))])
 
+    def start_above(self, radii: np.ndarray, lower: np.ndarray, probes: np.ndarray) -> None:
+        """Brackets that start at radii already certified (with margin bounds `lower` there) and first probes."""
+        known = (radii > 0) & self.active
+        self.lo = np.where(known, np.minimum(radii, self.top), self.lo)
+        self.lower = np.where(known, lower, self.lower)
+        self.first = np.where(known, np.maximum(probes, self.lo * (1 + self.rel_tol)), self.first)
+        self.active &= self.lo < self.top
+
     def _upward(self, root: np.ndarray) -> np.ndarray:
         lo = self.lo
         grown = np.where(np.isfinite(root) & (root > lo), np.maximum(root, lo * (1 + self.rel_tol)), _SHRINK * lo)
-        return np.minimum(self.top, np.where(lo > 0, grown, self.first))
+        # Before its first probe a search that starts from known radii still takes its first probes.
+        return np.minimum(self.top, np.where((lo > 0) & bool(self.seen_radii), grown, self.first))
 
     def _inward(self, root: np.ndarray) -> np.ndarray:
         lo, hi = self.lo, np.where(np.isfinite(self.hi), self.hi, 1.0)
@@ -303,7 +332,8 @@ class _Search:
 
 def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Sequence[int], norm: LpNorm,
                      box: Box = DEFAULT_BOX, rel_tol: float = 1e-3, r_max: float | None = None,
-                     memory_budget: int = DEFAULT_MEMORY_BUDGET, optimize_seconds: float = 0.0) -> CertifiedRadii:
+                     memory_budget: int = DEFAULT_MEMORY_BUDGET, optimize_seconds: float = 0.0,
+                     wider: tuple[LpNorm, CertifiedRadii] | None = None) -> CertifiedRadii:
     """Per target, the largest radius whose ball (intersected with the box) CROWN certifies.
 
     The search brackets each target's radius and shrinks the bracket (secant steps on a log-log
@@ -317,6 +347,10 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
         optimize_seconds: after the search, spend about this long pushing the radii further with
             optimised ReLU lower slopes (`slopes.py`); the result's `unoptimized` keeps the radii
             before that, and `radii` is never below them.
+        wider: radii already certified for the same input and targets in a norm whose ball contains this
+            norm's ball of the same radius (Linf for L2 and L1, L2 for L1): each bracket starts there,
+            and the first probe scales that radius by how much farther the first layer reaches in the
+            wider norm (`wider_norm_scale`).
         Other arguments as for `margin_lower_bounds`.
     """
     problem = prepare(graph, x0, true_label, targets, box)
@@ -330,6 +364,9 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
     with np.errstate(divide="ignore", invalid="ignore"):
         first = np.where(grad_norm > 0, margins / grad_norm, top)
     search = _Search(np.clip(np.nan_to_num(first, nan=top), 1e-9 * top, top), top, margins, grad_norm, rel_tol)
+    if wider is not None:
+        known = _checked_wider(wider, norm, problem)
+        search.start_above(known.radii, known.lower, known.radii * wider_norm_scale(problem, norm, wider[0]))
     runs, evaluations, outer = [], 0, _OuterBounds()
     while search.active.any() and evaluations < _EVALUATIONS_PER_TARGET * len(margins) and top > 0:
         probe, own = search.next_probe()
@@ -347,6 +384,35 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
     if r_max is None:
         radii[(radii >= top) & (margins > 0)] = np.inf
     return CertifiedRadii(problem.targets, radii, lower, evaluations, merge_reports(runs), plain)
+
+
+def wider_norm_scale(problem: Problem, norm: LpNorm, wider: LpNorm) -> float:
+    """How many times farther the first layer's pre-activations reach over a ball of `wider` than over one of
+    `norm` of the same radius: the median over its rows a of ||a||_wider.dual / ||a||_norm.dual.
+
+    Where CROWN's bound fails depends first on how wide the first layer's bounds get, so a radius
+    certified in the wider norm times this is where the search in `norm` looks first."""
+    rows = problem.first_layer_rows()
+    narrow = np.linalg.norm(rows, ord=norm.dual, axis=1)
+    wide = np.linalg.norm(rows, ord=wider.dual, axis=1)
+    reaching = narrow > 0
+    return float(np.median(wide[reaching] / narrow[reaching])) if reaching.any() else 1.0
+
+
+def _checked_wider(wider: tuple[LpNorm, CertifiedRadii], norm: LpNorm, problem: Problem) -> CertifiedRadii:
+    """The wider norm's radii (the CROWN ones where slopes were optimised), after checking they may serve."""
+    wide_norm, known = wider
+    if wide_norm.p < norm.p:
+        raise UsageError(f"radii certified in {wide_norm.label} do not bound {norm.label} radii: its ball of equal "
+                         "radius does not contain the other's")
+    if not np.array_equal(np.asarray(known.targets), problem.targets):
+        raise UsageError(f"the wider norm's radii are for targets {np.asarray(known.targets).tolist()}, "
+                         f"not {problem.targets.tolist()}")
+    if known.unoptimized is None:
+        return known
+    # Optimised radii hold as well, but this search reports what CROWN's own slopes certify; the margin bound
+    # at the optimised radius holds over the smaller ball too.
+    return CertifiedRadii(known.targets, known.unoptimized, known.lower, known.evaluations, known.layers)
 
 
 class _SlopeExtension:

@@ -92,8 +92,11 @@ def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampli
     begin = time.perf_counter()
     graph = from_keras(inner, input_mean=mean, input_std=std)
     budget = certify_memory_budget()
-    radii = {norm: certified_radius(graph, x0, c, targets, norm, box, memory_budget=budget,
-                                    optimize_seconds=optimize_seconds / len(NORMS)) for norm in NORMS}
+    radii, wider = {}, None
+    for norm in sorted(NORMS, key=lambda n: -n.p):  # Linf first: each norm's radii start the next one's search
+        radii[norm] = certified_radius(graph, x0, c, targets, norm, box, memory_budget=budget,
+                                       optimize_seconds=optimize_seconds / len(NORMS), wider=wider)
+        wider = (norm, radii[norm])
     ball = sampling.scale[1]
     lipschitz = lipschitz_upper_bounds(graph, x0, c, targets, ball, sampling.sample_norm, box,
                                        memory_budget=budget, split_seconds=split_seconds)
