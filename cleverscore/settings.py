@@ -119,8 +119,9 @@ class BoundSettings:
         exact_time_limit: seconds per MILP problem; past it the solver's proven bounds are kept.
         certify_budget: seconds per image that `certify` may spend splitting the ranges of the
             derivatives to tighten the Lipschitz bound (0: one pass of bound propagation).
-        certify_optimize: seconds per image that `certify` may spend pushing the CROWN radii
-            further with optimised ReLU lower slopes (0: CROWN's own slopes).
+        certify_optimize: seconds per image that `certify` may spend on optimised ReLU lower slopes,
+            shared by the three CROWN radii (pushed further) and the forward bounds of the Lipschitz
+            bound (tightened); 0: CROWN's own slopes.
         attacks: names of minimal-distortion attacks (`attacks.ATTACKS`) run on each (image, target)
             through the sampled model (with its `transform`, by BPDA); () runs none.
     """

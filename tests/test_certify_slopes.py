@@ -1,8 +1,9 @@
-"""Optimised ReLU lower slopes (alpha-CROWN on the objective's pass), against exact answers.
+"""Optimised ReLU lower slopes (alpha-CROWN), for the margin and the intermediate bounds, against exact answers.
 
 Known truths: the MILP's exact minimal Linf distortion of tiny ReLU networks (no certified radius
-may exceed it), the exact minimum margin over a ball where the MILP gives it, sampled points of
-the ball, and networks without unstable ReLUs (nothing to optimise: the plain bound).
+may exceed it) and their exact local Lipschitz constant (no Lipschitz bound may be below it), the
+exact minimum margin over a ball where the MILP gives it, sampled points of the ball, and
+networks without unstable ReLUs (nothing to optimise: the plain bound).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cleverscore.certify import certified_radius, from_keras
+from cleverscore.certify import certified_radius, from_keras, lipschitz_upper_bounds
 from cleverscore.certify.crown import _margin_lower, prepare
-from cleverscore.certify.milp import minimal_distortion, relu_network_from_keras
+from cleverscore.certify.milp import local_lipschitz, minimal_distortion, relu_network_from_keras
 from cleverscore.certify.slopes import optimized_lower
 from cleverscore.errors import UsageError
 from cleverscore.norms import L2, LINF
@@ -101,3 +102,72 @@ def test_a_negative_or_nan_budget_is_a_usage_error(exact_cases):
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(UsageError, match="optimize_seconds"):
             certified_radius(graph, x0, label, [target], LINF, optimize_seconds=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimised slopes for the intermediate bounds, which the backward-pass Lipschitz bound starts from.
+
+
+@pytest.fixture(scope="module")
+def deep_cases():
+    """Three-hidden-layer ReLU MLPs (slopes below the second and third layers) with the MILP's exact
+    L1-gradient constant over an Linf ball."""
+    cases = []
+    # Radii where some ReLUs of every layer are unstable, but not all (then no slope moves the bound).
+    for seed, radius in ((0, 0.06), (1, 0.02), (4, 0.02), (5, 0.03), (10, 0.02)):
+        model = tiny_relu_mlp(seed, hidden=(16, 16, 16))
+        x0 = np.random.default_rng(seed).uniform(-0.3, 0.3, 10)
+        graph = from_keras(model, dtype=tf.float64)
+        label = int(np.argmax(graph.forward(x0[None])[0].numpy()))
+        target = (label + 1) % 3
+        exact = local_lipschitz(relu_network_from_keras(model), x0, label, target, radius, time_limit=30)
+        assert exact.exact
+        cases.append((graph, x0, label, target, radius, exact.value))
+    return cases
+
+
+def cnn_case():
+    from test_certify_crown import centre, tiny_cnn
+
+    model = tiny_cnn()
+    x0, label, targets = centre(model, seed=4)
+    return from_keras(model, dtype=tf.float64), x0, label, targets[0], 0.08
+
+
+def test_optimised_intermediate_bounds_hold_on_samples_and_are_never_looser_than_crowns(deep_cases):
+    rng = np.random.default_rng(5)
+    tightened = 0
+    for graph, x0, label, target, radius in [c[:5] for c in deep_cases] + [cnn_case()]:
+        problem = prepare(graph, x0, label, [target])
+        plain = problem.propagate(np.array([radius]), LINF, 1 << 28)
+        optimized = problem.propagate(np.array([radius]), LINF, 1 << 28, within=plain.bounds,
+                                      within_orders=plain.orders, slope_seconds=3.0)
+        assert optimized.slope_report, "a node feeding a ReLU had unstable neurons to optimise"
+        values = graph.forward_all(sample_ball(rng, x0, radius, LINF, 2000))
+        stricter = False
+        for i, value in enumerate(values):
+            v = value.numpy()
+            (lo, hi), (plain_lo, plain_hi) = ((t.numpy() for t in b) for b in (optimized.bounds[i], plain.bounds[i]))
+            assert np.all(lo >= plain_lo - 1e-9) and np.all(hi <= plain_hi + 1e-9), graph.nodes[i].name
+            assert np.all(lo <= v + 1e-9) and np.all(v <= hi + 1e-9), graph.nodes[i].name
+            stricter |= bool(np.any(lo > plain_lo + 1e-6) or np.any(hi < plain_hi - 1e-6))
+        tightened += stricter
+    assert tightened >= 4
+
+
+def test_the_optimised_lipschitz_bound_is_never_below_the_exact_constant_nor_above_the_plain_one(deep_cases):
+    tighter = 0
+    for graph, x0, label, target, radius, exact in deep_cases:
+        plain = lipschitz_upper_bounds(graph, x0, label, [target], radius, LINF).for_norm(LINF)[0]
+        optimized = lipschitz_upper_bounds(graph, x0, label, [target], radius, LINF,
+                                           optimize_seconds=3.0).for_norm(LINF)[0]
+        assert exact * (1 - 1e-9) <= optimized <= plain * (1 + 1e-9), (exact, optimized, plain)
+        tighter += optimized < plain * (1 - 1e-4)
+    assert tighter >= 3
+
+
+def test_a_bad_slope_budget_for_the_lipschitz_bound_is_a_usage_error(deep_cases):
+    graph, x0, label, target, radius, _ = deep_cases[0]
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(UsageError, match="optimize_seconds"):
+            lipschitz_upper_bounds(graph, x0, label, [target], radius, LINF, optimize_seconds=bad)

@@ -22,6 +22,8 @@ grouped into passes that fit the budget.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import tensorflow as tf
 
@@ -32,6 +34,7 @@ from .cuts import Cuts, cut_lower, cuts_from_linear_bounds
 from .dominance import window_order
 from .graph import Graph
 from .ops import Activation, Interval, LinearOperator
+from .ops.activation import ReLU
 from .ops.base import expand_spec, sum_spec
 from .ops.pooling import MaxPooling2D, WindowOrder
 from .patches import Patches, negate_and_stack, patch_sum, unit_patches
@@ -72,6 +75,12 @@ class BoundPropagation:
         within_orders: max pooling node -> the `WindowOrder` proven over balls that contain these
             (as `within`); its dominated entries are not tested again.
         order_windows: False leaves max pooling windows unordered (interval facts alone; for comparison).
+        slope_seconds: > 0 also optimises, within about this many seconds in all, the ReLU lower slopes of
+            the passes that bound the unstable neurons of every node feeding a ReLU with unstable ReLUs
+            below it (`slopes.tighter_node_bounds`); `slope_report` says per such node how many neurons
+            were optimised and how many became stable. CROWN's bounds are not monotone in the bounds
+            below them (its slopes follow them), so a later node may come out looser than without:
+            pass the plain propagation as `within` for bounds never looser anywhere.
 
     Max pooling windows are ordered before their node is bounded (`dominance.py`): entries that
     never exceed the window's chosen entry over the ball drop out of its relaxation (`orders`).
@@ -81,7 +90,7 @@ class BoundPropagation:
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, crown: bool = True, patches: bool = True,
                  within: list[Interval | None] | None = None, clamps: dict[int, Interval] | None = None,
                  cut_steps: int = 0, within_orders: dict[int, WindowOrder | None] | None = None,
-                 order_windows: bool = True):
+                 order_windows: bool = True, slope_seconds: float = 0.0):
         self.graph = graph
         self.x0 = x0
         self.radius = radius
@@ -103,6 +112,9 @@ class BoundPropagation:
         self.bounds: list[Interval | None] = [None] * len(graph.nodes)
         self._relaxations: dict[int, object] = {}
         self.reports: list[LayerReport] = []
+        self.slope_report: dict[int, tuple[int, int]] = {}
+        self._slope_nodes = self._slope_candidates() if slope_seconds > 0 and crown else []
+        self._slope_deadline = time.perf_counter() + slope_seconds
         self._run()
 
     def _run(self) -> None:
@@ -119,6 +131,39 @@ class BoundPropagation:
                     self._add_cuts(i)
             if self.graph.needs_bounds(i):
                 self._refine(i)
+            if i in self._slope_nodes:
+                self._optimize_slopes(i)
+
+    def _slope_candidates(self) -> list[int]:
+        """Nodes feeding a ReLU with a ReLU before them: the passes bounding them have slopes to optimise."""
+        relus = [m for m, node in enumerate(self.graph.nodes) if isinstance(node.op, ReLU)]
+        return [i for i in range(1, len(self.graph.nodes)) if relus and relus[0] < i
+                and any(isinstance(self.graph.nodes[c].op, ReLU) for c in self.graph.consumers[i])]
+
+    def _optimize_slopes(self, i: int) -> None:
+        from .slopes import tighter_node_bounds  # slopes.py builds on this module
+
+        left = self._slope_nodes[self._slope_nodes.index(i):]
+        share = max(0.0, (self._slope_deadline - time.perf_counter()) / len(left))
+        self.slope_report[i] = tighter_node_bounds(self, i, share)
+
+    def dense_unit_rows(self, i: int, rows: np.ndarray) -> tuple[int, tf.Tensor, tf.Tensor]:
+        """`_unit_rows` with dense coefficients: the start node, the rows (B, 2 R, *shape) and their constants."""
+        node, dtype = self.graph.nodes[i], self.graph.dtype
+        if isinstance(node.op, LinearOperator):
+            unit, offset = node.op.unit_rows(rows, node.shape, dtype)
+            start = node.inputs[0]
+        else:
+            unit = tf.reshape(tf.one_hot(rows, node.size, dtype=dtype), (len(rows), *node.shape))
+            offset, start = tf.zeros((len(rows),), dtype), i
+        count = 2 * len(rows)
+        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (self.batch, count, *unit.shape[1:]))
+        return start, spec, tf.broadcast_to(tf.concat([offset, -offset], 0), (self.batch, count))
+
+    def tighten_rows(self, i: int, rows: np.ndarray, lower: tf.Tensor) -> None:
+        """Intersect node i's bounds of neurons `rows` with lower bounds (B, 2 R) of +y_i[r] and -y_i[r]."""
+        self.bounds[i] = Interval(self._tighten(self.bounds[i].lo, rows, lower[:, :len(rows)], tf.maximum),
+                                  self._tighten(self.bounds[i].hi, rows, -lower[:, len(rows):], tf.minimum))
 
     def op_facts(self, i: int) -> dict:
         """Keyword arguments of node i's operator beyond its input bounds: a max pooling's proven `order`."""
@@ -229,8 +274,7 @@ class BoundPropagation:
                                         node.size, need * group, stop))
         lower = tf.concat([self._crown_rows(i, rows, slice(first, min(self.batch, first + group)), floor)
                            for first in range(0, self.batch, group)], axis=0)
-        self.bounds[i] = Interval(self._tighten(self.bounds[i].lo, rows, lower[:, :len(rows)], tf.maximum),
-                                  self._tighten(self.bounds[i].hi, rows, -lower[:, len(rows):], tf.minimum))
+        self.tighten_rows(i, rows, lower)
 
     def _deepest_fitting_floor(self, i: int, rows: int) -> int | None:
         """The deepest pass whose estimate fits the budget (see `_floors`); None for none or nothing to do."""
@@ -249,18 +293,11 @@ class BoundPropagation:
         A feature map starts 1x1 windows (patches); a dense linear node hands over its rows of W
         directly, saving the tensor of rows times its own size that a one-hot start would need.
         """
-        node, dtype, count = self.graph.nodes[i], self.graph.dtype, 2 * len(rows)
-        zeros = tf.zeros((batch, count), dtype)
         if self._windowed(i):
-            return i, negate_and_stack(unit_patches(rows, node.shape, dtype, batch)), zeros
-        if isinstance(node.op, LinearOperator):
-            unit, offset = node.op.unit_rows(rows, node.shape, dtype)
-            start = node.inputs[0]
-        else:
-            unit = tf.reshape(tf.one_hot(rows, node.size, dtype=dtype), (len(rows), *node.shape))
-            offset, start = tf.zeros((len(rows),), dtype), i
-        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (batch, count, *unit.shape[1:]))
-        return start, spec, tf.broadcast_to(tf.concat([offset, -offset], 0), (batch, count))
+            zeros = tf.zeros((batch, 2 * len(rows)), self.graph.dtype)
+            return i, negate_and_stack(unit_patches(rows, self.graph.nodes[i].shape, self.graph.dtype, batch)), zeros
+        start, spec, constant = self.dense_unit_rows(i, rows)
+        return start, spec[:batch], constant[:batch]
 
     def _tighten(self, old: tf.Tensor, rows: np.ndarray, new: tf.Tensor, pick) -> tf.Tensor:
         flat = tf.transpose(tf.reshape(old, (self.batch, -1)))

@@ -51,10 +51,10 @@ class Problem:
 
     def propagate(self, radii: np.ndarray, norm: LpNorm, memory_budget: int, crown: bool = True,
                   patches: bool = True, within: list[Interval | None] | None = None,
-                  within_orders: dict | None = None) -> BoundPropagation:
+                  within_orders: dict | None = None, slope_seconds: float = 0.0) -> BoundPropagation:
         radius = tf.constant(np.asarray(radii, dtype=self.graph.dtype.as_numpy_dtype).reshape(-1))
         return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches, within,
-                                within_orders=within_orders)
+                                within_orders=within_orders, slope_seconds=slope_seconds)
 
     def margins_at_x0(self) -> np.ndarray:
         logits = self.graph.forward(self.x0[None])[0].numpy()

@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --certify: seconds per image for tightening the certified Lipschitz bound by splitting "
                         "its derivative ranges (branch and bound; 0: one pass of bound propagation)")
     p.add_argument("--certify_optimize", type=number(minimum=0), default=0.0,
-                   help="with --certify: seconds per image for pushing the CROWN radii further with optimised ReLU "
-                        "lower slopes (alpha-CROWN on the margin's pass); 0: CROWN's own slopes")
+                   help="with --certify: seconds per image of optimised ReLU lower slopes (alpha-CROWN), shared by "
+                        "the three CROWN radii (pushed further) and the forward bounds of the Lipschitz bound "
+                        "(tightened); 0: CROWN's own slopes")
     p.add_argument("--exact", action="store_true",
                    help="also compute exact answers by MILP (small ReLU MLPs): the minimal Linf and L1 distortion "
                         "and, with --sample_norm li, the exact Lipschitz constant over the sampled ball")

@@ -8,7 +8,8 @@ For each (image, target) of an item this adds `.mat` keys:
   1 when that search proved its bound in the sampling norm's dual attained in the ball), and two proofs
   of a robust radius per perturbation norm: CROWN's (`certified_radius_crown_L1`, `_L2`, `_Li`: the
   largest ball whose margin bound stays positive; with `--certify_optimize`, with optimised ReLU
-  lower slopes, CROWN's own slopes' radius kept as `certified_radius_unoptimized_L1`, ...) and the
+  lower slopes, CROWN's own slopes' radius kept as `certified_radius_unoptimized_L1`, ...; that
+  budget also optimises the slopes of the forward bounds the Lipschitz bound starts from) and the
   Lipschitz bound's
   (`certified_radius_lipschitz_L1`, ...: min(R_p, g(x0) / L), R_p the radius of the largest
   p-ball inside the sampled ball). `certified_radius_L1`, `_L2`, `_Li` is the larger of the two,
@@ -92,14 +93,15 @@ def certified_keys(model, x0: np.ndarray, c: int, targets: Sequence[int], sampli
     begin = time.perf_counter()
     graph = from_keras(inner, input_mean=mean, input_std=std)
     budget = certify_memory_budget()
+    share = optimize_seconds / (len(NORMS) + 1)  # the three radius searches and the Lipschitz bound's forward bounds
     radii, wider = {}, None
     for norm in sorted(NORMS, key=lambda n: -n.p):  # Linf first: each norm's radii start the next one's search
         radii[norm] = certified_radius(graph, x0, c, targets, norm, box, memory_budget=budget,
-                                       optimize_seconds=optimize_seconds / len(NORMS), wider=wider)
+                                       optimize_seconds=share, wider=wider)
         wider = (norm, radii[norm])
     ball = sampling.scale[1]
     lipschitz = lipschitz_upper_bounds(graph, x0, c, targets, ball, sampling.sample_norm, box,
-                                       memory_budget=budget, split_seconds=split_seconds)
+                                       memory_budget=budget, split_seconds=split_seconds, optimize_seconds=share)
     logits = graph.forward(np.asarray(x0, np.float32)[None])[0].numpy().astype(np.float64)
     seconds = (time.perf_counter() - begin) / max(len(targets), 1)
     report = layer_report(lipschitz.layers)
