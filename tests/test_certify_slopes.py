@@ -140,8 +140,7 @@ def test_optimised_intermediate_bounds_hold_on_samples_and_are_never_looser_than
     for graph, x0, label, target, radius in [c[:5] for c in deep_cases] + [cnn_case()]:
         problem = prepare(graph, x0, label, [target])
         plain = problem.propagate(np.array([radius]), LINF, 1 << 28)
-        optimized = problem.propagate(np.array([radius]), LINF, 1 << 28, within=plain.bounds,
-                                      within_orders=plain.orders, slope_seconds=3.0)
+        optimized = problem.tightened(plain, slope_seconds=3.0)
         assert optimized.slope_report, "a node feeding a ReLU had unstable neurons to optimise"
         values = graph.forward_all(sample_ball(rng, x0, radius, LINF, 2000))
         stricter = False

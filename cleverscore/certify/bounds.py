@@ -80,7 +80,7 @@ class BoundPropagation:
             below it (`slopes.tighter_node_bounds`); `slope_report` says per such node how many neurons
             were optimised and how many became stable. CROWN's bounds are not monotone in the bounds
             below them (its slopes follow them), so a later node may come out looser than without:
-            pass the plain propagation as `within` for bounds never looser anywhere.
+            `crown.Problem.tightened` runs it inside the plain propagation, never looser anywhere.
 
     Max pooling windows are ordered before their node is bounded (`dominance.py`): entries that
     never exceed the window's chosen entry over the ball drop out of its relaxation (`orders`).
@@ -147,8 +147,10 @@ class BoundPropagation:
         share = max(0.0, (self._slope_deadline - time.perf_counter()) / len(left))
         self.slope_report[i] = tighter_node_bounds(self, i, share)
 
-    def dense_unit_rows(self, i: int, rows: np.ndarray) -> tuple[int, tf.Tensor, tf.Tensor]:
-        """`_unit_rows` with dense coefficients: the start node, the rows (B, 2 R, *shape) and their constants."""
+    def dense_unit_rows(self, i: int, rows: np.ndarray, batch: int | None = None) -> tuple[int, tf.Tensor, tf.Tensor]:
+        """`_unit_rows` with dense coefficients: the start node, the rows (batch, 2 R, *shape; default every
+        problem) and their constants."""
+        batch = self.batch if batch is None else batch
         node, dtype = self.graph.nodes[i], self.graph.dtype
         if isinstance(node.op, LinearOperator):
             unit, offset = node.op.unit_rows(rows, node.shape, dtype)
@@ -157,8 +159,8 @@ class BoundPropagation:
             unit = tf.reshape(tf.one_hot(rows, node.size, dtype=dtype), (len(rows), *node.shape))
             offset, start = tf.zeros((len(rows),), dtype), i
         count = 2 * len(rows)
-        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (self.batch, count, *unit.shape[1:]))
-        return start, spec, tf.broadcast_to(tf.concat([offset, -offset], 0), (self.batch, count))
+        spec = tf.broadcast_to(tf.concat([unit, -unit], 0), (batch, count, *unit.shape[1:]))
+        return start, spec, tf.broadcast_to(tf.concat([offset, -offset], 0), (batch, count))
 
     def tighten_rows(self, i: int, rows: np.ndarray, lower: tf.Tensor) -> None:
         """Intersect node i's bounds of neurons `rows` with lower bounds (B, 2 R) of +y_i[r] and -y_i[r]."""
@@ -296,8 +298,7 @@ class BoundPropagation:
         if self._windowed(i):
             zeros = tf.zeros((batch, 2 * len(rows)), self.graph.dtype)
             return i, negate_and_stack(unit_patches(rows, self.graph.nodes[i].shape, self.graph.dtype, batch)), zeros
-        start, spec, constant = self.dense_unit_rows(i, rows)
-        return start, spec[:batch], constant[:batch]
+        return self.dense_unit_rows(i, rows, batch)
 
     def _tighten(self, old: tf.Tensor, rows: np.ndarray, new: tf.Tensor, pick) -> tf.Tensor:
         flat = tf.transpose(tf.reshape(old, (self.batch, -1)))

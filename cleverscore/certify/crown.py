@@ -56,6 +56,13 @@ class Problem:
         return BoundPropagation(self.graph, self.x0, radius, norm, self.box, memory_budget, crown, patches, within,
                                 within_orders=within_orders, slope_seconds=slope_seconds)
 
+    def tightened(self, plain: BoundPropagation, slope_seconds: float) -> BoundPropagation:
+        """`plain`'s balls again with `slope_seconds` of optimised intermediate slopes, inside `plain` node by
+        node: CROWN's bounds are not monotone in the bounds below them (its slopes follow them), so without
+        `plain` as `within` a later node could come out looser."""
+        return self.propagate(plain.radius.numpy(), plain.norm, plain.memory_budget, within=plain.bounds,
+                              within_orders=plain.orders, slope_seconds=slope_seconds)
+
     def margins_at_x0(self) -> np.ndarray:
         logits = self.graph.forward(self.x0[None])[0].numpy()
         return (logits[self.true_label] - logits[self.targets]).astype(np.float64)
@@ -79,10 +86,7 @@ class Problem:
         rows = np.unique(np.linspace(0, nodes[feeding].size - 1, min(count, nodes[feeding].size)).astype(np.int64))
         x = tf.Variable(tf.broadcast_to(self.x0[None], (len(rows), *self.x0.shape)))
         with tf.GradientTape() as tape:
-            values = [x]
-            for node in nodes[1:feeding + 1]:
-                values.append(node.op.forward(*[values[j] for j in node.inputs]))
-            picked = tf.reshape(values[feeding], (len(rows), -1))
+            picked = tf.reshape(self.graph.forward_all(x, last=feeding)[feeding], (len(rows), -1))
         unit = tf.one_hot(rows, nodes[feeding].size, dtype=picked.dtype)
         return tape.gradient(picked, x, output_gradients=unit).numpy().reshape(len(rows), -1)
 
@@ -365,8 +369,8 @@ def certified_radius(graph: Graph, x0: np.ndarray, true_label: int, targets: Seq
         first = np.where(grad_norm > 0, margins / grad_norm, top)
     search = _Search(np.clip(np.nan_to_num(first, nan=top), 1e-9 * top, top), top, margins, grad_norm, rel_tol)
     if wider is not None:
-        known = _checked_wider(wider, norm, problem)
-        search.start_above(known.radii, known.lower, known.radii * wider_norm_scale(problem, norm, wider[0]))
+        radii, lower = _checked_wider(wider, norm, problem)
+        search.start_above(radii, lower, radii * wider_norm_scale(problem, norm, wider[0]))
     runs, evaluations, outer = [], 0, _OuterBounds()
     while search.active.any() and evaluations < _EVALUATIONS_PER_TARGET * len(margins) and top > 0:
         probe, own = search.next_probe()
@@ -399,8 +403,9 @@ def wider_norm_scale(problem: Problem, norm: LpNorm, wider: LpNorm) -> float:
     return float(np.median(wide[reaching] / narrow[reaching])) if reaching.any() else 1.0
 
 
-def _checked_wider(wider: tuple[LpNorm, CertifiedRadii], norm: LpNorm, problem: Problem) -> CertifiedRadii:
-    """The wider norm's radii (the CROWN ones where slopes were optimised), after checking they may serve."""
+def _checked_wider(wider: tuple[LpNorm, CertifiedRadii], norm: LpNorm, problem: Problem
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The wider norm's radii (CROWN's own where slopes were optimised) and margin bounds, checked to serve."""
     wide_norm, known = wider
     if wide_norm.p < norm.p:
         raise UsageError(f"radii certified in {wide_norm.label} do not bound {norm.label} radii: its ball of equal "
@@ -408,11 +413,9 @@ def _checked_wider(wider: tuple[LpNorm, CertifiedRadii], norm: LpNorm, problem: 
     if not np.array_equal(np.asarray(known.targets), problem.targets):
         raise UsageError(f"the wider norm's radii are for targets {np.asarray(known.targets).tolist()}, "
                          f"not {problem.targets.tolist()}")
-    if known.unoptimized is None:
-        return known
     # Optimised radii hold as well, but this search reports what CROWN's own slopes certify; the margin bound
     # at the optimised radius holds over the smaller ball too.
-    return CertifiedRadii(known.targets, known.unoptimized, known.lower, known.evaluations, known.layers)
+    return (known.radii if known.unoptimized is None else known.unoptimized), known.lower
 
 
 class _SlopeExtension:

@@ -71,10 +71,10 @@ class Graph:
         """Whether node i feeds a nonlinear operator, whose relaxation needs node i's bounds."""
         return any(self.nodes[j].op.nonlinear for j in self.consumers[i])
 
-    def forward_all(self, x: tf.Tensor) -> list[tf.Tensor]:
-        """The value of every node for a batch of inputs (N, *input_shape)."""
+    def forward_all(self, x: tf.Tensor, last: int | None = None) -> list[tf.Tensor]:
+        """The value of every node (up to node `last`, default all) for a batch of inputs (N, *input_shape)."""
         values = [tf.convert_to_tensor(x, self.dtype)]
-        for node in self.nodes[1:]:
+        for node in self.nodes[1:None if last is None else last + 1]:
             values.append(node.op.forward(*[values[j] for j in node.inputs]))
         return values
 

@@ -82,10 +82,7 @@ def lipschitz_upper_bounds(graph: Graph, x0: np.ndarray, true_label: int, target
     problem = prepare(graph, x0, true_label, targets, box)
     bp = problem.propagate(np.array([check_radius(radius)]), sample_norm, memory_budget)
     if optimize_seconds > 0:
-        # CROWN's bounds are not monotone in the bounds below them (its slopes follow them), so the optimised
-        # propagation is kept within the plain one, node by node.
-        bp = problem.propagate(bp.radius.numpy(), sample_norm, memory_budget, within=bp.bounds,
-                               within_orders=bp.orders, slope_seconds=optimize_seconds)
+        bp = problem.tightened(bp, optimize_seconds)
     interval = dual_norms(gradient_interval(bp, problem.spec[None]))[0]
     if method == "interval":
         return LipschitzBounds(problem.targets, interval, tuple(bp.reports), interval, len(problem.targets))
