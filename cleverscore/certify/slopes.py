@@ -32,9 +32,11 @@ MAX_STEPS = 50
 # Stop a target once its bound has not risen by this fraction of its size for PATIENCE steps.
 PATIENCE = 8
 _MIN_RISE = 1e-4
-# Live tensors per optimised row: of every slope below it, and of the largest node its pass visits.
+# Live tensors per optimised row: of every slope below it, of the largest node its pass visits, and of
+# every node it visits (the gradient tape keeps each step's coefficients until the slopes' gradients).
 _SLOPE_COPIES = 5
 _PASS_COPIES = 5
+_TAPE_COPIES = 2
 
 
 def _unstable_relus(bp: BoundPropagation, below: int | None = None) -> dict[int, tf.Tensor]:
@@ -101,10 +103,12 @@ def tighter_node_bounds(bp: BoundPropagation, i: int, seconds: float, steps: int
 
 def _rows_per_group(bp: BoundPropagation, i: int, masks: dict[int, tf.Tensor]) -> int:
     """How many neurons of node i one optimised pass may carry: two dense rows each, each with its own slopes
-    (the variable, Adam's two moments, the gradient and the selected slopes) and the pass's coefficients."""
+    (the variable, Adam's two moments, the gradient and the selected slopes), the pass's coefficients and
+    what the tape keeps of them."""
     slopes = sum(int(np.prod(mask.shape[2:])) for mask in masks.values())
-    largest = max(node.size for node in bp.graph.nodes[:i + 1])
-    per_row = 2 * bp.batch * bp.graph.dtype.size * (_SLOPE_COPIES * slopes + _PASS_COPIES * largest)
+    sizes = [node.size for node in bp.graph.nodes[:i + 1]]
+    floats = _SLOPE_COPIES * slopes + _PASS_COPIES * max(sizes) + _TAPE_COPIES * sum(sizes)
+    per_row = 2 * bp.batch * bp.graph.dtype.size * floats
     return max(1, int(bp.memory_budget // per_row))
 
 
