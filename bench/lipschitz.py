@@ -4,6 +4,7 @@
     python3 bench/lipschitz.py --part mlp --images 10 --radii 0.02,0.05 --split 10
     python3 bench/lipschitz.py --part cnn --images 10 --split 0
     python3 bench/lipschitz.py --part cost --against ../older-checkout
+    python3 bench/lipschitz.py --part gap --radius_from docs/lipschitz_cnn.csv --images 10
 
 `--part mlp`: the shipped 784-32-32-10 and 784-64-64-10 ReLU MLPs, Linf balls of each radius, the
 first `--images` MNIST test images x (top-2, least likely). Per pair: the exact constant L* (max
@@ -38,6 +39,14 @@ certifier is measured on the same balls, and its radius against the earlier one 
 Lipschitz bounds), run from this checkout and, with `--against CHECKOUT`, from another one right
 after it; prints `certify_seconds` per target, the ratio to the other checkout and to the goal
 (38 s).
+
+`--part gap`: where the CNN's bracket [found, proven] is lost, on the balls of an earlier `--part cnn` run
+(`--radius_from`, required; both of its radii). Per ball: the one-pass proven bound, the largest
+gradient norm found at points of the ball (that run's `found_*`), and the largest ||J(d)^T c|| that
+`certify/multipliers.py` finds over the multipliers the bound relaxes (`--starts` starts): the bound
+covers every such choice, so proven / search is (at most) what the relaxation loses and search /
+found (at least) what the multipliers' coupling through the input is worth. The run stops if a
+bound is below the search's value.
 
 Rows go to `--out` (CSV, one per pair and radius); the summary is printed. Numbers in README and
 the issue notes come from here.
@@ -307,6 +316,58 @@ def cost(args) -> None:
         print(f"{args.against}: certify_seconds {other:.1f} s per target; this checkout / that one: {seconds / other:.3f}")
 
 
+def gap_rows(args) -> list[dict]:
+    from cleverscore.certify import from_keras
+    from cleverscore.certify.crown import prepare
+    from cleverscore.certify.jacobian import gradient_norm_bounds
+    from cleverscore.certify.multipliers import worst_multipliers
+    from cleverscore.data import load_dataset
+    from cleverscore.models.zoo import load_zoo_model
+    from cleverscore.norms import LINF
+
+    if not args.radius_from:
+        raise SystemExit("--part gap needs --radius_from (the CSV of an earlier --part cnn run)")
+    with open(args.radius_from, newline="") as f:
+        balls = [r for r in csv.DictReader(f) if r["dataset"] == "mnist" and int(r["image"]) < args.images]
+    data = load_dataset("mnist", args.data_dir)
+    model = load_zoo_model("mnist", "normal")
+    graph = from_keras(model)
+    rows = []
+    for ball in balls:
+        x = data.test_data[int(ball["image"])]
+        label = int(np.argmax(model(x[None]).numpy()[0]))
+        problem = prepare(graph, x, label, [int(ball["target"])])
+        forward = problem.propagate(np.array([float(ball["radius"])]), LINF, BUDGET)
+        proven, _ = gradient_norm_bounds(forward, problem.spec, BUDGET, 2, 0)
+        begin = time.perf_counter()
+        search = worst_multipliers(forward, problem.spec[0].numpy(), starts=args.starts)
+        row = {k: ball[k] for k in ("dataset", "image", "target", "info", "factor", "radius")}
+        row["search_s"] = time.perf_counter() - begin
+        for k, q in enumerate(("inf", "2", "1")):
+            found = float(ball[f"found_{q}"])
+            if proven[0][k] < search.best[k] * (1 - 1e-6):
+                raise SystemExit(f"UNSOUND: image {ball['image']} target {ball['target']} q={q}: proven "
+                                 f"{proven[0][k]:.6g} below a multiplier choice's norm {search.best[k]:.6g}")
+            row.update({f"found_{q}": found, f"centre_{q}": search.at_centre[k], f"search_{q}": search.best[k],
+                        f"proven_{q}": proven[0][k], f"proven_over_search_{q}": proven[0][k] / search.best[k],
+                        f"search_over_found_{q}": search.best[k] / found})
+        print(f"image {row['image']} {row['info']} x{row['factor']}: L1 found {row['found_1']:.1f}, search "
+              f"{row['search_1']:.1f}, proven {row['proven_1']:.1f} ({row['search_s']:.0f} s)", flush=True)
+        rows.append(row)
+    return rows
+
+
+def summarise_gap(rows: list[dict]) -> None:
+    for factor in sorted({r["factor"] for r in rows}):
+        sel = [r for r in rows if r["factor"] == factor]
+        parts = ", ".join(f"q={q}: proven/search {np.median([r[f'proven_over_search_{q}'] for r in sel]):.3g} "
+                          f"(range {np.min([r[f'proven_over_search_{q}'] for r in sel]):.3g}-"
+                          f"{np.max([r[f'proven_over_search_{q}'] for r in sel]):.3g}), search/found "
+                          f"{np.median([r[f'search_over_found_{q}'] for r in sel]):.3g}" for q in ("1", "2", "inf"))
+        print(f"MNIST CNN at {factor}x the earlier CROWN radius, {len(sel)} balls (medians): {parts}; search "
+              f"{np.median([r['search_s'] for r in sel]):.0f} s per ball")
+
+
 def summarise_mlp(rows: list[dict]) -> None:
     for name in MLPS:
         for radius in sorted({r["radius"] for r in rows}):
@@ -351,7 +412,7 @@ def summarise_cnn(rows: list[dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["mlp", "cnn", "cost"], required=True)
+    p.add_argument("--part", choices=["mlp", "cnn", "cost", "gap"], required=True)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--radii", default="0.02,0.05", help="MLP Linf radii")
     p.add_argument("--models", default=",".join(MLPS), help="--part mlp: comma-separated MLPs")
@@ -373,6 +434,7 @@ def main() -> None:
     p.add_argument("--optimize_lipschitz", type=float, default=0.0,
                    help="--part cnn: seconds per ball of optimised ReLU lower slopes for the forward bounds the "
                         "Lipschitz bound starts from (optimized_ratio_*, optimized_s); 0: off")
+    p.add_argument("--starts", type=int, default=3, help="--part gap: starts of the multiplier search per ball")
     p.add_argument("--datasets", default="mnist", help="--part cnn: comma-separated datasets (mnist, cifar)")
     p.add_argument("--data_dir", default=None)
     p.add_argument("--cifar_dir", default=None)
@@ -387,14 +449,14 @@ def main() -> None:
         cost(args)
         return
     args.radii = [float(r) for r in args.radii.split(",")]
-    rows = mlp_rows(args) if args.part == "mlp" else cnn_rows(args)
+    rows = {"mlp": mlp_rows, "cnn": cnn_rows, "gap": gap_rows}[args.part](args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (summarise_mlp if args.part == "mlp" else summarise_cnn)(rows)
+    {"mlp": summarise_mlp, "cnn": summarise_cnn, "gap": summarise_gap}[args.part](rows)
 
 
 if __name__ == "__main__":
