@@ -352,7 +352,7 @@ def test_windowed_passes_give_the_bounds_of_dense_ones(name):
 # bounds' ranges is a point the bound must cover.
 
 
-def enumerated_worst_l1(graph, model, forward, c: np.ndarray) -> tuple[float, int]:
+def enumerated_worst_l1(model, forward, c: np.ndarray) -> tuple[float, int]:
     """max over every 0/1 choice of the free ReLU derivatives of ||J(d)^T c||_1, by enumeration (a ReLU MLP)."""
     import itertools
 
@@ -389,7 +389,7 @@ def test_the_multiplier_search_reaches_the_enumerated_worst_case_which_the_bound
             problem = prepare(graph, x0, label, [target])
             forward = problem.propagate(np.array([radius]), LINF, 1 << 30)
             c = problem.spec[0].numpy()
-            exact, free = enumerated_worst_l1(graph, model, forward, c)
+            exact, free = enumerated_worst_l1(model, forward, c)
             if free > 12 or free == 0:
                 continue
             search = worst_multipliers(forward, c, starts=8, seed=seed, duals=(1.0,))

@@ -42,16 +42,17 @@ MAX_SWEEPS = 30
 @dataclass(frozen=True)
 class MultiplierSearch:
     """best[k]: the largest ||J(d)^T c||_q found for q = DUALS[k]; at_centre[k]: the norm at the centre's
-    multipliers (the gradient of g at x0); gradient[k]: the J(d)^T c of best[k]; sweeps: block sweeps made."""
+    multipliers (the gradient of g at x0)."""
 
     best: np.ndarray
     at_centre: np.ndarray
-    gradient: list[np.ndarray]
-    sweeps: int
 
 
 class _Linearised:
-    """The network with every nonlinear node replaced by its multipliers: linear in its input."""
+    """The network with every nonlinear node replaced by its multipliers: linear in its input.
+
+    Its gradients come from TF's autodiff of this forward map, not from the operators' gradient
+    rules that the bounds use, so that a wrong rule shows up as a bound below a searched value."""
 
     def __init__(self, forward: BoundPropagation):
         self.graph = forward.graph
@@ -133,36 +134,33 @@ def worst_multipliers(forward: BoundPropagation, c: np.ndarray, starts: int = 3,
     centre = _centre_multipliers(forward, lin)
     rng = np.random.default_rng(seed)
     begins = [centre] + [_random_vertex(lin, rng) for _ in range(max(0, starts - 1))]
-    at_centre = np.array([_norm(lin.gradient(centre, c), q) for q in DUALS])
-    best, gradients, sweeps = at_centre.copy(), [lin.gradient(centre, c).numpy()] * len(DUALS), 0
+    centre_gradient = lin.gradient(centre, c)
+    at_centre = np.array([_norm(centre_gradient, q) for q in DUALS])
+    best = at_centre.copy()
     for k, q in enumerate(DUALS):
-        if q not in duals:
-            continue
-        for begin in begins:
-            value, v, used = _ascend(lin, dict(begin), c, q, max_sweeps)
-            sweeps += used
-            if value > best[k]:
-                best[k], gradients[k] = value, v
-    return MultiplierSearch(best, at_centre, gradients, sweeps)
+        if q in duals:
+            best[k] = max([best[k], *(_ascend(lin, dict(begin), c, q, max_sweeps) for begin in begins)])
+    return MultiplierSearch(best, at_centre)
 
 
-def _ascend(lin: _Linearised, multipliers: dict[int, tf.Tensor], c: tf.Tensor, q: float,
-            max_sweeps: int) -> tuple[float, np.ndarray, int]:
+def _ascend(lin: _Linearised, multipliers: dict[int, tf.Tensor], c: tf.Tensor, q: float, max_sweeps: int) -> float:
     v = lin.gradient(multipliers, c)
     value = _norm(v, q)
-    for sweep in range(1, max_sweeps + 1):
+    coefficients = None  # valid until a block changes: then s and the other blocks' coefficients move
+    for _ in range(max_sweeps):
         risen = False
         for m in multipliers:
-            coefficient = lin.coefficients(multipliers, c, _dual_direction(v, q))[m]
+            if coefficients is None:
+                coefficients = lin.coefficients(multipliers, c, _dual_direction(v, q))
             trial = dict(multipliers)
-            trial[m] = lin.best_block(m, coefficient)
+            trial[m] = lin.best_block(m, coefficients[m])
             v_trial = lin.gradient(trial, c)
             trial_value = _norm(v_trial, q)
             if trial_value > value * (1 + 1e-9) + 1e-12:
-                multipliers, v, value, risen = trial, v_trial, trial_value, True
+                multipliers, v, value, risen, coefficients = trial, v_trial, trial_value, True, None
         if not risen:
-            return value, v.numpy(), sweep
-    return value, v.numpy(), max_sweeps
+            break
+    return value
 
 
 def _centre_multipliers(forward: BoundPropagation, lin: _Linearised) -> dict[int, tf.Tensor]:
