@@ -193,22 +193,18 @@ print((after - before) * 1024, sum(n for n, _ in tight.slope_report.values()))
 """
 
 
-def test_optimised_intermediate_slopes_stay_within_the_memory_budget(tmp_path):
+def test_optimised_intermediate_slopes_stay_within_the_memory_budget():
     """On the shipped MNIST CNN (a ball where 3,000+ neurons are optimised), the optimisation's groups of rows
-    add no more than the memory budget to the process's peak (which the plain propagation set). The
-    estimate once counted only the largest node a pass visits and overshot by 40%: the gradient tape
-    keeps every visited node's coefficients."""
-    import subprocess
-    import sys
-
-    from conftest import BUILTIN_MNIST
+    add no more than the memory budget to the process's peak (which the plain propagation set), within the
+    allocator's noise: identical runs grew by 0.40 or 0.51 GiB, as freed memory was or was not reused. The
+    estimate once counted only the largest node a pass visits and grew by 0.63 GiB in every run (1.27x the
+    budget): the gradient tape keeps every visited node's coefficients."""
+    from conftest import BUILTIN_MNIST, run_script
 
     budget_gib = 0.5
-    script = tmp_path / "probe.py"
-    script.write_text(_MEMORY_PROBE)
-    run = subprocess.run([sys.executable, str(script), str(BUILTIN_MNIST), str(budget_gib), "12"],
-                         capture_output=True, text=True, timeout=300)
+    # From the checkout (-c puts the working directory first on the path): CI runs without installing the package.
+    run = run_script("-c", _MEMORY_PROBE, str(BUILTIN_MNIST), str(budget_gib), "12")
     assert run.returncode == 0, run.stderr[-2000:]
     grown, optimised = (int(v) for v in run.stdout.split()[-2:])
     assert optimised > 1000
-    assert grown <= budget_gib * 2**30
+    assert grown <= 1.15 * budget_gib * 2**30
