@@ -34,8 +34,9 @@ from .bounds import BoundPropagation
 from .jacobian import default_multipliers
 from .ops.linear import Add, LinearOperator
 from .ops.pooling import MaxPooling2D
+from .results import PERTURBATION_NORMS
 
-DUALS = (np.inf, 2.0, 1.0)   # the duals of the L1, L2 and Linf perturbation norms, as in `dual_norms`
+DUALS = tuple(n.dual for n in PERTURBATION_NORMS)  # q = inf, 2, 1, in the order of `dual_norms`
 MAX_SWEEPS = 30
 
 
@@ -68,7 +69,7 @@ class _Linearised:
             inputs = [values[j] for j in node.inputs]
             op = node.op
             if isinstance(op, MaxPooling2D):
-                values.append(tf.reduce_sum(op._windows(multipliers[m][None] * inputs[0], 0.0), -1))
+                values.append(op.gather_spread(multipliers[m][None] * inputs[0]))
             elif m in multipliers:
                 values.append(multipliers[m][None] * inputs[0])
             elif isinstance(op, LinearOperator):
